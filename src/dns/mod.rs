@@ -1,0 +1,1 @@
+//! Virtual DNS: fake pool, answers, forwarding over TCP. (issue 4)

@@ -1,0 +1,14 @@
+//! sockstun: a TUN-to-SOCKS socksifier and a SOCKS4/4a/5 server.
+//!
+//! Data path (TUN mode): `tun` (device) → `stack` (smoltcp, per-flow demux) →
+//! `relay` (copy both ways) → `socks::client` (dial upstream). The `server`
+//! mode reuses `socks::codec` and `relay::tcp`.
+
+pub mod cli;
+pub mod dns;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod socks;
+pub mod stack;
+pub mod tun;

@@ -1,0 +1,18 @@
+use anyhow::Result;
+use clap::Parser;
+use sockstun::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("SOCKSTUN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Server(args) => sockstun::server::run(args),
+        Command::Tun(args) => sockstun::tun::run(args),
+    }
+}

@@ -1,0 +1,51 @@
+//! Outgoing sockets towards the proxy, with the options policy routing needs.
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+
+/// Options applied to every socket sockstun opens towards its upstream, so that
+/// policy routing can exempt sockstun's own traffic (fwmark) or pin it to an
+/// interface (SO_BINDTODEVICE) whatever the proxy's address is.
+#[derive(Debug, Clone, Default)]
+pub struct SocketOpts {
+    pub fwmark: Option<u32>,
+    pub bind_interface: Option<String>,
+}
+
+impl SocketOpts {
+    fn apply(&self, s: &Socket) -> io::Result<()> {
+        if let Some(mark) = self.fwmark {
+            s.set_mark(mark)?;
+        }
+        if let Some(dev) = &self.bind_interface {
+            s.bind_device(Some(dev.as_bytes()))?;
+        }
+        Ok(())
+    }
+
+    /// A non-blocking TCP socket ready to `connect` to `dest`.
+    pub fn tcp_socket(&self, dest: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+        let s = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_nonblocking(true)?;
+        s.set_tcp_nodelay(true)?;
+        self.apply(&s)?;
+        Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
+    }
+
+    /// Connect a TCP stream to `dest` with these options.
+    pub async fn connect_tcp(&self, dest: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let stream = self.tcp_socket(dest)?.connect(dest).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// A UDP socket bound to `local` with these options.
+    pub fn udp_socket(&self, local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let s = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_nonblocking(true)?;
+        self.apply(&s)?;
+        s.bind(&SockAddr::from(local))?;
+        tokio::net::UdpSocket::from_std(s.into())
+    }
+}

@@ -1,0 +1,1 @@
+//! SOCKS wire format, incremental, no I/O. (issue 2)

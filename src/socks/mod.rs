@@ -1,0 +1,35 @@
+//! SOCKS4, SOCKS4a, SOCKS5 (RFC 1928) and username/password auth (RFC 1929).
+//!
+//! `codec` parses and builds messages and does no I/O; `client` dials through
+//! an upstream with it; `crate::server` serves with it.
+
+pub mod client;
+pub mod codec;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A destination as SOCKS carries it: an address or a name the proxy resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TargetAddr {
+    Ip(SocketAddr),
+    Domain(String, u16),
+}
+
+impl TargetAddr {
+    pub fn port(&self) -> u16 {
+        match self {
+            TargetAddr::Ip(a) => a.port(),
+            TargetAddr::Domain(_, p) => *p,
+        }
+    }
+}
+
+impl fmt::Display for TargetAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetAddr::Ip(a) => write!(f, "{a}"),
+            TargetAddr::Domain(d, p) => write!(f, "{d}:{p}"),
+        }
+    }
+}
