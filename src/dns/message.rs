@@ -111,7 +111,9 @@ impl Name {
                         pos += 1;
                         break;
                     }
-                    let label = msg.get(pos + 1..pos + 1 + len).ok_or(ParseError::Malformed)?;
+                    let label = msg
+                        .get(pos + 1..pos + 1 + len)
+                        .ok_or(ParseError::Malformed)?;
                     wire_len += 1 + len;
                     if wire_len > MAX_NAME_LEN {
                         return Err(ParseError::Malformed);
@@ -346,7 +348,11 @@ pub(crate) mod tests {
         // Truncated question.
         let m = query(1, "web.test", TYPE_A);
         for cut in HEADER_LEN..HEADER_LEN + 14 {
-            assert_eq!(Query::parse(&m[..cut]), Err(ParseError::Malformed), "cut {cut}");
+            assert_eq!(
+                Query::parse(&m[..cut]),
+                Err(ParseError::Malformed),
+                "cut {cut}"
+            );
         }
         let r = error_response(&m[..13], ParseError::Malformed).unwrap();
         assert_eq!(&r[..4], &[0, 1, 0x81, 0x01]);
@@ -396,7 +402,10 @@ pub(crate) mod tests {
         let ok = [label.as_str(); 3].join(".");
         assert!(Query::parse(&query(1, &ok, TYPE_A)).is_ok());
         let too_long = [label.as_str(); 4].join(".") + ".b";
-        assert_eq!(Query::parse(&query(1, &too_long, TYPE_A)), Err(ParseError::Malformed));
+        assert_eq!(
+            Query::parse(&query(1, &too_long, TYPE_A)),
+            Err(ParseError::Malformed)
+        );
     }
 
     #[test]

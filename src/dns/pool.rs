@@ -48,10 +48,23 @@ struct Family {
 }
 
 impl Family {
-    fn new(base: u128, size: u128, skip_ends: bool, excluded: Vec<u128>, label: String) -> Result<Family, PoolError> {
-        let (first, last) = if skip_ends && size >= 4 { (1u128, size - 2) } else { (0, size - 1) };
+    fn new(
+        base: u128,
+        size: u128,
+        skip_ends: bool,
+        excluded: Vec<u128>,
+        label: String,
+    ) -> Result<Family, PoolError> {
+        let (first, last) = if skip_ends && size >= 4 {
+            (1u128, size - 2)
+        } else {
+            (0, size - 1)
+        };
         let last = last.min(first + MAX_ENTRIES as u128 - 1);
-        let usable = (first..=last).filter(|o| !excluded.contains(&(base + o))).take(2).count();
+        let usable = (first..=last)
+            .filter(|o| !excluded.contains(&(base + o)))
+            .take(2)
+            .count();
         if usable < 2 {
             return Err(PoolError::TooSmall(label));
         }
@@ -104,7 +117,14 @@ impl Family {
             }
             break off;
         };
-        self.entries.insert(off, Entry { name: name.to_string(), pins: 0, tick });
+        self.entries.insert(
+            off,
+            Entry {
+                name: name.to_string(),
+                pins: 0,
+                tick,
+            },
+        );
         self.by_name.insert(name.to_string(), off);
         self.lru.insert(tick, off);
         Some(off)
@@ -191,9 +211,17 @@ impl Drop for PoolPin {
 impl FakePool {
     /// A pool over `net4` (and `net6`), never handing out `exclude` (the TUN's
     /// own addresses) nor the network and broadcast addresses of `net4`.
-    pub fn new(net4: Ipv4Network, net6: Option<Ipv6Network>, exclude: &[IpAddr]) -> Result<FakePool, PoolError> {
+    pub fn new(
+        net4: Ipv4Network,
+        net6: Option<Ipv6Network>,
+        exclude: &[IpAddr],
+    ) -> Result<FakePool, PoolError> {
         let ex = |v6: bool| -> Vec<u128> {
-            exclude.iter().filter(|a| a.is_ipv6() == v6).map(|a| ip_to_u128(*a)).collect()
+            exclude
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .map(|a| ip_to_u128(*a))
+                .collect()
         };
         let v4 = Family::new(
             u32::from(net4.network()) as u128,
@@ -205,14 +233,20 @@ impl FakePool {
         let v6 = match net6 {
             Some(n) => Some(Family::new(
                 u128::from(n.network()),
-                1u128.checked_shl(128 - n.prefix() as u32).unwrap_or(u128::MAX),
+                1u128
+                    .checked_shl(128 - n.prefix() as u32)
+                    .unwrap_or(u128::MAX),
                 true,
                 ex(true),
                 n.to_string(),
             )?),
             None => None,
         };
-        Ok(FakePool { net4, net6, inner: Mutex::new(Inner { v4, v6, tick: 0 }) })
+        Ok(FakePool {
+            net4,
+            net6,
+            inner: Mutex::new(Inner { v4, v6, tick: 0 }),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -243,7 +277,9 @@ impl FakePool {
             Some(IpAddr::V6(Ipv6Addr::from(fam.base + off as u128)))
         } else {
             let off = inner.v4.assign(name, tick)?;
-            Some(IpAddr::V4(Ipv4Addr::from((inner.v4.base + off as u128) as u32)))
+            Some(IpAddr::V4(Ipv4Addr::from(
+                (inner.v4.base + off as u128) as u32,
+            )))
         }
     }
 
@@ -263,7 +299,13 @@ impl FakePool {
             let (fam, off) = inner.family(addr)?;
             fam.pin(off)?
         };
-        Some((name, PoolPin { pool: self.clone(), addr }))
+        Some((
+            name,
+            PoolPin {
+                pool: self.clone(),
+                addr,
+            },
+        ))
     }
 
     /// Assigned entries (both families).
@@ -312,15 +354,31 @@ mod tests {
         for i in 0..5 {
             got.push(p.assign(&format!("n{i}"), false).unwrap().to_string());
         }
-        assert_eq!(got, ["198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"]);
+        assert_eq!(
+            got,
+            [
+                "198.18.0.2",
+                "198.18.0.3",
+                "198.18.0.4",
+                "198.18.0.5",
+                "198.18.0.6"
+            ]
+        );
         assert_eq!(p.assign("x", true), None, "no IPv6 pool");
-        assert!(FakePool::new("198.18.0.0/30".parse().unwrap(), None, &["198.18.0.1".parse().unwrap()]).is_err());
+        assert!(FakePool::new(
+            "198.18.0.0/30".parse().unwrap(),
+            None,
+            &["198.18.0.1".parse().unwrap()]
+        )
+        .is_err());
     }
 
     #[test]
     fn recycles_least_recently_used() {
         let p = pool("198.18.0.0/29", None, &[]); // 6 usable
-        let addrs: Vec<IpAddr> = (0..6).map(|i| p.assign(&format!("n{i}"), false).unwrap()).collect();
+        let addrs: Vec<IpAddr> = (0..6)
+            .map(|i| p.assign(&format!("n{i}"), false).unwrap())
+            .collect();
         // Use n0 again: n1 becomes the oldest.
         assert_eq!(p.lookup(addrs[0]).as_deref(), Some("n0"));
         let n6 = p.assign("n6", false).unwrap();
@@ -333,7 +391,9 @@ mod tests {
     #[test]
     fn pinned_addresses_are_never_reused() {
         let p = pool("198.18.0.0/29", None, &[]);
-        let addrs: Vec<IpAddr> = (0..6).map(|i| p.assign(&format!("n{i}"), false).unwrap()).collect();
+        let addrs: Vec<IpAddr> = (0..6)
+            .map(|i| p.assign(&format!("n{i}"), false).unwrap())
+            .collect();
         let pins: Vec<_> = addrs[..5].iter().map(|a| p.pin(*a).unwrap()).collect();
         assert_eq!(pins[0].0, "n0");
         // A second pin of the same address (two flows to one name).

@@ -38,7 +38,9 @@ impl std::str::FromStr for DnsMode {
             "virtual" => Ok(DnsMode::Virtual),
             "tcp" => Ok(DnsMode::Tcp),
             "udp" => Ok(DnsMode::Udp),
-            _ => Err(format!("unknown DNS mode {s:?} (expected virtual, tcp or udp)")),
+            _ => Err(format!(
+                "unknown DNS mode {s:?} (expected virtual, tcp or udp)"
+            )),
         }
     }
 }
@@ -73,6 +75,20 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>>;
 }
 
+/// SOCKS CONNECT through the configured upstream (`crate::socks::client`).
+pub struct SocksConnector(pub Arc<crate::socks::client::Upstream>);
+
+impl Connector for SocksConnector {
+    fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
+        Box::pin(async move {
+            crate::socks::client::connect(&self.0, &target)
+                .await
+                .map(|s| Box::new(s) as BoxStream)
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
+    }
+}
+
 /// Where a TCP flow from the TUN goes, as far as DNS is concerned.
 pub enum TcpRoute {
     /// Port 53 while DNS is intercepted: serve it with `Dns::serve_stream`.
@@ -101,12 +117,21 @@ impl Dns {
         connector: Arc<dyn Connector>,
     ) -> Result<Dns, String> {
         match mode {
-            DnsMode::Tcp if upstream.is_none() => return Err("--dns tcp needs --dns-upstream ADDR".into()),
-            DnsMode::Virtual if pool.is_none() => return Err("--dns virtual needs a fake pool".into()),
+            DnsMode::Tcp if upstream.is_none() => {
+                return Err("--dns tcp needs --dns-upstream ADDR".into())
+            }
+            DnsMode::Virtual if pool.is_none() => {
+                return Err("--dns virtual needs a fake pool".into())
+            }
             _ => {}
         }
         let pool = if mode == DnsMode::Virtual { pool } else { None };
-        Ok(Dns { mode, upstream, pool, connector })
+        Ok(Dns {
+            mode,
+            upstream,
+            pool,
+            connector,
+        })
     }
 
     pub fn mode(&self) -> DnsMode {
@@ -170,7 +195,11 @@ impl Dns {
                 return self.forward_or_fail(q, msg).await;
             }
             // No upstream for other types: a correct empty answer (NODATA).
-            tracing::debug!("dns: {} type {} answered empty (no --dns-upstream)", q.name, q.qtype);
+            tracing::debug!(
+                "dns: {} type {} answered empty (no --dns-upstream)",
+                q.name,
+                q.qtype
+            );
             return q.respond_empty(Rcode::NoError);
         }
         let Some(pool) = &self.pool else {
@@ -222,18 +251,24 @@ impl Dns {
     /// One query over DNS-over-TCP (RFC 7766) through the proxy.
     async fn forward(&self, up: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
         let mut s = self.connector.connect(TargetAddr::Ip(up)).await?;
-        let len = u16::try_from(msg.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
+        let len = u16::try_from(msg.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
         let mut out = Vec::with_capacity(2 + msg.len());
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(msg);
         s.write_all(&out).await?;
         s.flush().await?;
-        read_framed(&mut s).await?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))
+        read_framed(&mut s)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))
     }
 
     /// Serve DNS-over-TCP (RFC 7766 §8: two-byte length prefix) on a stream
     /// from the TUN until the client closes it or stays idle.
-    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, mut s: S) -> io::Result<()> {
+    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut s: S,
+    ) -> io::Result<()> {
         loop {
             let msg = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_framed(&mut s)).await {
                 Ok(Ok(Some(m))) => m,
@@ -292,7 +327,8 @@ pub fn edns_udp_size(msg: &[u8]) -> Option<usize> {
     pos += 4;
     // OPT: root name, TYPE 41, CLASS = payload size.
     let opt = msg.get(pos..pos + 5)?;
-    (opt[0] == 0 && opt[1..3] == [0, 41]).then(|| (u16::from_be_bytes([opt[3], opt[4]]) as usize).max(UDP_PLAIN_LIMIT))
+    (opt[0] == 0 && opt[1..3] == [0, 41])
+        .then(|| (u16::from_be_bytes([opt[3], opt[4]]) as usize).max(UDP_PLAIN_LIMIT))
 }
 
 #[cfg(test)]
@@ -333,9 +369,25 @@ mod tests {
     }
 
     fn dns(mode: DnsMode, upstream: Option<&str>, fail: bool) -> (Dns, Arc<FakeUpstream>) {
-        let up = Arc::new(FakeUpstream { dialed: Mutex::new(Vec::new()), fail });
-        let pool = Arc::new(FakePool::new("198.19.0.0/16".parse().unwrap(), Some("fc00:5::/96".parse().unwrap()), &[]).unwrap());
-        let d = Dns::new(mode, upstream.map(|u| parse_upstream(u).unwrap()), Some(pool), up.clone()).unwrap();
+        let up = Arc::new(FakeUpstream {
+            dialed: Mutex::new(Vec::new()),
+            fail,
+        });
+        let pool = Arc::new(
+            FakePool::new(
+                "198.19.0.0/16".parse().unwrap(),
+                Some("fc00:5::/96".parse().unwrap()),
+                &[],
+            )
+            .unwrap(),
+        );
+        let d = Dns::new(
+            mode,
+            upstream.map(|u| parse_upstream(u).unwrap()),
+            Some(pool),
+            up.clone(),
+        )
+        .unwrap();
         (d, up)
     }
 
@@ -346,34 +398,64 @@ mod tests {
     #[tokio::test]
     async fn virtual_a_and_aaaa_from_pool() {
         let (d, up) = dns(DnsMode::Virtual, None, false);
-        let r = d.answer(&query(1, "web.test", TYPE_A), Some(1500)).await.unwrap();
+        let r = d
+            .answer(&query(1, "web.test", TYPE_A), Some(1500))
+            .await
+            .unwrap();
         assert_eq!(rcode(&r), 0);
         assert_eq!(&r[r.len() - 4..], &[198, 19, 0, 1]);
-        let r6 = d.answer(&query(2, "web.test", TYPE_AAAA), Some(1500)).await.unwrap();
-        assert_eq!(&r6[r6.len() - 16..], &"fc00:5::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        assert!(up.dialed.lock().unwrap().is_empty(), "A/AAAA must never leave");
+        let r6 = d
+            .answer(&query(2, "web.test", TYPE_AAAA), Some(1500))
+            .await
+            .unwrap();
+        assert_eq!(
+            &r6[r6.len() - 16..],
+            &"fc00:5::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert!(
+            up.dialed.lock().unwrap().is_empty(),
+            "A/AAAA must never leave"
+        );
         match d.route_tcp("198.19.0.1:80".parse().unwrap()) {
             TcpRoute::Name(t, _pin) => assert_eq!(t, TargetAddr::Domain("web.test".into(), 80)),
             _ => panic!("pool address not routed by name"),
         }
-        assert!(matches!(d.route_tcp("198.19.9.9:80".parse().unwrap()), TcpRoute::Unknown));
-        assert!(matches!(d.route_tcp("203.0.113.2:53".parse().unwrap()), TcpRoute::Dns));
-        assert!(matches!(d.route_tcp("203.0.113.2:80".parse().unwrap()), TcpRoute::Direct));
+        assert!(matches!(
+            d.route_tcp("198.19.9.9:80".parse().unwrap()),
+            TcpRoute::Unknown
+        ));
+        assert!(matches!(
+            d.route_tcp("203.0.113.2:53".parse().unwrap()),
+            TcpRoute::Dns
+        ));
+        assert!(matches!(
+            d.route_tcp("203.0.113.2:80".parse().unwrap()),
+            TcpRoute::Direct
+        ));
     }
 
     #[tokio::test]
     async fn virtual_other_types() {
         let (d, up) = dns(DnsMode::Virtual, None, false);
-        let r = d.answer(&query(3, "web.test", 15), Some(1500)).await.unwrap();
+        let r = d
+            .answer(&query(3, "web.test", 15), Some(1500))
+            .await
+            .unwrap();
         assert_eq!(rcode(&r), 0);
         assert_eq!(&r[6..8], &[0, 0], "NODATA without upstream");
         assert!(up.dialed.lock().unwrap().is_empty());
 
         let (d, up) = dns(DnsMode::Virtual, Some("203.0.113.2"), false);
-        let r = d.answer(&query(0x1234, "web.test", 16), Some(1500)).await.unwrap();
+        let r = d
+            .answer(&query(0x1234, "web.test", 16), Some(1500))
+            .await
+            .unwrap();
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(rcode(&r), 3, "upstream's answer passed through");
-        assert_eq!(*up.dialed.lock().unwrap(), vec![TargetAddr::Ip("203.0.113.2:53".parse().unwrap())]);
+        assert_eq!(
+            *up.dialed.lock().unwrap(),
+            vec![TargetAddr::Ip("203.0.113.2:53".parse().unwrap())]
+        );
     }
 
     #[tokio::test]
@@ -392,7 +474,10 @@ mod tests {
     async fn malformed_gets_formerr_or_nothing() {
         let (d, _) = dns(DnsMode::Virtual, None, false);
         assert_eq!(d.answer(&[1, 2, 3], Some(512)).await, None);
-        let r = d.answer(&query(7, "web.test", TYPE_A)[..14], Some(512)).await.unwrap();
+        let r = d
+            .answer(&query(7, "web.test", TYPE_A)[..14], Some(512))
+            .await
+            .unwrap();
         assert_eq!(rcode(&r), 1);
     }
 

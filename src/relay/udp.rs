@@ -17,7 +17,9 @@ use crate::dns::Dns;
 use crate::socks::codec;
 use crate::socks::TargetAddr;
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr};
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -104,7 +106,11 @@ pub fn parse_udp(pkt: &[u8]) -> Result<Datagram<'_>, PacketError> {
             if repr.next_header != IpProtocol::Udp {
                 return Err(PacketError::NotUdp);
             }
-            (IpAddr::V4(repr.src_addr), IpAddr::V4(repr.dst_addr), ip.payload())
+            (
+                IpAddr::V4(repr.src_addr),
+                IpAddr::V4(repr.dst_addr),
+                ip.payload(),
+            )
         }
         Some(6) => {
             let ip = Ipv6Packet::new_checked(pkt).map_err(|_| PacketError::Malformed)?;
@@ -112,7 +118,11 @@ pub fn parse_udp(pkt: &[u8]) -> Result<Datagram<'_>, PacketError> {
             if repr.next_header != IpProtocol::Udp {
                 return Err(PacketError::NotUdp);
             }
-            (IpAddr::V6(repr.src_addr), IpAddr::V6(repr.dst_addr), ip.payload())
+            (
+                IpAddr::V6(repr.src_addr),
+                IpAddr::V6(repr.dst_addr),
+                ip.payload(),
+            )
         }
         _ => return Err(PacketError::Malformed),
     };
@@ -127,10 +137,18 @@ pub fn parse_udp(pkt: &[u8]) -> Result<Datagram<'_>, PacketError> {
 }
 
 /// Build an IP/UDP packet with valid checksums, at most `mtu` bytes long.
-pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8], mtu: usize) -> Result<Vec<u8>, BuildError> {
+pub fn build_udp(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    mtu: usize,
+) -> Result<Vec<u8>, BuildError> {
     let caps = ChecksumCapabilities::default();
     let udp_len = UDP_HEADER + payload.len();
-    let urepr = UdpRepr { src_port: src.port(), dst_port: dst.port() };
+    let urepr = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
     let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
     match (src.ip(), dst.ip()) {
         (IpAddr::V4(s4), IpAddr::V4(d4)) => {
@@ -149,7 +167,14 @@ pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8], mtu: usize) -
             let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
             repr.emit(&mut ip, &caps);
             let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(&mut udp, &s, &d, payload.len(), |p| p.copy_from_slice(payload), &caps);
+            urepr.emit(
+                &mut udp,
+                &s,
+                &d,
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                &caps,
+            );
             Ok(buf)
         }
         (IpAddr::V6(s6), IpAddr::V6(d6)) => {
@@ -168,7 +193,14 @@ pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8], mtu: usize) -
             let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
             repr.emit(&mut ip);
             let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(&mut udp, &s, &d, payload.len(), |p| p.copy_from_slice(payload), &caps);
+            urepr.emit(
+                &mut udp,
+                &s,
+                &d,
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                &caps,
+            );
             Ok(buf)
         }
         _ => Err(BuildError::FamilyMismatch),
@@ -214,6 +246,26 @@ pub enum AssociateError {
 /// Opens UDP ASSOCIATE associations at the upstream proxy.
 pub trait Associator: Send + Sync + 'static {
     fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>>;
+}
+
+/// UDP ASSOCIATE at the configured upstream (`crate::socks::client`).
+pub struct SocksAssociator(pub Arc<crate::socks::client::Upstream>);
+
+impl Associator for SocksAssociator {
+    fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
+        use crate::socks::client::{udp_associate, DialError};
+        Box::pin(async move {
+            match udp_associate(&self.0).await {
+                Ok(a) => Ok(Association {
+                    control: a.control,
+                    relay: a.relay,
+                    socket: a.socket,
+                }),
+                Err(DialError::CommandNotSupported) => Err(AssociateError::Unsupported),
+                Err(e) => Err(AssociateError::Failed(e.to_string())),
+            }
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -308,8 +360,10 @@ impl Shared {
     }
 
     fn mark_unsupported(&self) {
-        self.unsupported_until
-            .store(self.now_ms() + UNSUPPORTED_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        self.unsupported_until.store(
+            self.now_ms() + UNSUPPORTED_BACKOFF.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         if !self.unsupported_logged.swap(true, Ordering::Relaxed) {
             let dns = match self.dns.as_ref().map(|d| d.mode()) {
                 Some(m) if m != crate::dns::DnsMode::Udp => format!("DNS still works ({m} mode)"),
@@ -328,7 +382,12 @@ pub struct UdpRelay {
 
 impl UdpRelay {
     /// Must be called inside a tokio runtime (flows are spawned onto it).
-    pub fn new(cfg: UdpConfig, dns: Option<Arc<Dns>>, associator: Arc<dyn Associator>, tun: Arc<dyn TunWriter>) -> UdpRelay {
+    pub fn new(
+        cfg: UdpConfig,
+        dns: Option<Arc<Dns>>,
+        associator: Arc<dyn Associator>,
+        tun: Arc<dyn TunWriter>,
+    ) -> UdpRelay {
         UdpRelay {
             shared: Arc::new(Shared {
                 cfg,
@@ -379,7 +438,11 @@ impl UdpRelay {
                 Some((name, pin)) => (TargetAddr::Domain(name, d.dst.port()), Some(pin)),
                 None => {
                     inc(&sh.stats.dropped_other);
-                    tracing::debug!("udp: {} -> {}: fake address not assigned (stale DNS answer?)", d.src, d.dst);
+                    tracing::debug!(
+                        "udp: {} -> {}: fake address not assigned (stale DNS answer?)",
+                        d.src,
+                        d.dst
+                    );
                     return;
                 }
             },
@@ -394,7 +457,12 @@ impl UdpRelay {
             sh.drop_oversize("towards the proxy", d.payload.len());
             return;
         }
-        let mut out = Out { dst: d.dst, target, pin, payload: d.payload.to_vec() };
+        let mut out = Out {
+            dst: d.dst,
+            target,
+            pin,
+            payload: d.payload.to_vec(),
+        };
         let mut table = sh.table();
         if let Some(h) = table.flows.get(&d.src) {
             h.last_used.store(now, Ordering::Relaxed);
@@ -415,10 +483,18 @@ impl UdpRelay {
         }
         if table.flows.len() >= sh.cfg.max_flows.max(1) {
             // Bounded: the association idle the longest goes first.
-            if let Some(victim) = table.flows.iter().min_by_key(|(_, h)| h.last_used.load(Ordering::Relaxed)).map(|(k, _)| *k) {
+            if let Some(victim) = table
+                .flows
+                .iter()
+                .min_by_key(|(_, h)| h.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| *k)
+            {
                 table.flows.remove(&victim);
                 inc(&sh.stats.flows_evicted);
-                tracing::debug!("udp: {victim}: association evicted (--max-udp-flows {} reached)", sh.cfg.max_flows);
+                tracing::debug!(
+                    "udp: {victim}: association evicted (--max-udp-flows {} reached)",
+                    sh.cfg.max_flows
+                );
             }
         }
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
@@ -426,7 +502,14 @@ impl UdpRelay {
         table.next_id += 1;
         let id = table.next_id;
         let last_used = Arc::new(AtomicU64::new(now));
-        table.flows.insert(d.src, FlowHandle { id, tx, last_used: last_used.clone() });
+        table.flows.insert(
+            d.src,
+            FlowHandle {
+                id,
+                tx,
+                last_used: last_used.clone(),
+            },
+        );
         drop(table);
         inc(&sh.stats.flows_opened);
         sh.rt.spawn(run_flow(sh.clone(), d.src, id, rx, last_used));
@@ -440,7 +523,11 @@ impl UdpRelay {
             return;
         };
         sh.rt.clone().spawn(async move {
-            let hdr = if client.is_ipv4() { IPV4_HEADER } else { IPV6_HEADER } + UDP_HEADER;
+            let hdr = if client.is_ipv4() {
+                IPV4_HEADER
+            } else {
+                IPV6_HEADER
+            } + UDP_HEADER;
             let limit = sh.cfg.mtu.saturating_sub(hdr);
             if let Some(resp) = dns.answer(&query, Some(limit)).await {
                 match build_udp(server, client, &resp, sh.cfg.mtu) {
@@ -470,7 +557,13 @@ struct Live {
     socket: UdpSocket,
 }
 
-async fn run_flow(sh: Arc<Shared>, local: SocketAddr, id: u64, mut rx: mpsc::Receiver<Out>, last_used: Arc<AtomicU64>) {
+async fn run_flow(
+    sh: Arc<Shared>,
+    local: SocketAddr,
+    id: u64,
+    mut rx: mpsc::Receiver<Out>,
+    last_used: Arc<AtomicU64>,
+) {
     let started = Instant::now();
     // Both Some while associated; the control connection is apart so both can be awaited at once.
     let mut live: Option<Live> = None;
@@ -484,7 +577,11 @@ async fn run_flow(sh: Arc<Shared>, local: SocketAddr, id: u64, mut rx: mpsc::Rec
     let mut pkt = Vec::with_capacity(sh.cfg.mtu + 263);
     let mut last_activity = Instant::now();
     let outcome: String = loop {
-        let idle = if dns_only { sh.cfg.timeout.min(DNS_UDP_TIMEOUT) } else { sh.cfg.timeout };
+        let idle = if dns_only {
+            sh.cfg.timeout.min(DNS_UDP_TIMEOUT)
+        } else {
+            sh.cfg.timeout
+        };
         let recv = async {
             match &live {
                 Some(l) => l.socket.recv_from(&mut buf).await,
@@ -529,14 +626,22 @@ async fn run_flow(sh: Arc<Shared>, local: SocketAddr, id: u64, mut rx: mpsc::Rec
                         if fakes.len() >= MAX_FAKE_DESTS {
                             fakes.remove(0);
                         }
-                        fakes.push(FakeDest { fake: o.dst, name: name.clone(), port: *port, _pin: o.pin });
+                        fakes.push(FakeDest {
+                            fake: o.dst,
+                            name: name.clone(),
+                            port: *port,
+                            _pin: o.pin,
+                        });
                     }
                 }
                 if live.is_none() {
                     match sh.associator.associate().await {
                         Ok(a) => {
                             tracing::debug!("udp {local}: associated, relay {}", a.relay);
-                            live = Some(Live { relay: a.relay, socket: a.socket });
+                            live = Some(Live {
+                                relay: a.relay,
+                                socket: a.socket,
+                            });
                             control = Some(a.control);
                         }
                         Err(AssociateError::Unsupported) => {
@@ -576,7 +681,9 @@ async fn run_flow(sh: Arc<Shared>, local: SocketAddr, id: u64, mut rx: mpsc::Rec
             }
             Ev::In(Ok((n, from))) => {
                 let Some(l) = &live else { continue };
-                if codec::unmap(from.ip()) != codec::unmap(l.relay.ip()) || from.port() != l.relay.port() {
+                if codec::unmap(from.ip()) != codec::unmap(l.relay.ip())
+                    || from.port() != l.relay.port()
+                {
                     inc(&sh.stats.dropped_other);
                     continue;
                 }
@@ -640,7 +747,12 @@ fn reply_source(from: &TargetAddr, fakes: &[FakeDest], local: SocketAddr) -> Opt
             // The proxy resolved the name, so the reply names an address the
             // application never saw; the most recent fake destination with
             // that port is the one it is waiting on.
-            let src = fakes.iter().rev().find(|f| f.port == a.port()).map(|f| f.fake).unwrap_or(*a);
+            let src = fakes
+                .iter()
+                .rev()
+                .find(|f| f.port == a.port())
+                .map(|f| f.fake)
+                .unwrap_or(*a);
             Some(same_family(src, local))
         }
     }
@@ -656,7 +768,10 @@ mod tests {
 
     #[test]
     fn build_then_parse_v4_and_v6() {
-        for (src, dst) in [("203.0.113.2:7", "198.18.0.1:40000"), ("[2001:db8:2::2]:7", "[fc00:1::1]:40000")] {
+        for (src, dst) in [
+            ("203.0.113.2:7", "198.18.0.1:40000"),
+            ("[2001:db8:2::2]:7", "[fc00:1::1]:40000"),
+        ] {
             let p = build_udp(sa(src), sa(dst), b"hello", 1500).unwrap();
             let d = parse_udp(&p).unwrap();
             assert_eq!((d.src, d.dst, d.payload), (sa(src), sa(dst), &b"hello"[..]));
@@ -671,7 +786,8 @@ mod tests {
         let last = p.len() - 1;
         p[last] ^= 1;
         assert_eq!(parse_udp(&p), Err(PacketError::Invalid));
-        let mut p6 = build_udp(sa("[2001:db8::1]:7"), sa("[2001:db8::2]:9"), b"hello", 1500).unwrap();
+        let mut p6 =
+            build_udp(sa("[2001:db8::1]:7"), sa("[2001:db8::2]:9"), b"hello", 1500).unwrap();
         let last = p6.len() - 1;
         p6[last] ^= 1;
         assert_eq!(parse_udp(&p6), Err(PacketError::Invalid));
@@ -686,10 +802,19 @@ mod tests {
         let payload = vec![7u8; 1472];
         assert!(build_udp(sa("1.2.3.4:1"), sa("5.6.7.8:2"), &payload, 1500).is_ok());
         let payload = vec![7u8; 1473];
-        assert_eq!(build_udp(sa("1.2.3.4:1"), sa("5.6.7.8:2"), &payload, 1500), Err(BuildError::TooBig));
+        assert_eq!(
+            build_udp(sa("1.2.3.4:1"), sa("5.6.7.8:2"), &payload, 1500),
+            Err(BuildError::TooBig)
+        );
         let payload = vec![7u8; 1453];
-        assert_eq!(build_udp(sa("[::1]:1"), sa("[::2]:2"), &payload, 1500), Err(BuildError::TooBig));
-        assert_eq!(build_udp(sa("1.2.3.4:1"), sa("[::2]:2"), b"", 1500), Err(BuildError::FamilyMismatch));
+        assert_eq!(
+            build_udp(sa("[::1]:1"), sa("[::2]:2"), &payload, 1500),
+            Err(BuildError::TooBig)
+        );
+        assert_eq!(
+            build_udp(sa("1.2.3.4:1"), sa("[::2]:2"), b"", 1500),
+            Err(BuildError::FamilyMismatch)
+        );
     }
 
     #[test]
@@ -709,7 +834,13 @@ mod tests {
         let z = build_udp(sa("1.2.3.4:7"), sa("5.6.7.8:0"), b"x", 1500).unwrap();
         assert_eq!(parse_udp(&z), Err(PacketError::Invalid));
         // Fuzz: truncations and bit flips never panic.
-        let base = build_udp(sa("[2001:db8::1]:7"), sa("[2001:db8::2]:9"), b"hello world", 1500).unwrap();
+        let base = build_udp(
+            sa("[2001:db8::1]:7"),
+            sa("[2001:db8::2]:9"),
+            b"hello world",
+            1500,
+        )
+        .unwrap();
         for i in 0..base.len() {
             let _ = parse_udp(&base[..i]);
             for bit in 0..8 {
@@ -723,18 +854,306 @@ mod tests {
     #[test]
     fn reply_sources() {
         let local = sa("198.18.0.1:5000");
-        let fakes = vec![FakeDest { fake: sa("198.19.0.1:7"), name: "echo.test".into(), port: 7, _pin: None }];
+        let fakes = vec![FakeDest {
+            fake: sa("198.19.0.1:7"),
+            name: "echo.test".into(),
+            port: 7,
+            _pin: None,
+        }];
         // A name the application reached through a fake address.
-        assert_eq!(reply_source(&TargetAddr::Domain("Echo.Test".into(), 7), &fakes, local), Some(sa("198.19.0.1:7")));
-        assert_eq!(reply_source(&TargetAddr::Domain("other.test".into(), 7), &fakes, local), None);
+        assert_eq!(
+            reply_source(&TargetAddr::Domain("Echo.Test".into(), 7), &fakes, local),
+            Some(sa("198.19.0.1:7"))
+        );
+        assert_eq!(
+            reply_source(&TargetAddr::Domain("other.test".into(), 7), &fakes, local),
+            None
+        );
         // The resolved address of that name, on the same port.
-        assert_eq!(reply_source(&TargetAddr::Ip(sa("203.0.113.2:7")), &fakes, local), Some(sa("198.19.0.1:7")));
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("203.0.113.2:7")), &fakes, local),
+            Some(sa("198.19.0.1:7"))
+        );
         // Any other remote: as it is (full cone), mapped into the endpoint's family.
-        assert_eq!(reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], local), Some(sa("203.0.113.9:9")));
-        assert_eq!(reply_source(&TargetAddr::Ip(sa("[::ffff:203.0.113.9]:9")), &[], local), Some(sa("203.0.113.9:9")));
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], local),
+            Some(sa("203.0.113.9:9"))
+        );
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("[::ffff:203.0.113.9]:9")), &[], local),
+            Some(sa("203.0.113.9:9"))
+        );
         assert_eq!(
             reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], sa("[fc00::1]:5")),
             Some(sa("[::ffff:203.0.113.9]:9"))
         );
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::dns::pool::FakePool;
+    use crate::dns::service::{BoxStream, Connector};
+    use crate::dns::DnsMode;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::TcpListener;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A SOCKS5 UDP relay in memory: echoes each datagram back from its
+    /// destination, or answers "BIG" with 2000 bytes.
+    struct FakeProxy {
+        associations: AtomicUsize,
+        unsupported: bool,
+        controls: Mutex<Vec<TcpStream>>,
+    }
+
+    impl Associator for FakeProxy {
+        fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
+            Box::pin(async move {
+                self.associations.fetch_add(1, Ordering::SeqCst);
+                if self.unsupported {
+                    return Err(AssociateError::Unsupported);
+                }
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let control = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+                let (server_side, _) = l.accept().await.unwrap();
+                self.controls.lock().unwrap().push(server_side);
+                let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let relay_addr = relay.local_addr().unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 70000];
+                    while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                        let Ok(h) = codec::parse_udp_header(&buf[..n]) else {
+                            continue;
+                        };
+                        let mut out = Vec::new();
+                        codec::encode_udp_header(&h.addr, &mut out).unwrap();
+                        if &buf[h.header_len..n] == b"BIG" {
+                            out.extend_from_slice(&[b'x'; 2000]);
+                        } else {
+                            out.extend_from_slice(&buf[h.header_len..n]);
+                        }
+                        let _ = relay.send_to(&out, from).await;
+                    }
+                });
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                Ok(Association {
+                    control,
+                    relay: relay_addr,
+                    socket,
+                })
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Capture {
+        pkts: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl TunWriter for Capture {
+        fn send(&self, pkt: &[u8]) {
+            self.pkts.lock().unwrap().push(pkt.to_vec());
+        }
+    }
+
+    impl Capture {
+        /// Wait for `n` packets in all; returns them parsed as (src, dst, payload).
+        async fn wait(&self, n: usize) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+            for _ in 0..200 {
+                if self.pkts.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.pkts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let d = parse_udp(p).expect("valid packet with valid checksums");
+                    (d.src, d.dst, d.payload.to_vec())
+                })
+                .collect()
+        }
+    }
+
+    struct NoConnect;
+    impl Connector for NoConnect {
+        fn connect(
+            &self,
+            _t: TargetAddr,
+        ) -> crate::dns::service::BoxFuture<'_, io::Result<BoxStream>> {
+            Box::pin(async { Err(io::Error::other("no")) })
+        }
+    }
+
+    fn relay(max: usize, unsupported: bool, dns: bool) -> (UdpRelay, Arc<FakeProxy>, Arc<Capture>) {
+        let proxy = Arc::new(FakeProxy {
+            associations: AtomicUsize::new(0),
+            unsupported,
+            controls: Mutex::new(Vec::new()),
+        });
+        let cap = Arc::new(Capture::default());
+        let dns = dns.then(|| {
+            let pool =
+                Arc::new(FakePool::new("198.19.0.0/16".parse().unwrap(), None, &[]).unwrap());
+            Arc::new(Dns::new(DnsMode::Virtual, None, Some(pool), Arc::new(NoConnect)).unwrap())
+        });
+        let cfg = UdpConfig {
+            timeout: Duration::from_secs(60),
+            max_flows: max,
+            mtu: 1500,
+        };
+        (
+            UdpRelay::new(cfg, dns, proxy.clone(), cap.clone()),
+            proxy,
+            cap,
+        )
+    }
+
+    fn pkt(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        build_udp(sa(src), sa(dst), payload, 1500).unwrap()
+    }
+
+    #[tokio::test]
+    async fn full_cone_one_association_many_remotes() {
+        let (r, proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"one"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.3:9", b"two"));
+        let got = cap.wait(2).await;
+        assert_eq!(got.len(), 2);
+        assert!(got.contains(&(sa("203.0.113.2:7"), sa("198.18.0.1:5000"), b"one".to_vec())));
+        assert!(got.contains(&(sa("203.0.113.3:9"), sa("198.18.0.1:5000"), b"two".to_vec())));
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 1);
+        assert_eq!(r.flows(), 1);
+        // IPv6 endpoint: its own association.
+        r.handle_packet(&pkt("[fc00:1::1]:5000", "[2001:db8:2::2]:7", b"six"));
+        let got = cap.wait(3).await;
+        assert!(got.contains(&(
+            sa("[2001:db8:2::2]:7"),
+            sa("[fc00:1::1]:5000"),
+            b"six".to_vec()
+        )));
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bounded_oldest_idle_evicted() {
+        let (r, _proxy, cap) = relay(3, false, false);
+        for i in 0..10 {
+            r.handle_packet(&pkt(
+                &format!("198.18.0.1:{}", 6000 + i),
+                "203.0.113.2:7",
+                b"x",
+            ));
+            assert!(r.flows() <= 3);
+            cap.wait(i + 1).await;
+        }
+        assert_eq!(r.stats().flows_evicted.load(Ordering::Relaxed), 7);
+        assert_eq!(r.stats().flows_opened.load(Ordering::Relaxed), 10);
+        // The three most recent survive.
+        let t = r.shared.table();
+        for i in 7..10 {
+            assert!(t
+                .flows
+                .contains_key(&sa(&format!("198.18.0.1:{}", 6000 + i))));
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_control_connection_is_reestablished() {
+        let (r, proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+        cap.wait(1).await;
+        // The proxy closes the control connection: the association is gone.
+        proxy.controls.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"b"));
+        let got = cap.wait(2).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_udp_associate_is_remembered() {
+        let (r, proxy, cap) = relay(16, true, true);
+        for p in 0..5 {
+            r.handle_packet(&pkt(
+                &format!("198.18.0.1:{}", 5000 + p),
+                "203.0.113.2:7",
+                b"a",
+            ));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            proxy.associations.load(Ordering::SeqCst),
+            1,
+            "asked once, then backed off"
+        );
+        assert_eq!(r.stats().dropped_unsupported.load(Ordering::Relaxed), 5);
+        // DNS still answered.
+        let q = crate::dns::message::tests::query(1, "web.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "203.0.113.2:53", &q));
+        let got = cap.wait(1).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, sa("203.0.113.2:53"));
+        assert_eq!(&got[0].2[got[0].2.len() - 4..], &[198, 19, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn fake_destination_goes_by_name_and_replies_from_fake() {
+        let (r, _proxy, cap) = relay(16, false, true);
+        let q = crate::dns::message::tests::query(1, "echo.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q));
+        cap.wait(1).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.0.1:7", b"hi"));
+        let got = cap.wait(2).await;
+        // The fake proxy echoes with the header it got: a domain; the reply comes from the fake address.
+        assert_eq!(
+            got[1],
+            (sa("198.19.0.1:7"), sa("198.18.0.1:5000"), b"hi".to_vec())
+        );
+        // An address no answer handed out is dropped.
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.3.3:7", b"hi"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cap.wait(2).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn oversize_reply_dropped_and_counted() {
+        let (r, _proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"BIG"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"small"));
+        let got = cap.wait(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2, b"small");
+        assert_eq!(r.stats().dropped_oversize.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_packets_dropped() {
+        let (r, proxy, cap) = relay(16, false, true);
+        r.handle_packet(&[0x45, 0, 0]);
+        r.handle_packet(&[]);
+        let mut bad = pkt("198.18.0.1:5000", "203.0.113.2:7", b"a");
+        let last = bad.len() - 1;
+        bad[last] ^= 0xFF;
+        r.handle_packet(&bad);
+        // A malformed DNS query gets FORMERR, a runt nothing.
+        let q = crate::dns::message::tests::query(9, "web.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q[..14]));
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q[..3]));
+        let got = cap.wait(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2[3] & 0xF, 1);
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 0);
+        assert_eq!(r.stats().dropped_other.load(Ordering::Relaxed), 3);
     }
 }
