@@ -252,18 +252,20 @@ check_table_empty() {
 }
 
 # Make a change after recording it: add_rule FAMILY ARGS...
+# A change the kernel refused never happened: its record is dropped again.
 add_rule() {
     local fam=$1
     shift
     record rule "$fam" "$@"
-    ip "-$fam" rule add "$@"
+    ip "-$fam" rule add "$@" || { unrecord; return 1; }
 }
 add_route() {
     local fam=$1
     shift
     record route "$fam" "$@"
-    ip "-$fam" route add "$@"
+    ip "-$fam" route add "$@" || { unrecord; return 1; }
 }
+unrecord() { sed -i '$d' "$ST_STATE"; }
 set_sysctl() {
     local path=$1 new=$2 old
     old=$(<"/proc/sys/$path")
