@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const TUN_V4: &str = "198.18.0.1/15";
-pub const TUN_V6: &str = "fc00:1::1/64";
+pub const TUN_V6: &str = "2001:db8:ff::1/64";
 /// The resolver every client uses: dnsmasq on the target, reachable only
 /// through the proxy (and answered in-process by sockstun in virtual mode).
 pub const RESOLVER: &str = TARGET_V4;
@@ -279,10 +279,7 @@ pub fn start_tun(topo: &Topology, dev: &str, extra: &[&str]) -> Proc {
     cmd.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
     let mut p = topo.client.spawn(&refs);
-    let up = wait_until(Duration::from_secs(10), || {
-        let out = topo.client.exec(&["ip", "link", "show", "dev", dev]);
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(",UP")
-    });
+    let up = wait_until(Duration::from_secs(10), || p.log().contains("TUN device up"));
     if !up {
         panic!("TUN {dev} did not come up (running: {}):\n{}", p.is_running(), p.log());
     }
@@ -356,4 +353,39 @@ pub fn echo_round_trips(ns: &Netns, bind: &str, dst: &str, n: u32, size: usize, 
         }
         ok
     })
+}
+
+/// tcpdump on the client's veth (c0), writing a capture file; stopped by `finish`.
+pub struct Capture {
+    proc: Proc,
+    file: String,
+}
+
+impl Capture {
+    pub fn start(env: &Env) -> Capture {
+        let file = env.dir.path("c0.pcap");
+        let proc = env.topo.client.spawn(&["tcpdump", "-i", "c0", "-n", "-U", "-w", &file]);
+        assert!(
+            wait_until(Duration::from_secs(10), || proc.log().contains("listening on")),
+            "tcpdump did not start:\n{}",
+            proc.log()
+        );
+        Capture { proc, file }
+    }
+
+    /// Stop the capture; returns the packets matching `filter`, one per line.
+    pub fn finish(mut self, filters: &[&str]) -> Vec<String> {
+        self.proc.signal(libc::SIGINT);
+        assert!(self.proc.wait_exit(Duration::from_secs(10)).is_some(), "tcpdump did not stop");
+        filters
+            .iter()
+            .map(|f| {
+                let out = std::process::Command::new("tcpdump")
+                    .args(["-r", &self.file, "-n", f])
+                    .output()
+                    .expect("tcpdump -r");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
 }
