@@ -5,3 +5,20 @@
 //!   host resolved once by the caller via `Upstream::resolve`)
 //! - `connect(&Upstream, &TargetAddr) -> Result<tokio::net::TcpStream, DialError>`
 //! - `DialError` says why, so TUN mode can answer RST vs ICMP unreachable.
+
+// PROVISIONAL (tun branch): stand-in until the server helper's client lands; replaced on merge.
+#[derive(Debug)]
+pub enum DialError {
+    Refused,
+    NetUnreachable,
+    HostUnreachable,
+    NotAllowed,
+    TtlExpired,
+    Timeout,
+    CommandNotSupported,
+    AddrTypeNotSupported,
+    AuthFailed,
+    ProxyUnreachable(std::io::Error),
+    Protocol(String),
+    General,
+}
