@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "sockstun", version, about = "TUN-to-SOCKS socksifier and SOCKS4/4a/5 server")]
+#[command(
+    name = "sockstun",
+    version,
+    about = "TUN-to-SOCKS socksifier and SOCKS4/4a/5 server"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax); SOCKSTUN_LOG overrides it.
     #[arg(long = "log", global = true, default_value = "info")]

@@ -1,24 +1,710 @@
-//! Dial through an upstream SOCKS server: CONNECT, UDP ASSOCIATE, auth. (issue 2)
+//! Dial through an upstream SOCKS server: CONNECT, UDP ASSOCIATE, auth.
 //!
-//! Contract used by TUN mode (keep these names):
-//! - `Upstream::from_url(&str) -> Result<Upstream, UpstreamUrlError>` (socks4/4a/5/5h, percent-decoded userinfo,
-//!   host resolved once by the caller via `Upstream::resolve`)
-//! - `connect(&Upstream, &TargetAddr) -> Result<tokio::net::TcpStream, DialError>`
-//! - `DialError` says why, so TUN mode can answer RST vs ICMP unreachable.
+//! Used by TUN mode for every flow. A domain target is never resolved here
+//! (that would leak the name to the local resolver): SOCKS4a and SOCKS5 carry
+//! the name to the proxy, plain SOCKS4 refuses it.
+//!
+//! Every socket towards the proxy is made with `Upstream::opts` (fwmark,
+//! bind-interface), so policy routing can keep sockstun's own traffic out of
+//! the TUN.
 
-// PROVISIONAL (tun branch): stand-in until the server helper's client lands; replaced on merge.
+use super::codec::{self, cmd, method, rep4, rep5};
+use super::TargetAddr;
+use crate::net::SocketOpts;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The SOCKS dialect spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// IPv4 destinations only; a name cannot be sent (and is never resolved locally).
+    Socks4,
+    /// SOCKS4 with names sent to the proxy.
+    Socks4a,
+    /// SOCKS5; names are sent to the proxy.
+    Socks5,
+    /// SOCKS5, names resolved by the proxy. On the wire the same as `Socks5`
+    /// here, since sockstun never resolves a target name itself.
+    Socks5h,
+}
+
+impl ProxyKind {
+    pub fn is_socks5(self) -> bool {
+        matches!(self, ProxyKind::Socks5 | ProxyKind::Socks5h)
+    }
+
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ProxyKind::Socks4 => "socks4",
+            ProxyKind::Socks4a => "socks4a",
+            ProxyKind::Socks5 => "socks5",
+            ProxyKind::Socks5h => "socks5h",
+        }
+    }
+}
+
+/// An upstream SOCKS server. Deliberately no `Debug` derive: `auth` holds a
+/// password. Use `Display` (no password) for logs.
+#[derive(Clone)]
+pub struct Upstream {
+    pub kind: ProxyKind,
+    pub host: String,
+    pub port: u16,
+    /// The proxy's addresses, tried in order. Filled by `resolve` (or by
+    /// `from_url` when the host is an IP literal).
+    pub addrs: Vec<SocketAddr>,
+    /// Username and password (SOCKS5, RFC 1929) or user id (SOCKS4, password ignored).
+    pub auth: Option<(String, String)>,
+    pub opts: SocketOpts,
+    /// Limit for the TCP connect to the proxy and, separately, for the SOCKS
+    /// handshake (which includes the proxy's own connect to the target).
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.kind.scheme())?;
+        if let Some((u, _)) = &self.auth {
+            write!(f, "{u}:***@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A malformed proxy URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlError {
+    /// No `scheme://`.
+    MissingScheme,
+    /// A scheme other than socks4, socks4a, socks5, socks5h.
+    UnknownScheme(String),
+    MissingHost,
+    /// An IPv6 address without brackets, or an unclosed bracket.
+    BadHost(String),
+    BadPort(String),
+    /// A path, query or fragment after host:port.
+    TrailingGarbage(String),
+    /// A bad `%XX` escape, or userinfo that is not UTF-8 once decoded.
+    BadEscape,
+    /// A username or password longer than 255 bytes (RFC 1929 limit).
+    CredentialsTooLong,
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlError::MissingScheme => write!(f, "missing scheme (expected socks5://host:port)"),
+            UrlError::UnknownScheme(s) => {
+                write!(
+                    f,
+                    "unknown scheme {s:?} (use socks4, socks4a, socks5 or socks5h)"
+                )
+            }
+            UrlError::MissingHost => write!(f, "missing host"),
+            UrlError::BadHost(h) => {
+                write!(f, "bad host {h:?} (write IPv6 addresses as [addr]:port)")
+            }
+            UrlError::BadPort(p) => write!(f, "bad port {p:?}"),
+            UrlError::TrailingGarbage(s) => write!(f, "unexpected {s:?} after host:port"),
+            UrlError::BadEscape => write!(f, "bad percent-escape in user:password"),
+            UrlError::CredentialsTooLong => write!(f, "username or password longer than 255 bytes"),
+        }
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+fn percent_decode(s: &str) -> Result<String, UrlError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(UrlError::BadEscape)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| UrlError::BadEscape)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| UrlError::BadEscape)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError::BadEscape)
+}
+
+impl Upstream {
+    /// Parse `scheme://[user[:password]@]host[:port][/]`; the port defaults to
+    /// 1080. The host is not resolved here (see `resolve`), except that an IP
+    /// literal fills `addrs` at once.
+    pub fn from_url(url: &str) -> Result<Upstream, UrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or(UrlError::MissingScheme)?;
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "socks4" => ProxyKind::Socks4,
+            "socks4a" => ProxyKind::Socks4a,
+            "socks5" => ProxyKind::Socks5,
+            "socks5h" => ProxyKind::Socks5h,
+            other => return Err(UrlError::UnknownScheme(other.to_string())),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (userinfo, hostport) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
+        };
+        if let Some(i) = hostport.find(['/', '?', '#']) {
+            return Err(UrlError::TrailingGarbage(hostport[i..].to_string()));
+        }
+        let auth = match userinfo {
+            None => None,
+            Some(ui) => {
+                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
+                let (u, p) = (percent_decode(u)?, percent_decode(p)?);
+                if u.len() > 255 || p.len() > 255 {
+                    return Err(UrlError::CredentialsTooLong);
+                }
+                Some((u, p))
+            }
+        };
+        let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| UrlError::BadHost(hostport.to_string()))?;
+            if h.parse::<Ipv6Addr>().is_err() {
+                return Err(UrlError::BadHost(h.to_string()));
+            }
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| UrlError::BadPort(p.to_string()))?,
+                ),
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) if !p.contains(':') => (h.to_string(), Some(p)),
+                Some(_) => return Err(UrlError::BadHost(hostport.to_string())),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError::MissingHost);
+        }
+        let port = match port {
+            None => 1080,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n != 0 => n,
+                _ => return Err(UrlError::BadPort(p.to_string())),
+            },
+        };
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => Vec::new(),
+        };
+        Ok(Upstream {
+            kind,
+            host,
+            port,
+            addrs,
+            auth,
+            opts: SocketOpts::default(),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Resolve the proxy's host name (blocking; call once at start). The
+    /// proxy's own name is resolved locally, necessarily: this is not a leak of
+    /// a target name.
+    pub fn resolve(&mut self) -> io::Result<()> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            self.addrs = vec![SocketAddr::new(ip, self.port)];
+            return Ok(());
+        }
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} has no address", self.host),
+            ));
+        }
+        self.addrs = addrs;
+        Ok(())
+    }
+}
+
+/// Why a dial through the proxy failed. The first variants are the proxy's
+/// answers (SOCKS5 reply codes 0x01–0x08), so TUN mode can answer the
+/// application the way a direct connection would have failed.
 #[derive(Debug)]
 pub enum DialError {
+    /// 0x05, or SOCKS4 0x5B (SOCKS4 has a single failure code).
     Refused,
+    /// 0x03
     NetUnreachable,
+    /// 0x04
     HostUnreachable,
+    /// 0x02 (ruleset), or SOCKS4 0x5C/0x5D (identd).
     NotAllowed,
+    /// 0x06
     TtlExpired,
+    /// The handshake (including the proxy's connect to the target) took longer
+    /// than `connect_timeout`.
     Timeout,
+    /// 0x07
     CommandNotSupported,
+    /// 0x08, or a destination the dialect cannot carry (IPv6 or a name over
+    /// SOCKS4: names are never resolved locally).
     AddrTypeNotSupported,
+    /// The proxy wants credentials we do not have, or rejected ours.
     AuthFailed,
-    ProxyUnreachable(std::io::Error),
+    /// No TCP connection to any of the proxy's addresses (the last error).
+    ProxyUnreachable(io::Error),
+    /// The proxy broke the protocol (or closed during the handshake).
     Protocol(String),
+    /// 0x01 or an unknown reply code.
     General,
+}
+
+impl DialError {
+    /// The SOCKS5 reply code for this failure: lets the server relay an
+    /// upstream's answer unchanged.
+    pub fn socks5_reply(&self) -> u8 {
+        match self {
+            DialError::Refused => rep5::CONNECTION_REFUSED,
+            DialError::NetUnreachable => rep5::NET_UNREACHABLE,
+            DialError::HostUnreachable => rep5::HOST_UNREACHABLE,
+            DialError::NotAllowed | DialError::AuthFailed => rep5::NOT_ALLOWED,
+            DialError::TtlExpired | DialError::Timeout => rep5::TTL_EXPIRED,
+            DialError::CommandNotSupported => rep5::COMMAND_NOT_SUPPORTED,
+            DialError::AddrTypeNotSupported => rep5::ADDR_TYPE_NOT_SUPPORTED,
+            DialError::ProxyUnreachable(_) | DialError::Protocol(_) | DialError::General => {
+                rep5::GENERAL_FAILURE
+            }
+        }
+    }
+
+    fn from_socks5_reply(rep: u8) -> DialError {
+        match rep {
+            rep5::NOT_ALLOWED => DialError::NotAllowed,
+            rep5::NET_UNREACHABLE => DialError::NetUnreachable,
+            rep5::HOST_UNREACHABLE => DialError::HostUnreachable,
+            rep5::CONNECTION_REFUSED => DialError::Refused,
+            rep5::TTL_EXPIRED => DialError::TtlExpired,
+            rep5::COMMAND_NOT_SUPPORTED => DialError::CommandNotSupported,
+            rep5::ADDR_TYPE_NOT_SUPPORTED => DialError::AddrTypeNotSupported,
+            _ => DialError::General,
+        }
+    }
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Refused => write!(f, "connection refused"),
+            DialError::NetUnreachable => write!(f, "network unreachable"),
+            DialError::HostUnreachable => write!(f, "host unreachable"),
+            DialError::NotAllowed => write!(f, "not allowed by the proxy's rules"),
+            DialError::TtlExpired => write!(f, "TTL expired"),
+            DialError::Timeout => write!(f, "timed out"),
+            DialError::CommandNotSupported => write!(f, "command not supported by the proxy"),
+            DialError::AddrTypeNotSupported => write!(f, "address type not supported"),
+            DialError::AuthFailed => write!(f, "proxy authentication failed"),
+            DialError::ProxyUnreachable(e) => write!(f, "proxy unreachable: {e}"),
+            DialError::Protocol(s) => write!(f, "proxy protocol error: {s}"),
+            DialError::General => write!(f, "general failure"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DialError::ProxyUnreachable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn proto(e: impl fmt::Display) -> DialError {
+    DialError::Protocol(e.to_string())
+}
+
+fn read_err(e: io::Error) -> DialError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        DialError::Protocol("proxy closed the connection during the handshake".into())
+    } else {
+        DialError::Protocol(format!("handshake: {e}"))
+    }
+}
+
+/// Open a TCP connection to the first of the proxy's addresses that answers.
+pub async fn connect_proxy(up: &Upstream) -> Result<TcpStream, DialError> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "proxy address not resolved");
+    for &addr in &up.addrs {
+        match tokio::time::timeout(up.connect_timeout, up.opts.connect_tcp(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out"),
+                )
+            }
+        }
+    }
+    Err(DialError::ProxyUnreachable(last))
+}
+
+/// Refuse before connecting what the dialect cannot carry.
+fn check_carriable(kind: ProxyKind, dest: &TargetAddr) -> Result<(), DialError> {
+    match (kind, dest) {
+        (ProxyKind::Socks4 | ProxyKind::Socks4a, TargetAddr::Ip(SocketAddr::V6(_))) => {
+            Err(DialError::AddrTypeNotSupported)
+        }
+        // Resolving here would leak the name to the local resolver.
+        (ProxyKind::Socks4, TargetAddr::Domain(..)) => Err(DialError::AddrTypeNotSupported),
+        _ => Ok(()),
+    }
+}
+
+/// Run the SOCKS handshake for `command` on an open connection to the proxy
+/// and return the bound address of the (first) reply. Reads exactly the
+/// reply, so data the target sends right after stays in the stream.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    up: &Upstream,
+    command: u8,
+    dest: &TargetAddr,
+) -> Result<TargetAddr, DialError> {
+    check_carriable(up.kind, dest)?;
+    if !up.kind.is_socks5() {
+        let uid = up
+            .auth
+            .as_ref()
+            .map(|(u, _)| u.as_bytes())
+            .unwrap_or_default();
+        let req = codec::encode_socks4_request(command, dest, uid)
+            .map_err(|_| DialError::AddrTypeNotSupported)?;
+        s.write_all(&req).await.map_err(read_err)?;
+        let reply = read_socks4_reply(s).await?;
+        return Ok(TargetAddr::Ip(reply.into()));
+    }
+
+    let methods: &[u8] = if up.auth.is_some() {
+        &[method::NO_AUTH, method::USER_PASS]
+    } else {
+        &[method::NO_AUTH]
+    };
+    s.write_all(&codec::encode_greeting(methods))
+        .await
+        .map_err(read_err)?;
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.map_err(read_err)?;
+    let chosen = match codec::parse_method_choice(&b).map_err(proto)? {
+        Some((m, _)) => m,
+        None => return Err(proto("short method choice")),
+    };
+    match (chosen, &up.auth) {
+        (method::NO_AUTH, _) => {}
+        (method::USER_PASS, Some((u, p))) => {
+            let req = codec::encode_auth_request(u, p).map_err(|_| DialError::AuthFailed)?;
+            s.write_all(&req).await.map_err(read_err)?;
+            s.read_exact(&mut b).await.map_err(read_err)?;
+            match codec::parse_auth_reply(&b).map_err(proto)? {
+                Some((true, _)) => {}
+                _ => return Err(DialError::AuthFailed),
+            }
+        }
+        (method::NO_ACCEPTABLE, _) | (method::USER_PASS, None) => {
+            return Err(DialError::AuthFailed)
+        }
+        (m, _) => {
+            return Err(proto(format!(
+                "proxy chose method 0x{m:02x} we did not offer"
+            )))
+        }
+    }
+    let req =
+        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
+    s.write_all(&req).await.map_err(read_err)?;
+    read_socks5_reply(s).await
+}
+
+/// Read one SOCKS5 reply; a failure code becomes the matching `DialError`.
+pub async fn read_socks5_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<TargetAddr, DialError> {
+    let mut buf = [0u8; 262];
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.map_err(read_err)?;
+    let len = codec::socks5_reply_len(&head).map_err(proto)?;
+    buf[..5].copy_from_slice(&head);
+    s.read_exact(&mut buf[5..len]).await.map_err(read_err)?;
+    let reply = match codec::parse_socks5_reply(&buf[..len]).map_err(proto)? {
+        Some((r, _)) => r,
+        None => return Err(proto("short reply")),
+    };
+    if reply.rep != rep5::SUCCEEDED {
+        return Err(DialError::from_socks5_reply(reply.rep));
+    }
+    Ok(reply.bound)
+}
+
+/// Read one SOCKS4 reply; a failure code becomes the matching `DialError`.
+pub async fn read_socks4_reply<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<std::net::SocketAddrV4, DialError> {
+    let mut b = [0u8; 8];
+    s.read_exact(&mut b).await.map_err(read_err)?;
+    let r = match codec::parse_socks4_reply(&b).map_err(proto)? {
+        Some((r, _)) => r,
+        None => return Err(proto("short reply")),
+    };
+    match r.code {
+        rep4::GRANTED => Ok(r.bound),
+        rep4::REJECTED => Err(DialError::Refused),
+        rep4::NO_IDENTD | rep4::IDENTD_MISMATCH => Err(DialError::NotAllowed),
+        c => Err(proto(format!("unknown SOCKS4 reply code 0x{c:02x}"))),
+    }
+}
+
+/// CONNECT to `dest` through the proxy; the returned stream carries the
+/// target's bytes (TCP_NODELAY set).
+pub async fn connect(up: &Upstream, dest: &TargetAddr) -> Result<TcpStream, DialError> {
+    check_carriable(up.kind, dest)?;
+    let mut s = connect_proxy(up).await?;
+    match tokio::time::timeout(
+        up.connect_timeout,
+        handshake(&mut s, up, cmd::CONNECT, dest),
+    )
+    .await
+    {
+        Ok(Ok(_bound)) => Ok(s),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DialError::Timeout),
+    }
+}
+
+/// A SOCKS5 UDP association. Datagrams go to `relay` with the RFC 1928 §7
+/// header (`codec::encode_udp_header`). The association lives as long as
+/// `control` stays open: drop it to end the association.
+///
+/// `socket` is not connected: check that replies come from `relay`.
+#[derive(Debug)]
+pub struct UdpAssociation {
+    pub control: TcpStream,
+    /// BND.ADDR:BND.PORT of the reply, with 0.0.0.0 / :: replaced by the
+    /// address of the proxy we reached (a common server bug, and what RFC 1928
+    /// servers behind NAT send).
+    pub relay: SocketAddr,
+    /// A local UDP socket (made with `up.opts`) of the relay's family.
+    pub socket: UdpSocket,
+}
+
+/// UDP ASSOCIATE through a SOCKS5 proxy.
+pub async fn udp_associate(up: &Upstream) -> Result<UdpAssociation, DialError> {
+    if !up.kind.is_socks5() {
+        return Err(DialError::CommandNotSupported);
+    }
+    let mut control = connect_proxy(up).await?;
+    let proxy_ip = control
+        .peer_addr()
+        .map_err(DialError::ProxyUnreachable)?
+        .ip();
+    // DST.ADDR: the address we will send from; not known yet, so all zeros
+    // (RFC 1928 §7 allows it).
+    let any = TargetAddr::Ip(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+    let bound = match tokio::time::timeout(
+        up.connect_timeout,
+        handshake(&mut control, up, cmd::UDP_ASSOCIATE, &any),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => return Err(DialError::Timeout),
+    };
+    let mut relay = match bound {
+        TargetAddr::Ip(a) => a,
+        TargetAddr::Domain(name, port) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| proto(format!("cannot resolve relay address {name}")))?,
+    };
+    relay.set_ip(codec::unmap(relay.ip()));
+    if relay.ip().is_unspecified() {
+        relay.set_ip(codec::unmap(proxy_ip));
+    }
+    if relay.port() == 0 {
+        return Err(proto("UDP relay port 0"));
+    }
+    let local: SocketAddr = match relay {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = up
+        .opts
+        .udp_socket(local)
+        .map_err(DialError::ProxyUnreachable)?;
+    Ok(UdpAssociation {
+        control,
+        relay,
+        socket,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Upstream::from_url("socks5://198.51.100.1:1080").unwrap();
+        assert_eq!(
+            (u.kind, u.host.as_str(), u.port),
+            (ProxyKind::Socks5, "198.51.100.1", 1080)
+        );
+        assert_eq!(u.addrs, vec!["198.51.100.1:1080".parse().unwrap()]);
+        assert!(u.auth.is_none());
+
+        let u = Upstream::from_url("socks5h://us%40er:p%3Aa%20ss@[2001:db8::1]:9050/").unwrap();
+        assert_eq!(u.kind, ProxyKind::Socks5h);
+        assert_eq!(u.host, "2001:db8::1");
+        assert_eq!(u.port, 9050);
+        assert_eq!(u.auth, Some(("us@er".into(), "p:a ss".into())));
+        assert_eq!(u.to_string(), "socks5h://us@er:***@[2001:db8::1]:9050");
+
+        let u = Upstream::from_url("SOCKS4a://proxy.test").unwrap();
+        assert_eq!((u.kind, u.port), (ProxyKind::Socks4a, 1080));
+        assert!(u.addrs.is_empty());
+        assert_eq!(
+            Upstream::from_url("socks4://u@h:1").unwrap().auth,
+            Some(("u".into(), "".into()))
+        );
+
+        for bad in [
+            "198.51.100.1:1080",
+            "http://h:1",
+            "socks5://",
+            "socks5://h:0",
+            "socks5://h:70000",
+            "socks5://2001:db8::1:1080",
+            "socks5://[2001:db8::1:1080",
+            "socks5://[nothex]:1",
+            "socks5://h:1/path",
+            "socks5://u:%zz@h:1",
+        ] {
+            assert!(Upstream::from_url(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn never_resolves_a_name_for_socks4() {
+        let d = TargetAddr::Domain("example.test".into(), 80);
+        assert!(matches!(
+            check_carriable(ProxyKind::Socks4, &d),
+            Err(DialError::AddrTypeNotSupported)
+        ));
+        assert!(check_carriable(ProxyKind::Socks4a, &d).is_ok());
+        assert!(check_carriable(ProxyKind::Socks5, &d).is_ok());
+        let v6 = TargetAddr::Ip("[2001:db8::1]:80".parse().unwrap());
+        assert!(check_carriable(ProxyKind::Socks4a, &v6).is_err());
+    }
+
+    /// A scripted proxy on a duplex pipe: the client's bytes are checked and
+    /// the reply is followed by target data that must stay in the stream.
+    #[tokio::test]
+    async fn socks5_handshake_with_auth_reads_exactly_the_reply() {
+        let mut up = Upstream::from_url("socks5://alice:pw@127.0.0.1:1").unwrap();
+        up.connect_timeout = Duration::from_secs(5);
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move {
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b, [5, 2, 0, 2]);
+            s.write_all(&[5, 2]).await.unwrap();
+            let mut a = [0u8; 10];
+            s.read_exact(&mut a).await.unwrap();
+            assert_eq!(&a, b"\x01\x05alice\x02pw");
+            s.write_all(&[1, 0]).await.unwrap();
+            let mut r = [0u8; 4 + 1 + 8 + 2];
+            s.read_exact(&mut r).await.unwrap();
+            assert_eq!(&r[..5], &[5, 1, 0, 3, 8]);
+            s.write_all(&[5, 0, 0, 3, 3, b'a', b'b', b'c', 0, 1, b'H', b'I'])
+                .await
+                .unwrap();
+            s
+        });
+        let bound = handshake(
+            &mut c,
+            &up,
+            cmd::CONNECT,
+            &TargetAddr::Domain("web.test".into(), 80),
+        )
+        .await
+        .unwrap();
+        assert_eq!(bound, TargetAddr::Domain("abc".into(), 1));
+        let mut hi = [0u8; 2];
+        c.read_exact(&mut hi).await.unwrap();
+        assert_eq!(&hi, b"HI");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reply_codes_map_to_errors() {
+        let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        for (code, want) in [
+            (5u8, "connection refused"),
+            (3, "network unreachable"),
+            (2, "not allowed"),
+        ] {
+            let (mut c, mut s) = tokio::io::duplex(1024);
+            tokio::spawn(async move {
+                let mut b = [0u8; 3];
+                s.read_exact(&mut b).await.unwrap();
+                s.write_all(&[5, 0]).await.unwrap();
+                let mut r = [0u8; 10];
+                s.read_exact(&mut r).await.unwrap();
+                s.write_all(&codec::encode_socks5_failure(code))
+                    .await
+                    .unwrap();
+            });
+            let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+            let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().starts_with(want), "{code}: {e}");
+        }
+        // No acceptable method: authentication failure, not a hang.
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0xFF]).await.unwrap();
+        });
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        assert!(matches!(
+            handshake(&mut c, &up, cmd::CONNECT, &dest).await,
+            Err(DialError::AuthFailed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_proxy_is_reported() {
+        // Bind then drop a listener: its port is (almost surely) closed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let up = Upstream::from_url(&format!("socks5://127.0.0.1:{port}")).unwrap();
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        assert!(matches!(
+            connect(&up, &dest).await,
+            Err(DialError::ProxyUnreachable(_))
+        ));
+    }
 }

@@ -727,12 +727,12 @@ async fn flow_task(
         Ok(upstream) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
             let tun = TunStream::new(shared);
-            let st = crate::relay::tcp::relay(tun, upstream, idle).await;
+            let st = crate::relay::tcp::relay(tun, upstream, Some(idle)).await;
             info!(
                 src = %key.src, dst = %key.dst,
                 up = st.a_to_b, down = st.b_to_a,
                 ms = started.elapsed().as_millis() as u64,
-                "tcp flow closed"
+                "tcp flow {}", st.outcome.describe("app", "proxy")
             );
         }
         Err(e) => {
