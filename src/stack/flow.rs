@@ -154,10 +154,7 @@ impl AsyncWrite for TunStream {
         if !this.closed {
             this.closed = true;
             let shared = this.shared.clone();
-            shared
-                .lock()
-                .get_mut::<tcp::Socket>(shared.handle)
-                .close();
+            shared.lock().get_mut::<tcp::Socket>(shared.handle).close();
             shared.kick();
         }
         Poll::Ready(Ok(()))

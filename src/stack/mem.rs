@@ -11,11 +11,7 @@ pub struct MemSource {
 }
 
 impl PacketSource for MemSource {
-    fn poll_recv(
-        &mut self,
-        cx: &mut Context<'_>,
-        batch: &mut PacketBatch,
-    ) -> Poll<io::Result<()>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>> {
         let mut got = false;
         while let Some(slot) = batch.slot_mut() {
             let p = if got {
@@ -44,6 +40,11 @@ impl PacketSource for MemSource {
     }
 }
 
+/// The test's end that injects packets.
+pub type Injector = mpsc::UnboundedSender<Vec<u8>>;
+/// The test's end that collects what the stack wrote.
+pub type Collector = mpsc::UnboundedReceiver<Vec<u8>>;
+
 pub struct MemSink {
     tx: mpsc::UnboundedSender<Vec<u8>>,
 }
@@ -57,12 +58,7 @@ impl PacketSink for MemSink {
 /// A source and a sink for the stack, and the test's ends of them: the
 /// sender injects packets "from applications", the receiver gets what the
 /// stack writes back.
-pub fn pair() -> (
-    MemSource,
-    Arc<MemSink>,
-    mpsc::UnboundedSender<Vec<u8>>,
-    mpsc::UnboundedReceiver<Vec<u8>>,
-) {
+pub fn pair() -> (MemSource, Arc<MemSink>, Injector, Collector) {
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     (

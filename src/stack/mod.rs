@@ -74,8 +74,7 @@ pub type TunWriter = Arc<dyn PacketSink>;
 pub trait PacketSource: Send + 'static {
     /// Wait until at least one packet is available, then read as many as are
     /// ready and fit into `batch` (which the caller has cleared).
-    fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch)
-        -> Poll<io::Result<()>>;
+    fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>>;
 }
 
 /// A set of received packets in one buffer of fixed-size slots, reused for
@@ -121,8 +120,7 @@ impl PacketBatch {
     }
 }
 
-pub type DialFuture =
-    Pin<Box<dyn Future<Output = Result<Box<dyn RelayStream>, DialError>> + Send>>;
+pub type DialFuture = Pin<Box<dyn Future<Output = Result<Box<dyn RelayStream>, DialError>> + Send>>;
 
 /// Opens the far side of every new TCP flow. Called on the stack task, so
 /// `dial` must return at once; the future runs on its own task.
@@ -230,7 +228,9 @@ const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
 
 enum Phase {
     /// The proxy is being asked; the SYN (copied) for the refusal answer.
-    Dialing { syn: Box<[u8]> },
+    Dialing {
+        syn: Box<[u8]>,
+    },
     Open,
 }
 
@@ -752,10 +752,12 @@ fn random_seed() -> u64 {
     // RandomState is seeded from the OS; the seed feeds smoltcp's initial
     // sequence numbers, which must not be predictable (RFC 6528).
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 

@@ -136,8 +136,16 @@ fn seg(
         seq_number: TcpSeqNumber(seq as i32),
         ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
         window_len: 65535,
-        window_scale: if control == TcpControl::Syn { Some(7) } else { None },
-        max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
+        window_scale: if control == TcpControl::Syn {
+            Some(7)
+        } else {
+            None
+        },
+        max_seg_size: if control == TcpControl::Syn {
+            Some(1460)
+        } else {
+            None
+        },
         sack_permitted: false,
         sack_ranges: [None; 3],
         timestamp: None,
@@ -338,7 +346,11 @@ async fn refusal_is_rst() {
     let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
     h.send(seg(c, s, TcpControl::Syn, 5000, None, &[]));
     assert!(h.quiet().await);
-    h.verdict.take().unwrap().send(Err(DialError::Refused)).unwrap();
+    h.verdict
+        .take()
+        .unwrap()
+        .send(Err(DialError::Refused))
+        .unwrap();
     let o = h.next().await;
     assert!(o.rst && o.ack && !o.syn, "{o:?}");
     assert_eq!((o.src, o.dst, o.ackn), (s, c, 5001));

@@ -3,8 +3,8 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet,
-    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -146,10 +146,7 @@ pub fn icmp_unreachable(quoted: &[u8], why: Unreachable) -> Option<Vec<u8>> {
             let mut buf = vec![0u8; outer.buffer_len() + icmp.buffer_len()];
             let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
             outer.emit(&mut pkt, &caps);
-            icmp.emit(
-                &mut Icmpv4Packet::new_unchecked(pkt.payload_mut()),
-                &caps,
-            );
+            icmp.emit(&mut Icmpv4Packet::new_unchecked(pkt.payload_mut()), &caps);
             Some(buf)
         }
         Some(6) => {
