@@ -251,7 +251,7 @@ scenario() {
         $([ "$dir" = down ] && echo -R) 2>>"$WORK/netbench.err" |
         awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") print $(i - 1)}') || true
       [ -n "$r" ] || { fail "$row" "$s"; return; }
-      R["$row|$s"]=$r; say "  $row iperf3 $s: $r Gbit/s" ;;
+      R["$row|$s"]=$r; say "  $row $s: $r Gbit/s" ;;
     rr)
       r=$(nb rr "$@" --secs "$SECS")
       [ -n "$r" ] || { fail "$row" rr; return; }
