@@ -1,1 +1,7 @@
-//! Virtual DNS: fake pool, answers, forwarding over TCP. (issue 4)
+//! Virtual DNS: the fake pool, the answers, forwarding over TCP. (issue 4)
+
+pub mod message;
+pub mod pool;
+pub mod service;
+
+pub use service::{Dns, DnsMode, TcpRoute};

@@ -1,1 +1,1159 @@
 //! UDP flows of TUN mode: association table, expiry, reply packets. (issue 4)
+//!
+//! Every UDP packet read from the TUN comes here as raw IP bytes. DNS to port
+//! 53 is answered in-process when DNS is intercepted (`crate::dns`). Any other
+//! datagram goes out through the SOCKS5 UDP ASSOCIATE (RFC 1928 §7) of its
+//! local endpoint: one association per source address and port, used for
+//! every destination (endpoint-independent mapping, "full cone", RFC 4787
+//! §4.1), so replies from any remote come back with that remote as source.
+//!
+//! An association is one task owning its control connection and relay socket.
+//! It ends when idle, when the table evicts it (oldest idle first, when
+//! `max_flows` is reached), or when the relay task is dropped. A dead control
+//! connection is re-established on the next datagram.
+
+use crate::dns::pool::PoolPin;
+use crate::dns::Dns;
+use crate::socks::codec;
+use crate::socks::TargetAddr;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const IPV4_HEADER: usize = 20;
+const IPV6_HEADER: usize = 40;
+const UDP_HEADER: usize = 8;
+/// Largest UDP payload over IPv4 (65535 - 20 - 8); also the cap towards the relay.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Idle timeout of an association that only carried DNS (port 53): a query
+/// and its answer, nothing follows.
+pub const DNS_UDP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a proxy said it has no UDP ASSOCIATE, do not ask again for this long.
+const UNSUPPORTED_BACKOFF: Duration = Duration::from_secs(60);
+/// Datagrams queued towards one association while it is (re)connecting.
+const FLOW_QUEUE: usize = 64;
+/// Fake destinations one association remembers for mapping replies back.
+const MAX_FAKE_DESTS: usize = 64;
+
+// ---------------------------------------------------------------------------
+// IP/UDP packets
+
+/// One UDP datagram read from the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketError {
+    /// Not a well-formed IPv4/IPv6 packet with a UDP header.
+    Malformed,
+    /// Another protocol, or IPv6 extension headers before UDP.
+    NotUdp,
+    /// An IPv4 fragment: ports are only in the first, and we do not reassemble.
+    Fragment,
+    /// Bad IP header or UDP checksum, or destination port 0 (RFC 768).
+    Invalid,
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PacketError::Malformed => "malformed packet",
+            PacketError::NotUdp => "not UDP",
+            PacketError::Fragment => "IPv4 fragment",
+            PacketError::Invalid => "bad checksum or port",
+        })
+    }
+}
+
+impl std::error::Error for PacketError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildError {
+    /// The packet would exceed the MTU: dropped, never truncated.
+    TooBig,
+    /// Source and destination of different families.
+    FamilyMismatch,
+}
+
+/// Parse a UDP packet read from the TUN, checksums verified.
+pub fn parse_udp(pkt: &[u8]) -> Result<Datagram<'_>, PacketError> {
+    let caps = ChecksumCapabilities::default();
+    let (src, dst, payload) = match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(pkt).map_err(|_| PacketError::Malformed)?;
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return Err(PacketError::Fragment);
+            }
+            let repr = Ipv4Repr::parse(&ip, &caps).map_err(|_| PacketError::Invalid)?;
+            if repr.next_header != IpProtocol::Udp {
+                return Err(PacketError::NotUdp);
+            }
+            (
+                IpAddr::V4(repr.src_addr),
+                IpAddr::V4(repr.dst_addr),
+                ip.payload(),
+            )
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(pkt).map_err(|_| PacketError::Malformed)?;
+            let repr = Ipv6Repr::parse(&ip).map_err(|_| PacketError::Malformed)?;
+            if repr.next_header != IpProtocol::Udp {
+                return Err(PacketError::NotUdp);
+            }
+            (
+                IpAddr::V6(repr.src_addr),
+                IpAddr::V6(repr.dst_addr),
+                ip.payload(),
+            )
+        }
+        _ => return Err(PacketError::Malformed),
+    };
+    let udp = UdpPacket::new_checked(payload).map_err(|_| PacketError::Malformed)?;
+    let repr = UdpRepr::parse(&udp, &IpAddress::from(src), &IpAddress::from(dst), &caps)
+        .map_err(|_| PacketError::Invalid)?;
+    Ok(Datagram {
+        src: SocketAddr::new(src, repr.src_port),
+        dst: SocketAddr::new(dst, repr.dst_port),
+        payload: udp.payload(),
+    })
+}
+
+/// Build an IP/UDP packet with valid checksums, at most `mtu` bytes long.
+pub fn build_udp(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    mtu: usize,
+) -> Result<Vec<u8>, BuildError> {
+    let caps = ChecksumCapabilities::default();
+    let udp_len = UDP_HEADER + payload.len();
+    let urepr = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
+    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
+            let total = IPV4_HEADER + udp_len;
+            if total > mtu || total > u16::MAX as usize {
+                return Err(BuildError::TooBig);
+            }
+            let mut buf = vec![0u8; total];
+            let repr = Ipv4Repr {
+                src_addr: s4,
+                dst_addr: d4,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+            };
+            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+            repr.emit(&mut ip, &caps);
+            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+            urepr.emit(
+                &mut udp,
+                &s,
+                &d,
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                &caps,
+            );
+            Ok(buf)
+        }
+        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+            let total = IPV6_HEADER + udp_len;
+            if total > mtu || udp_len > u16::MAX as usize {
+                return Err(BuildError::TooBig);
+            }
+            let mut buf = vec![0u8; total];
+            let repr = Ipv6Repr {
+                src_addr: s6,
+                dst_addr: d6,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+            };
+            let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
+            repr.emit(&mut ip);
+            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+            urepr.emit(
+                &mut udp,
+                &s,
+                &d,
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                &caps,
+            );
+            Ok(buf)
+        }
+        _ => Err(BuildError::FamilyMismatch),
+    }
+}
+
+/// A reply source in the family of the local endpoint it goes to: IPv4-mapped
+/// IPv6 becomes IPv4, IPv4 towards an IPv6 endpoint becomes IPv4-mapped.
+fn same_family(src: SocketAddr, local: SocketAddr) -> SocketAddr {
+    let ip = match (codec::unmap(src.ip()), local.ip()) {
+        (IpAddr::V4(a), IpAddr::V6(_)) => IpAddr::V6(a.to_ipv6_mapped()),
+        (ip, _) => ip,
+    };
+    SocketAddr::new(ip, src.port())
+}
+
+// ---------------------------------------------------------------------------
+// Seams: the TUN writer and the SOCKS5 UDP ASSOCIATE dialer
+
+/// Writes one raw IP packet into the TUN (must not block).
+pub trait TunWriter: Send + Sync + 'static {
+    fn send(&self, pkt: &[u8]);
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A live UDP ASSOCIATE: the control connection that keeps it alive, the
+/// relay address datagrams go to (never 0.0.0.0 / ::), our socket.
+pub struct Association {
+    pub control: TcpStream,
+    pub relay: SocketAddr,
+    pub socket: UdpSocket,
+}
+
+#[derive(Debug)]
+pub enum AssociateError {
+    /// The proxy answered "command not supported" (0x07).
+    Unsupported,
+    /// Anything else (proxy down, refused, auth): retried on the next datagram.
+    Failed(String),
+}
+
+/// Opens UDP ASSOCIATE associations at the upstream proxy.
+pub trait Associator: Send + Sync + 'static {
+    fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>>;
+}
+
+/// UDP ASSOCIATE at the configured upstream (`crate::socks::client`).
+pub struct SocksAssociator(pub Arc<crate::socks::client::Upstream>);
+
+impl Associator for SocksAssociator {
+    fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
+        use crate::socks::client::{udp_associate, DialError};
+        Box::pin(async move {
+            match udp_associate(&self.0).await {
+                Ok(a) => Ok(Association {
+                    control: a.control,
+                    relay: a.relay,
+                    socket: a.socket,
+                }),
+                Err(DialError::CommandNotSupported) => Err(AssociateError::Unsupported),
+                Err(e) => Err(AssociateError::Failed(e.to_string())),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The association table
+
+#[derive(Debug, Clone)]
+pub struct UdpConfig {
+    /// Idle timeout of an association (`--udp-timeout`).
+    pub timeout: Duration,
+    /// Most associations at once (`--max-udp-flows`).
+    pub max_flows: usize,
+    /// TUN MTU: the largest packet written back.
+    pub mtu: usize,
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    pub datagrams_out: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub dns_answered: AtomicU64,
+    /// Larger than the path allows (TUN MTU back, 64 KiB out): dropped, never truncated.
+    pub dropped_oversize: AtomicU64,
+    /// The proxy has no UDP ASSOCIATE.
+    pub dropped_unsupported: AtomicU64,
+    /// Malformed, full queues, unknown fake address, failed association.
+    pub dropped_other: AtomicU64,
+    pub flows_opened: AtomicU64,
+    pub flows_evicted: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Concurrent in-process DNS answers (each may wait on the proxy).
+const MAX_DNS_INFLIGHT: usize = 256;
+
+struct Out {
+    /// As the application addressed it (a fake address stays fake here).
+    dst: SocketAddr,
+    target: TargetAddr,
+    pin: Option<PoolPin>,
+    payload: Vec<u8>,
+}
+
+struct FlowHandle {
+    id: u64,
+    tx: mpsc::Sender<Out>,
+    /// Milliseconds since the relay started, at the last datagram either way.
+    last_used: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Table {
+    flows: HashMap<SocketAddr, FlowHandle>,
+    next_id: u64,
+}
+
+struct Shared {
+    cfg: UdpConfig,
+    dns: Option<Arc<Dns>>,
+    associator: Arc<dyn Associator>,
+    tun: Arc<dyn TunWriter>,
+    table: Mutex<Table>,
+    stats: UdpStats,
+    epoch: Instant,
+    unsupported_logged: AtomicBool,
+    /// `epoch`-relative millisecond until which UDP is not even tried (0: try).
+    unsupported_until: AtomicU64,
+    oversize_logged: AtomicBool,
+    dns_slots: Arc<tokio::sync::Semaphore>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drop_oversize(&self, what: &str, len: usize) {
+        let n = inc(&self.stats.dropped_oversize);
+        if !self.oversize_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!("udp: dropped a {len}-byte datagram {what}: larger than the path allows (MTU {}); such drops are counted, not truncated", self.cfg.mtu);
+        } else {
+            tracing::debug!("udp: dropped oversize datagram {what} ({len} bytes, {n} so far)");
+        }
+    }
+
+    fn mark_unsupported(&self) {
+        self.unsupported_until.store(
+            self.now_ms() + UNSUPPORTED_BACKOFF.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !self.unsupported_logged.swap(true, Ordering::Relaxed) {
+            let dns = match self.dns.as_ref().map(|d| d.mode()) {
+                Some(m) if m != crate::dns::DnsMode::Udp => format!("DNS still works ({m} mode)"),
+                _ => "DNS over UDP fails too (use --dns virtual or tcp)".to_string(),
+            };
+            tracing::warn!("udp: the upstream proxy does not support UDP ASSOCIATE (reply 0x07): UDP through the TUN is dropped; {dns}");
+        }
+    }
+}
+
+/// The UDP side of TUN mode. Cheap to clone.
+#[derive(Clone)]
+pub struct UdpRelay {
+    shared: Arc<Shared>,
+}
+
+impl UdpRelay {
+    /// Must be called inside a tokio runtime (flows are spawned onto it).
+    pub fn new(
+        cfg: UdpConfig,
+        dns: Option<Arc<Dns>>,
+        associator: Arc<dyn Associator>,
+        tun: Arc<dyn TunWriter>,
+    ) -> UdpRelay {
+        UdpRelay {
+            shared: Arc::new(Shared {
+                cfg,
+                dns,
+                associator,
+                tun,
+                table: Mutex::new(Table::default()),
+                stats: UdpStats::default(),
+                epoch: Instant::now(),
+                unsupported_logged: AtomicBool::new(false),
+                unsupported_until: AtomicU64::new(0),
+                oversize_logged: AtomicBool::new(false),
+                dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
+                rt: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &UdpStats {
+        &self.shared.stats
+    }
+
+    /// Live associations.
+    pub fn flows(&self) -> usize {
+        self.shared.table().flows.len()
+    }
+
+    /// Take one UDP packet read from the TUN. Never blocks: work that waits
+    /// (DNS forwarding, association set-up) runs on spawned tasks.
+    pub fn handle_packet(&self, pkt: &[u8]) {
+        let sh = &self.shared;
+        let d = match parse_udp(pkt) {
+            Ok(d) => d,
+            Err(e) => {
+                inc(&sh.stats.dropped_other);
+                tracing::debug!("udp: dropped {} bytes from the TUN: {e}", pkt.len());
+                return;
+            }
+        };
+        if let Some(dns) = sh.dns.as_ref().filter(|d| d.intercepts()) {
+            if d.dst.port() == 53 {
+                self.answer_dns(dns.clone(), d.src, d.dst, d.payload.to_vec());
+                return;
+            }
+        }
+        let (target, pin) = match sh.dns.as_ref().and_then(|d| d.pool()) {
+            Some(pool) if pool.contains(d.dst.ip()) => match pool.pin(d.dst.ip()) {
+                Some((name, pin)) => (TargetAddr::Domain(name, d.dst.port()), Some(pin)),
+                None => {
+                    inc(&sh.stats.dropped_other);
+                    tracing::debug!(
+                        "udp: {} -> {}: fake address not assigned (stale DNS answer?)",
+                        d.src,
+                        d.dst
+                    );
+                    return;
+                }
+            },
+            _ => (TargetAddr::Ip(d.dst), None),
+        };
+        let now = sh.now_ms();
+        if now < sh.unsupported_until.load(Ordering::Relaxed) {
+            inc(&sh.stats.dropped_unsupported);
+            return;
+        }
+        if d.payload.len() + codec::udp_header_len(&target) > MAX_UDP_PAYLOAD {
+            sh.drop_oversize("towards the proxy", d.payload.len());
+            return;
+        }
+        let mut out = Out {
+            dst: d.dst,
+            target,
+            pin,
+            payload: d.payload.to_vec(),
+        };
+        let mut table = sh.table();
+        if let Some(h) = table.flows.get(&d.src) {
+            h.last_used.store(now, Ordering::Relaxed);
+            match h.tx.try_send(out) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    inc(&sh.stats.dropped_other);
+                    tracing::debug!("udp: {}: queue full, datagram dropped", d.src);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(o)) => {
+                    // The task ended (idle or no UDP ASSOCIATE) and has not
+                    // removed itself yet: start afresh.
+                    out = o;
+                    table.flows.remove(&d.src);
+                }
+            }
+        }
+        if table.flows.len() >= sh.cfg.max_flows.max(1) {
+            // Bounded: the association idle the longest goes first.
+            if let Some(victim) = table
+                .flows
+                .iter()
+                .min_by_key(|(_, h)| h.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| *k)
+            {
+                table.flows.remove(&victim);
+                inc(&sh.stats.flows_evicted);
+                tracing::debug!(
+                    "udp: {victim}: association evicted (--max-udp-flows {} reached)",
+                    sh.cfg.max_flows
+                );
+            }
+        }
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(out);
+        table.next_id += 1;
+        let id = table.next_id;
+        let last_used = Arc::new(AtomicU64::new(now));
+        table.flows.insert(
+            d.src,
+            FlowHandle {
+                id,
+                tx,
+                last_used: last_used.clone(),
+            },
+        );
+        drop(table);
+        inc(&sh.stats.flows_opened);
+        sh.rt.spawn(run_flow(sh.clone(), d.src, id, rx, last_used));
+    }
+
+    fn answer_dns(&self, dns: Arc<Dns>, client: SocketAddr, server: SocketAddr, query: Vec<u8>) {
+        let sh = self.shared.clone();
+        let Ok(slot) = sh.dns_slots.clone().try_acquire_owned() else {
+            inc(&sh.stats.dropped_other);
+            tracing::debug!("udp: too many DNS queries in flight, {client} dropped");
+            return;
+        };
+        sh.rt.clone().spawn(async move {
+            let hdr = if client.is_ipv4() {
+                IPV4_HEADER
+            } else {
+                IPV6_HEADER
+            } + UDP_HEADER;
+            let limit = sh.cfg.mtu.saturating_sub(hdr);
+            if let Some(resp) = dns.answer(&query, Some(limit)).await {
+                match build_udp(server, client, &resp, sh.cfg.mtu) {
+                    Ok(p) => {
+                        inc(&sh.stats.dns_answered);
+                        sh.tun.send(&p);
+                    }
+                    Err(_) => sh.drop_oversize("DNS answer", resp.len()),
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// A fake destination an association sent to, kept pinned while it lives.
+struct FakeDest {
+    fake: SocketAddr,
+    name: String,
+    port: u16,
+    _pin: Option<PoolPin>,
+}
+
+/// The relay socket of a live association and the relay's address.
+struct Live {
+    relay: SocketAddr,
+    socket: UdpSocket,
+}
+
+async fn run_flow(
+    sh: Arc<Shared>,
+    local: SocketAddr,
+    id: u64,
+    mut rx: mpsc::Receiver<Out>,
+    last_used: Arc<AtomicU64>,
+) {
+    let started = Instant::now();
+    // Both Some while associated; the control connection is apart so both can be awaited at once.
+    let mut live: Option<Live> = None;
+    let mut control: Option<TcpStream> = None;
+    let mut fakes: Vec<FakeDest> = Vec::new();
+    let mut dns_only = true;
+    let (mut n_out, mut b_out, mut n_in, mut b_in) = (0u64, 0u64, 0u64, 0u64);
+    // Room for the largest SOCKS header (domain: 3 + 1 + 1 + 255 + 2) and an
+    // MTU's worth of payload, plus one byte to tell a datagram that did not fit.
+    let mut buf = vec![0u8; sh.cfg.mtu + 263];
+    let mut pkt = Vec::with_capacity(sh.cfg.mtu + 263);
+    let mut last_activity = Instant::now();
+    let outcome: String = loop {
+        let idle = if dns_only {
+            sh.cfg.timeout.min(DNS_UDP_TIMEOUT)
+        } else {
+            sh.cfg.timeout
+        };
+        let recv = async {
+            match &live {
+                Some(l) => l.socket.recv_from(&mut buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut probe = [0u8; 64];
+        let ctrl = async {
+            match control.as_mut() {
+                Some(c) => c.read(&mut probe).await,
+                None => std::future::pending().await,
+            }
+        };
+        enum Ev {
+            Out(Option<Out>),
+            In(io::Result<(usize, SocketAddr)>),
+            Ctrl(io::Result<usize>),
+            Idle,
+        }
+        let ev = tokio::select! {
+            o = rx.recv() => Ev::Out(o),
+            r = recv => Ev::In(r),
+            c = ctrl => Ev::Ctrl(c),
+            _ = tokio::time::sleep_until(last_activity + idle) => Ev::Idle,
+        };
+        match ev {
+            Ev::Idle => break "idle".into(),
+            Ev::Out(None) => break "evicted".into(),
+            Ev::Ctrl(Ok(n)) if n > 0 => {} // nothing is expected; ignore
+            Ev::Ctrl(r) => {
+                tracing::debug!("udp {local}: control connection ended ({r:?}); re-established on the next datagram");
+                live = None;
+                control = None;
+            }
+            Ev::Out(Some(o)) => {
+                last_activity = Instant::now();
+                if o.dst.port() != 53 {
+                    dns_only = false;
+                }
+                if let TargetAddr::Domain(name, port) = &o.target {
+                    if !fakes.iter().any(|f| f.fake == o.dst) {
+                        if fakes.len() >= MAX_FAKE_DESTS {
+                            fakes.remove(0);
+                        }
+                        fakes.push(FakeDest {
+                            fake: o.dst,
+                            name: name.clone(),
+                            port: *port,
+                            _pin: o.pin,
+                        });
+                    }
+                }
+                if live.is_none() {
+                    match sh.associator.associate().await {
+                        Ok(a) => {
+                            tracing::debug!("udp {local}: associated, relay {}", a.relay);
+                            live = Some(Live {
+                                relay: a.relay,
+                                socket: a.socket,
+                            });
+                            control = Some(a.control);
+                        }
+                        Err(AssociateError::Unsupported) => {
+                            inc(&sh.stats.dropped_unsupported);
+                            sh.mark_unsupported();
+                            break "proxy has no UDP ASSOCIATE".into();
+                        }
+                        Err(AssociateError::Failed(e)) => {
+                            inc(&sh.stats.dropped_other);
+                            tracing::debug!("udp {local}: UDP ASSOCIATE failed: {e}");
+                            continue;
+                        }
+                    }
+                }
+                let Some(l) = &live else { continue };
+                pkt.clear();
+                if codec::encode_udp_header(&o.target, &mut pkt).is_err() {
+                    inc(&sh.stats.dropped_other);
+                    continue;
+                }
+                pkt.extend_from_slice(&o.payload);
+                match l.socket.send_to(&pkt, l.relay).await {
+                    Ok(_) => {
+                        n_out += 1;
+                        b_out += o.payload.len() as u64;
+                        inc(&sh.stats.datagrams_out);
+                    }
+                    Err(e) => {
+                        inc(&sh.stats.dropped_other);
+                        tracing::debug!("udp {local}: send to relay {}: {e}", l.relay);
+                    }
+                }
+            }
+            Ev::In(Err(e)) => {
+                // ICMP errors from the relay (port unreachable) land here.
+                tracing::debug!("udp {local}: relay socket: {e}");
+            }
+            Ev::In(Ok((n, from))) => {
+                let Some(l) = &live else { continue };
+                if codec::unmap(from.ip()) != codec::unmap(l.relay.ip())
+                    || from.port() != l.relay.port()
+                {
+                    inc(&sh.stats.dropped_other);
+                    continue;
+                }
+                let hdr = match codec::parse_udp_header(&buf[..n]) {
+                    Ok(h) if h.frag == 0 => h,
+                    _ => {
+                        // RFC 1928 §7: fragments we do not reassemble are dropped.
+                        inc(&sh.stats.dropped_other);
+                        continue;
+                    }
+                };
+                let payload_len = n - hdr.header_len;
+                if n == buf.len() {
+                    sh.drop_oversize("from the proxy", payload_len);
+                    continue;
+                }
+                let Some(src) = reply_source(&hdr.addr, &fakes, local) else {
+                    inc(&sh.stats.dropped_other);
+                    continue;
+                };
+                last_activity = Instant::now();
+                last_used.store(sh.now_ms(), Ordering::Relaxed);
+                match build_udp(src, local, &buf[hdr.header_len..n], sh.cfg.mtu) {
+                    Ok(p) => {
+                        n_in += 1;
+                        b_in += payload_len as u64;
+                        inc(&sh.stats.datagrams_in);
+                        sh.tun.send(&p);
+                    }
+                    Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", payload_len),
+                    Err(BuildError::FamilyMismatch) => {
+                        inc(&sh.stats.dropped_other);
+                    }
+                }
+            }
+        }
+    };
+    {
+        let mut t = sh.table();
+        if t.flows.get(&local).is_some_and(|h| h.id == id) {
+            t.flows.remove(&local);
+        }
+    }
+    tracing::info!(
+        "udp {local}: {n_out} datagrams ({b_out} bytes) out, {n_in} ({b_in} bytes) in, {:.1}s, {outcome}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The source address a reply must carry so the application recognises it:
+/// the fake address it sent to when the reply is from a name it reached by
+/// a fake address, else the remote itself (full cone).
+fn reply_source(from: &TargetAddr, fakes: &[FakeDest], local: SocketAddr) -> Option<SocketAddr> {
+    match from {
+        TargetAddr::Domain(name, port) => fakes
+            .iter()
+            .rev()
+            .find(|f| f.port == *port && f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.fake),
+        TargetAddr::Ip(a) => {
+            // The proxy resolved the name, so the reply names an address the
+            // application never saw; the most recent fake destination with
+            // that port is the one it is waiting on.
+            let src = fakes
+                .iter()
+                .rev()
+                .find(|f| f.port == a.port())
+                .map(|f| f.fake)
+                .unwrap_or(*a);
+            Some(same_family(src, local))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn build_then_parse_v4_and_v6() {
+        for (src, dst) in [
+            ("203.0.113.2:7", "198.18.0.1:40000"),
+            ("[2001:db8:2::2]:7", "[fc00:1::1]:40000"),
+        ] {
+            let p = build_udp(sa(src), sa(dst), b"hello", 1500).unwrap();
+            let d = parse_udp(&p).unwrap();
+            assert_eq!((d.src, d.dst, d.payload), (sa(src), sa(dst), &b"hello"[..]));
+        }
+    }
+
+    #[test]
+    fn checksums_are_verified() {
+        let mut p = build_udp(sa("203.0.113.2:7"), sa("198.18.0.1:9"), b"hello", 1500).unwrap();
+        // RFC 768: the checksum is not 0 (0 means "none" over IPv4).
+        assert_ne!(&p[26..28], &[0, 0]);
+        let last = p.len() - 1;
+        p[last] ^= 1;
+        assert_eq!(parse_udp(&p), Err(PacketError::Invalid));
+        let mut p6 =
+            build_udp(sa("[2001:db8::1]:7"), sa("[2001:db8::2]:9"), b"hello", 1500).unwrap();
+        let last = p6.len() - 1;
+        p6[last] ^= 1;
+        assert_eq!(parse_udp(&p6), Err(PacketError::Invalid));
+        // IPv4 header checksum.
+        let mut p = build_udp(sa("203.0.113.2:7"), sa("198.18.0.1:9"), b"x", 1500).unwrap();
+        p[8] ^= 1;
+        assert_eq!(parse_udp(&p), Err(PacketError::Invalid));
+    }
+
+    #[test]
+    fn never_truncates() {
+        let payload = vec![7u8; 1472];
+        assert!(build_udp(sa("1.2.3.4:1"), sa("5.6.7.8:2"), &payload, 1500).is_ok());
+        let payload = vec![7u8; 1473];
+        assert_eq!(
+            build_udp(sa("1.2.3.4:1"), sa("5.6.7.8:2"), &payload, 1500),
+            Err(BuildError::TooBig)
+        );
+        let payload = vec![7u8; 1453];
+        assert_eq!(
+            build_udp(sa("[::1]:1"), sa("[::2]:2"), &payload, 1500),
+            Err(BuildError::TooBig)
+        );
+        assert_eq!(
+            build_udp(sa("1.2.3.4:1"), sa("[::2]:2"), b"", 1500),
+            Err(BuildError::FamilyMismatch)
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_plain_udp() {
+        let mut p = build_udp(sa("203.0.113.2:7"), sa("198.18.0.1:9"), b"hello", 1500).unwrap();
+        assert_eq!(parse_udp(&p[..10]), Err(PacketError::Malformed));
+        assert_eq!(parse_udp(&p[..24]), Err(PacketError::Malformed));
+        assert_eq!(parse_udp(&[]), Err(PacketError::Malformed));
+        // More-fragments flag.
+        p[6] |= 0x20;
+        assert_eq!(parse_udp(&p), Err(PacketError::Fragment));
+        // TCP.
+        let mut t = build_udp(sa("[::1]:7"), sa("[::2]:9"), b"x", 1500).unwrap();
+        t[6] = 6;
+        assert_eq!(parse_udp(&t), Err(PacketError::NotUdp));
+        // Port 0 destination (RFC 768 allows only the source to be 0).
+        let z = build_udp(sa("1.2.3.4:7"), sa("5.6.7.8:0"), b"x", 1500).unwrap();
+        assert_eq!(parse_udp(&z), Err(PacketError::Invalid));
+        // Fuzz: truncations and bit flips never panic.
+        let base = build_udp(
+            sa("[2001:db8::1]:7"),
+            sa("[2001:db8::2]:9"),
+            b"hello world",
+            1500,
+        )
+        .unwrap();
+        for i in 0..base.len() {
+            let _ = parse_udp(&base[..i]);
+            for bit in 0..8 {
+                let mut m = base.clone();
+                m[i] ^= 1 << bit;
+                let _ = parse_udp(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn reply_sources() {
+        let local = sa("198.18.0.1:5000");
+        let fakes = vec![FakeDest {
+            fake: sa("198.19.0.1:7"),
+            name: "echo.test".into(),
+            port: 7,
+            _pin: None,
+        }];
+        // A name the application reached through a fake address.
+        assert_eq!(
+            reply_source(&TargetAddr::Domain("Echo.Test".into(), 7), &fakes, local),
+            Some(sa("198.19.0.1:7"))
+        );
+        assert_eq!(
+            reply_source(&TargetAddr::Domain("other.test".into(), 7), &fakes, local),
+            None
+        );
+        // The resolved address of that name, on the same port.
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("203.0.113.2:7")), &fakes, local),
+            Some(sa("198.19.0.1:7"))
+        );
+        // Any other remote: as it is (full cone), mapped into the endpoint's family.
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], local),
+            Some(sa("203.0.113.9:9"))
+        );
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("[::ffff:203.0.113.9]:9")), &[], local),
+            Some(sa("203.0.113.9:9"))
+        );
+        assert_eq!(
+            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], sa("[fc00::1]:5")),
+            Some(sa("[::ffff:203.0.113.9]:9"))
+        );
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::dns::pool::FakePool;
+    use crate::dns::service::{BoxStream, Connector};
+    use crate::dns::DnsMode;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::TcpListener;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A SOCKS5 UDP relay in memory: echoes each datagram back from its
+    /// destination, or answers "BIG" with 2000 bytes.
+    struct FakeProxy {
+        associations: AtomicUsize,
+        unsupported: bool,
+        controls: Mutex<Vec<TcpStream>>,
+    }
+
+    impl Associator for FakeProxy {
+        fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
+            Box::pin(async move {
+                self.associations.fetch_add(1, Ordering::SeqCst);
+                if self.unsupported {
+                    return Err(AssociateError::Unsupported);
+                }
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let control = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+                let (server_side, _) = l.accept().await.unwrap();
+                self.controls.lock().unwrap().push(server_side);
+                let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let relay_addr = relay.local_addr().unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 70000];
+                    while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                        let Ok(h) = codec::parse_udp_header(&buf[..n]) else {
+                            continue;
+                        };
+                        let mut out = Vec::new();
+                        codec::encode_udp_header(&h.addr, &mut out).unwrap();
+                        if &buf[h.header_len..n] == b"BIG" {
+                            out.extend_from_slice(&[b'x'; 2000]);
+                        } else {
+                            out.extend_from_slice(&buf[h.header_len..n]);
+                        }
+                        let _ = relay.send_to(&out, from).await;
+                    }
+                });
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                Ok(Association {
+                    control,
+                    relay: relay_addr,
+                    socket,
+                })
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Capture {
+        pkts: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl TunWriter for Capture {
+        fn send(&self, pkt: &[u8]) {
+            self.pkts.lock().unwrap().push(pkt.to_vec());
+        }
+    }
+
+    impl Capture {
+        /// Wait for `n` packets in all; returns them parsed as (src, dst, payload).
+        async fn wait(&self, n: usize) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+            for _ in 0..200 {
+                if self.pkts.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.pkts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let d = parse_udp(p).expect("valid packet with valid checksums");
+                    (d.src, d.dst, d.payload.to_vec())
+                })
+                .collect()
+        }
+    }
+
+    struct NoConnect;
+    impl Connector for NoConnect {
+        fn connect(
+            &self,
+            _t: TargetAddr,
+        ) -> crate::dns::service::BoxFuture<'_, io::Result<BoxStream>> {
+            Box::pin(async { Err(io::Error::other("no")) })
+        }
+    }
+
+    fn relay(max: usize, unsupported: bool, dns: bool) -> (UdpRelay, Arc<FakeProxy>, Arc<Capture>) {
+        let proxy = Arc::new(FakeProxy {
+            associations: AtomicUsize::new(0),
+            unsupported,
+            controls: Mutex::new(Vec::new()),
+        });
+        let cap = Arc::new(Capture::default());
+        let dns = dns.then(|| {
+            let pool =
+                Arc::new(FakePool::new("198.19.0.0/16".parse().unwrap(), None, &[]).unwrap());
+            Arc::new(Dns::new(DnsMode::Virtual, None, Some(pool), Arc::new(NoConnect)).unwrap())
+        });
+        let cfg = UdpConfig {
+            timeout: Duration::from_secs(60),
+            max_flows: max,
+            mtu: 1500,
+        };
+        (
+            UdpRelay::new(cfg, dns, proxy.clone(), cap.clone()),
+            proxy,
+            cap,
+        )
+    }
+
+    fn pkt(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        build_udp(sa(src), sa(dst), payload, 1500).unwrap()
+    }
+
+    #[tokio::test]
+    async fn full_cone_one_association_many_remotes() {
+        let (r, proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"one"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.3:9", b"two"));
+        let got = cap.wait(2).await;
+        assert_eq!(got.len(), 2);
+        assert!(got.contains(&(sa("203.0.113.2:7"), sa("198.18.0.1:5000"), b"one".to_vec())));
+        assert!(got.contains(&(sa("203.0.113.3:9"), sa("198.18.0.1:5000"), b"two".to_vec())));
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 1);
+        assert_eq!(r.flows(), 1);
+        // IPv6 endpoint: its own association.
+        r.handle_packet(&pkt("[fc00:1::1]:5000", "[2001:db8:2::2]:7", b"six"));
+        let got = cap.wait(3).await;
+        assert!(got.contains(&(
+            sa("[2001:db8:2::2]:7"),
+            sa("[fc00:1::1]:5000"),
+            b"six".to_vec()
+        )));
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bounded_oldest_idle_evicted() {
+        let (r, _proxy, cap) = relay(3, false, false);
+        for i in 0..10 {
+            r.handle_packet(&pkt(
+                &format!("198.18.0.1:{}", 6000 + i),
+                "203.0.113.2:7",
+                b"x",
+            ));
+            assert!(r.flows() <= 3);
+            cap.wait(i + 1).await;
+        }
+        assert_eq!(r.stats().flows_evicted.load(Ordering::Relaxed), 7);
+        assert_eq!(r.stats().flows_opened.load(Ordering::Relaxed), 10);
+        // The three most recent survive.
+        let t = r.shared.table();
+        for i in 7..10 {
+            assert!(t
+                .flows
+                .contains_key(&sa(&format!("198.18.0.1:{}", 6000 + i))));
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_control_connection_is_reestablished() {
+        let (r, proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+        cap.wait(1).await;
+        // The proxy closes the control connection: the association is gone.
+        proxy.controls.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"b"));
+        let got = cap.wait(2).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_udp_associate_is_remembered() {
+        let (r, proxy, cap) = relay(16, true, true);
+        for p in 0..5 {
+            r.handle_packet(&pkt(
+                &format!("198.18.0.1:{}", 5000 + p),
+                "203.0.113.2:7",
+                b"a",
+            ));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            proxy.associations.load(Ordering::SeqCst),
+            1,
+            "asked once, then backed off"
+        );
+        assert_eq!(r.stats().dropped_unsupported.load(Ordering::Relaxed), 5);
+        // DNS still answered.
+        let q = crate::dns::message::tests::query(1, "web.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "203.0.113.2:53", &q));
+        let got = cap.wait(1).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, sa("203.0.113.2:53"));
+        assert_eq!(&got[0].2[got[0].2.len() - 4..], &[198, 19, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn fake_destination_goes_by_name_and_replies_from_fake() {
+        let (r, _proxy, cap) = relay(16, false, true);
+        let q = crate::dns::message::tests::query(1, "echo.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q));
+        cap.wait(1).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.0.1:7", b"hi"));
+        let got = cap.wait(2).await;
+        // The fake proxy echoes with the header it got: a domain; the reply comes from the fake address.
+        assert_eq!(
+            got[1],
+            (sa("198.19.0.1:7"), sa("198.18.0.1:5000"), b"hi".to_vec())
+        );
+        // An address no answer handed out is dropped.
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.3.3:7", b"hi"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cap.wait(2).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn oversize_reply_dropped_and_counted() {
+        let (r, _proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"BIG"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"small"));
+        let got = cap.wait(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2, b"small");
+        assert_eq!(r.stats().dropped_oversize.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_packets_dropped() {
+        let (r, proxy, cap) = relay(16, false, true);
+        r.handle_packet(&[0x45, 0, 0]);
+        r.handle_packet(&[]);
+        let mut bad = pkt("198.18.0.1:5000", "203.0.113.2:7", b"a");
+        let last = bad.len() - 1;
+        bad[last] ^= 0xFF;
+        r.handle_packet(&bad);
+        // A malformed DNS query gets FORMERR, a runt nothing.
+        let q = crate::dns::message::tests::query(9, "web.test", 1);
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q[..14]));
+        r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q[..3]));
+        let got = cap.wait(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2[3] & 0xF, 1);
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 0);
+        assert_eq!(r.stats().dropped_other.load(Ordering::Relaxed), 3);
+    }
+}

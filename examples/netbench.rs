@@ -1,0 +1,645 @@
+//! netbench: the load generator of scripts/bench.sh.
+//!
+//! One tool for every path so the figures compare fairly: each client mode
+//! talks to the target either directly (the kernel routes it, which is also
+//! how traffic enters a TUN) or through a SOCKS5 proxy (`--socks`: CONNECT,
+//! or UDP ASSOCIATE for `udp`). The server runs in the target namespace and
+//! serves TCP and UDP on one port.
+//!
+//! TCP protocol: the client's first byte picks the service.
+//! - `S` sink: read 0x5a bytes until a 0x00 byte ends them, answer the byte
+//!   count (u64 BE). Used by `up`, so the figure is what the receiver got, not
+//!   what sat in buffers. An end byte rather than a half-close, because some
+//!   proxies (microsocks) tear both directions down on a half-close.
+//! - `G` source: write until the peer goes away. Used by `down`.
+//! - `E` echo: echo until EOF. Used by `rr` and `hold`.
+//! - `C` one echo, then the server closes first (so TIME-WAIT lands on the
+//!   target, not on the client's ports). Used by `crr`.
+//!
+//! UDP: every datagram is echoed to its sender.
+//!
+//! Every client mode prints one line `RESULT key=value ...` for bench.sh.
+//! This is a benchmark tool, not a test: it is never run by `cargo test`.
+
+use clap::{Parser, Subcommand};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BUF: usize = 128 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(name = "netbench", about = "sockstun's benchmark load generator")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Target server (netbench server) address.
+    #[arg(long, default_value = "203.0.113.2:9000")]
+    target: SocketAddr,
+    /// Reach the target through this SOCKS5 proxy instead of directly.
+    #[arg(long)]
+    socks: Option<SocketAddr>,
+    /// Duration of the measurement, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Serve sink/source/echo on TCP and echo on UDP.
+    Server {
+        #[arg(long, default_value = "0.0.0.0:9000")]
+        listen: SocketAddr,
+    },
+    /// Throughput client to target (Gbit/s, measured at the receiver).
+    Up {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// Throughput target to client (Gbit/s).
+    Down {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// 1-byte request/response on one connection: transactions/s, p50, p99.
+    Rr {
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Connect, 1-byte request, 1-byte response, close: connections/s.
+    Crr {
+        #[command(flatten)]
+        c: Common,
+        /// Concurrent workers, each doing connections one after another.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
+    /// UDP echo at a fixed offered rate: answered packets/s and loss.
+    Udp {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 50_000)]
+        pps: u64,
+        /// Datagram payload size, bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Open N connections, prove each end to end, hold them `--secs`, check
+    /// each again. Prints `ESTABLISHED n` when all are up (bench.sh samples
+    /// memory then).
+    Hold {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Parallel openers.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+    },
+}
+
+fn main() {
+    raise_nofile();
+    let cli = Cli::parse();
+    let r = match cli.mode {
+        Mode::Server { listen } => server(listen),
+        Mode::Up { c, streams } => up(&c, streams),
+        Mode::Down { c, streams } => down(&c, streams),
+        Mode::Rr { c } => rr(&c),
+        Mode::Crr { c, workers } => crr(&c, workers),
+        Mode::Udp { c, pps, size } => udp(&c, pps, size),
+        Mode::Hold { c, conns, workers } => hold(&c, conns, workers),
+    };
+    if let Err(e) = r {
+        eprintln!("netbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Holding 10,000 connections needs more descriptors than the usual soft limit.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Large socket buffers for the UDP test, past rmem_max (root only), so the
+/// figure shows the path's loss and not this tool's.
+fn force_bufs(fd: i32, bytes: i32) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: setsockopt on an open socket with a pointer to a local int
+        // and its exact size; failure is harmless (the default stays).
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &bytes as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SOCKS5 client
+
+fn socks_addr(buf: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            buf.push(1);
+            buf.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            buf.push(4);
+            buf.extend_from_slice(&ip.octets());
+        }
+    }
+    buf.extend_from_slice(&a.port().to_be_bytes());
+}
+
+/// Read a SOCKS5 reply (RFC 1928 section 6) and return BND.ADDR:BND.PORT.
+fn socks_reply(s: &mut TcpStream) -> io::Result<SocketAddr> {
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h)?;
+    if h[0] != 5 || h[1] != 0 {
+        return Err(io::Error::other(format!("socks reply {:#04x}", h[1])));
+    }
+    let ip: IpAddr = match h[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            s.read_exact(&mut a)?;
+            IpAddr::from(a)
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            s.read_exact(&mut a)?;
+            IpAddr::from(a)
+        }
+        3 => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l)?;
+            let mut d = vec![0u8; l[0] as usize];
+            s.read_exact(&mut d)?;
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+        t => return Err(io::Error::other(format!("socks atyp {t}"))),
+    };
+    let mut p = [0u8; 2];
+    s.read_exact(&mut p)?;
+    Ok(SocketAddr::new(ip, u16::from_be_bytes(p)))
+}
+
+/// Open a TCP connection to the SOCKS5 proxy and send `cmd` for `dest`
+/// (no auth). Returns the control stream and the reply's bound address.
+fn socks_request(
+    proxy: SocketAddr,
+    cmd: u8,
+    dest: SocketAddr,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut s = TcpStream::connect(proxy)?;
+    s.set_nodelay(true)?;
+    s.write_all(&[5, 1, 0])?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m)?;
+    if m != [5, 0] {
+        return Err(io::Error::other(format!("socks method {m:?}")));
+    }
+    let mut req = vec![5, cmd, 0];
+    socks_addr(&mut req, dest);
+    s.write_all(&req)?;
+    let bnd = socks_reply(&mut s)?;
+    Ok((s, bnd))
+}
+
+fn connect(c: &Common) -> io::Result<TcpStream> {
+    let s = match c.socks {
+        None => TcpStream::connect(c.target)?,
+        Some(p) => socks_request(p, 1, c.target)?.0,
+    };
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn result(kv: &[(&str, String)]) {
+    let line: Vec<String> = kv.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("RESULT {}", line.join(" "));
+}
+
+// ---------------------------------------------------------------- clients
+
+fn up(c: &Common, streams: usize) -> io::Result<()> {
+    let start = Instant::now();
+    let dur = Duration::from_secs_f64(c.secs);
+    let handles: Vec<_> = (0..streams)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || -> io::Result<(u64, Duration)> {
+                let mut s = connect(&c)?;
+                s.write_all(b"S")?;
+                let buf = vec![0x5au8; BUF];
+                let t0 = Instant::now();
+                while t0.elapsed() < dur {
+                    s.write_all(&buf)?;
+                }
+                s.write_all(&[0])?;
+                let mut n = [0u8; 8];
+                s.read_exact(&mut n)?;
+                Ok((u64::from_be_bytes(n), t0.elapsed()))
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for h in handles {
+        let (b, _) = h
+            .join()
+            .map_err(|_| io::Error::other("stream panicked"))??;
+        bytes += b;
+    }
+    // The window is from the first connect to the last byte counted, so a
+    // stream that started late does not inflate the sum.
+    let secs = start.elapsed().as_secs_f64();
+    result(&[
+        ("gbps", format!("{:.3}", bytes as f64 * 8.0 / secs / 1e9)),
+        ("bytes", bytes.to_string()),
+        ("secs", format!("{secs:.3}")),
+    ]);
+    Ok(())
+}
+
+fn down(c: &Common, streams: usize) -> io::Result<()> {
+    let dur = Duration::from_secs_f64(c.secs);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..streams)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || -> io::Result<u64> {
+                let mut s = connect(&c)?;
+                s.write_all(b"G")?;
+                let mut buf = vec![0u8; BUF];
+                let mut n = 0u64;
+                while start.elapsed() < dur {
+                    match s.read(&mut buf)? {
+                        0 => return Err(io::Error::other("source closed early")),
+                        k => n += k as u64,
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for h in handles {
+        bytes += h
+            .join()
+            .map_err(|_| io::Error::other("stream panicked"))??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    result(&[
+        ("gbps", format!("{:.3}", bytes as f64 * 8.0 / secs / 1e9)),
+        ("bytes", bytes.to_string()),
+        ("secs", format!("{secs:.3}")),
+    ]);
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn rr(c: &Common) -> io::Result<()> {
+    let mut s = connect(c)?;
+    s.write_all(b"E")?;
+    let dur = Duration::from_secs_f64(c.secs);
+    let mut lat = Vec::with_capacity(1 << 20);
+    let mut b = [0u8; 1];
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    result(&[
+        ("tps", format!("{:.0}", lat.len() as f64 / secs)),
+        ("p50_us", format!("{:.1}", percentile(&lat, 0.50))),
+        ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),
+    ]);
+    Ok(())
+}
+
+fn crr_one(c: &Common) -> io::Result<()> {
+    let mut s = connect(c)?;
+    s.write_all(b"Cx")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    // Wait for the server's FIN, so the server is the side in TIME-WAIT.
+    let mut rest = [0u8; 16];
+    while s.read(&mut rest)? > 0 {}
+    Ok(())
+}
+
+fn crr(c: &Common, workers: usize) -> io::Result<()> {
+    let dur = Duration::from_secs_f64(c.secs);
+    let ok = Arc::new(AtomicU64::new(0));
+    let err = Arc::new(AtomicU64::new(0));
+    let first_err = Arc::new(Mutex::new(None::<String>));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (c, ok, err, first_err) = (c.clone(), ok.clone(), err.clone(), first_err.clone());
+            std::thread::spawn(move || {
+                while start.elapsed() < dur {
+                    match crr_one(&c) {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            first_err.lock().unwrap().get_or_insert(e.to_string());
+                            err.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    result(&[
+        ("cps", format!("{:.0}", ok as f64 / secs)),
+        ("ok", ok.to_string()),
+        ("errors", err.load(Ordering::Relaxed).to_string()),
+    ]);
+    if let Some(e) = first_err.lock().unwrap().take() {
+        eprintln!("netbench crr: first error: {e}");
+    }
+    Ok(())
+}
+
+fn udp(c: &Common, pps: u64, size: usize) -> io::Result<()> {
+    let size = size.max(8);
+    // With a proxy: UDP ASSOCIATE, datagrams go to the relay with the RFC 1928
+    // section 7 header; without: straight to the target.
+    let (_ctl, relay, hdr) = match c.socks {
+        None => (None, c.target, Vec::new()),
+        Some(p) => {
+            let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+            let (ctl, mut bnd) = socks_request(p, 3, local)?;
+            if bnd.ip().is_unspecified() {
+                bnd.set_ip(p.ip());
+            }
+            let mut h = vec![0, 0, 0];
+            socks_addr(&mut h, c.target);
+            (Some(ctl), bnd, h)
+        }
+    };
+    let sock = UdpSocket::bind(match relay {
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(_) => "[::]:0",
+    })?;
+    force_bufs(sock.as_raw_fd(), 8 << 20);
+    sock.connect(relay)?;
+    let rx = sock.try_clone()?;
+    let dur = Duration::from_secs_f64(c.secs);
+    let total = (pps as f64 * c.secs) as u64;
+    let done = Arc::new(AtomicBool::new(false));
+    let hlen = hdr.len();
+    let receiver = {
+        let done = done.clone();
+        std::thread::spawn(move || -> u64 {
+            rx.set_read_timeout(Some(Duration::from_millis(100))).ok();
+            let mut seen = vec![false; total as usize + 1];
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 65536];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    if n >= hlen + 8 {
+                        let seq = u64::from_be_bytes(buf[hlen..hlen + 8].try_into().unwrap());
+                        if let Some(s) = seen.get_mut(seq as usize) {
+                            if !*s {
+                                *s = true;
+                                got += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            got
+        })
+    };
+    let mut pkt = hdr.clone();
+    pkt.resize(hlen + size, 0x5a);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut send_err = 0u64;
+    while sent < total {
+        // Pace in 1 ms slices: send what the schedule owes, then sleep.
+        let due = ((start.elapsed().as_secs_f64() * pps as f64) as u64).min(total);
+        while sent < due {
+            pkt[hlen..hlen + 8].copy_from_slice(&sent.to_be_bytes());
+            if sock.send(&pkt).is_err() {
+                send_err += 1;
+            }
+            sent += 1;
+        }
+        if start.elapsed() > dur + Duration::from_secs(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    // Replies still in flight get a grace second.
+    std::thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let got = receiver.join().unwrap_or(0);
+    result(&[
+        ("offered_pps", format!("{:.0}", sent as f64 / send_secs)),
+        ("answered_pps", format!("{:.0}", got as f64 / send_secs)),
+        (
+            "loss_pct",
+            format!(
+                "{:.2}",
+                100.0 * (sent - got.min(sent)) as f64 / sent.max(1) as f64
+            ),
+        ),
+        ("sent", sent.to_string()),
+        ("answered", got.to_string()),
+        ("send_errors", send_err.to_string()),
+    ]);
+    Ok(())
+}
+
+fn hold_open(c: &Common) -> io::Result<TcpStream> {
+    let mut s = connect(c)?;
+    s.write_all(b"Ex")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    Ok(s)
+}
+
+fn hold(c: &Common, conns: usize, workers: usize) -> io::Result<()> {
+    let t0 = Instant::now();
+    let held = Arc::new(Mutex::new(Vec::with_capacity(conns)));
+    let next = Arc::new(AtomicU64::new(0));
+    let errs = Arc::new(AtomicU64::new(0));
+    let first_err = Arc::new(Mutex::new(None::<String>));
+    let handles: Vec<_> = (0..workers.max(1))
+        .map(|_| {
+            let (c, held, next, errs, first_err) = (
+                c.clone(),
+                held.clone(),
+                next.clone(),
+                errs.clone(),
+                first_err.clone(),
+            );
+            std::thread::spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < conns as u64 {
+                    match hold_open(&c) {
+                        Ok(s) => held.lock().unwrap().push(s),
+                        Err(e) => {
+                            first_err.lock().unwrap().get_or_insert(e.to_string());
+                            errs.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    let mut held = std::mem::take(&mut *held.lock().unwrap());
+    println!(
+        "ESTABLISHED {} errors {} in {:.2}s",
+        held.len(),
+        errs.load(Ordering::Relaxed),
+        open_secs
+    );
+    io::stdout().flush()?;
+    std::thread::sleep(Duration::from_secs_f64(c.secs));
+    // Every held connection must still carry data end to end.
+    let mut alive = 0u64;
+    for s in held.iter_mut() {
+        let mut b = [0u8; 1];
+        if s.write_all(b"y").is_ok() && s.read_exact(&mut b).is_ok() && b[0] == b'y' {
+            alive += 1;
+        }
+    }
+    result(&[
+        ("wanted", conns.to_string()),
+        ("established", held.len().to_string()),
+        ("alive_after_hold", alive.to_string()),
+        (
+            "errors",
+            (errs.load(Ordering::Relaxed) + held.len() as u64 - alive).to_string(),
+        ),
+        ("open_secs", format!("{open_secs:.2}")),
+    ]);
+    if let Some(e) = first_err.lock().unwrap().take() {
+        eprintln!("netbench hold: first error: {e}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- server
+
+fn server(listen: SocketAddr) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpListener::bind(listen).await?;
+        let udp = std::net::UdpSocket::bind(listen)?;
+        force_bufs(udp.as_raw_fd(), 8 << 20);
+        // The UDP echo is a plain blocking thread: one socket, no fan-out.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        });
+        eprintln!("netbench server on {listen}");
+        loop {
+            let (s, _) = tcp.accept().await?;
+            tokio::spawn(async move {
+                let _ = serve(s).await;
+            });
+        }
+    })
+}
+
+async fn serve(mut s: tokio::net::TcpStream) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.set_nodelay(true)?;
+    let mut m = [0u8; 1];
+    s.read_exact(&mut m).await?;
+    match m[0] {
+        b'S' => {
+            let mut buf = vec![0u8; BUF];
+            let mut n = 0u64;
+            loop {
+                match s.read(&mut buf).await? {
+                    0 => return Ok(()),
+                    // The end byte is the last one sent, so it can only be
+                    // the last byte of a read.
+                    k if buf[k - 1] == 0 => {
+                        n += k as u64 - 1;
+                        break;
+                    }
+                    k => n += k as u64,
+                }
+            }
+            s.write_all(&n.to_be_bytes()).await?;
+        }
+        b'G' => {
+            let buf = vec![0xa5u8; BUF];
+            loop {
+                s.write_all(&buf).await?;
+            }
+        }
+        b'E' => {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await? {
+                    0 => break,
+                    k => s.write_all(&buf[..k]).await?,
+                }
+            }
+        }
+        b'C' => {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            s.write_all(&b).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! scripts/route-up, route-down, gateway-up, gateway-down without sockstun:
+//! a persistent TUN made with `ip tuntap` stands in for sockstun's device. Each
+//! test builds a "machine" namespace with an uplink and default routes (as a
+//! real host has), runs the scripts in it with `ip netns exec`, checks what they
+//! set up, and that the down script puts routes, rules, sysctls, nftables and
+//! the resolver file back byte for byte, also twice and after the TUN vanished.
+
+mod common;
+
+use common::{require_root, uniq, veth, wait_until, Netns};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Run a script inside the namespace; the output, whatever the status.
+fn run_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
+    let path = script(name);
+    let mut cmd = vec![path.as_str()];
+    cmd.extend_from_slice(args);
+    ns.exec(&cmd)
+}
+
+fn ok_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
+    let out = run_script(ns, name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}",
+        text(&out)
+    );
+    out
+}
+
+fn stdout(ns: &Netns, script: &str) -> String {
+    String::from_utf8_lossy(&ns.sh(script).stdout).into_owned()
+}
+
+/// Everything the scripts may touch, as text: routes of every table, rules,
+/// the nftables ruleset, forwarding and rp_filter sysctls, the resolver file
+/// (bytes and inode).
+fn snapshot(ns: &Netns, resolv: Option<&PathBuf>) -> String {
+    let mut s = stdout(
+        ns,
+        "echo '## ip route'; ip route show table all; echo '## ip -6 route'; ip -6 route show table all; \
+         echo '## ip rule'; ip rule; echo '## ip -6 rule'; ip -6 rule; \
+         echo '## nft'; nft list ruleset; \
+         echo '## sysctl'; grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding \
+            /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv6/conf/*/forwarding",
+    );
+    if let Some(p) = resolv {
+        let meta = std::fs::metadata(p).expect("resolver file");
+        s.push_str(&format!(
+            "## resolver (inode {})\n{}",
+            meta.ino(),
+            std::fs::read_to_string(p).expect("read resolver")
+        ));
+    }
+    s
+}
+
+/// Wait until the kernel has finished configuring `ifaces` (their IPv6
+/// link-local address appears once the carrier is up), so that a snapshot
+/// taken now does not change later on its own.
+fn settle(ns: &Netns, ifaces: &[&str]) {
+    for i in ifaces {
+        let ok = wait_until(Duration::from_secs(10), || {
+            let out = ns.exec(&["ip", "-6", "addr", "show", "dev", i, "scope", "link"]);
+            String::from_utf8_lossy(&out.stdout).contains("fe80")
+        });
+        assert!(ok, "{i}: no link-local address after 10 s");
+    }
+}
+
+/// A machine with an uplink to an "isp" namespace and default routes through it.
+struct Machine {
+    m: Netns,
+    _isp: Netns,
+    tmp: Vec<PathBuf>,
+}
+
+impl Machine {
+    fn new(tag: &str) -> Machine {
+        let m = Netns::new(&format!("{tag}m"));
+        let isp = Netns::new(&format!("{tag}i"));
+        veth(
+            &m,
+            "up0",
+            &["198.51.100.2/25", "2001:db8:1::2/64"],
+            &isp,
+            "isp0",
+            &["198.51.100.1/25", "2001:db8:1::1/64"],
+        );
+        m.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+        m.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        settle(&m, &["up0"]);
+        Machine {
+            m,
+            _isp: isp,
+            tmp: Vec::new(),
+        }
+    }
+
+    /// A stand-in for sockstun's device: a persistent TUN, addressed and up.
+    fn tun(&self, name: &str, mtu: &str) {
+        self.m.ip(&["tuntap", "add", "mode", "tun", "name", name]);
+        self.m.ip(&["addr", "add", "198.18.0.1/15", "dev", name]);
+        self.m
+            .ip(&["-6", "addr", "add", "fd00:5::1/64", "dev", name, "nodad"]);
+        self.m.ip(&["link", "set", name, "mtu", mtu, "up"]);
+    }
+
+    fn temp(&mut self, tag: &str, content: Option<&str>) -> PathBuf {
+        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
+        if let Some(c) = content {
+            std::fs::write(&p, c).expect("write temp file");
+        }
+        self.tmp.push(p.clone());
+        p
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        for p in &self.tmp {
+            let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_file(p.with_extension("lock"));
+            let _ = std::fs::remove_file(format!("{}.lock", p.display()));
+            let _ = std::fs::remove_file(format!("{}.resolv", p.display()));
+        }
+    }
+}
+
+const RESOLV: &str = "# the machine's own resolver\nsearch example.test\nnameserver 192.0.2.53\noptions edns0 timeout:2\n";
+
+fn route_get(ns: &Netns, args: &str) -> String {
+    let out = ns.exec(&["sh", "-c", &format!("ip {args}")]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn route_up_down_restores_exactly() {
+    if !require_root("route_up_down_restores_exactly") {
+        return;
+    }
+    let mut mc = Machine::new("ru");
+    let tun = uniq("rt");
+    mc.tun(&tun, "1500");
+    let resolv = mc.temp("resolv", Some(RESOLV));
+    let state = mc.temp("state", None);
+    let m = &mc.m;
+    let before = snapshot(m, Some(&resolv));
+    let inode = std::fs::metadata(&resolv).unwrap().ino();
+
+    let (rs, st) = (resolv.to_str().unwrap(), state.to_str().unwrap());
+    let up_args = [
+        "--device",
+        &tun,
+        "--proxy",
+        "203.0.113.7:1080,[2001:db8:7::7]:1080",
+        "--fwmark",
+        "0x438",
+        "--exclude",
+        "192.0.2.0/24",
+        "--exclude",
+        "2001:db8:9::/48",
+        "--resolv-conf",
+        rs,
+        "--state",
+        st,
+    ];
+    ok_script(m, "route-up", &up_args);
+
+    // The rules, in the order that makes loops impossible.
+    let rules4 = stdout(m, "ip rule");
+    for want in [
+        "10800:\tfrom all fwmark 0x438 lookup main",
+        "10801:\tfrom all fwmark 0x438 unreachable",
+        "10802:\tfrom all to 203.0.113.7 lookup main",
+        "10803:\tfrom all to 203.0.113.7 unreachable",
+        "10802:\tfrom all to 192.0.2.0/24 lookup main",
+        "10806:\tfrom all lookup main suppress_prefixlength 0",
+        "10807:\tfrom all lookup 1080",
+    ] {
+        assert!(rules4.contains(want), "missing {want:?} in\n{rules4}");
+    }
+    let rules6 = stdout(m, "ip -6 rule");
+    for want in [
+        "10800:\tfrom all fwmark 0x438 lookup main",
+        "10802:\tfrom all to 2001:db8:7::7 lookup main",
+        "10802:\tfrom all to 2001:db8:9::/48 lookup main",
+        "10807:\tfrom all lookup 1080",
+    ] {
+        assert!(rules6.contains(want), "missing {want:?} in\n{rules6}");
+    }
+    // Where packets go now.
+    let dev = format!("dev {tun} ");
+    for (q, want) in [
+        ("route get 203.0.113.2", dev.as_str()),
+        ("-6 route get 2001:db8:2::2", dev.as_str()),
+        ("route get 198.18.0.2", dev.as_str()),
+        ("route get 203.0.113.7", "via 198.51.100.1 dev up0"),
+        ("-6 route get 2001:db8:7::7", "via 2001:db8:1::1 dev up0"),
+        ("route get 192.0.2.1", "via 198.51.100.1 dev up0"),
+        ("-6 route get 2001:db8:9::1", "via 2001:db8:1::1 dev up0"),
+        ("route get 198.51.100.1", "198.51.100.1 dev up0"),
+        (
+            "route get 203.0.113.2 mark 0x438",
+            "via 198.51.100.1 dev up0",
+        ),
+        (
+            "-6 route get 2001:db8:2::2 mark 0x438",
+            "via 2001:db8:1::1 dev up0",
+        ),
+    ] {
+        let got = route_get(m, q);
+        assert!(got.contains(want), "ip {q}: want {want:?}, got {got}");
+    }
+    // The resolver: same inode, virtual DNS only, search and options kept.
+    let r = std::fs::read_to_string(&resolv).unwrap();
+    assert_eq!(
+        std::fs::metadata(&resolv).unwrap().ino(),
+        inode,
+        "resolver file replaced"
+    );
+    let ns_lines: Vec<_> = r.lines().filter(|l| l.starts_with("nameserver")).collect();
+    assert_eq!(ns_lines, ["nameserver 198.18.0.2"], "{r}");
+    assert!(
+        r.contains("search example.test\n") && r.contains("options edns0 timeout:2\n"),
+        "{r}"
+    );
+
+    // Idempotent: a second route-up leaves the same configuration.
+    let after_first = snapshot(m, Some(&resolv));
+    ok_script(m, "route-up", &up_args);
+    assert_eq!(
+        snapshot(m, Some(&resolv)),
+        after_first,
+        "second route-up differs"
+    );
+
+    ok_script(m, "route-down", &["--state", st]);
+    assert_eq!(
+        snapshot(m, Some(&resolv)),
+        before,
+        "route-down did not restore"
+    );
+    assert!(!state.exists(), "state file left behind");
+    ok_script(m, "route-down", &["--state", st]);
+    assert_eq!(
+        snapshot(m, Some(&resolv)),
+        before,
+        "second route-down changed something"
+    );
+}
+
+#[test]
+fn route_down_after_tun_vanished() {
+    if !require_root("route_down_after_tun_vanished") {
+        return;
+    }
+    // sockstun creates its device; SIGKILLed, the device and its routes vanish.
+    let mut mc = Machine::new("rk");
+    let resolv = mc.temp("resolv", Some(RESOLV));
+    let state = mc.temp("state", None);
+    let m = &mc.m;
+    let before = snapshot(m, Some(&resolv));
+    let tun = uniq("rt");
+    mc.tun(&tun, "1500");
+    let (rs, st) = (resolv.to_str().unwrap(), state.to_str().unwrap());
+    ok_script(
+        m,
+        "route-up",
+        &[
+            "--device",
+            &tun,
+            "--proxy",
+            "198.51.100.1",
+            "--resolv-conf",
+            rs,
+            "--state",
+            st,
+        ],
+    );
+    m.ip(&["link", "del", &tun]);
+    // Kill switch: with the TUN gone nothing leaks out of the uplink...
+    for q in ["route get 203.0.113.2", "-6 route get 2001:db8:2::2"] {
+        let got = route_get(m, q);
+        assert!(
+            !got.contains("dev up0") && got.contains("No route to host"),
+            "ip {q}: leaks without the TUN: {got}"
+        );
+    }
+    // ...but the proxy and the local subnet stay reachable.
+    let got = route_get(m, "route get 198.51.100.1");
+    assert!(got.contains("dev up0"), "{got}");
+
+    ok_script(m, "route-down", &["--state", st]);
+    assert_eq!(
+        snapshot(m, Some(&resolv)),
+        before,
+        "route-down after the TUN vanished"
+    );
+    ok_script(m, "route-down", &["--state", st]);
+    assert_eq!(snapshot(m, Some(&resolv)), before);
+}
+
+#[test]
+fn route_up_refuses_bad_settings_and_rolls_back() {
+    if !require_root("route_up_refuses_bad_settings_and_rolls_back") {
+        return;
+    }
+    let mut mc = Machine::new("rb");
+    let tun = uniq("rt");
+    mc.tun(&tun, "1500");
+    let resolv = mc.temp("resolv", Some(RESOLV));
+    let state = mc.temp("state", None);
+    let m = &mc.m;
+    let (rs, st) = (resolv.to_str().unwrap(), state.to_str().unwrap());
+    // Someone else's rule and table, which route-up must not disturb.
+    m.ip(&[
+        "rule",
+        "add",
+        "pref",
+        "10803",
+        "to",
+        "192.0.2.9",
+        "lookup",
+        "main",
+    ]);
+    m.ip(&[
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "198.51.100.1",
+        "table",
+        "77",
+    ]);
+    let before = snapshot(m, Some(&resolv));
+    let base = ["--resolv-conf", rs, "--state", st];
+    for (args, why) in [
+        (vec!["--device", tun.as_str()], "--proxy"),
+        (
+            vec![
+                "--device",
+                "nosuchdev0",
+                "--proxy",
+                "198.51.100.1",
+                "--wait",
+                "0",
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["--device", tun.as_str(), "--proxy", "not_an/address!"],
+            "--proxy",
+        ),
+        (
+            vec![
+                "--device",
+                tun.as_str(),
+                "--proxy",
+                "198.51.100.1",
+                "--exclude",
+                "10.0.0.0/40",
+            ],
+            "--exclude",
+        ),
+        (
+            vec!["--device", tun.as_str(), "--proxy", "198.51.100.1"],
+            "10803",
+        ),
+        (
+            vec![
+                "--device",
+                tun.as_str(),
+                "--proxy",
+                "198.51.100.1",
+                "--priority",
+                "10900",
+                "--table",
+                "77",
+            ],
+            "table 77",
+        ),
+        // Passes validation, fails half-way (the kernel refuses the mark): rolled back.
+        (
+            vec![
+                "--device",
+                tun.as_str(),
+                "--proxy",
+                "198.51.100.1",
+                "--priority",
+                "10900",
+                "--fwmark",
+                "0x1ffffffff",
+            ],
+            "undoing",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend_from_slice(&base);
+        let out = run_script(m, "route-up", &a);
+        assert!(!out.status.success(), "route-up {a:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "route-up {a:?}: want {why:?} in: {err}");
+        assert_eq!(
+            snapshot(m, Some(&resolv)),
+            before,
+            "route-up {a:?} left changes"
+        );
+        assert!(!state.exists() || std::fs::read_to_string(&state).unwrap().is_empty());
+    }
+}
+
+/// Gateway with an uplink, a LAN link to a client namespace and a TUN stand-in.
+fn gateway(tag: &str, mtu: &str) -> (Machine, Netns, String) {
+    let mc = Machine::new(tag);
+    let lan = Netns::new(&format!("{tag}l"));
+    veth(
+        &mc.m,
+        "lan0",
+        &["198.51.100.129/25", "2001:db8:3::1/64"],
+        &lan,
+        "eth0",
+        &["198.51.100.130/25", "2001:db8:3::2/64"],
+    );
+    lan.ip(&["route", "add", "default", "via", "198.51.100.129"]);
+    lan.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"]);
+    settle(&mc.m, &["lan0"]);
+    // As a hardened host has it: strict reverse-path filtering.
+    mc.m.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
+    let tun = uniq("gt");
+    mc.tun(&tun, mtu);
+    (mc, lan, tun)
+}
+
+#[test]
+fn gateway_up_down_restores_exactly() {
+    if !require_root("gateway_up_down_restores_exactly") {
+        return;
+    }
+    let (mut mc, _lan, tun) = gateway("gu", "1280");
+    let state = mc.temp("state", None);
+    let st = state.to_str().unwrap();
+    let m = &mc.m;
+    let before = snapshot(m, None);
+    let args = [
+        "--device",
+        &tun,
+        "--lan",
+        "lan0",
+        "--exclude",
+        "192.0.2.0/24",
+        "--state",
+        st,
+    ];
+    ok_script(m, "gateway-up", &args);
+
+    let dev = format!("dev {tun} ");
+    for (q, want) in [
+        (
+            "route get 203.0.113.2 from 198.51.100.130 iif lan0",
+            dev.as_str(),
+        ),
+        (
+            "-6 route get 2001:db8:2::2 from 2001:db8:3::2 iif lan0",
+            dev.as_str(),
+        ),
+        (
+            "route get 192.0.2.1 from 198.51.100.130 iif lan0",
+            "via 198.51.100.1 dev up0",
+        ),
+        // The gateway's own traffic is left alone.
+        ("route get 203.0.113.2", "via 198.51.100.1 dev up0"),
+        ("-6 route get 2001:db8:2::2", "via 2001:db8:1::1 dev up0"),
+    ] {
+        let got = route_get(m, q);
+        assert!(got.contains(want), "ip {q}: want {want:?}, got {got}");
+    }
+    let sys = stdout(
+        m,
+        &format!(
+            "cat /proc/sys/net/ipv4/conf/lan0/forwarding /proc/sys/net/ipv4/conf/{tun}/forwarding \
+             /proc/sys/net/ipv4/conf/up0/forwarding /proc/sys/net/ipv6/conf/all/forwarding \
+             /proc/sys/net/ipv4/conf/{tun}/rp_filter"
+        ),
+    );
+    assert_eq!(
+        sys, "1\n1\n0\n1\n2\n",
+        "forwarding lan0, tun, up0, v6; rp_filter tun"
+    );
+    let nft = stdout(m, "nft list ruleset");
+    for want in [
+        "maxseg size set 1240",
+        "maxseg size set 1220",
+        "dnat ip to 198.18.0.2",
+        "dnat ip6 to fd00:5::2",
+    ] {
+        assert!(nft.contains(want), "missing {want:?} in\n{nft}");
+    }
+
+    let after_first = snapshot(m, None);
+    ok_script(m, "gateway-up", &args);
+    assert_eq!(snapshot(m, None), after_first, "second gateway-up differs");
+    ok_script(m, "gateway-down", &["--state", st]);
+    assert_eq!(snapshot(m, None), before, "gateway-down did not restore");
+    ok_script(m, "gateway-down", &["--state", st]);
+    assert_eq!(
+        snapshot(m, None),
+        before,
+        "second gateway-down changed something"
+    );
+}
+
+#[test]
+fn gateway_down_after_tun_vanished() {
+    if !require_root("gateway_down_after_tun_vanished") {
+        return;
+    }
+    let (mut mc, _lan, tun) = gateway("gk", "1500");
+    let state = mc.temp("state", None);
+    let st = state.to_str().unwrap();
+    let m = &mc.m;
+    m.ip(&["link", "del", &tun]);
+    let before = snapshot(m, None);
+    mc.tun(&tun, "1500");
+    ok_script(
+        m,
+        "gateway-up",
+        &["--device", &tun, "--lan", "lan0", "--state", st],
+    );
+    m.ip(&["link", "del", &tun]);
+    let got = route_get(m, "route get 203.0.113.2 from 198.51.100.130 iif lan0");
+    assert!(
+        !got.contains("up0"),
+        "LAN traffic leaks out of the uplink without the TUN: {got}"
+    );
+    ok_script(m, "gateway-down", &["--state", st]);
+    assert_eq!(
+        snapshot(m, None),
+        before,
+        "gateway-down after the TUN vanished"
+    );
+    ok_script(m, "gateway-down", &["--state", st]);
+    assert_eq!(snapshot(m, None), before);
+}
+
+#[test]
+fn scripts_have_help() {
+    for s in ["route-up", "route-down", "gateway-up", "gateway-down"] {
+        let out = std::process::Command::new(script(s))
+            .arg("--help")
+            .output()
+            .expect("run script");
+        assert!(out.status.success(), "{s} --help: {}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.starts_with("Usage: "), "{s} --help: {help}");
+        let out = std::process::Command::new(script(s))
+            .arg("--bogus")
+            .output()
+            .expect("run script");
+        assert!(!out.status.success(), "{s} accepted --bogus");
+    }
+}
