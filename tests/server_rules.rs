@@ -29,15 +29,24 @@ fn greeting_and_request_split_over_reads() {
     let mut s = lab.tcp(PROXY);
     // Half a greeting must not be answered (microsocks answers 05 FF here).
     s.write_all(&[5]).unwrap();
-    assert!(silent_for(&mut s, Duration::from_millis(300)), "answered half a greeting");
+    assert!(
+        silent_for(&mut s, Duration::from_millis(300)),
+        "answered half a greeting"
+    );
     s.write_all(&[2, 0]).unwrap();
-    assert!(silent_for(&mut s, Duration::from_millis(200)), "answered before the last method");
+    assert!(
+        silent_for(&mut s, Duration::from_millis(200)),
+        "answered before the last method"
+    );
     s.write_all(&[2]).unwrap();
     assert_eq!(read_n(&mut s, 2), [5, 0]);
     let mut req = vec![5, 1, 0];
     req.extend(addr4(T4, ECHO));
     s.write_all(&req[..5]).unwrap();
-    assert!(silent_for(&mut s, Duration::from_millis(200)), "answered a partial request");
+    assert!(
+        silent_for(&mut s, Duration::from_millis(200)),
+        "answered a partial request"
+    );
     s.write_all(&req[5..]).unwrap();
     let r = socks5_reply(&mut s);
     assert_eq!(&r[..4], &[5, 0, 0, 1], "{r:?}");
@@ -80,7 +89,11 @@ fn unknown_command_and_address_type_get_complete_replies() {
         assert_eq!(read_n(&mut s, 2), [5, 0]);
         s.write_all(req).unwrap();
         // A whole reply with a bound address, not a truncated one.
-        assert_eq!(read_n(&mut s, 10), [5, rep, 0, 1, 0, 0, 0, 0, 0, 0], "request {req:?}");
+        assert_eq!(
+            read_n(&mut s, 10),
+            [5, rep, 0, 1, 0, 0, 0, 0, 0, 0],
+            "request {req:?}"
+        );
         assert!(closed(&mut s), "not closed after {req:?}");
     }
     // SOCKS4 with an unknown command: 0x5B.
@@ -105,7 +118,11 @@ fn auth_reply_version_is_1() {
     s.write_all(&[5, 2, 0, 2]).unwrap();
     assert_eq!(read_n(&mut s, 2), [5, 2]);
     s.write_all(b"\x01\x05alice\x06s3cret").unwrap();
-    assert_eq!(read_n(&mut s, 2), [1, 0], "RFC 1929 reply: version 1, status 0");
+    assert_eq!(
+        read_n(&mut s, 2),
+        [1, 0],
+        "RFC 1929 reply: version 1, status 0"
+    );
     let mut req = vec![5, 1, 0];
     req.extend(addr_name("web.test", ECHO));
     s.write_all(&req).unwrap();
@@ -144,7 +161,8 @@ fn socks4_and_socks4a_marker() {
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
     // Plain SOCKS4 to an address.
     let mut s = lab.tcp(PROXY);
-    s.write_all(&[4, 1, 0, ECHO as u8, 203, 0, 113, 10, b'u', 0]).unwrap();
+    s.write_all(&[4, 1, 0, ECHO as u8, 203, 0, 113, 10, b'u', 0])
+        .unwrap();
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5A]);
 }
 
@@ -156,8 +174,12 @@ fn socks4_refused_when_users_are_configured() {
     let lab = Lab::new("sr4u");
     let srv = lab.server(&["--user", "alice:pw"]);
     for req in [
-        &[4u8, 1, 0, ECHO as u8, 203, 0, 113, 10, b'a', b'l', b'i', b'c', b'e', 0][..],
-        &[4, 1, 0, ECHO as u8, 0, 0, 0, 1, 0, b'w', b'e', b'b', b'.', b't', b'e', b's', b't', 0],
+        &[
+            4u8, 1, 0, ECHO as u8, 203, 0, 113, 10, b'a', b'l', b'i', b'c', b'e', 0,
+        ][..],
+        &[
+            4, 1, 0, ECHO as u8, 0, 0, 0, 1, 0, b'w', b'e', b'b', b'.', b't', b'e', b's', b't', 0,
+        ],
     ] {
         let mut s = lab.tcp(PROXY);
         s.write_all(req).unwrap();
@@ -196,13 +218,23 @@ fn loopback_and_localhost_refused_unless_allowed() {
     let mut s = lab.tcp("127.0.0.1:1081");
     assert_eq!(socks5_connect(&mut s, &addr4("127.0.0.1", 1080))[1], 0x00);
     let mut s = lab.tcp("127.0.0.1:1081");
-    assert_eq!(socks5_connect(&mut s, &addr6("::ffff:127.0.0.1", 1080))[1], 0x00);
+    assert_eq!(
+        socks5_connect(&mut s, &addr6("::ffff:127.0.0.1", 1080))[1],
+        0x00
+    );
     let mut s = lab.tcp("127.0.0.1:1081");
-    assert_eq!(socks5_connect(&mut s, &addr6("::1", 1080))[1], 0x02, "::1 is not in the allowed CIDR");
+    assert_eq!(
+        socks5_connect(&mut s, &addr6("::1", 1080))[1],
+        0x02,
+        "::1 is not in the allowed CIDR"
+    );
     // --deny-dest adds to the list.
     let _deny = lab.server_on("127.0.0.1:1082", &["--deny-dest", "203.0.113.0/24"]);
     let mut s = lab.tcp("127.0.0.1:1082");
-    assert_eq!(socks5_connect(&mut s, &addr_name("web.test", ECHO))[1], 0x02);
+    assert_eq!(
+        socks5_connect(&mut s, &addr_name("web.test", ECHO))[1],
+        0x02
+    );
 }
 
 #[test]
@@ -213,14 +245,22 @@ fn connect_failures_map_to_reply_codes() {
     let lab = Lab::new("src");
     let _srv = lab.server(&[]);
     let mut s = lab.tcp(PROXY);
-    assert_eq!(socks5_connect(&mut s, &addr4(T4, CLOSED))[1], 0x05, "closed port: refused");
+    assert_eq!(
+        socks5_connect(&mut s, &addr4(T4, CLOSED))[1],
+        0x05,
+        "closed port: refused"
+    );
     // No route in the namespace: network unreachable.
     let mut s = lab.tcp(PROXY);
     assert_eq!(socks5_connect(&mut s, &addr4("198.51.100.99", 80))[1], 0x03);
     let mut s = lab.tcp(PROXY);
-    assert_eq!(socks5_connect(&mut s, &addr_name("no-such-host.invalid", 80))[1], 0x04);
+    assert_eq!(
+        socks5_connect(&mut s, &addr_name("no-such-host.invalid", 80))[1],
+        0x04
+    );
     let mut s = lab.tcp(PROXY);
-    s.write_all(&[4, 1, 0, CLOSED as u8, 203, 0, 113, 10, 0]).unwrap();
+    s.write_all(&[4, 1, 0, CLOSED as u8, 203, 0, 113, 10, 0])
+        .unwrap();
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
 }
 
@@ -243,18 +283,32 @@ fn half_close_and_reset_pass_through() {
         w.shutdown(Shutdown::Write).unwrap();
     });
     let mut back = Vec::new();
-    s.read_to_end(&mut back).expect("read to EOF after half-close");
+    s.read_to_end(&mut back)
+        .expect("read to EOF after half-close");
     writer.join().unwrap();
-    assert!(back == data, "echo differs: {} of {} bytes", back.len(), data.len());
+    assert!(
+        back == data,
+        "echo differs: {} of {} bytes",
+        back.len(),
+        data.len()
+    );
 
     // The target resets: the client sees a reset, not a clean EOF.
     let mut s = lab.tcp(PROXY);
     assert_eq!(socks5_connect(&mut s, &addr4(T4, RESET))[1], 0);
     s.write_all(b"x").unwrap();
     let mut rest = Vec::new();
-    let e = s.read_to_end(&mut rest).expect_err("clean EOF instead of a reset");
+    let e = s
+        .read_to_end(&mut rest)
+        .expect_err("clean EOF instead of a reset");
     assert_eq!(e.kind(), ErrorKind::ConnectionReset);
-    assert!(wait_until(Duration::from_secs(10), || srv.log().contains("reset by target")), "{}", srv.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .contains("reset by target")),
+        "{}",
+        srv.log()
+    );
 }
 
 #[test]
@@ -272,10 +326,15 @@ fn max_clients_refuses_cleanly() {
     }
     let mut s = lab.tcp(PROXY);
     s.write_all(&[5, 1, 0]).unwrap();
-    assert_eq!(read_n(&mut s, 2), [5, 0xFF], "over the limit: not a clean refusal");
+    assert_eq!(
+        read_n(&mut s, 2),
+        [5, 0xFF],
+        "over the limit: not a clean refusal"
+    );
     assert!(closed(&mut s));
     let mut s = lab.tcp(PROXY);
-    s.write_all(&[4, 1, 0, ECHO as u8, 203, 0, 113, 10, 0]).unwrap();
+    s.write_all(&[4, 1, 0, ECHO as u8, 203, 0, 113, 10, 0])
+        .unwrap();
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
     // A slot frees when a client leaves.
     drop(held.pop());
@@ -304,7 +363,11 @@ fn handshake_timeout_closes_idle_clients() {
     for s in [&mut a, &mut b, &mut c] {
         assert!(closed(s), "idle unauthenticated connection left open");
     }
-    assert!(wait_until(Duration::from_secs(5), || srv.log().matches("handshake timeout").count() == 3));
+    assert!(wait_until(Duration::from_secs(5), || srv
+        .log()
+        .matches("handshake timeout")
+        .count()
+        == 3));
 }
 
 #[test]
@@ -319,7 +382,9 @@ fn udp_associate_rules() {
     assert_eq!(&r[..4], &[5, 0, 0, 1], "{r:?}");
     // BND.ADDR is where the client reached the server, never 0.0.0.0.
     assert_eq!(&r[4..8], &[127, 0, 0, 1]);
-    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]])).parse().unwrap();
+    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]]))
+        .parse()
+        .unwrap();
 
     let u = lab.udp("127.0.0.1:0");
     let dgram = |frag: u8, dest: &[u8], payload: &[u8]| {
@@ -329,26 +394,38 @@ fn udp_associate_rules() {
         d
     };
     // A fragment (FRAG != 0) is dropped, an unfragmented datagram relayed.
-    u.send_to(&dgram(1, &addr4(T4, ECHO), b"fragment"), relay).unwrap();
-    u.send_to(&dgram(0, &addr4(T4, ECHO), b"whole"), relay).unwrap();
+    u.send_to(&dgram(1, &addr4(T4, ECHO), b"fragment"), relay)
+        .unwrap();
+    u.send_to(&dgram(0, &addr4(T4, ECHO), b"whole"), relay)
+        .unwrap();
     // From another client address: dropped.
     let other = lab.udp(&format!("{T4_OTHER}:0"));
-    other.send_to(&dgram(0, &addr4(T4, ECHO), b"stranger"), relay).unwrap();
+    other
+        .send_to(&dgram(0, &addr4(T4, ECHO), b"stranger"), relay)
+        .unwrap();
     // To a refused destination: dropped.
-    u.send_to(&dgram(0, &addr4("127.0.0.1", 1080), b"loop"), relay).unwrap();
-    u.send_to(&dgram(0, &addr6(T6, ECHO), b"six"), relay).unwrap();
+    u.send_to(&dgram(0, &addr4("127.0.0.1", 1080), b"loop"), relay)
+        .unwrap();
+    u.send_to(&dgram(0, &addr6(T6, ECHO), b"six"), relay)
+        .unwrap();
     let mut b = [0u8; 256];
     let (n, from) = u.recv_from(&mut b).unwrap();
     assert_eq!(from, relay);
     let mut want = dgram(0, &addr4(T4, ECHO), b"whole");
-    assert_eq!(&b[..n], &want[..], "first reply is not the unfragmented datagram");
+    assert_eq!(
+        &b[..n],
+        &want[..],
+        "first reply is not the unfragmented datagram"
+    );
     let (n, _) = u.recv_from(&mut b).unwrap();
     want = dgram(0, &addr6(T6, ECHO), b"six");
     assert_eq!(&b[..n], &want[..]);
     // The association ends with its control connection.
     drop(ctl);
     assert!(
-        wait_until(Duration::from_secs(10), || srv.log().contains("control connection closed (3 datagrams dropped)")),
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .contains("control connection closed (3 datagrams dropped)")),
         "{}",
         srv.log()
     );
@@ -370,11 +447,18 @@ fn open_proxy_needs_to_be_asked_for() {
     }
     let lab = Lab::new("sro");
     let bin = sockstun_bin();
-    let out = lab.ns.exec(&[bin.to_str().unwrap(), "server", "--listen", "0.0.0.0:1090"]);
+    let out = lab
+        .ns
+        .exec(&[bin.to_str().unwrap(), "server", "--listen", "0.0.0.0:1090"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started an open proxy on 0.0.0.0");
-    assert!(err.contains("--allow-client") && err.contains("--user"), "{err}");
-    let out = lab.ns.exec(&[bin.to_str().unwrap(), "server", "--listen", "[::]:1090"]);
+    assert!(
+        err.contains("--allow-client") && err.contains("--user"),
+        "{err}"
+    );
+    let out = lab
+        .ns
+        .exec(&[bin.to_str().unwrap(), "server", "--listen", "[::]:1090"]);
     assert!(!out.status.success(), "started an open proxy on [::]");
     // Each way of doing it on purpose starts.
     let _a = lab.server_on("0.0.0.0:1091", &["--user", "u:p"]);
