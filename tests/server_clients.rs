@@ -48,7 +48,17 @@ fn curl_every_socks_flavour_ipv4_ipv6_and_names() {
         assert!(ok && body == HTTP_BODY, "curl {args} {url}: {err} {body:?}");
     }
     // The names were resolved by the server (curl only sent them), and each
-    // session logged one line with its destination and bytes.
+    // session logged one line with its destination and bytes (written when
+    // the session ends, which may be just after curl exited).
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .matches(" session ")
+            .count()
+            == 7),
+        "{}",
+        srv.log()
+    );
     let log = srv.log();
     assert!(
         log.contains("proto=socks4a") && log.contains("dest=web.test:80"),
@@ -59,7 +69,6 @@ fn curl_every_socks_flavour_ipv4_ipv6_and_names() {
         log.contains("cmd=connect") && log.contains("outcome=closed"),
         "{log}"
     );
-    assert_eq!(log.matches(" session ").count(), 7, "{log}");
 }
 
 #[test]
@@ -92,6 +101,9 @@ fn curl_with_user_and_password() {
     // SOCKS4 carries no password: refused when users exist.
     let (ok, _, _) = curl(&lab, &format!("--socks4 {PROXY}"), &format!("http://{T4}/"));
     assert!(!ok, "SOCKS4 accepted although users are configured");
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .log()
+        .contains("authentication failed")));
     let log = srv.log();
     assert!(
         log.contains("user=alice") && log.contains("authentication failed"),
@@ -257,6 +269,12 @@ fn bind_socks4_and_socks5_with_the_socks_crate() {
     let mut b = [0u8; 2];
     peer.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"v5");
+    drop((s5, peer));
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .log()
+        .matches("cmd=bind")
+        .count()
+        == 2));
     let log = srv.log();
     assert!(
         log.contains("cmd=bind") && log.contains("proto=socks4"),

@@ -186,7 +186,9 @@ fn socks4_refused_when_users_are_configured() {
         assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
         assert!(closed(&mut s));
     }
-    assert!(srv.log().contains("SOCKS4 carries no password"));
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .log()
+        .contains("SOCKS4 carries no password")));
 }
 
 #[test]
