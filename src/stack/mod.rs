@@ -1,1 +1,765 @@
-//! smoltcp stack: per-flow demux, polls and timers, per-flow byte pipes. (issue 3)
+//! The userspace TCP/IP stack of TUN mode: smoltcp behind a demultiplexer.
+//!
+//! # Data path
+//! A [`PacketSource`] (the TUN device, or memory in tests) yields batches of IP
+//! packets. Each one is classified by its headers ([`wire::classify`]):
+//! - TCP: looked up by its 4-tuple ([`FlowKey`]). Every flow owns a one-socket
+//!   `SocketSet`; the single shared smoltcp `Interface` is polled with just that
+//!   set and a device that yields just that packet, so the cost of a packet does
+//!   not depend on how many flows are open (smoltcp walks every socket of the set
+//!   it is given). A SYN for an unknown tuple creates the flow: a listening socket
+//!   with the SYN-ACK held back (`pause_synack`) while the [`Dialer`] connects
+//!   through the proxy; then the handshake completes, or the SYN is answered with
+//!   a RST (refused) or an ICMP/ICMPv6 unreachable (net/host unreachable, not
+//!   allowed). Other packets for unknown tuples get smoltcp's RST.
+//! - UDP: handed, raw, to the [`UdpHandler`]; it answers through the
+//!   [`TunWriter`] (a cloneable [`PacketSink`]).
+//! - Anything else (ICMP echo included: answering pings for every address would
+//!   claim reachability the proxy cannot vouch for) is dropped and counted.
+//!
+//! # Threading
+//! One task (the "stack task") owns the `Interface`, the flow table and the timer
+//! queue, and is the only one that polls smoltcp. Each flow's socket sits behind
+//! its own mutex, shared with the flow's relay task through a [`TunStream`], which
+//! reads and writes the socket's ring buffers directly and then asks the stack
+//! task (once, deduplicated) to poll that flow. The stack task sleeps until a
+//! packet, a request, or the earliest smoltcp `poll_at` of any flow.
+//!
+//! # Seams (kept stable for the UDP/DNS code)
+//! - [`Dialer`]: how a new TCP flow reaches its destination. The default, in
+//!   `crate::tun`, is a SOCKS CONNECT to the destination address; a wrapper can
+//!   answer some destinations in-process (DNS over TCP to port 53) or dial others
+//!   by name (fake-pool addresses).
+//! - [`UdpHandler`]: receives every inbound UDP packet (whole IPv4/IPv6 packet).
+//! - [`TunWriter`]: writes whole IP packets back to the device, from any thread.
+
+mod device;
+pub mod flow;
+pub mod mem;
+pub mod wire;
+
+pub use flow::TunStream;
+pub use wire::{FlowKey, Unreachable};
+
+use crate::relay::tcp::RelayStream;
+use crate::socks::client::DialError;
+use flow::{Cmd, FlowShared};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv6Address};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+/// Where the stack writes IP packets (towards the applications). Sending never
+/// blocks: a packet that does not fit is dropped (TCP retransmits), so one slow
+/// consumer cannot stall the stack.
+pub trait PacketSink: Send + Sync + 'static {
+    fn send(&self, packet: &[u8]);
+}
+
+/// The cloneable handle that writes raw IP packets into the TUN.
+pub type TunWriter = Arc<dyn PacketSink>;
+
+/// Where the stack reads IP packets from (the applications).
+pub trait PacketSource: Send + 'static {
+    /// Wait until at least one packet is available, then read as many as are
+    /// ready and fit into `batch` (which the caller has cleared).
+    fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>>;
+}
+
+/// A set of received packets in one buffer of fixed-size slots, reused for
+/// every read: no allocation per packet.
+pub struct PacketBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    lens: Vec<usize>,
+}
+
+impl PacketBatch {
+    pub fn new(slot: usize, count: usize) -> PacketBatch {
+        PacketBatch {
+            buf: vec![0; slot * count],
+            slot,
+            lens: Vec::with_capacity(count),
+        }
+    }
+    pub fn clear(&mut self) {
+        self.lens.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+    pub fn is_full(&self) -> bool {
+        self.lens.len() * self.slot >= self.buf.len()
+    }
+    /// The next free slot to read a packet into; `None` when full.
+    pub fn slot_mut(&mut self) -> Option<&mut [u8]> {
+        let at = self.lens.len() * self.slot;
+        self.buf.get_mut(at..at + self.slot)
+    }
+    /// Keep the first `len` bytes of the slot `slot_mut` returned.
+    pub fn commit(&mut self, len: usize) {
+        self.lens.push(len.min(self.slot));
+    }
+    pub fn get(&self, i: usize) -> &[u8] {
+        let at = i * self.slot;
+        &self.buf[at..at + self.lens[i]]
+    }
+}
+
+pub type DialFuture = Pin<Box<dyn Future<Output = Result<Box<dyn RelayStream>, DialError>> + Send>>;
+
+/// Opens the far side of every new TCP flow. Called on the stack task, so
+/// `dial` must return at once; the future runs on its own task.
+pub trait Dialer: Send + Sync + 'static {
+    fn dial(&self, src: SocketAddr, dst: SocketAddr) -> DialFuture;
+}
+
+/// Receives every inbound UDP packet (the whole IPv4 or IPv6 packet). Called on
+/// the stack task: it must not block (queue the work, or drop and count).
+pub trait UdpHandler: Send + Sync + 'static {
+    fn on_packet(&self, packet: &[u8]);
+}
+
+/// The UDP handler until UDP is relayed: drop and count.
+#[derive(Default)]
+pub struct DropUdp {
+    pub dropped: AtomicU64,
+}
+
+impl UdpHandler for DropUdp {
+    fn on_packet(&self, _packet: &[u8]) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the TUN side is told that a dial failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A RST: the application sees "Connection refused".
+    Reset,
+    /// An ICMP/ICMPv6 destination unreachable: "No route to host" / "Network is
+    /// unreachable" / "Permission denied", and Happy Eyeballs moves on.
+    Unreachable(Unreachable),
+}
+
+impl From<&DialError> for Refusal {
+    fn from(e: &DialError) -> Refusal {
+        match e {
+            DialError::NetUnreachable => Refusal::Unreachable(Unreachable::Net),
+            DialError::HostUnreachable | DialError::TtlExpired | DialError::Timeout => {
+                Refusal::Unreachable(Unreachable::Host)
+            }
+            DialError::NotAllowed => Refusal::Unreachable(Unreachable::Prohibited),
+            // Refused, and every failure of the proxy itself: fail fast and
+            // plainly rather than leave the application waiting.
+            _ => Refusal::Reset,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// MTU of the device: the largest packet read or written, and the MSS base.
+    pub mtu: usize,
+    /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
+    pub max_flows: usize,
+    /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
+    pub rx_buffer: usize,
+    pub tx_buffer: usize,
+    /// Limit on one dial (SOCKS connect and handshake).
+    pub connect_timeout: Duration,
+    /// Relayed flows idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Packets read from the source before the stack turns to other work.
+    pub batch: usize,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            mtu: 1500,
+            max_flows: 65536,
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            batch: 64,
+        }
+    }
+}
+
+/// Counters, readable while the stack runs.
+#[derive(Debug, Default)]
+pub struct StackStats {
+    pub packets_in: AtomicU64,
+    pub tcp_opened: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub tcp_closed: AtomicU64,
+    pub tcp_active: AtomicU64,
+    pub tcp_over_limit: AtomicU64,
+    pub tcp_stray: AtomicU64,
+    pub udp_packets: AtomicU64,
+    pub other_dropped: AtomicU64,
+    pub malformed: AtomicU64,
+    pub wakeups: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long a flow whose relay has ended may wait for the application to
+/// finish the close before the stack drops it anyway.
+const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
+
+enum Phase {
+    /// The proxy is being asked; the SYN (copied) for the refusal answer.
+    Dialing {
+        syn: Box<[u8]>,
+    },
+    Open,
+}
+
+struct Flow {
+    shared: Arc<FlowShared>,
+    phase: Phase,
+    /// The flow's entry in the timer queue.
+    timer: Option<(i64, u64)>,
+    touched: bool,
+    linger_until: Option<SInstant>,
+}
+
+/// The stack: build with [`Stack::new`], then [`Stack::run`] it on a tokio
+/// runtime.
+pub struct Stack {
+    cfg: StackConfig,
+    dialer: Arc<dyn Dialer>,
+    udp: Arc<dyn UdpHandler>,
+    sink: TunWriter,
+    stats: Arc<StackStats>,
+}
+
+impl Stack {
+    pub fn new(
+        cfg: StackConfig,
+        dialer: Arc<dyn Dialer>,
+        udp: Arc<dyn UdpHandler>,
+        sink: TunWriter,
+    ) -> Stack {
+        Stack {
+            cfg,
+            dialer,
+            udp,
+            sink,
+            stats: Arc::new(StackStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<StackStats> {
+        self.stats.clone()
+    }
+
+    /// Run until `shutdown` completes or the source fails. On shutdown every
+    /// open flow is reset, so applications learn at once.
+    pub async fn run<S: PacketSource>(
+        self,
+        mut source: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+        let mut eng = Engine::new(self, cmd_tx);
+        let mut batch = PacketBatch::new(eng.cfg.mtu.max(1280), eng.cfg.batch.max(1));
+        let epoch = tokio::time::Instant::now();
+        eng.epoch = epoch.into_std();
+        tokio::pin!(shutdown);
+        enum Ev {
+            Stop,
+            Packets(io::Result<()>),
+            Cmd(Option<Cmd>),
+            Timer,
+        }
+        loop {
+            let next = eng.timers.keys().next().map(|(t, _)| *t);
+            let sleep_until = epoch + Duration::from_micros(next.unwrap_or(0).max(0) as u64);
+            batch.clear();
+            let ev = tokio::select! {
+                _ = &mut shutdown => Ev::Stop,
+                r = std::future::poll_fn(|cx| source.poll_recv(cx, &mut batch)) => Ev::Packets(r),
+                c = cmd_rx.recv() => Ev::Cmd(c),
+                _ = tokio::time::sleep_until(sleep_until), if next.is_some() => Ev::Timer,
+            };
+            bump(&eng.stats.wakeups);
+            match ev {
+                Ev::Stop => break,
+                Ev::Packets(r) => {
+                    r?;
+                    for i in 0..batch.len() {
+                        eng.packet(batch.get(i));
+                    }
+                }
+                Ev::Cmd(Some(c)) => eng.command(c),
+                Ev::Cmd(None) => {}
+                Ev::Timer => {}
+            }
+            // Whatever woke us, also take the requests and timers that are
+            // due, so a busy device cannot starve the relays or the timers.
+            for _ in 0..1024 {
+                match cmd_rx.try_recv() {
+                    Ok(c) => eng.command(c),
+                    Err(_) => break,
+                }
+            }
+            eng.fire_timers();
+            eng.settle_touched();
+        }
+        eng.shutdown();
+        Ok(())
+    }
+}
+
+struct Engine {
+    cfg: StackConfig,
+    dialer: Arc<dyn Dialer>,
+    udp: Arc<dyn UdpHandler>,
+    sink: TunWriter,
+    stats: Arc<StackStats>,
+    iface: Interface,
+    flows: HashMap<FlowKey, Flow>,
+    /// (deadline in µs since `epoch`, flow id) → flow.
+    timers: BTreeMap<(i64, u64), FlowKey>,
+    touched: Vec<FlowKey>,
+    /// Always empty: a packet polled against it is answered as smoltcp answers
+    /// a segment for no socket (RST, RFC 9293 3.10.7.1).
+    scratch: SocketSet<'static>,
+    txbuf: Vec<u8>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    next_id: u64,
+    epoch: std::time::Instant,
+}
+
+impl Engine {
+    fn new(s: Stack, cmd_tx: mpsc::UnboundedSender<Cmd>) -> Engine {
+        let mtu = s.cfg.mtu;
+        let sink = s.sink.clone();
+        let mut txbuf = vec![0u8; mtu];
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = random_seed();
+        let epoch = std::time::Instant::now();
+        let mut iface = {
+            let mut dev = device::OneShot {
+                rx: None,
+                sink: &*sink,
+                txbuf: &mut txbuf,
+                mtu,
+            };
+            Interface::new(config, &mut dev, SInstant::from_micros(0))
+        };
+        // Accept every destination: the flow table decides what is ours.
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(Ipv4Address::new(0, 0, 0, 1).into(), 0));
+            let _ = addrs.push(IpCidr::new(
+                Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1).into(),
+                0,
+            ));
+        });
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(0, 0, 0, 1));
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
+        Engine {
+            cfg: s.cfg,
+            dialer: s.dialer,
+            udp: s.udp,
+            sink,
+            stats: s.stats,
+            iface,
+            flows: HashMap::new(),
+            timers: BTreeMap::new(),
+            touched: Vec::new(),
+            scratch: SocketSet::new(Vec::new()),
+            txbuf,
+            cmd_tx,
+            next_id: 0,
+            epoch,
+        }
+    }
+
+    fn now(&self) -> SInstant {
+        SInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    fn packet(&mut self, pkt: &[u8]) {
+        bump(&self.stats.packets_in);
+        match wire::classify(pkt) {
+            wire::Class::Tcp { key, syn, ack, rst } => self.tcp(pkt, key, syn && !ack, rst),
+            wire::Class::Udp => {
+                bump(&self.stats.udp_packets);
+                self.udp.on_packet(pkt);
+            }
+            wire::Class::Other => bump(&self.stats.other_dropped),
+            wire::Class::Malformed => bump(&self.stats.malformed),
+        }
+    }
+
+    fn tcp(&mut self, pkt: &[u8], key: FlowKey, syn: bool, rst: bool) {
+        let now = self.now();
+        if !self.flows.contains_key(&key) {
+            if rst {
+                return;
+            }
+            if !syn || !self.open(key, pkt) {
+                bump(&self.stats.tcp_stray);
+                self.answer_stray(pkt);
+                return;
+            }
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        {
+            let mut set = flow.shared.lock();
+            let mut dev = device::OneShot {
+                rx: Some(pkt),
+                sink: &*self.sink,
+                txbuf: &mut self.txbuf,
+                mtu: self.cfg.mtu,
+            };
+            self.iface.poll_ingress_single(now, &mut dev, &mut set);
+        }
+        if !flow.touched {
+            flow.touched = true;
+            self.touched.push(key);
+        }
+    }
+
+    /// Let smoltcp answer a segment that belongs to no flow (RST).
+    fn answer_stray(&mut self, pkt: &[u8]) {
+        let now = self.now();
+        let mut dev = device::OneShot {
+            rx: Some(pkt),
+            sink: &*self.sink,
+            txbuf: &mut self.txbuf,
+            mtu: self.cfg.mtu,
+        };
+        self.iface
+            .poll_ingress_single(now, &mut dev, &mut self.scratch);
+    }
+
+    /// A SYN for a new tuple: listen for exactly it, hold the SYN-ACK, dial.
+    fn open(&mut self, key: FlowKey, syn: &[u8]) -> bool {
+        if self.flows.len() >= self.cfg.max_flows {
+            bump(&self.stats.tcp_over_limit);
+            debug!(src = %key.src, dst = %key.dst, "tcp flow limit reached, refusing");
+            return false;
+        }
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.set_congestion_control(tcp::CongestionControl::Cubic);
+        sock.pause_synack(true);
+        let ep = IpListenEndpoint {
+            addr: Some(key.dst.ip().into()),
+            port: key.dst.port(),
+        };
+        if sock.listen(ep).is_err() {
+            return false;
+        }
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        self.next_id += 1;
+        let id = self.next_id;
+        let shared = Arc::new(FlowShared {
+            key,
+            id,
+            set: Mutex::new(set),
+            handle,
+            queued: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            cmds: self.cmd_tx.clone(),
+        });
+        self.flows.insert(
+            key,
+            Flow {
+                shared: shared.clone(),
+                phase: Phase::Dialing { syn: syn.into() },
+                timer: None,
+                touched: false,
+                linger_until: None,
+            },
+        );
+        bump(&self.stats.tcp_opened);
+        self.stats
+            .tcp_active
+            .store(self.flows.len() as u64, Ordering::Relaxed);
+        let dial = self.dialer.dial(key.src, key.dst);
+        let (ct, idle) = (self.cfg.connect_timeout, self.cfg.idle_timeout);
+        tokio::spawn(flow_task(shared, dial, ct, idle));
+        true
+    }
+
+    fn command(&mut self, c: Cmd) {
+        match c {
+            Cmd::Poll(key, id) => {
+                if let Some(flow) = self.flows.get_mut(&key) {
+                    if flow.shared.id == id {
+                        flow.shared.queued.store(false, Ordering::Release);
+                        if !flow.touched {
+                            flow.touched = true;
+                            self.touched.push(key);
+                        }
+                    }
+                }
+            }
+            Cmd::Dialed(key, id, res) => {
+                let Some(flow) = self.flows.get_mut(&key) else {
+                    return;
+                };
+                if flow.shared.id != id {
+                    return;
+                }
+                match res {
+                    Ok(()) => {
+                        flow.phase = Phase::Open;
+                        flow.shared
+                            .lock()
+                            .get_mut::<tcp::Socket>(flow.shared.handle)
+                            .pause_synack(false);
+                        if !flow.touched {
+                            flow.touched = true;
+                            self.touched.push(key);
+                        }
+                    }
+                    Err(refusal) => {
+                        bump(&self.stats.tcp_refused);
+                        let Some(flow) = self.remove(&key) else {
+                            return;
+                        };
+                        if let Phase::Dialing { syn } = &flow.phase {
+                            match refusal {
+                                Refusal::Reset => self.answer_stray(syn),
+                                Refusal::Unreachable(why) => {
+                                    let q = &syn[..wire::quote_len(syn)];
+                                    if let Some(p) = wire::icmp_unreachable(q, why) {
+                                        self.sink.send(&p);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
+        let flow = self.flows.remove(key)?;
+        if let Some(t) = flow.timer {
+            self.timers.remove(&t);
+        }
+        // Wake a relay still waiting on it: it reads a reset or end of file.
+        {
+            let mut set = flow.shared.lock();
+            let sock = set.get_mut::<tcp::Socket>(flow.shared.handle);
+            if !matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                sock.abort();
+            }
+        }
+        self.stats
+            .tcp_active
+            .store(self.flows.len() as u64, Ordering::Relaxed);
+        bump(&self.stats.tcp_closed);
+        Some(flow)
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now().total_micros();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(flow) = self.flows.get_mut(&key) {
+                flow.timer = None;
+                if !flow.touched {
+                    flow.touched = true;
+                    self.touched.push(key);
+                }
+            }
+        }
+    }
+
+    fn settle_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for key in touched.drain(..) {
+            self.settle(key);
+        }
+        self.touched = touched;
+    }
+
+    /// After a flow's packets or requests: send what it has to send, reclaim
+    /// it if it is done, and schedule its next timer.
+    fn settle(&mut self, key: FlowKey) {
+        let now = self.now();
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        flow.touched = false;
+        let shared = flow.shared.clone();
+        let dialing = matches!(flow.phase, Phase::Dialing { .. });
+        let detached = shared.detached.load(Ordering::Acquire);
+        if detached && flow.linger_until.is_none() {
+            flow.linger_until = Some(now + LINGER);
+        }
+        let linger_over = flow.linger_until.is_some_and(|t| now >= t);
+        let (state, next) = {
+            let mut set = shared.lock();
+            if linger_over {
+                set.get_mut::<tcp::Socket>(shared.handle).abort();
+            }
+            let mut dev = device::OneShot {
+                rx: None,
+                sink: &*self.sink,
+                txbuf: &mut self.txbuf,
+                mtu: self.cfg.mtu,
+            };
+            // While dialing there is nothing to send (the SYN-ACK is held) and
+            // poll_at would say "now" for the held SYN-ACK: no timer then.
+            if !dialing || linger_over {
+                while self.iface.poll_egress(now, &mut dev, &mut set)
+                    != smoltcp::iface::PollResult::None
+                {}
+            }
+            let state = set.get::<tcp::Socket>(shared.handle).state();
+            let next = if dialing {
+                None
+            } else {
+                self.iface.poll_at(now, &set)
+            };
+            (state, next)
+        };
+        // TIME-WAIT needs no socket here: a late retransmitted FIN gets a RST
+        // from the scratch set, which the application ignores after close.
+        // LISTEN means the peer reset a half-open flow (RFC 9293 3.10.7.4).
+        if matches!(
+            state,
+            tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen
+        ) || linger_over
+        {
+            self.remove(&key);
+            return;
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let mut next = next;
+        if let Some(l) = flow.linger_until {
+            next = Some(next.map_or(l, |n| n.min(l)));
+        }
+        // Never schedule in the past: a socket that keeps saying "now" after
+        // we drained it would otherwise spin the loop.
+        let next = next.map(|n| n.max(now + smoltcp::time::Duration::from_millis(1)));
+        let want = next.map(|n| (n.total_micros(), shared.id));
+        if want != flow.timer {
+            if let Some(old) = flow.timer.take() {
+                self.timers.remove(&old);
+            }
+            if let Some(w) = want {
+                self.timers.insert(w, key);
+                flow.timer = Some(w);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
+        let now = self.now();
+        for key in keys {
+            if let Some(flow) = self.flows.get(&key) {
+                let shared = flow.shared.clone();
+                let mut set = shared.lock();
+                set.get_mut::<tcp::Socket>(shared.handle).abort();
+                let mut dev = device::OneShot {
+                    rx: None,
+                    sink: &*self.sink,
+                    txbuf: &mut self.txbuf,
+                    mtu: self.cfg.mtu,
+                };
+                let _ = self.iface.poll_egress(now, &mut dev, &mut set);
+            }
+            self.remove(&key);
+        }
+    }
+}
+
+/// One flow's life outside the stack task: dial, report, relay, log.
+async fn flow_task(
+    shared: Arc<FlowShared>,
+    dial: DialFuture,
+    connect_timeout: Duration,
+    idle: Duration,
+) {
+    let (key, id) = (shared.key, shared.id);
+    let started = std::time::Instant::now();
+    let res = match tokio::time::timeout(connect_timeout, dial).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Timeout),
+    };
+    match res {
+        Ok(upstream) => {
+            let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
+            let tun = TunStream::new(shared);
+            let st = crate::relay::tcp::relay(tun, upstream, Some(idle)).await;
+            info!(
+                src = %key.src, dst = %key.dst,
+                up = st.a_to_b, down = st.b_to_a,
+                ms = started.elapsed().as_millis() as u64,
+                "tcp flow {}", st.outcome.describe("app", "proxy")
+            );
+        }
+        Err(e) => {
+            let refusal = Refusal::from(&e);
+            let _ = shared.cmds.send(Cmd::Dialed(key, id, Err(refusal)));
+            info!(
+                src = %key.src, dst = %key.dst,
+                ms = started.elapsed().as_millis() as u64,
+                "tcp flow refused: {e:?} (answered with {refusal:?})"
+            );
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; the seed feeds smoltcp's initial
+    // sequence numbers, which must not be predictable (RFC 6528).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;

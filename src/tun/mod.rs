@@ -1,7 +1,201 @@
-//! TUN mode entry and the device (the only code that touches the `tun` crate). (issue 3)
+//! TUN mode: the device, the stack and the upstream wired together.
+//!
+//! `run` validates everything it can before touching the system (proxy URL,
+//! addresses, MTU), creates the device (saying which privilege is missing if
+//! that fails), warns if the proxy does not answer (and keeps running: flows
+//! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
+
+pub mod device;
+
+pub use device::{DeviceSpec, TunDevice, TunSink, TunSource};
 
 use crate::cli::TunArgs;
+use crate::relay::tcp::RelayStream;
+use crate::socks::client::{self, Upstream};
+use crate::socks::TargetAddr;
+use crate::stack::{DialFuture, Dialer, DropUdp, Stack, StackConfig, TunWriter, UdpHandler};
+use anyhow::{anyhow, bail, Context as _};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
 
-pub fn run(_args: TunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tun mode is not built yet")
+/// The default dialer: a SOCKS CONNECT to the destination address.
+pub struct SocksDialer {
+    pub upstream: Arc<Upstream>,
+}
+
+impl Dialer for SocksDialer {
+    fn dial(&self, _src: SocketAddr, dst: SocketAddr) -> DialFuture {
+        let up = self.upstream.clone();
+        Box::pin(async move {
+            let s = client::connect(&up, &TargetAddr::Ip(dst)).await?;
+            Ok(Box::new(s) as Box<dyn RelayStream>)
+        })
+    }
+}
+
+/// Everything `run` needs, validated.
+pub struct TunConfig {
+    pub upstream: Upstream,
+    pub device: String,
+    pub fd: Option<i32>,
+    pub ipv4: Option<Ipv4Network>,
+    pub ipv6: Option<Ipv6Network>,
+    pub mtu: u16,
+    pub stack: StackConfig,
+}
+
+impl TunConfig {
+    pub fn from_args(args: &TunArgs) -> anyhow::Result<TunConfig> {
+        // The URL error never echoes the URL: it may hold a password.
+        let mut upstream = Upstream::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
+        upstream.opts.fwmark = args.fwmark;
+        upstream.opts.bind_interface = args.bind_interface.clone();
+        upstream.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+        let ipv4 = if args.ipv4.is_empty() || args.ipv4 == "none" {
+            None
+        } else {
+            Some(
+                args.ipv4
+                    .parse::<Ipv4Network>()
+                    .map_err(|e| anyhow!("--ipv4 {}: {e}", args.ipv4))?,
+            )
+        };
+        let ipv6 = match &args.ipv6 {
+            None => None,
+            Some(s) => Some(
+                s.parse::<Ipv6Network>()
+                    .map_err(|e| anyhow!("--ipv6 {s}: {e}"))?,
+            ),
+        };
+        // 1280 is the IPv6 minimum (RFC 8200 5); below it v6 cannot work.
+        if args.mtu < 1280 {
+            bail!(
+                "--mtu {}: at least 1280 is needed (the IPv6 minimum)",
+                args.mtu
+            );
+        }
+        if args.device.is_empty() || args.device.len() > 15 {
+            bail!(
+                "--device {:?}: a name of 1 to 15 bytes is needed",
+                args.device
+            );
+        }
+        let stack = StackConfig {
+            mtu: args.mtu as usize,
+            max_flows: args.max_tcp_flows.max(1),
+            connect_timeout: upstream.connect_timeout + Duration::from_secs(1),
+            ..StackConfig::default()
+        };
+        Ok(TunConfig {
+            upstream,
+            device: args.device.clone(),
+            fd: args.fd,
+            ipv4,
+            ipv6,
+            mtu: args.mtu,
+            stack,
+        })
+    }
+}
+
+/// `sockstun tun`.
+pub fn run(args: TunArgs) -> anyhow::Result<()> {
+    let mut cfg = TunConfig::from_args(&args)?;
+    cfg.upstream
+        .resolve()
+        .with_context(|| format!("resolving the proxy host {:?}", cfg.upstream.host))?;
+    info!(
+        "upstream {} at {}",
+        cfg.upstream,
+        cfg.upstream
+            .addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sockstun")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let res = rt.block_on(run_async(cfg, |w| {
+        let _ = w;
+        Arc::new(DropUdp::default())
+    }));
+    rt.shutdown_timeout(Duration::from_millis(500));
+    res
+}
+
+/// Run TUN mode inside a runtime. `udp` builds the UDP handler from the
+/// device's writer.
+pub async fn run_async(
+    cfg: TunConfig,
+    udp: impl FnOnce(TunWriter) -> Arc<dyn UdpHandler>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let dev = TunDevice::open(&DeviceSpec {
+        name: &cfg.device,
+        fd: cfg.fd,
+        ipv4: cfg.ipv4,
+        ipv6: cfg.ipv6,
+        mtu: cfg.mtu,
+    })?;
+    info!(
+        device = %dev.name,
+        created = dev.created,
+        mtu = cfg.mtu,
+        ipv4 = ?cfg.ipv4.map(|n| n.to_string()),
+        ipv6 = ?cfg.ipv6.map(|n| n.to_string()),
+        "TUN device up"
+    );
+    let upstream = Arc::new(cfg.upstream);
+    tokio::spawn(probe(upstream.clone()));
+    let sink: TunWriter = dev.sink();
+    let stack = Stack::new(
+        cfg.stack,
+        Arc::new(SocksDialer { upstream }),
+        udp(sink.clone()),
+        sink,
+    );
+    let stats = stack.stats();
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigint.recv() => info!("SIGINT: stopping"),
+            _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        }
+    };
+    let res = stack.run(dev.source(), shutdown).await;
+    info!(
+        tcp_opened = stats.tcp_opened.load(Ordering::Relaxed),
+        tcp_refused = stats.tcp_refused.load(Ordering::Relaxed),
+        udp_packets = stats.udp_packets.load(Ordering::Relaxed),
+        other_dropped = stats.other_dropped.load(Ordering::Relaxed),
+        malformed = stats.malformed.load(Ordering::Relaxed),
+        write_drops = dev.write_drops.load(Ordering::Relaxed),
+        "stopped"
+    );
+    let name = dev.name.clone();
+    let created = dev.created;
+    drop(dev);
+    if created {
+        info!("removed TUN device {name}");
+    }
+    res.context("reading the TUN device")
+}
+
+/// Say early, once, when the proxy does not answer; keep running either way.
+async fn probe(up: Arc<Upstream>) {
+    match tokio::time::timeout(Duration::from_secs(3), client::connect_proxy(&up)).await {
+        Ok(Ok(_)) => info!("upstream {up} answers"),
+        Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),
+        Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
+    }
 }

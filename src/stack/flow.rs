@@ -1,0 +1,186 @@
+//! One TCP flow's state shared between the stack task (which alone polls it
+//! through the interface) and the relay task (which reads and writes its
+//! buffers through `TunStream`). The lock is per flow, so the two contend only
+//! over the same connection, and data moves between the socket's own ring
+//! buffers and the relay's buffer with a single copy.
+
+use super::wire::FlowKey;
+use crate::relay::tcp::RelayStream;
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, RecvError, SendError, State};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Messages from flow tasks to the stack task.
+pub(crate) enum Cmd {
+    /// The flow's buffers changed (data queued, window opened, close or
+    /// abort requested): poll it for egress.
+    Poll(FlowKey, u64),
+    /// The SOCKS dial finished.
+    Dialed(FlowKey, u64, Result<(), super::Refusal>),
+}
+
+pub(crate) struct FlowShared {
+    pub key: FlowKey,
+    pub id: u64,
+    pub set: Mutex<SocketSet<'static>>,
+    pub handle: SocketHandle,
+    /// A `Cmd::Poll` for this flow is in the stack's queue: do not send another.
+    pub queued: AtomicBool,
+    /// The relay dropped its `TunStream`: the stack reclaims the flow once it
+    /// closes, or after a linger time at the latest.
+    pub detached: AtomicBool,
+    pub cmds: UnboundedSender<Cmd>,
+}
+
+impl FlowShared {
+    pub fn lock(&self) -> MutexGuard<'_, SocketSet<'static>> {
+        // A panic while holding the lock leaves a socket that is still
+        // consistent enough to be closed; do not poison the whole flow.
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ask the stack to poll this flow, once per batch of changes.
+    pub fn kick(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.cmds.send(Cmd::Poll(self.key, self.id));
+        }
+    }
+}
+
+/// The TUN side of a relayed flow: bytes the application sent are read from
+/// it, bytes written to it go back to the application.
+pub struct TunStream {
+    pub(crate) shared: Arc<FlowShared>,
+    /// We called `close` (FIN queued) or `abort`.
+    closed: bool,
+}
+
+impl TunStream {
+    pub(crate) fn new(shared: Arc<FlowShared>) -> TunStream {
+        TunStream {
+            shared,
+            closed: false,
+        }
+    }
+
+    pub fn key(&self) -> FlowKey {
+        self.shared.key
+    }
+}
+
+/// The connection has not completed its handshake yet: wait for it.
+fn opening(state: State) -> bool {
+    matches!(state, State::Listen | State::SynReceived)
+}
+
+impl AsyncRead for TunStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let shared = self.shared.clone();
+        let mut set = shared.lock();
+        let sock = set.get_mut::<tcp::Socket>(shared.handle);
+        match sock.recv_slice(buf.initialize_unfilled()) {
+            Ok(0) => {
+                sock.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                buf.advance(n);
+                drop(set);
+                // The window grew: let the stack announce it if it matters.
+                shared.kick();
+                Poll::Ready(Ok(()))
+            }
+            Err(RecvError::Finished) => Poll::Ready(Ok(())),
+            Err(RecvError::InvalidState) if opening(sock.state()) => {
+                sock.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Err(RecvError::InvalidState) => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+        }
+    }
+}
+
+impl AsyncWrite for TunStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let shared = self.shared.clone();
+        let mut set = shared.lock();
+        let sock = set.get_mut::<tcp::Socket>(shared.handle);
+        match sock.send_slice(data) {
+            Ok(0) if !data.is_empty() => {
+                sock.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(set);
+                shared.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(SendError::InvalidState) if opening(sock.state()) => {
+                sock.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Err(SendError::InvalidState) => {
+                let kind = if sock.state() == State::Closed {
+                    io::ErrorKind::ConnectionReset
+                } else {
+                    io::ErrorKind::BrokenPipe
+                };
+                Poll::Ready(Err(kind.into()))
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Every write is already queued on the socket; the stack sends it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            this.closed = true;
+            let shared = this.shared.clone();
+            shared.lock().get_mut::<tcp::Socket>(shared.handle).close();
+            shared.kick();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl RelayStream for TunStream {
+    fn reset(&mut self) {
+        self.closed = true;
+        let shared = self.shared.clone();
+        shared.lock().get_mut::<tcp::Socket>(shared.handle).abort();
+        shared.kick();
+    }
+}
+
+impl Drop for TunStream {
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        {
+            let mut set = shared.lock();
+            let sock = set.get_mut::<tcp::Socket>(shared.handle);
+            // The relay ended without closing (idle timeout, panic): end the
+            // connection cleanly, and never wait on the application forever.
+            sock.close();
+        }
+        shared.detached.store(true, Ordering::Release);
+        shared.kick();
+    }
+}

@@ -1,0 +1,432 @@
+//! The stack driven by in-memory packets: a hand-made TCP client on one side,
+//! a fake dialer on the other.
+
+use super::*;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber,
+};
+use std::sync::atomic::AtomicUsize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+/// A DuplexStream as the far side of a flow.
+struct Pipe(DuplexStream);
+
+impl tokio::io::AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+impl tokio::io::AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+impl RelayStream for Pipe {
+    fn reset(&mut self) {}
+}
+
+/// Dials by handing the test the far end of a pipe, after the test says go.
+struct FakeDialer {
+    dials: AtomicUsize,
+    verdict: Mutex<Option<oneshot::Receiver<Result<(), DialError>>>>,
+    far: Mutex<Option<oneshot::Sender<DuplexStream>>>,
+}
+
+impl Dialer for FakeDialer {
+    fn dial(&self, _src: SocketAddr, _dst: SocketAddr) -> DialFuture {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let verdict = self.verdict.lock().unwrap().take();
+        let far = self.far.lock().unwrap().take();
+        Box::pin(async move {
+            let v = match verdict {
+                Some(rx) => rx.await.unwrap_or(Err(DialError::General)),
+                None => Err(DialError::General),
+            };
+            v?;
+            let (a, b) = tokio::io::duplex(1 << 16);
+            if let Some(far) = far {
+                let _ = far.send(b);
+            }
+            Ok(Box::new(Pipe(a)) as Box<dyn RelayStream>)
+        })
+    }
+}
+
+struct Harness {
+    inject: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedReceiver<Vec<u8>>,
+    dialer: Arc<FakeDialer>,
+    verdict: Option<oneshot::Sender<Result<(), DialError>>>,
+    far: Option<oneshot::Receiver<DuplexStream>>,
+    _stop: oneshot::Sender<()>,
+    stats: Arc<StackStats>,
+}
+
+fn start() -> Harness {
+    let (vtx, vrx) = oneshot::channel();
+    let (ftx, frx) = oneshot::channel();
+    let dialer = Arc::new(FakeDialer {
+        dials: AtomicUsize::new(0),
+        verdict: Mutex::new(Some(vrx)),
+        far: Mutex::new(Some(ftx)),
+    });
+    let (src, sink, inject, out) = mem::pair();
+    let stack = Stack::new(
+        StackConfig::default(),
+        dialer.clone(),
+        Arc::new(DropUdp::default()),
+        sink,
+    );
+    let stats = stack.stats();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(stack.run(src, async move {
+        let _ = stop_rx.await;
+    }));
+    Harness {
+        inject,
+        out,
+        dialer,
+        verdict: Some(vtx),
+        far: Some(frx),
+        _stop: stop_tx,
+        stats,
+    }
+}
+
+const CLIENT: &str = "198.18.0.1:40000";
+const SERVER: &str = "203.0.113.2:80";
+const CLIENT6: &str = "[fd00::1]:40000";
+const SERVER6: &str = "[2001:db8:2::2]:80";
+
+fn ip(a: SocketAddr) -> IpAddress {
+    a.ip().into()
+}
+
+/// Build an IP+TCP packet from the application.
+fn seg(
+    src: SocketAddr,
+    dst: SocketAddr,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 65535,
+        window_scale: if control == TcpControl::Syn {
+            Some(7)
+        } else {
+            None
+        },
+        max_seg_size: if control == TcpControl::Syn {
+            Some(1460)
+        } else {
+            None
+        },
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let iprepr = IpRepr::new(ip(src), ip(dst), IpProtocol::Tcp, tcp.buffer_len(), 64);
+    let mut buf = vec![0u8; iprepr.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    iprepr.emit(&mut buf[..], &caps);
+    let hl = iprepr.header_len();
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[hl..]),
+        &ip(src),
+        &ip(dst),
+        &caps,
+    );
+    buf
+}
+
+#[derive(Debug, Clone)]
+struct Out {
+    proto: IpProtocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+    fin: bool,
+    seq: u32,
+    ackn: u32,
+    payload: Vec<u8>,
+    icmp_type: u8,
+}
+
+fn parse(p: &[u8]) -> Out {
+    let (s, d, proto, payload): (IpAddress, IpAddress, IpProtocol, &[u8]) = match p[0] >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(p).unwrap();
+            let hl = ip.header_len() as usize;
+            (
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                ip.next_header(),
+                &p[hl..ip.total_len() as usize],
+            )
+        }
+        _ => {
+            let ip = Ipv6Packet::new_checked(p).unwrap();
+            (
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                ip.next_header(),
+                &p[40..],
+            )
+        }
+    };
+    if proto != IpProtocol::Tcp {
+        return Out {
+            proto,
+            src: SocketAddr::new(s.into(), 0),
+            dst: SocketAddr::new(d.into(), 0),
+            syn: false,
+            ack: false,
+            rst: false,
+            fin: false,
+            seq: 0,
+            ackn: 0,
+            payload: payload.to_vec(),
+            icmp_type: payload[0],
+        };
+    }
+    let t = TcpPacket::new_checked(payload).unwrap();
+    assert!(t.verify_checksum(&s, &d), "bad TCP checksum from the stack");
+    Out {
+        proto,
+        src: SocketAddr::new(s.into(), t.src_port()),
+        dst: SocketAddr::new(d.into(), t.dst_port()),
+        syn: t.syn(),
+        ack: t.ack(),
+        rst: t.rst(),
+        fin: t.fin(),
+        seq: t.seq_number().0 as u32,
+        ackn: t.ack_number().0 as u32,
+        payload: t.payload().to_vec(),
+        icmp_type: 0,
+    }
+}
+
+impl Harness {
+    async fn next(&mut self) -> Out {
+        let p = timeout(Duration::from_secs(5), self.out.recv())
+            .await
+            .expect("stack sent nothing")
+            .expect("stack gone");
+        parse(&p)
+    }
+    fn send(&self, p: Vec<u8>) {
+        self.inject.send(p).unwrap();
+    }
+    async fn quiet(&mut self) -> bool {
+        timeout(Duration::from_millis(200), self.out.recv())
+            .await
+            .is_err()
+    }
+}
+
+async fn handshake(h: &mut Harness, c: SocketAddr, s: SocketAddr) -> (u32, u32, DuplexStream) {
+    h.send(seg(c, s, TcpControl::Syn, 1000, None, &[]));
+    // A retransmitted SYN while dialing reaches the same flow: one dial.
+    h.send(seg(c, s, TcpControl::Syn, 1000, None, &[]));
+    assert!(h.quiet().await, "SYN-ACK before the proxy said yes");
+    assert_eq!(h.dialer.dials.load(Ordering::SeqCst), 1);
+    h.verdict.take().unwrap().send(Ok(())).unwrap();
+    let sa = h.next().await;
+    assert!(sa.syn && sa.ack && !sa.rst, "{sa:?}");
+    assert_eq!((sa.src, sa.dst, sa.ackn), (s, c, 1001));
+    h.send(seg(c, s, TcpControl::None, 1001, Some(sa.seq + 1), &[]));
+    let far = timeout(Duration::from_secs(5), h.far.take().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    (1001, sa.seq + 1, far)
+}
+
+#[tokio::test]
+async fn data_and_fin_both_ways_v4() {
+    data_and_fin_both_ways(CLIENT.parse().unwrap(), SERVER.parse().unwrap()).await;
+}
+
+#[tokio::test]
+async fn data_and_fin_both_ways_v6() {
+    data_and_fin_both_ways(CLIENT6.parse().unwrap(), SERVER6.parse().unwrap()).await;
+}
+
+async fn data_and_fin_both_ways(c: SocketAddr, s: SocketAddr) {
+    let mut h = start();
+    let (mut cseq, sseq, mut far) = handshake(&mut h, c, s).await;
+    // Application -> far side.
+    h.send(seg(c, s, TcpControl::Psh, cseq, Some(sseq), b"hello"));
+    cseq += 5;
+    let mut buf = [0u8; 5];
+    timeout(Duration::from_secs(5), far.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"hello");
+    // Far side -> application.
+    far.write_all(b"world!").await.unwrap();
+    let mut got = Vec::new();
+    let mut sseq2 = sseq;
+    while got.len() < 6 {
+        let o = h.next().await;
+        if !o.payload.is_empty() {
+            assert_eq!(o.seq, sseq2);
+            sseq2 += o.payload.len() as u32;
+            got.extend_from_slice(&o.payload);
+        }
+    }
+    assert_eq!(got, b"world!");
+    // Application half-closes; the far side reads EOF but can still answer.
+    h.send(seg(c, s, TcpControl::Fin, cseq, Some(sseq2), &[]));
+    cseq += 1;
+    let mut rest = Vec::new();
+    timeout(Duration::from_secs(5), far.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    far.write_all(b"late").await.unwrap();
+    far.shutdown().await.unwrap();
+    let mut late = Vec::new();
+    let mut fin_seen = false;
+    while !fin_seen {
+        let o = h.next().await;
+        assert!(!o.rst, "unexpected RST {o:?}");
+        late.extend_from_slice(&o.payload);
+        if o.fin {
+            fin_seen = true;
+            sseq2 = o.seq + o.payload.len() as u32 + 1;
+        }
+    }
+    assert_eq!(late, b"late");
+    h.send(seg(c, s, TcpControl::None, cseq, Some(sseq2), &[]));
+    // The closed flow is reclaimed.
+    let stats = h.stats.clone();
+    let ok = timeout(Duration::from_secs(5), async {
+        while stats.tcp_active.load(Ordering::Relaxed) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "flow not reclaimed");
+}
+
+#[tokio::test]
+async fn refusal_is_rst() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    h.send(seg(c, s, TcpControl::Syn, 5000, None, &[]));
+    assert!(h.quiet().await);
+    h.verdict
+        .take()
+        .unwrap()
+        .send(Err(DialError::Refused))
+        .unwrap();
+    let o = h.next().await;
+    assert!(o.rst && o.ack && !o.syn, "{o:?}");
+    assert_eq!((o.src, o.dst, o.ackn), (s, c, 5001));
+    assert_eq!(h.stats.tcp_active.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn unreachable_is_icmp_v4() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    h.send(seg(c, s, TcpControl::Syn, 5000, None, &[]));
+    h.verdict
+        .take()
+        .unwrap()
+        .send(Err(DialError::HostUnreachable))
+        .unwrap();
+    let o = h.next().await;
+    assert_eq!(o.proto, IpProtocol::Icmp);
+    assert_eq!(o.icmp_type, 3, "destination unreachable");
+    assert_eq!(o.payload[1], 1, "host unreachable");
+    assert_eq!((o.src.ip(), o.dst.ip()), (s.ip(), c.ip()));
+}
+
+#[tokio::test]
+async fn unreachable_is_icmp_v6() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT6.parse().unwrap(), SERVER6.parse().unwrap());
+    h.send(seg(c, s, TcpControl::Syn, 5000, None, &[]));
+    h.verdict
+        .take()
+        .unwrap()
+        .send(Err(DialError::NotAllowed))
+        .unwrap();
+    let o = h.next().await;
+    assert_eq!(o.proto, IpProtocol::Icmpv6);
+    assert_eq!(o.icmp_type, 1, "destination unreachable");
+    assert_eq!(o.payload[1], 1, "administratively prohibited");
+}
+
+#[tokio::test]
+async fn stray_segment_gets_rst_and_other_protocols_are_counted() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    h.send(seg(c, s, TcpControl::None, 7, Some(99), b"x"));
+    let o = h.next().await;
+    assert!(o.rst, "{o:?}");
+    assert_eq!(h.dialer.dials.load(Ordering::SeqCst), 0);
+    // An ICMP echo request: dropped, counted, not answered.
+    let mut ping = seg(c, s, TcpControl::None, 7, Some(99), b"x");
+    ping[9] = 1;
+    h.send(ping);
+    h.send(vec![0x45, 0, 0]);
+    assert!(h.quiet().await);
+    assert_eq!(h.stats.other_dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(h.stats.malformed.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn far_side_reset_is_rst() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    let (cseq, sseq, far) = handshake(&mut h, c, s).await;
+    let _ = cseq;
+    let _ = sseq;
+    // Dropping the far end ends the relay (EOF); then the application's
+    // RST must reclaim the flow at once.
+    drop(far);
+    let o = h.next().await;
+    assert!(o.fin, "far side EOF becomes FIN: {o:?}");
+    h.send(seg(c, s, TcpControl::Rst, cseq, None, &[]));
+    let stats = h.stats.clone();
+    let ok = timeout(Duration::from_secs(5), async {
+        while stats.tcp_active.load(Ordering::Relaxed) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "reset flow not reclaimed");
+}

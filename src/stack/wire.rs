@@ -1,0 +1,195 @@
+//! What the stack needs to know about a packet before smoltcp sees it, and the
+//! ICMP errors it builds itself. Parsing only reads headers; nothing is copied.
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
+};
+use std::net::{IpAddr, SocketAddr};
+
+/// A TCP flow as the application sees it: its own address and the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// The classes of inbound packets the stack treats differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Tcp {
+        key: FlowKey,
+        syn: bool,
+        ack: bool,
+        rst: bool,
+    },
+    Udp,
+    /// Any other IP protocol (ICMP, ICMPv6, IPv6 extension headers, ...).
+    Other,
+    /// Not a well-formed IPv4/IPv6 packet, or a truncated TCP header.
+    Malformed,
+}
+
+/// Classify an inbound IP packet by its headers.
+pub fn classify(pkt: &[u8]) -> Class {
+    let (src, dst, proto, payload) = match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Ok(ip) = Ipv4Packet::new_checked(pkt) else {
+                return Class::Malformed;
+            };
+            // A fragment (other than a whole datagram) cannot be demultiplexed by
+            // ports; the kernel does not fragment TCP towards a TUN (PMTU/MSS).
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return Class::Other;
+            }
+            let hl = ip.header_len() as usize;
+            let total = (ip.total_len() as usize).min(pkt.len());
+            (
+                IpAddr::V4(ip.src_addr()),
+                IpAddr::V4(ip.dst_addr()),
+                ip.next_header(),
+                &pkt[hl.min(total)..total],
+            )
+        }
+        Some(6) => {
+            let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
+                return Class::Malformed;
+            };
+            (
+                IpAddr::V6(ip.src_addr()),
+                IpAddr::V6(ip.dst_addr()),
+                ip.next_header(),
+                ip.payload(),
+            )
+        }
+        _ => return Class::Malformed,
+    };
+    match proto {
+        IpProtocol::Tcp => {
+            let Ok(tcp) = TcpPacket::new_checked(payload) else {
+                return Class::Malformed;
+            };
+            Class::Tcp {
+                key: FlowKey {
+                    src: SocketAddr::new(src, tcp.src_port()),
+                    dst: SocketAddr::new(dst, tcp.dst_port()),
+                },
+                syn: tcp.syn(),
+                ack: tcp.ack(),
+                rst: tcp.rst(),
+            }
+        }
+        IpProtocol::Udp => Class::Udp,
+        _ => Class::Other,
+    }
+}
+
+/// Why a destination could not be reached, as an ICMP error can say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    Net,
+    Host,
+    /// Administratively prohibited (the proxy's rules said no).
+    Prohibited,
+}
+
+/// How much of the offending packet an ICMP error quotes. RFC 792 asks for the
+/// IP header and 64 bits of data (enough for the TCP ports and sequence number,
+/// which is all the kernel checks); RFC 4443 2.4(c) asks for as much as fits,
+/// and the SYN's TCP header is enough for ICMPv6 too.
+pub fn quote_len(pkt: &[u8]) -> usize {
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => (((pkt[0] & 0x0f) as usize) * 4 + 8).min(pkt.len()),
+        _ => (40 + 60).min(pkt.len()),
+    }
+}
+
+/// Build the ICMP/ICMPv6 destination-unreachable answer to `quoted` (the head
+/// of the SYN, see `quote_len`), sent from the SYN's destination to its source.
+pub fn icmp_unreachable(quoted: &[u8], why: Unreachable) -> Option<Vec<u8>> {
+    let caps = ChecksumCapabilities::default();
+    match quoted.first().map(|b| b >> 4) {
+        Some(4) => {
+            // The quote is cut after 8 payload bytes, so total_len describes the
+            // original packet: read the header fields without the length check.
+            if quoted.len() < 20 || quoted.len() < ((quoted[0] & 0x0f) as usize) * 4 {
+                return None;
+            }
+            let ip = Ipv4Packet::new_unchecked(quoted);
+            let header = Ipv4Repr {
+                src_addr: ip.src_addr(),
+                dst_addr: ip.dst_addr(),
+                next_header: ip.next_header(),
+                payload_len: (ip.total_len() as usize).saturating_sub(ip.header_len() as usize),
+                hop_limit: ip.hop_limit(),
+            };
+            let hl = ip.header_len() as usize;
+            let data = &quoted[hl.min(quoted.len())..];
+            let reason = match why {
+                Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
+                Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+                Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+            };
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+            };
+            let outer = Ipv4Repr {
+                src_addr: header.dst_addr,
+                dst_addr: header.src_addr,
+                next_header: IpProtocol::Icmp,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; outer.buffer_len() + icmp.buffer_len()];
+            let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+            outer.emit(&mut pkt, &caps);
+            icmp.emit(&mut Icmpv4Packet::new_unchecked(pkt.payload_mut()), &caps);
+            Some(buf)
+        }
+        Some(6) => {
+            if quoted.len() < 40 {
+                return None;
+            }
+            let ip = Ipv6Packet::new_unchecked(quoted);
+            let header = Ipv6Repr {
+                src_addr: ip.src_addr(),
+                dst_addr: ip.dst_addr(),
+                next_header: ip.next_header(),
+                payload_len: ip.payload_len() as usize,
+                hop_limit: ip.hop_limit(),
+            };
+            let data = &quoted[40..];
+            let reason = match why {
+                Unreachable::Net => Icmpv6DstUnreachable::NoRoute,
+                Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+                Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+            };
+            let icmp = Icmpv6Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+            };
+            let outer = Ipv6Repr {
+                src_addr: header.dst_addr,
+                dst_addr: header.src_addr,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; outer.buffer_len() + icmp.buffer_len()];
+            let mut pkt = Ipv6Packet::new_unchecked(&mut buf[..]);
+            outer.emit(&mut pkt);
+            icmp.emit(
+                &outer.src_addr,
+                &outer.dst_addr,
+                &mut Icmpv6Packet::new_unchecked(pkt.payload_mut()),
+                &caps,
+            );
+            Some(buf)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,203 @@
+//! The TUN device: create or open it (the only code that uses the `tun`
+//! crate), configure it, and expose it as the stack's packet source and sink.
+
+use crate::stack::{PacketBatch, PacketSink, PacketSource};
+use anyhow::{bail, Context as _};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::unix::AsyncFd;
+
+/// The kernel's queue of packets waiting for us to read them. The default
+/// (500) drops bursts from many senders; TCP then needs a retransmission, and
+/// smoltcp has no SACK recovery, so losses here cost a lot.
+const TXQUEUELEN: u32 = 4000;
+
+pub struct DeviceSpec<'a> {
+    pub name: &'a str,
+    pub fd: Option<i32>,
+    pub ipv4: Option<Ipv4Network>,
+    pub ipv6: Option<Ipv6Network>,
+    pub mtu: u16,
+}
+
+/// An open TUN device. Dropping it closes the descriptor; a device we
+/// created (not persistent) disappears with it.
+pub struct TunDevice {
+    pub name: String,
+    fd: Arc<AsyncFd<File>>,
+    pub created: bool,
+    pub write_drops: Arc<AtomicU64>,
+}
+
+fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running `ip {}` (is iproute2 installed?)", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
+    let io = match e {
+        tun::Error::Io(io) => io,
+        _ => return None,
+    };
+    match io.kind() {
+        io::ErrorKind::PermissionDenied => Some(
+            "creating or configuring a TUN device needs CAP_NET_ADMIN: run as root, or grant it \
+             (setcap cap_net_admin+ep on the binary)",
+        ),
+        io::ErrorKind::NotFound => {
+            Some("/dev/net/tun is missing: load the tun module (modprobe tun)")
+        }
+        _ => None,
+    }
+}
+
+impl TunDevice {
+    /// Create (or open, if persistent) the named device and configure it, or
+    /// adopt an already open descriptor. Must run inside a tokio runtime.
+    pub fn open(spec: &DeviceSpec<'_>) -> anyhow::Result<TunDevice> {
+        let mut cfg = tun::Configuration::default();
+        let (name, created, dev) = if let Some(fd) = spec.fd {
+            if fd < 0 {
+                bail!("--fd {fd}: not a file descriptor");
+            }
+            cfg.raw_fd(fd).close_fd_on_drop(true);
+            let dev = tun::create(&cfg).with_context(|| format!("adopting TUN fd {fd}"))?;
+            (format!("fd {fd}"), false, dev)
+        } else {
+            let existed = std::path::Path::new("/sys/class/net")
+                .join(spec.name)
+                .exists();
+            cfg.tun_name(spec.name).mtu(spec.mtu).up();
+            if let Some(v4) = spec.ipv4 {
+                cfg.address(v4.ip()).netmask(v4.mask());
+            }
+            let dev = tun::create(&cfg).map_err(|e| {
+                let hint = privilege_hint(&e);
+                let e = anyhow::Error::new(e).context(format!("creating TUN device {}", spec.name));
+                match hint {
+                    Some(h) => e.context(h),
+                    None => e,
+                }
+            })?;
+            (spec.name.to_string(), !existed, dev)
+        };
+        dev.set_nonblock()
+            .context("making the TUN descriptor non-blocking")?;
+        if spec.fd.is_none() {
+            if let Some(v6) = spec.ipv6 {
+                // The tun crate configures IPv4 only on Linux.
+                let cidr = v6.to_string();
+                if let Err(e) = ip_cmd(&["-6", "addr", "replace", &cidr, "dev", &name, "nodad"]) {
+                    return Err(e.context(format!("adding {cidr} to {name}")));
+                }
+            }
+            if let Err(e) = ip_cmd(&[
+                "link",
+                "set",
+                "dev",
+                &name,
+                "txqueuelen",
+                &TXQUEUELEN.to_string(),
+            ]) {
+                tracing::warn!("could not lengthen the queue of {name}: {e:#}");
+            }
+        }
+        // SAFETY: into_raw_fd hands us sole ownership of an open descriptor;
+        // File closes it exactly once.
+        let file = unsafe { File::from_raw_fd(dev.into_raw_fd()) };
+        // SAFETY: `file` owns the descriptor and AsyncFd keeps it, unreplaced
+        // and open, until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register(file) }
+            .context("registering the TUN descriptor with tokio")?;
+        Ok(TunDevice {
+            name,
+            fd: Arc::new(fd),
+            created,
+            write_drops: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn source(&self) -> TunSource {
+        TunSource {
+            fd: self.fd.clone(),
+        }
+    }
+
+    pub fn sink(&self) -> Arc<TunSink> {
+        Arc::new(TunSink {
+            fd: self.fd.clone(),
+            drops: self.write_drops.clone(),
+        })
+    }
+}
+
+pub struct TunSource {
+    fd: Arc<AsyncFd<File>>,
+}
+
+impl PacketSource for TunSource {
+    fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            // One read(2) per packet (a TUN has no batch read without
+            // vnet headers), but one wake-up for all that are queued.
+            while let Some(slot) = batch.slot_mut() {
+                match self.fd.get_ref().read(slot) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(n) => batch.commit(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Writes whole packets to the device; usable from any thread (one write(2)
+/// is one packet). A full device queue drops the packet: TCP retransmits, and
+/// blocking the stack on one slow reader would stall every flow.
+pub struct TunSink {
+    fd: Arc<AsyncFd<File>>,
+    drops: Arc<AtomicU64>,
+}
+
+impl PacketSink for TunSink {
+    fn send(&self, packet: &[u8]) {
+        loop {
+            match self.fd.get_ref().write(packet) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let n = self.drops.fetch_add(1, Ordering::Relaxed);
+                    if n == 0 || n.is_power_of_two() {
+                        tracing::debug!("TUN write dropped a packet ({n} so far): {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
