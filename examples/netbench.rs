@@ -55,8 +55,10 @@ struct Common {
 enum Mode {
     /// Serve sink/source/echo on TCP and echo on UDP.
     Server {
+        /// Address to serve on (repeatable). Give each address its own
+        /// listener so UDP replies leave from the address they were sent to.
         #[arg(long, default_value = "0.0.0.0:9000")]
-        listen: SocketAddr,
+        listen: Vec<SocketAddr>,
     },
     /// Throughput client to target (Gbit/s, measured at the receiver).
     Up {
@@ -570,29 +572,48 @@ fn hold(c: &Common, conns: usize, workers: usize) -> io::Result<()> {
 
 // ---------------------------------------------------------------- server
 
-fn server(listen: SocketAddr) -> io::Result<()> {
+fn server(listen: Vec<SocketAddr>) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let tcp = tokio::net::TcpListener::bind(listen).await?;
-        let udp = std::net::UdpSocket::bind(listen)?;
-        force_bufs(udp.as_raw_fd(), 8 << 20);
-        // The UDP echo is a plain blocking thread: one socket, no fan-out.
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                let _ = udp.send_to(&buf[..n], from);
-            }
-        });
-        eprintln!("netbench server on {listen}");
-        loop {
-            let (s, _) = tcp.accept().await?;
-            tokio::spawn(async move {
-                let _ = serve(s).await;
+        let mut listeners = Vec::new();
+        for a in listen {
+            listeners.push(tokio::net::TcpListener::bind(a).await?);
+            let udp = std::net::UdpSocket::bind(a)?;
+            force_bufs(udp.as_raw_fd(), 8 << 20);
+            // The UDP echo is a plain blocking thread: one socket, no fan-out.
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
             });
+            eprintln!("netbench server on {a}");
         }
+        let tasks: Vec<tokio::task::JoinHandle<()>> = listeners
+            .into_iter()
+            .map(|tcp| {
+                tokio::spawn(async move {
+                    loop {
+                        match tcp.accept().await {
+                            Ok((s, _)) => {
+                                tokio::spawn(async move {
+                                    let _ = serve(s).await;
+                                });
+                            }
+                            // Out of descriptors: back off, keep serving.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
     })
 }
 

@@ -1,0 +1,168 @@
+//! BIND (SOCKS4 and SOCKS5): listen, reply with the listening address, wait
+//! (with a deadline) for the expected peer, reply with the peer, relay.
+
+use super::connect::resolve;
+use super::session::{refuse, Proto, Request, SessionLog};
+use super::Config;
+use crate::relay::tcp::{relay, RelayStream};
+use crate::socks::codec::{rep5, unmap};
+use crate::socks::TargetAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+/// The local address the kernel would use to reach `ip`: the address the
+/// BIND peer can connect back to.
+fn route_source(ip: IpAddr) -> Option<IpAddr> {
+    let any: SocketAddr = match ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    // Connecting a UDP socket only selects a route; nothing is sent.
+    s.connect((ip, 9)).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+pub(super) async fn run(
+    cfg: &Config,
+    mut client: TcpStream,
+    early: Vec<u8>,
+    req: &Request,
+    local: Option<SocketAddr>,
+    log: &mut SessionLog,
+) -> String {
+    let server_ip = local.map(|l| l.ip());
+    // DST.ADDR of a BIND request is the peer expected to connect; 0.0.0.0
+    // (or ::) means "anyone". Only the address is checked: clients rarely
+    // know the peer's source port.
+    let expected: Option<IpAddr> = match &req.dest {
+        TargetAddr::Ip(a) if a.ip().is_unspecified() => None,
+        TargetAddr::Ip(a) => Some(unmap(a.ip())),
+        TargetAddr::Domain(..) => match resolve(cfg, &req.dest).await {
+            Ok(v) => v.first().map(|a| unmap(a.ip())),
+            Err(e) => {
+                return refuse(
+                    client,
+                    req.proto,
+                    rep5::HOST_UNREACHABLE,
+                    format!("cannot resolve: {e}"),
+                )
+                .await
+            }
+        },
+    };
+    if let Some(ip) = expected {
+        if !cfg.rules.dest_allowed(ip, server_ip) {
+            return refuse(
+                client,
+                req.proto,
+                rep5::NOT_ALLOWED,
+                "refused: peer not allowed".into(),
+            )
+            .await;
+        }
+    }
+    let listen_ip = match expected.and_then(route_source).or(server_ip) {
+        Some(ip) => unmap(ip),
+        None => {
+            return refuse(
+                client,
+                req.proto,
+                rep5::GENERAL_FAILURE,
+                "no local address".into(),
+            )
+            .await
+        }
+    };
+    if req.proto == Proto::V4 && listen_ip.is_ipv6() {
+        return refuse(
+            client,
+            req.proto,
+            rep5::GENERAL_FAILURE,
+            "SOCKS4 BIND needs IPv4".into(),
+        )
+        .await;
+    }
+    let listener = match TcpListener::bind((listen_ip, 0)).await {
+        Ok(l) => l,
+        Err(e) => {
+            return refuse(
+                client,
+                req.proto,
+                rep5::GENERAL_FAILURE,
+                format!("bind: {e}"),
+            )
+            .await
+        }
+    };
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            return refuse(
+                client,
+                req.proto,
+                rep5::GENERAL_FAILURE,
+                format!("bind: {e}"),
+            )
+            .await
+        }
+    };
+    if let Err(e) = client.write_all(&req.proto.success(bound)).await {
+        return format!("client gone before first reply: {e}");
+    }
+
+    let deadline = tokio::time::sleep(cfg.bind_timeout);
+    tokio::pin!(deadline);
+    let mut watch_client = true;
+    let mut one = [0u8; 1];
+    let mut strangers = 0u32;
+    let mut peer = loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((mut s, from)) => {
+                    if expected.is_some_and(|e| e != unmap(from.ip())) {
+                        strangers += 1;
+                        debug!(%from, ?expected, "BIND: refusing unexpected peer");
+                        s.reset();
+                        continue;
+                    }
+                    let _ = s.set_nodelay(true);
+                    log.via = Some(from);
+                    break s;
+                }
+                Err(e) => return refuse(client, req.proto, rep5::GENERAL_FAILURE, format!("accept: {e}")).await,
+            },
+            r = client.peek(&mut one), if watch_client => match r {
+                Ok(0) | Err(_) => return "client closed while waiting for the BIND peer".into(),
+                // Early data: kept in the socket until the relay starts.
+                Ok(_) => watch_client = false,
+            },
+            _ = &mut deadline => {
+                return refuse(
+                    client,
+                    req.proto,
+                    rep5::TTL_EXPIRED,
+                    format!("no BIND peer within {:?} ({strangers} unexpected refused)", cfg.bind_timeout),
+                )
+                .await;
+            }
+        }
+    };
+    drop(listener);
+    let from = log.via.unwrap_or(bound);
+    if let Err(e) = client.write_all(&req.proto.success(from)).await {
+        return format!("client gone before second reply: {e}");
+    }
+    if !early.is_empty() {
+        if let Err(e) = peer.write_all(&early).await {
+            return format!("peer write failed: {e}");
+        }
+        log.up += early.len() as u64;
+    }
+    let st = relay(client, peer, Some(cfg.idle_timeout)).await;
+    log.up += st.a_to_b;
+    log.down += st.b_to_a;
+    st.outcome.describe("client", "peer")
+}

@@ -1,0 +1,314 @@
+//! One client connection: the SOCKS handshake (incremental, under the
+//! handshake timeout), authentication, dispatch to the command, and the
+//! session's single info log line.
+
+use super::{bind, connect, udp, Config};
+use crate::socks::codec::{self, cmd, method, rep4, rep5, CodecError, Parsed};
+use crate::socks::TargetAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::info;
+
+/// The dialect a client spoke, which decides the shape of every reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Proto {
+    V4,
+    V5,
+}
+
+impl Proto {
+    /// A complete failure reply for a SOCKS5 reply code (SOCKS4 has only 0x5B).
+    pub fn failure(self, rep: u8) -> Vec<u8> {
+        match self {
+            Proto::V4 => codec::encode_socks4_reply(
+                rep4::REJECTED,
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            )
+            .to_vec(),
+            Proto::V5 => codec::encode_socks5_failure(rep),
+        }
+    }
+
+    /// A success reply carrying `bound`. SOCKS4 cannot carry an IPv6 address:
+    /// it gets 0.0.0.0 and the port.
+    pub fn success(self, bound: SocketAddr) -> Vec<u8> {
+        match self {
+            Proto::V4 => {
+                let ip = match codec::unmap(bound.ip()) {
+                    std::net::IpAddr::V4(v4) => v4,
+                    std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                };
+                codec::encode_socks4_reply(rep4::GRANTED, SocketAddrV4::new(ip, bound.port()))
+                    .to_vec()
+            }
+            Proto::V5 => codec::encode_socks5_reply(rep5::SUCCEEDED, bound),
+        }
+    }
+}
+
+/// What the session's log line says.
+pub(super) struct SessionLog {
+    pub proto: &'static str,
+    pub user: Option<String>,
+    pub cmd: &'static str,
+    pub dest: Option<TargetAddr>,
+    /// The address actually dialed (CONNECT) or accepted (BIND).
+    pub via: Option<SocketAddr>,
+    /// Bytes client → destination and back.
+    pub up: u64,
+    pub down: u64,
+}
+
+/// A parsed request, after authentication.
+pub(super) struct Request {
+    pub proto: Proto,
+    pub cmd: u8,
+    pub dest: TargetAddr,
+}
+
+/// Bytes read during the handshake. Every message is capped well below its
+/// size (SOCKS4 fields at 255 bytes, SOCKS5 fields by their length bytes).
+struct HsBuf {
+    b: [u8; 1024],
+    len: usize,
+}
+
+impl HsBuf {
+    async fn fill(&mut self, s: &mut TcpStream) -> Result<(), String> {
+        if self.len == self.b.len() {
+            return Err("handshake message too long".into());
+        }
+        match s.read(&mut self.b[self.len..]).await {
+            Ok(0) => Err("client closed during handshake".into()),
+            Ok(n) => {
+                self.len += n;
+                Ok(())
+            }
+            Err(e) => Err(format!("client error during handshake: {e}")),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.b.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Read until `parse` yields a message or an error; consume the message.
+    async fn message<T>(
+        &mut self,
+        s: &mut TcpStream,
+        parse: impl Fn(&[u8]) -> Parsed<T>,
+    ) -> Result<Result<T, CodecError>, String> {
+        loop {
+            match parse(&self.b[..self.len]) {
+                Ok(Some((m, n))) => {
+                    self.consume(n);
+                    return Ok(Ok(m));
+                }
+                Ok(None) => self.fill(s).await?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+}
+
+pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let local = client.local_addr().ok();
+    let mut log = SessionLog {
+        proto: "-",
+        user: None,
+        cmd: "-",
+        dest: None,
+        via: None,
+        up: 0,
+        down: 0,
+    };
+    let mut buf = HsBuf {
+        b: [0; 1024],
+        len: 0,
+    };
+    let hs = tokio::time::timeout(
+        cfg.handshake_timeout,
+        handshake(&cfg, &mut client, &mut buf, &mut log),
+    )
+    .await;
+    let outcome = match hs {
+        Err(_) => {
+            close_gently(client).await;
+            "handshake timeout".to_string()
+        }
+        Ok(Err(why)) => {
+            close_gently(client).await;
+            why
+        }
+        Ok(Ok(req)) => {
+            log.cmd = match req.cmd {
+                cmd::CONNECT => "connect",
+                cmd::BIND => "bind",
+                _ => "udp-associate",
+            };
+            log.dest = Some(req.dest.clone());
+            // Bytes the client sent after its request (optimistic data) go to
+            // the destination first.
+            let early = buf.b[..buf.len].to_vec();
+            let server_ip = local.map(|l| l.ip());
+            match req.cmd {
+                cmd::CONNECT => connect::run(&cfg, client, early, &req, server_ip, &mut log).await,
+                cmd::BIND => bind::run(&cfg, client, early, &req, local, &mut log).await,
+                _ => udp::run(&cfg, client, &req, peer, local, &mut log).await,
+            }
+        }
+    };
+    let dest = log
+        .dest
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |d| d.to_string());
+    let via = log.via.map_or_else(|| "-".to_string(), |v| v.to_string());
+    info!(
+        client = %peer,
+        proto = %log.proto,
+        user = %log.user.as_deref().unwrap_or("-"),
+        cmd = %log.cmd,
+        dest = %dest,
+        via = %via,
+        up = log.up,
+        down = log.down,
+        ms = start.elapsed().as_millis() as u64,
+        outcome = %outcome,
+        "session"
+    );
+}
+
+/// Send `reply`, then close without resetting: unread request bytes left in
+/// the receive buffer would make close(2) send a RST that can destroy the
+/// reply before the client reads it.
+async fn reply_and_close(mut s: TcpStream, reply: &[u8]) {
+    let _ = s.write_all(reply).await;
+    close_gently(s).await;
+}
+
+pub(super) async fn close_gently(mut s: TcpStream) {
+    let _ = s.shutdown().await;
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = s.try_read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+async fn send(s: &mut TcpStream, b: &[u8]) -> Result<(), String> {
+    s.write_all(b)
+        .await
+        .map_err(|e| format!("client error during handshake: {e}"))
+}
+
+/// Run the handshake up to a parsed, authorised request. On a refusal the
+/// reply is sent here and the text of the outcome returned.
+async fn handshake(
+    cfg: &Config,
+    client: &mut TcpStream,
+    buf: &mut HsBuf,
+    log: &mut SessionLog,
+) -> Result<Request, String> {
+    buf.fill(client).await?;
+    match buf.b[0] {
+        codec::SOCKS4_VERSION => {
+            log.proto = "socks4";
+            let req = match buf.message(client, codec::parse_socks4_request).await? {
+                Ok(r) => r,
+                Err(e) => {
+                    send(client, &Proto::V4.failure(0)).await?;
+                    return Err(format!("bad request: {e}"));
+                }
+            };
+            if req.socks4a {
+                log.proto = "socks4a";
+            }
+            if !req.user_id.is_empty() {
+                log.user = Some(String::from_utf8_lossy(&req.user_id).into_owned());
+            }
+            log.dest = Some(req.dest.clone());
+            if cfg.auth_required() {
+                send(client, &Proto::V4.failure(0)).await?;
+                return Err("refused: SOCKS4 carries no password and users are configured".into());
+            }
+            Ok(Request {
+                proto: Proto::V4,
+                cmd: req.cmd,
+                dest: req.dest,
+            })
+        }
+        codec::SOCKS5_VERSION => {
+            log.proto = "socks5";
+            let methods = match buf.message(client, codec::parse_greeting).await? {
+                Ok(m) => m,
+                Err(e) => {
+                    send(client, &codec::encode_method_choice(method::NO_ACCEPTABLE)).await?;
+                    return Err(format!("bad greeting: {e}"));
+                }
+            };
+            // GSSAPI is never chosen: a client offering only it gets 0xFF.
+            let chosen = if cfg.auth_required() {
+                if methods.contains(&method::USER_PASS) {
+                    method::USER_PASS
+                } else {
+                    method::NO_ACCEPTABLE
+                }
+            } else if methods.contains(&method::NO_AUTH) {
+                method::NO_AUTH
+            } else {
+                method::NO_ACCEPTABLE
+            };
+            send(client, &codec::encode_method_choice(chosen)).await?;
+            if chosen == method::NO_ACCEPTABLE {
+                return Err(format!(
+                    "refused: no acceptable auth method in {methods:02x?}"
+                ));
+            }
+            if chosen == method::USER_PASS {
+                let creds = match buf.message(client, codec::parse_auth_request).await? {
+                    Ok(c) => c,
+                    Err(e) => {
+                        send(client, &codec::encode_auth_reply(false)).await?;
+                        return Err(format!("bad auth request: {e}"));
+                    }
+                };
+                log.user = Some(creds.user.clone());
+                let ok = cfg.check_password(&creds.user, &creds.password);
+                send(client, &codec::encode_auth_reply(ok)).await?;
+                if !ok {
+                    return Err("refused: authentication failed".into());
+                }
+            }
+            let req = match buf.message(client, codec::parse_socks5_request).await? {
+                Ok(r) => r,
+                Err(e) => {
+                    let rep = match e {
+                        CodecError::UnknownCommand(_) => rep5::COMMAND_NOT_SUPPORTED,
+                        CodecError::UnknownAddrType(_) => rep5::ADDR_TYPE_NOT_SUPPORTED,
+                        _ => rep5::GENERAL_FAILURE,
+                    };
+                    send(client, &codec::encode_socks5_failure(rep)).await?;
+                    return Err(format!("bad request: {e}"));
+                }
+            };
+            Ok(Request {
+                proto: Proto::V5,
+                cmd: req.cmd,
+                dest: req.dest,
+            })
+        }
+        v => Err(format!("not a SOCKS client (first byte 0x{v:02x})")),
+    }
+}
+
+/// Reply a failure and close; returns the outcome text.
+pub(super) async fn refuse(client: TcpStream, proto: Proto, rep: u8, why: String) -> String {
+    reply_and_close(client, &proto.failure(rep)).await;
+    why
+}

@@ -1,0 +1,252 @@
+//! UDP ASSOCIATE (RFC 1928 §7).
+//!
+//! One association = one relay socket, bound to the address the client
+//! reached the server on (so BND.ADDR is never 0.0.0.0), plus outgoing sockets
+//! (one per address family, made on first use). Datagrams are accepted only
+//! from the control connection's client IP, and from the first source port
+//! seen (or the port the request named). Replies from any remote are relayed
+//! back (endpoint-independent mapping and filtering: "full cone"), except from
+//! destinations the rules refuse. FRAG != 0 is dropped (no reassembly).
+//! The association ends with its control connection or after the idle timeout.
+
+use super::session::{refuse, Proto, Request, SessionLog};
+use super::Config;
+use crate::socks::codec::{self, rep5, unmap};
+use crate::socks::TargetAddr;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{Duration, Instant};
+use tracing::debug;
+
+/// Name → address cache per association, so a client sending many datagrams
+/// to one name does not resolve it for each.
+const NAME_TTL: Duration = Duration::from_secs(60);
+const NAME_CACHE_MAX: usize = 256;
+
+async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn run(
+    cfg: &Config,
+    mut control: TcpStream,
+    req: &Request,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    log: &mut SessionLog,
+) -> String {
+    let Some(local) = local else {
+        return refuse(
+            control,
+            req.proto,
+            rep5::GENERAL_FAILURE,
+            "no local address".into(),
+        )
+        .await;
+    };
+    let server_ip = Some(local.ip());
+    let relay_sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse(
+                control,
+                req.proto,
+                rep5::GENERAL_FAILURE,
+                format!("udp bind: {e}"),
+            )
+            .await
+        }
+    };
+    let bound = match relay_sock.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            return refuse(
+                control,
+                req.proto,
+                rep5::GENERAL_FAILURE,
+                format!("udp bind: {e}"),
+            )
+            .await
+        }
+    };
+    log.via = Some(bound);
+    let client_ip = unmap(peer.ip());
+    // DST.PORT names the client's sending port when it knows it.
+    let mut client_port: Option<u16> = match &req.dest {
+        TargetAddr::Ip(a) if a.port() != 0 => Some(a.port()),
+        _ => None,
+    };
+    if let Err(e) = control.write_all(&Proto::V5.success(bound)).await {
+        return format!("client gone before reply: {e}");
+    }
+
+    let mut out4: Option<UdpSocket> = None;
+    let mut out6: Option<UdpSocket> = None;
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(65536 + 262);
+    let mut ctl = [0u8; 256];
+    let mut names: HashMap<String, (IpAddr, Instant)> = HashMap::new();
+    let (mut sent, mut received, mut dropped) = (0u64, 0u64, 0u64);
+    let idle = cfg.idle_timeout;
+    let mut last = Instant::now();
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+
+    let why = loop {
+        tokio::select! {
+            r = control.read(&mut ctl) => match r {
+                Ok(0) => break "control connection closed".to_string(),
+                Err(e) => break format!("control connection error: {e}"),
+                Ok(_) => {}
+            },
+            r = relay_sock.recv_from(&mut buf) => {
+                let (n, src) = match r {
+                    Ok(x) => x,
+                    Err(e) => { debug!("udp relay recv: {e}"); continue; }
+                };
+                if unmap(src.ip()) != client_ip || client_port.is_some_and(|p| p != src.port()) {
+                    dropped += 1;
+                    continue;
+                }
+                client_port = Some(src.port());
+                let h = match codec::parse_udp_header(&buf[..n]) {
+                    Ok(h) if h.frag == 0 => h,
+                    _ => { dropped += 1; continue; }
+                };
+                let dest = match &h.addr {
+                    TargetAddr::Ip(a) => Some(SocketAddr::new(unmap(a.ip()), a.port())),
+                    TargetAddr::Domain(name, port) => resolve_cached(&mut names, name, *port).await,
+                };
+                let Some(dest) = dest.filter(|d| cfg.rules.dest_allowed(d.ip(), server_ip)) else {
+                    dropped += 1;
+                    continue;
+                };
+                let slot = if dest.is_ipv4() { &mut out4 } else { &mut out6 };
+                if slot.is_none() {
+                    let any: SocketAddr = if dest.is_ipv4() {
+                        (Ipv4Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (Ipv6Addr::UNSPECIFIED, 0).into()
+                    };
+                    match UdpSocket::bind(any).await {
+                        Ok(s) => *slot = Some(s),
+                        Err(e) => { debug!("udp out bind: {e}"); dropped += 1; continue; }
+                    }
+                }
+                let Some(sock) = slot.as_ref() else { continue };
+                match sock.send_to(&buf[h.header_len..n], dest).await {
+                    Ok(m) => { sent += m as u64; last = Instant::now(); }
+                    Err(e) => { debug!(%dest, "udp send: {e}"); dropped += 1; }
+                }
+            },
+            r = readable(out4.as_ref()) => {
+                if r.is_ok() {
+                    if let Some(s) = out4.as_ref() {
+                        relay_back(cfg, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
+                                   &mut received, &mut dropped, &mut last).await;
+                    }
+                }
+            },
+            r = readable(out6.as_ref()) => {
+                if r.is_ok() {
+                    if let Some(s) = out6.as_ref() {
+                        relay_back(cfg, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
+                                   &mut received, &mut dropped, &mut last).await;
+                    }
+                }
+            },
+            _ = &mut sleep => {
+                let deadline = last + idle;
+                if deadline <= Instant::now() {
+                    break "idle timeout".to_string();
+                }
+                sleep.as_mut().reset(deadline);
+            }
+        }
+    };
+    log.up = sent;
+    log.down = received;
+    if dropped > 0 {
+        format!("{why} ({dropped} datagrams dropped)")
+    } else {
+        why
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_back(
+    cfg: &Config,
+    from_sock: &UdpSocket,
+    relay_sock: &UdpSocket,
+    client_ip: IpAddr,
+    client_port: Option<u16>,
+    server_ip: Option<IpAddr>,
+    buf: &mut [u8],
+    out: &mut Vec<u8>,
+    received: &mut u64,
+    dropped: &mut u64,
+    last: &mut Instant,
+) {
+    let (n, src) = match from_sock.try_recv_from(buf) {
+        Ok(x) => x,
+        Err(_) => return,
+    };
+    let src = SocketAddr::new(unmap(src.ip()), src.port());
+    let Some(port) = client_port else {
+        *dropped += 1;
+        return;
+    };
+    if !cfg.rules.dest_allowed(src.ip(), server_ip) {
+        *dropped += 1;
+        return;
+    }
+    out.clear();
+    let _ = codec::encode_udp_header(&TargetAddr::Ip(src), out);
+    out.extend_from_slice(&buf[..n]);
+    match relay_sock
+        .send_to(out, SocketAddr::new(client_ip, port))
+        .await
+    {
+        Ok(_) => {
+            *received += n as u64;
+            *last = Instant::now();
+        }
+        Err(e) => {
+            debug!("udp send to client: {e}");
+            *dropped += 1;
+        }
+    }
+}
+
+async fn resolve_cached(
+    names: &mut HashMap<String, (IpAddr, Instant)>,
+    name: &str,
+    port: u16,
+) -> Option<SocketAddr> {
+    let now = Instant::now();
+    if let Some((ip, t)) = names.get(name) {
+        if now.duration_since(*t) < NAME_TTL {
+            return Some(SocketAddr::new(*ip, port));
+        }
+    }
+    let addr = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((name, port)),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .next()?;
+    if names.len() >= NAME_CACHE_MAX {
+        names.clear();
+    }
+    let ip = unmap(addr.ip());
+    names.insert(name.to_string(), (ip, now));
+    Some(SocketAddr::new(ip, port))
+}
