@@ -273,3 +273,33 @@ fn upstream_without_udp_associate() {
     );
     assert!(env.tun.is_running(), "sockstun exited");
 }
+
+/// A datagram to a fake (virtual DNS) address goes to the proxy by name, and
+/// the answer comes back from the fake address the application used.
+#[test]
+fn udp_to_a_fake_address_goes_by_name() {
+    if !require_root("udp_to_a_fake_address_goes_by_name") {
+        return;
+    }
+    let env = env("uf", Upstream::Dante, &[]);
+    let (ok, out) = dig(&env, &["+short", &format!("@{RESOLVER}"), "echo.test", "A"]);
+    let fake = out.trim().to_string();
+    assert!(ok && fake.starts_with("198.19."), "{out}");
+    let n = echo_round_trips(
+        &env.topo.client,
+        "0.0.0.0:0",
+        &format!("{fake}:7"),
+        20,
+        100,
+        4,
+    );
+    assert_eq!(n, 20, "{}", env.tun.log());
+    // The proxy resolved the name (dnsmasq heard it from the proxy's side).
+    assert!(
+        env.dnsmasq
+            .log()
+            .contains(&format!("query[A] echo.test from {PROXY_TARGET_SIDE_V4}")),
+        "{}",
+        env.dnsmasq.log()
+    );
+}
