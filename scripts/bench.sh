@@ -21,12 +21,14 @@
 #
 # Usage: scripts/bench.sh [--server] [--quick] [--only S1,S2] [--rows R1,R2]
 #                         [--upstream auto|dante|sockstun|microsocks] [--secs N]
-#                         [--idle-secs N] [--iperf3] [--no-build] [--keep-logs]
+#                         [--idle-secs N] [--iperf3] [--perf DIR] [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
 #   (cpu is taken during tcp-up-1.)  --quick: 1 s runs, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
+#   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
+#   during tcp-up-1 and tcp-down-1 into DIR/perf-SCENARIO.data; read with `perf report -i`.
 #   Exit status: 0 when every measurement ran, 1 when one failed, 2 when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,7 @@ IDLE_SECS=20
 BUILD=1
 KEEP_LOGS=0
 IPERF=0
+PERF_DIR=""
 UDP_PPS=50000
 MEM_CONNS=1000
 HOLD_CONNS=10000
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     --secs) SECS="$2"; shift ;;
     --idle-secs) IDLE_SECS="$2"; shift ;;
     --iperf3) IPERF=1 ;;
+    --perf) PERF_DIR=$(realpath -m "$2"); shift ;;
     --no-build) BUILD=0 ;;
     --keep-logs) KEEP_LOGS=1 ;;
     -h|--help) usage 0 ;;
@@ -74,6 +78,7 @@ missing=()
 for t in ip ss ps timeout awk sed cargo; do command -v "$t" >/dev/null || missing+=("$t"); done
 [ -c /dev/net/tun ] || missing+=("/dev/net/tun")
 [ "$IPERF" = 0 ] || command -v iperf3 >/dev/null || missing+=("iperf3 (for --iperf3)")
+[ -z "$PERF_DIR" ] || command -v perf >/dev/null || missing+=("perf (for --perf; Debian: linux-perf)")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench.sh: missing: ${missing[*]} (install them; this script installs nothing)" >&2
   exit 2
@@ -235,7 +240,32 @@ scenario() {
     tcp-*)
       dir=${s#tcp-}; n=${dir#*-}; dir=${dir%-*}
       [ -n "${CPUW[$row]:-}" ] && t0=$(ticks "${CPUW[$row]}")
+      local perfpid=""
+      local statpid="" dev0=""
+      if [ -n "$PERF_DIR" ] && [ "$row" = sockstun ] && [ "$n" = 1 ]; then
+        mkdir -p "$PERF_DIR"
+        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "${CPUW[$row]}" \
+          -o "$PERF_DIR/perf-$s.data" >"$WORK/perf-$s.log" 2>&1 &
+        perfpid=$!
+        # Syscalls and context switches of all sockstun threads, to set against
+        # the packets the TUN carried.
+        perf stat -x, -o "$PERF_DIR/stat-$s.txt" -p "${CPUW[$row]}" -e context-switches \
+          -e 'syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev' \
+          -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait' \
+          -e 'syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl' >/dev/null 2>&1 &
+        statpid=$!
+        dev0=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
+        sleep 0.5
+      fi
       r=$(nb "$dir" "$@" --secs "$SECS" --streams "$n")
+      if [ -n "$perfpid" ]; then
+        kill -INT "$perfpid" "$statpid" 2>/dev/null; wait "$perfpid" "$statpid" 2>/dev/null || true
+        local dev1; dev1=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
+        # Kernel's view of bst0: rx = packets sockstun wrote, tx = packets it read.
+        awk -v a="$dev0" -v b="$dev1" 'BEGIN {split(a, x, " "); split(b, y, " ");
+          printf "tun packets: sockstun read %d, wrote %d\n", y[2] - x[2], y[1] - x[1]}' >>"$PERF_DIR/stat-$s.txt"
+        say "  perf profile: $PERF_DIR/perf-$s.data; syscalls and packets: $PERF_DIR/stat-$s.txt"
+      fi
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$(kv "$r" gbps)
       if [ "$s" = tcp-up-1 ] && [ -n "${CPUW[$row]:-}" ]; then
@@ -243,7 +273,7 @@ scenario() {
         R["$row|cpu"]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v b="$(kv "$r" bytes)" \
           'BEGIN {printf "%.2f", (t / hz) / (b / 1e9)}')
       fi
-      say "  $row $s: ${R[$row|$s]} Gbit/s${R[$row|cpu]:+ (CPU ${R[$row|cpu]} s/GB)}" ;;
+      say "  $row $s: ${R[$row|$s]} Gbit/s$([ "$s" = tcp-up-1 ] && [ -n "${R[$row|cpu]:-}" ] && echo " (CPU ${R[$row|cpu]} s/GB)")" ;;
     iperf3-*)
       [[ "$*" == *--socks* ]] && return
       dir=${s#iperf3-}; dir=${dir%-1}
@@ -332,11 +362,12 @@ print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW
   printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------------:" "-------------:" \
     "-------------:" "-----------:" "-----------:"
   while IFS=';' read -r key label; do
+    local noratio=""; [[ "$key" == udp-loss || "$key" == hold ]] && noratio=1
     va=${R[$a|$key]:--}; vb=${R[$b|$key]:--}; vc=${R[$c|$key]:--}
     [ "$va$vb$vc" = "---" ] && continue
     label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
     printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' "$label" "$va" "$vb" "$vc" \
-      "$(fmt_ratio "$vc" "$va")" "$(fmt_ratio "$vc" "$vb")"
+      "$([ -z "$noratio" ] && fmt_ratio "$vc" "$va" || echo -)" "$([ -z "$noratio" ] && fmt_ratio "$vc" "$vb" || echo -)"
   done <<'EOF'
 tcp-up-1;tcp-up-1 Gbit/s
 tcp-up-10;tcp-up-10 Gbit/s

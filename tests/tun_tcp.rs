@@ -194,12 +194,63 @@ struct Rig {
     topo: Topology,
 }
 
+/// `sockstun server` in the proxy namespace, optionally with a user.
+fn start_sockstun_server(topo: &Topology, user: Option<&str>) -> Proc {
+    let bin = sockstun_bin();
+    let v4 = format!("{PROXY_V4}:{DANTE_PORT}");
+    let v6 = format!("[{PROXY_V6}]:{DANTE_PORT}");
+    let mut cmd = vec![
+        bin.to_str().unwrap(),
+        "server",
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+    ];
+    match user {
+        Some(u) => cmd.extend_from_slice(&["--user", u]),
+        None => cmd.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
+    }
+    let p = topo.proxy.spawn(&cmd);
+    assert!(
+        wait_listening(&topo.proxy, v4.parse().unwrap()),
+        "sockstun server did not start:\n{}",
+        p.log()
+    );
+    p
+}
+
+enum Up {
+    Dante,
+    /// `sockstun server`; with a user, the TUN side's URL carries `cred`.
+    Server {
+        user: Option<&'static str>,
+        cred: Option<&'static str>,
+    },
+}
+
 fn rig(tag: &str) -> Rig {
+    rig_with(tag, Up::Dante)
+}
+
+fn rig_with(tag: &str, up: Up) -> Rig {
     let topo = Topology::new(tag);
     let dir = TempDir::new("stund");
-    let upstream = start_dante(&topo, &dir);
+    let (upstream, url) = match up {
+        Up::Dante => (
+            start_dante(&topo, &dir),
+            format!("socks5://{PROXY_V4}:{DANTE_PORT}"),
+        ),
+        Up::Server { user, cred } => (
+            start_sockstun_server(&topo, user),
+            match cred {
+                Some(c) => format!("socks5://{c}@{PROXY_V4}:{DANTE_PORT}"),
+                None => format!("socks5://{PROXY_V4}:{DANTE_PORT}"),
+            },
+        ),
+    };
     start_servers(&topo);
-    let (tun, dev) = start_tun(&topo, &format!("socks5://{PROXY_V4}:{DANTE_PORT}"));
+    let (tun, dev) = start_tun(&topo, &url);
     Rig {
         tun,
         dev,
@@ -400,4 +451,104 @@ fn tun_bad_proxy_url_is_clear() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--proxy"), "{err}");
     assert!(!err.contains("secret"), "password leaked: {err}");
+}
+
+fn echo(r: &Rig, v6: bool) -> Result<(), ErrorKind> {
+    in_client(r, move || -> Result<(), ErrorKind> {
+        let mut s = TcpStream::connect_timeout(&target(v6, 8002), Duration::from_secs(10))
+            .map_err(|e| e.kind())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"ping").map_err(|e| e.kind())?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).map_err(|e| e.kind())?;
+        if &b != b"ping" {
+            return Err(ErrorKind::InvalidData);
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn tun_via_sockstun_server_reset_passes_through() {
+    if !require_root("tun_via_sockstun_server_reset_passes_through") {
+        return;
+    }
+    let r = rig_with(
+        "ts",
+        Up::Server {
+            user: None,
+            cred: None,
+        },
+    );
+    for v6 in [false, true] {
+        assert_eq!(echo(&r, v6), Ok(()), "echo v6={v6}\n{}", r.tun.log());
+        // A server that resets is seen as a reset.
+        let res = in_client(&r, move || {
+            let mut s =
+                TcpStream::connect_timeout(&target(v6, 8001), Duration::from_secs(10)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"x").unwrap();
+            let mut b = [0u8; 16];
+            s.read(&mut b).map_err(|e| e.kind())
+        });
+        assert_eq!(res, Err(ErrorKind::ConnectionReset), "reset v6={v6}");
+        let (res, took) = in_client(&r, move || {
+            let t = Instant::now();
+            let res = TcpStream::connect_timeout(&target(v6, 8003), Duration::from_secs(10))
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            (res, t.elapsed())
+        });
+        assert_eq!(
+            res,
+            Err(ErrorKind::ConnectionRefused),
+            "closed port v6={v6}"
+        );
+        assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    }
+}
+
+#[test]
+fn tun_via_sockstun_server_with_password() {
+    if !require_root("tun_via_sockstun_server_with_password") {
+        return;
+    }
+    let mut r = rig_with(
+        "tp",
+        Up::Server {
+            user: Some("alice:s3cr%t"),
+            cred: Some("alice:s3cr%25t"),
+        },
+    );
+    assert_eq!(echo(&r, false), Ok(()), "{}", r.tun.log());
+    assert_eq!(echo(&r, true), Ok(()), "{}", r.tun.log());
+    assert!(!r.tun.log().contains("s3cr"), "password in the log");
+    r.tun.signal(libc::SIGINT);
+    let st = r
+        .tun
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit on SIGINT");
+    assert!(st.success(), "exit status {st:?}");
+}
+
+#[test]
+fn tun_wrong_password_fails_fast() {
+    if !require_root("tun_wrong_password_fails_fast") {
+        return;
+    }
+    let mut r = rig_with(
+        "tw",
+        Up::Server {
+            user: Some("alice:right"),
+            cred: Some("alice:wrong"),
+        },
+    );
+    let t = Instant::now();
+    assert_eq!(echo(&r, false), Err(ErrorKind::ConnectionRefused));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(r.tun.is_running());
 }

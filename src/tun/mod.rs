@@ -105,6 +105,7 @@ impl TunConfig {
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
+    fixed_mmap_threshold();
     cfg.upstream
         .resolve()
         .with_context(|| format!("resolving the proxy host {:?}", cfg.upstream.host))?;
@@ -189,6 +190,20 @@ pub async fn run_async(
         info!("removed TUN device {name}");
     }
     res.context("reading the TUN device")
+}
+
+/// Every flow allocates its socket buffers zeroed (smoltcp needs them whole
+/// up front). Served by mmap, that memory is the kernel's shared zero page
+/// until written, so a quiet flow costs a few KB of RSS, not the buffer size.
+/// glibc's default threshold rises after the first large free, after which
+/// calloc reuses heap memory and must clear (touch) all of it: fix it.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
 }
 
 /// Say early, once, when the proxy does not answer; keep running either way.
