@@ -391,6 +391,41 @@ fn machine_mode_proxy_inside_routed_range_uses_fwmark() {
     assert_eq!(snapshot(m, None), before);
 }
 
+/// The other guard alone: no mark, only the `--proxy` address rule keeps the
+/// proxy connection direct; sockstun pins it to the uplink with
+/// `--bind-interface` (SO_BINDTODEVICE), the alternative to `--fwmark`.
+#[test]
+fn machine_mode_proxy_rule_and_bind_interface() {
+    if !require_root("machine_mode_proxy_rule_and_bind_interface") {
+        return;
+    }
+    let net = Net::new("rb", false);
+    let m = &net.m;
+    let state = net.tmp.join("route.state");
+    let st = state.to_str().unwrap();
+    let (tun, dev) = net.sockstun("socks5://198.51.100.200:1080", &["--bind-interface", "up0"]);
+    let before = snapshot(m, None);
+    ok_script(
+        m,
+        "route-up",
+        &[
+            "--device",
+            &dev,
+            "--proxy",
+            "198.51.100.200:1080",
+            "--no-dns",
+            "--state",
+            st,
+        ],
+    );
+    let rules = stdout(m, "ip rule");
+    assert!(!rules.contains("fwmark"), "{rules}");
+    assert_through(&net, m, "http://203.0.113.2/", "198.51.100.200.1080", &tun);
+    assert_through(&net, m, "http://[2001:db8:2::2]/", "2001:db8:2::2.80", &tun);
+    ok_script(m, "route-down", &["--state", st]);
+    assert_eq!(snapshot(m, None), before);
+}
+
 #[test]
 fn machine_mode_restored_after_kill_9() {
     if !require_root("machine_mode_restored_after_kill_9") {
