@@ -264,6 +264,38 @@ fn connect_failures_map_to_reply_codes() {
     s.write_all(&[4, 1, 0, CLOSED as u8, 203, 0, 113, 10, 0])
         .unwrap();
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
+    // An unreachable route: host unreachable.
+    lab.ns
+        .ip(&["route", "add", "unreachable", "198.51.100.128/25"]);
+    let mut s = lab.tcp(PROXY);
+    assert_eq!(
+        socks5_connect(&mut s, &addr4("198.51.100.200", 80))[1],
+        0x04
+    );
+    // SYNs that vanish: sent into a veth whose other end drops them (not
+    // local, no forwarding), with a fixed neighbour so no ARP failure ends
+    // the wait first. Timeout: 0x06.
+    lab.ns.ip(&[
+        "link", "add", "void0", "type", "veth", "peer", "name", "void1",
+    ]);
+    lab.ns.ip(&["link", "set", "void0", "up"]);
+    lab.ns.ip(&["link", "set", "void1", "up"]);
+    lab.ns
+        .ip(&["route", "add", "198.51.100.0/26", "dev", "void0"]);
+    lab.ns.ip(&[
+        "neigh",
+        "add",
+        "198.51.100.7",
+        "lladdr",
+        "02:00:00:00:00:07",
+        "dev",
+        "void0",
+        "nud",
+        "permanent",
+    ]);
+    let _slow = lab.server_on("127.0.0.1:1081", &["--connect-timeout", "1"]);
+    let mut s = lab.tcp("127.0.0.1:1081");
+    assert_eq!(socks5_connect(&mut s, &addr4("198.51.100.7", 80))[1], 0x06);
 }
 
 #[test]
