@@ -106,6 +106,7 @@ impl TunConfig {
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
     fixed_mmap_threshold();
+    raise_fd_limit();
     cfg.upstream
         .resolve()
         .with_context(|| format!("resolving the proxy host {:?}", cfg.upstream.host))?;
@@ -125,19 +126,23 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg, |w| {
-        let _ = w;
-        Arc::new(DropUdp::default())
+    // The UDP/DNS code plugs in here: wrap the SOCKS dialer (DNS over TCP to
+    // port 53, fake-pool addresses dialed by name) and replace the handler.
+    let res = rt.block_on(run_async(cfg, |upstream, _writer| {
+        let dialer: Arc<dyn Dialer> = Arc::new(SocksDialer { upstream });
+        let udp: Arc<dyn UdpHandler> = Arc::new(DropUdp::default());
+        (dialer, udp)
     }));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
-/// Run TUN mode inside a runtime. `udp` builds the UDP handler from the
-/// device's writer.
+/// Run TUN mode inside a runtime. `plug` gets the resolved upstream and the
+/// device's writer and returns the dialer for new TCP flows and the handler
+/// of inbound UDP packets (called once the device exists).
 pub async fn run_async(
     cfg: TunConfig,
-    udp: impl FnOnce(TunWriter) -> Arc<dyn UdpHandler>,
+    plug: impl FnOnce(Arc<Upstream>, TunWriter) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -160,12 +165,8 @@ pub async fn run_async(
     let upstream = Arc::new(cfg.upstream);
     tokio::spawn(probe(upstream.clone()));
     let sink: TunWriter = dev.sink();
-    let stack = Stack::new(
-        cfg.stack,
-        Arc::new(SocksDialer { upstream }),
-        udp(sink.clone()),
-        sink,
-    );
+    let (dialer, udp) = plug(upstream, sink.clone());
+    let stack = Stack::new(cfg.stack, dialer, udp, sink);
     let stats = stack.stats();
     let shutdown = async move {
         tokio::select! {
@@ -203,6 +204,27 @@ fn fixed_mmap_threshold() {
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
+/// Every relayed flow holds one socket towards the proxy: the common soft
+/// limit of 1024 descriptors would cap sockstun at about a thousand flows.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!("could not raise the descriptor limit to {}", lim.rlim_max);
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            tracing::debug!("descriptor limit {}", lim.rlim_cur);
+        }
     }
 }
 
