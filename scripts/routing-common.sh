@@ -213,6 +213,20 @@ default_dns6_for() {
     printf '%s:%x\n' "$head" $(((16#$last + 1) & 0xffff))
 }
 
+# A host address inside ADDR/LEN other than ADDR itself (for probing routes).
+probe_host() {
+    local a=${1%/*} len=${1##*/}
+    is_ipv4 "$a" && [[ $len =~ ^[0-9]+$ ]] && ((len <= 30)) || return 1
+    local IFS=.
+    # shellcheck disable=SC2086
+    set -- $a
+    local n=$((($1 << 24) + ($2 << 16) + ($3 << 8) + $4))
+    local mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
+    local h=$(((n & mask) + 1))
+    ((h == n)) && h=$((h + 1))
+    echo "$(((h >> 24) & 255)).$(((h >> 16) & 255)).$(((h >> 8) & 255)).$((h & 255))"
+}
+
 # Wait up to SECONDS for DEV to exist and be administratively up.
 wait_device() {
     local dev=$1 secs=$2 i

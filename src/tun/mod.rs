@@ -13,7 +13,7 @@ use crate::cli::TunArgs;
 use crate::relay::tcp::RelayStream;
 use crate::socks::client::{self, Upstream};
 use crate::socks::TargetAddr;
-use crate::stack::{DialFuture, Dialer, DropUdp, Stack, StackConfig, TunWriter, UdpHandler};
+use crate::stack::{DialFuture, Dialer, Stack, StackConfig, TunWriter, UdpHandler};
 use anyhow::{anyhow, bail, Context as _};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::net::SocketAddr;
@@ -126,23 +126,24 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    // The UDP/DNS code plugs in here: wrap the SOCKS dialer (DNS over TCP to
-    // port 53, fake-pool addresses dialed by name) and replace the handler.
-    let res = rt.block_on(run_async(cfg, |upstream, _writer| {
-        let dialer: Arc<dyn Dialer> = Arc::new(SocksDialer { upstream });
-        let udp: Arc<dyn UdpHandler> = Arc::new(DropUdp::default());
-        (dialer, udp)
+    let udp_dns = crate::dns::UdpDnsConfig::from_args(&args, cfg.ipv4, cfg.ipv6)?;
+    let res = rt.block_on(run_async(cfg, move |up, dialer, w| {
+        udp_dns.build(up, dialer, w)
     }));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
-/// Run TUN mode inside a runtime. `plug` gets the resolved upstream and the
-/// device's writer and returns the dialer for new TCP flows and the handler
-/// of inbound UDP packets (called once the device exists).
+/// Run TUN mode inside a runtime. `extend` gets the upstream, the default
+/// SOCKS dialer and the device's writer, and returns the dialer to use (DNS
+/// in front of the default) and the UDP handler.
 pub async fn run_async(
     cfg: TunConfig,
-    plug: impl FnOnce(Arc<Upstream>, TunWriter) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
+    extend: impl FnOnce(
+        Arc<Upstream>,
+        Arc<dyn Dialer>,
+        TunWriter,
+    ) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -165,7 +166,11 @@ pub async fn run_async(
     let upstream = Arc::new(cfg.upstream);
     tokio::spawn(probe(upstream.clone()));
     let sink: TunWriter = dev.sink();
-    let (dialer, udp) = plug(upstream, sink.clone());
+    let (dialer, udp) = extend(
+        upstream.clone(),
+        Arc::new(SocksDialer { upstream }),
+        sink.clone(),
+    );
     let stack = Stack::new(cfg.stack, dialer, udp, sink);
     let stats = stack.stats();
     let shutdown = async move {
@@ -221,9 +226,6 @@ fn raise_fd_limit() {
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 warn!("could not raise the descriptor limit to {}", lim.rlim_max);
             }
-        }
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            tracing::debug!("descriptor limit {}", lim.rlim_cur);
         }
     }
 }
