@@ -264,6 +264,38 @@ fn connect_failures_map_to_reply_codes() {
     s.write_all(&[4, 1, 0, CLOSED as u8, 203, 0, 113, 10, 0])
         .unwrap();
     assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
+    // An unreachable route: host unreachable.
+    lab.ns
+        .ip(&["route", "add", "unreachable", "198.51.100.128/25"]);
+    let mut s = lab.tcp(PROXY);
+    assert_eq!(
+        socks5_connect(&mut s, &addr4("198.51.100.200", 80))[1],
+        0x04
+    );
+    // SYNs that vanish: sent into a veth whose other end drops them (not
+    // local, no forwarding), with a fixed neighbour so no ARP failure ends
+    // the wait first. Timeout: 0x06.
+    lab.ns.ip(&[
+        "link", "add", "void0", "type", "veth", "peer", "name", "void1",
+    ]);
+    lab.ns.ip(&["link", "set", "void0", "up"]);
+    lab.ns.ip(&["link", "set", "void1", "up"]);
+    lab.ns
+        .ip(&["route", "add", "198.51.100.0/26", "dev", "void0"]);
+    lab.ns.ip(&[
+        "neigh",
+        "add",
+        "198.51.100.7",
+        "lladdr",
+        "02:00:00:00:00:07",
+        "dev",
+        "void0",
+        "nud",
+        "permanent",
+    ]);
+    let _slow = lab.server_on("127.0.0.1:1081", &["--connect-timeout", "1"]);
+    let mut s = lab.tcp("127.0.0.1:1081");
+    assert_eq!(socks5_connect(&mut s, &addr4("198.51.100.7", 80))[1], 0x06);
 }
 
 #[test]
@@ -477,4 +509,79 @@ fn open_proxy_needs_to_be_asked_for() {
     let mut s = lab.tcp(&format!("{T4}:1092"));
     s.write_all(&[5, 1, 0]).unwrap();
     assert!(closed(&mut s));
+}
+
+#[test]
+fn idle_relay_bind_deadline_and_idle_association_end() {
+    if !require_root("idle_relay_bind_deadline_and_idle_association_end") {
+        return;
+    }
+    let lab = Lab::new("sri");
+    let srv = lab.server(&["--idle-timeout", "1", "--bind-timeout", "1"]);
+    // A relayed connection with no traffic is closed.
+    let mut s = lab.tcp(PROXY);
+    assert_eq!(socks5_connect(&mut s, &addr4(T4, ECHO))[1], 0);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"x");
+    assert!(closed(&mut s), "idle relay left open");
+    // BIND with no peer: the second reply is a failure (0x06) and the end.
+    let mut b = lab.tcp(PROXY);
+    let first = socks5_connect_cmd(&mut b, 2, &addr4(T4, 0));
+    assert_eq!(first[1], 0, "{first:?}");
+    assert_eq!(
+        &first[4..8],
+        &[203, 0, 113, 10],
+        "BIND listens on the address facing the peer"
+    );
+    let second = socks5_reply(&mut b);
+    assert_eq!(second[1], 0x06, "{second:?}");
+    assert!(closed(&mut b));
+    // A UDP association with no datagrams ends, closing its control connection.
+    let mut c = lab.tcp(PROXY);
+    assert_eq!(socks5_connect_cmd(&mut c, 3, &addr4("0.0.0.0", 0))[1], 0);
+    assert!(closed(&mut c), "idle association left open");
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .matches("outcome=idle timeout")
+            .count()
+            == 2),
+        "{}",
+        srv.log()
+    );
+}
+
+#[test]
+fn ipv6_listener_users_file_and_sigterm() {
+    if !require_root("ipv6_listener_users_file_and_sigterm") {
+        return;
+    }
+    let lab = Lab::new("sr6");
+    let users = std::env::temp_dir().join(format!("{}.users", uniq("st-users")));
+    std::fs::write(&users, "# test users\n\nerin:pa:ss\nfrank:x\n").unwrap();
+    let mut srv = lab.server_on("[::1]:1080", &["--users-file", users.to_str().unwrap()]);
+    let out =
+        lab.sh("curl -sS --max-time 15 -x 'socks5h://[::1]:1080' -U 'erin:pa:ss' http://web.test/");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), HTTP_BODY, "{out:?}");
+    lab.ns.run_in(|| {
+        let d = socks::Socks5Datagram::bind_with_password("[::1]:1080", "[::1]:0", "erin", "pa:ss")
+            .expect("associate over IPv6");
+        d.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match d.proxy_addr() {
+            socks::TargetAddr::Ip(a) => assert_eq!(a.ip().to_string(), "::1"),
+            other => panic!("relay address {other:?}"),
+        }
+        d.send_to(b"v6 control", (T4, ECHO)).unwrap();
+        let mut b = [0u8; 64];
+        let (n, _) = d.recv_from(&mut b).unwrap();
+        assert_eq!(&b[..n], b"v6 control");
+    });
+    let _ = std::fs::remove_file(&users);
+    srv.signal(libc::SIGTERM);
+    let st = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit on SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
 }
