@@ -217,8 +217,7 @@ fn socks_request(
     cmd: u8,
     dest: SocketAddr,
 ) -> io::Result<(TcpStream, SocketAddr)> {
-    let mut s = TcpStream::connect(proxy)?;
-    s.set_nodelay(true)?;
+    let mut s = dial(proxy)?;
     s.write_all(&[5, 1, 0])?;
     let mut m = [0u8; 2];
     s.read_exact(&mut m)?;
@@ -232,13 +231,23 @@ fn socks_request(
     Ok((s, bnd))
 }
 
-fn connect(c: &Common) -> io::Result<TcpStream> {
-    let s = match c.socks {
-        None => TcpStream::connect(c.target)?,
-        Some(p) => socks_request(p, 1, c.target)?.0,
-    };
+/// Every run must end: a peer that stops answering (a proxy out of threads,
+/// a stalled flow) turns into an error after this long, not a hang.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn dial(to: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
     s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
+}
+
+fn connect(c: &Common) -> io::Result<TcpStream> {
+    match c.socks {
+        None => dial(c.target),
+        Some(p) => Ok(socks_request(p, 1, c.target)?.0),
+    }
 }
 
 fn result(kv: &[(&str, String)]) {
@@ -499,7 +508,6 @@ fn udp(c: &Common, pps: u64, size: usize) -> io::Result<()> {
 fn hold_open(c: &Common) -> io::Result<TcpStream> {
     let mut s = connect(c)?;
     s.write_all(b"Ex")?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b)?;
     Ok(s)

@@ -224,11 +224,19 @@ ticks() { # user+system CPU ticks of PID and its children, living and reaped
   done
   echo "$s"
 }
-rss_kb() { local p s=0; for p in $(tree "$1"); do s=$((s + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$s"; }
+# Memory of PID in kB: VmRSS for one process; for a process with children (dante
+# forks) the sum of their PSS, so pages they share are counted once.
+rss_kb() {
+  local ps p s=0
+  ps=$(tree "$1")
+  if [ "$(wc -w <<<"$ps")" = 1 ]; then awk '/^VmRSS/ {print $2}' "/proc/$1/status"; return; fi
+  for p in $ps; do s=$((s + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0))); done
+  echo "$s"
+}
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 wakeups() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
-fail() { R["$1|$2"]=ERR; ERRORS=$((ERRORS + 1)); say "  $1 $2: FAILED: $(tail -1 "$WORK/netbench.err" 2>/dev/null)"; }
+fail() { R["$1|$2"]=ERR; ERRORS=$((ERRORS + 1)); say "  $1 $2: FAILED (last netbench error: $(tail -1 "$WORK/netbench.err" 2>/dev/null))"; }
 say() { echo "$*" >&2; }
 
 # scenario ROW NAME: one measurement of one row.
@@ -460,7 +468,14 @@ run_tun() {
 
 # ------------------------------------------------------------------ server mode
 run_server() {
-  local rows=() row port
+  local rows=() row port lim
+  # A SOCKS server holds two descriptors per connection; under a hard limit
+  # it cannot raise (this machine: 20000), hold what fits.
+  lim=$(ulimit -n)
+  if [ "$HOLD_CONNS" -gt $(( (lim - 200) / 2 )) ]; then
+    HOLD_CONNS=$(( (lim - 200) / 2 ))
+    say "note: open-files limit $lim: holding $HOLD_CONNS connections per server"
+  fi
   IFS=, read -r -a rows <<<"${ROWS:-dante,microsocks,sockstun-server}"
   for row in "${rows[@]}"; do
     case "$row" in

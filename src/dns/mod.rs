@@ -5,3 +5,6 @@ pub mod pool;
 pub mod service;
 
 pub use service::{Dns, DnsMode, TcpRoute};
+pub mod setup;
+
+pub use setup::UdpDnsConfig;

@@ -254,6 +254,14 @@ impl FakePool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The ranges, for logs.
+    pub fn describe(&self) -> String {
+        match self.net6 {
+            Some(n6) => format!("{} and {n6}", self.net4),
+            None => self.net4.to_string(),
+        }
+    }
+
     /// Whether `addr` lies in the pool's ranges (assigned or not).
     pub fn contains(&self, addr: IpAddr) -> bool {
         match addr {

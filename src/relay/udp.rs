@@ -16,6 +16,7 @@ use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
 use crate::socks::codec;
 use crate::socks::TargetAddr;
+use crate::stack::{TunWriter, UdpHandler};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
@@ -220,11 +221,6 @@ fn same_family(src: SocketAddr, local: SocketAddr) -> SocketAddr {
 // ---------------------------------------------------------------------------
 // Seams: the TUN writer and the SOCKS5 UDP ASSOCIATE dialer
 
-/// Writes one raw IP packet into the TUN (must not block).
-pub trait TunWriter: Send + Sync + 'static {
-    fn send(&self, pkt: &[u8]);
-}
-
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A live UDP ASSOCIATE: the control connection that keeps it alive, the
@@ -329,7 +325,7 @@ struct Shared {
     cfg: UdpConfig,
     dns: Option<Arc<Dns>>,
     associator: Arc<dyn Associator>,
-    tun: Arc<dyn TunWriter>,
+    tun: TunWriter,
     table: Mutex<Table>,
     stats: UdpStats,
     epoch: Instant,
@@ -386,7 +382,7 @@ impl UdpRelay {
         cfg: UdpConfig,
         dns: Option<Arc<Dns>>,
         associator: Arc<dyn Associator>,
-        tun: Arc<dyn TunWriter>,
+        tun: TunWriter,
     ) -> UdpRelay {
         UdpRelay {
             shared: Arc::new(Shared {
@@ -540,6 +536,12 @@ impl UdpRelay {
             }
             drop(slot);
         });
+    }
+}
+
+impl UdpHandler for UdpRelay {
+    fn on_packet(&self, packet: &[u8]) {
+        self.handle_packet(packet)
     }
 }
 
@@ -896,6 +898,7 @@ mod table_tests {
     use crate::dns::pool::FakePool;
     use crate::dns::service::{BoxStream, Connector};
     use crate::dns::DnsMode;
+    use crate::stack::PacketSink;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
 
@@ -955,7 +958,7 @@ mod table_tests {
         pkts: Mutex<Vec<Vec<u8>>>,
     }
 
-    impl TunWriter for Capture {
+    impl PacketSink for Capture {
         fn send(&self, pkt: &[u8]) {
             self.pkts.lock().unwrap().push(pkt.to_vec());
         }

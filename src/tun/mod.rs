@@ -13,7 +13,7 @@ use crate::cli::TunArgs;
 use crate::relay::tcp::RelayStream;
 use crate::socks::client::{self, Upstream};
 use crate::socks::TargetAddr;
-use crate::stack::{DialFuture, Dialer, DropUdp, Stack, StackConfig, TunWriter, UdpHandler};
+use crate::stack::{DialFuture, Dialer, Stack, StackConfig, TunWriter, UdpHandler};
 use anyhow::{anyhow, bail, Context as _};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::net::SocketAddr;
@@ -125,19 +125,24 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg, |w| {
-        let _ = w;
-        Arc::new(DropUdp::default())
+    let udp_dns = crate::dns::UdpDnsConfig::from_args(&args, cfg.ipv4, cfg.ipv6)?;
+    let res = rt.block_on(run_async(cfg, move |up, dialer, w| {
+        udp_dns.build(up, dialer, w)
     }));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
-/// Run TUN mode inside a runtime. `udp` builds the UDP handler from the
-/// device's writer.
+/// Run TUN mode inside a runtime. `extend` gets the upstream, the default
+/// SOCKS dialer and the device's writer, and returns the dialer to use (DNS
+/// in front of the default) and the UDP handler.
 pub async fn run_async(
     cfg: TunConfig,
-    udp: impl FnOnce(TunWriter) -> Arc<dyn UdpHandler>,
+    extend: impl FnOnce(
+        Arc<Upstream>,
+        Arc<dyn Dialer>,
+        TunWriter,
+    ) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -160,12 +165,12 @@ pub async fn run_async(
     let upstream = Arc::new(cfg.upstream);
     tokio::spawn(probe(upstream.clone()));
     let sink: TunWriter = dev.sink();
-    let stack = Stack::new(
-        cfg.stack,
+    let (dialer, udp) = extend(
+        upstream.clone(),
         Arc::new(SocksDialer { upstream }),
-        udp(sink.clone()),
-        sink,
+        sink.clone(),
     );
+    let stack = Stack::new(cfg.stack, dialer, udp, sink);
     let stats = stack.stats();
     let shutdown = async move {
         tokio::select! {

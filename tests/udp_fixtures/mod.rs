@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const TUN_V4: &str = "198.18.0.1/15";
-pub const TUN_V6: &str = "fc00:1::1/64";
+pub const TUN_V6: &str = "2001:db8:ff::1/64";
 /// The resolver every client uses: dnsmasq on the target, reachable only
 /// through the proxy (and answered in-process by sockstun in virtual mode).
 pub const RESOLVER: &str = TARGET_V4;
@@ -34,8 +34,11 @@ impl EtcNetns {
     pub fn resolv_conf(ns: &Netns, nameserver: &str) -> EtcNetns {
         let dir = PathBuf::from("/etc/netns").join(&ns.name);
         std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"))
-            .expect("write resolv.conf");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+        )
+        .expect("write resolv.conf");
         EtcNetns { dir }
     }
 }
@@ -74,8 +77,17 @@ pub fn tcp_listening(ns: &Netns, port: u16) -> bool {
 
 /// Established TCP connections in `ns` towards remote port `port`.
 pub fn tcp_established_to(ns: &Netns, port: u16) -> usize {
-    let out = ns.exec(&["ss", "-Htn", "state", "established", &format!("dport = :{port}")]);
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    let out = ns.exec(&[
+        "ss",
+        "-Htn",
+        "state",
+        "established",
+        &format!("dport = :{port}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
 }
 
 /// A UDP echo server in `ns` on `addr`, stopped on drop.
@@ -87,7 +99,8 @@ impl UdpEcho {
     pub fn start(ns: &Netns, addr: &str) -> UdpEcho {
         let addr: SocketAddr = addr.parse().expect("echo addr");
         let sock = ns.run_in(move || UdpSocket::bind(addr).expect("bind echo"));
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         std::thread::spawn(move || {
@@ -171,7 +184,7 @@ pub struct Env {
     pub upstream: Proc,
     pub dnsmasq: Proc,
     pub echo: Vec<UdpEcho>,
-    pub http: Http,
+    pub http: Vec<Http>,
     pub etc: Vec<EtcNetns>,
     pub dir: TempDir,
     pub dev: String,
@@ -197,9 +210,13 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
         "--mx-host=mail.test,mx.mail.test,10",
         "--txt-record=txt.test,hello sockstun",
     ]);
-    assert!(wait_until(Duration::from_secs(10), || {
-        String::from_utf8_lossy(&ns.exec(&["ss", "-Hlun", "sport = :53"]).stdout).contains(TARGET_V4)
-    }), "dnsmasq did not start");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&ns.exec(&["ss", "-Hlun", "sport = :53"]).stdout)
+                .contains(TARGET_V4)
+        }),
+        "dnsmasq did not start"
+    );
     p
 }
 
@@ -217,10 +234,8 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
                      external: 2001:db8:2::1\n\
                      socksmethod: none\nclientmethod: none\n\
                      user.privileged: root\nuser.unprivileged: nobody\n\
-                     client pass {{\n from: 0.0.0.0/0 to: 0.0.0.0/0\n}}\n\
-                     client pass {{\n from: ::/0 to: ::/0\n}}\n\
-                     socks pass {{\n from: 0.0.0.0/0 to: 0.0.0.0/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n\
-                     socks pass {{\n from: ::/0 to: ::/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n",
+                     client pass {{\n from: 0/0 to: 0/0\n}}\n\
+                     socks pass {{\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n",
                     log = dir.path("danted.log")
                 ),
             )
@@ -246,7 +261,10 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
         }
         Upstream::Microsocks => ns.spawn(&["microsocks", "-i", PROXY_V4, "-p", "1080"]),
     };
-    assert!(wait_until(Duration::from_secs(10), || tcp_listening(ns, 1080)), "{kind:?} did not start");
+    assert!(
+        wait_until(Duration::from_secs(10), || tcp_listening(ns, 1080)),
+        "{kind:?} did not start"
+    );
     p
 }
 
@@ -280,11 +298,14 @@ pub fn start_tun(topo: &Topology, dev: &str, extra: &[&str]) -> Proc {
     let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
     let mut p = topo.client.spawn(&refs);
     let up = wait_until(Duration::from_secs(10), || {
-        let out = topo.client.exec(&["ip", "link", "show", "dev", dev]);
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(",UP")
+        p.log().contains("TUN device up")
     });
     if !up {
-        panic!("TUN {dev} did not come up (running: {}):\n{}", p.is_running(), p.log());
+        panic!(
+            "TUN {dev} did not come up (running: {}):\n{}",
+            p.is_running(),
+            p.log()
+        );
     }
     topo.route_default_via_tun(dev);
     p
@@ -305,11 +326,32 @@ pub fn env(tag: &str, kind: Upstream, tun_args: &[&str]) -> Env {
         UdpEcho::start(&topo.target, &format!("{TARGET_V4}:9")),
         UdpEcho::start(&topo.target, &format!("[{TARGET_V6}]:7")),
     ];
-    let http = Http::start(&topo.target, &format!("{TARGET_V4}:80"), "hello from web.test\n");
+    let http = vec![
+        Http::start(
+            &topo.target,
+            &format!("{TARGET_V4}:80"),
+            "hello from web.test\n",
+        ),
+        Http::start(
+            &topo.target,
+            &format!("[{TARGET_V6}]:80"),
+            "hello from web.test\n",
+        ),
+    ];
     let upstream = start_upstream(kind, &topo.proxy, &dir);
     let dev = uniq("tu");
     let tun = start_tun(&topo, &dev, tun_args);
-    Env { tun, upstream, dnsmasq, echo, http, etc, dir, dev, topo }
+    Env {
+        tun,
+        upstream,
+        dnsmasq,
+        echo,
+        http,
+        etc,
+        dir,
+        dev,
+        topo,
+    }
 }
 
 /// `dig` in the client namespace; returns (success, stdout).
@@ -317,13 +359,23 @@ pub fn dig(env: &Env, args: &[&str]) -> (bool, String) {
     let mut cmd = vec!["dig", "+time=3", "+tries=2"];
     cmd.extend_from_slice(args);
     let out = env.topo.client.exec(&cmd);
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Send `n` numbered datagrams of `size` bytes from one socket in `ns` to
 /// `dst`, at most `window` unanswered at a time; returns how many came back
 /// intact from `dst`.
-pub fn echo_round_trips(ns: &Netns, bind: &str, dst: &str, n: u32, size: usize, window: u32) -> u32 {
+pub fn echo_round_trips(
+    ns: &Netns,
+    bind: &str,
+    dst: &str,
+    n: u32,
+    size: usize,
+    window: u32,
+) -> u32 {
     let bind: SocketAddr = bind.parse().unwrap();
     let dst: SocketAddr = dst.parse().unwrap();
     ns.run_in(move || {
@@ -356,4 +408,53 @@ pub fn echo_round_trips(ns: &Netns, bind: &str, dst: &str, n: u32, size: usize, 
         }
         ok
     })
+}
+
+/// tcpdump on the client's veth (c0), writing a capture file; stopped by `finish`.
+pub struct Capture {
+    proc: Proc,
+    file: String,
+}
+
+impl Capture {
+    pub fn start(env: &Env) -> Capture {
+        let file = env.dir.path("c0.pcap");
+        let proc = env.topo.client.spawn(&[
+            "tcpdump",
+            "-i",
+            "c0",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            &file,
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(10), || proc
+                .log()
+                .contains("listening on")),
+            "tcpdump did not start:\n{}",
+            proc.log()
+        );
+        Capture { proc, file }
+    }
+
+    /// Stop the capture; returns the packets matching `filter`, one per line.
+    pub fn finish(mut self, filters: &[&str]) -> Vec<String> {
+        self.proc.signal(libc::SIGINT);
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(10)).is_some(),
+            "tcpdump did not stop"
+        );
+        filters
+            .iter()
+            .map(|f| {
+                let out = std::process::Command::new("tcpdump")
+                    .args(["-r", &self.file, "-n", f])
+                    .output()
+                    .expect("tcpdump -r");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
 }
