@@ -1139,6 +1139,65 @@ mod table_tests {
         assert_eq!(r.stats().dropped_oversize.load(Ordering::Relaxed), 1);
     }
 
+    /// A minimal SOCKS5 server for UDP ASSOCIATE: replies `rep` with BND 0.0.0.0:`port`.
+    async fn socks5_udp_server(rep: u8, port: u16) -> SocketAddr {
+        use tokio::io::AsyncWriteExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 3];
+            c.read_exact(&mut b).await.unwrap();
+            c.write_all(&[5, 0]).await.unwrap();
+            let mut req = [0u8; 10];
+            c.read_exact(&mut req).await.unwrap();
+            assert_eq!(req[1], 3, "UDP ASSOCIATE");
+            let p = port.to_be_bytes();
+            c.write_all(&[5, rep, 0, 1, 0, 0, 0, 0, p[0], p[1]])
+                .await
+                .unwrap();
+            // Hold the control connection open until the client closes it.
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn socks_associator_fixes_unspecified_relay_and_maps_0x07() {
+        let addr = socks5_udp_server(0, 4242).await;
+        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        let a = SocksAssociator(Arc::new(up)).associate().await.unwrap();
+        // BND.ADDR 0.0.0.0: the relay is at the proxy's own address.
+        assert_eq!(a.relay, sa("127.0.0.1:4242"));
+
+        let addr = socks5_udp_server(7, 0).await;
+        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        match SocksAssociator(Arc::new(up)).associate().await {
+            Err(AssociateError::Unsupported) => {}
+            Err(e) => panic!("0x07 not recognised: {e:?}"),
+            Ok(_) => panic!("0x07 accepted"),
+        }
+    }
+
+    /// An association that only carried DNS expires sooner than others.
+    #[tokio::test(start_paused = true)]
+    async fn dns_only_associations_expire_sooner() {
+        let (r, _proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5353", "203.0.113.2:53", b"q"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"x"));
+        assert_eq!(cap.wait(2).await.len(), 2);
+        assert_eq!(r.flows(), 2);
+        tokio::time::sleep(DNS_UDP_TIMEOUT + Duration::from_secs(1)).await;
+        assert_eq!(
+            r.flows(),
+            1,
+            "the DNS-only association outlived {DNS_UDP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(r.flows(), 0, "the idle association outlived --udp-timeout");
+    }
+
     #[tokio::test]
     async fn malformed_packets_dropped() {
         let (r, proxy, cap) = relay(16, false, true);
