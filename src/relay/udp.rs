@@ -146,66 +146,48 @@ pub fn build_udp(
 ) -> Result<Vec<u8>, BuildError> {
     let caps = ChecksumCapabilities::default();
     let udp_len = UDP_HEADER + payload.len();
-    let urepr = UdpRepr {
+    let hdr = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => IPV4_HEADER,
+        (IpAddr::V6(_), IpAddr::V6(_)) => IPV6_HEADER,
+        _ => return Err(BuildError::FamilyMismatch),
+    };
+    // IPv4 total length and the UDP length field are both 16 bits.
+    if hdr + udp_len > mtu || hdr + udp_len > u16::MAX as usize {
+        return Err(BuildError::TooBig);
+    }
+    let mut buf = vec![0u8; hdr + udp_len];
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Ipv4Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Ipv6Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv6Packet::new_unchecked(&mut buf[..])),
+        _ => return Err(BuildError::FamilyMismatch),
+    }
+    UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
-    };
-    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
-            let total = IPV4_HEADER + udp_len;
-            if total > mtu || total > u16::MAX as usize {
-                return Err(BuildError::TooBig);
-            }
-            let mut buf = vec![0u8; total];
-            let repr = Ipv4Repr {
-                src_addr: s4,
-                dst_addr: d4,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-            repr.emit(&mut ip, &caps);
-            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(
-                &mut udp,
-                &s,
-                &d,
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &caps,
-            );
-            Ok(buf)
-        }
-        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
-            let total = IPV6_HEADER + udp_len;
-            if total > mtu || udp_len > u16::MAX as usize {
-                return Err(BuildError::TooBig);
-            }
-            let mut buf = vec![0u8; total];
-            let repr = Ipv6Repr {
-                src_addr: s6,
-                dst_addr: d6,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
-            repr.emit(&mut ip);
-            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(
-                &mut udp,
-                &s,
-                &d,
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &caps,
-            );
-            Ok(buf)
-        }
-        _ => Err(BuildError::FamilyMismatch),
     }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut buf[hdr..]),
+        &IpAddress::from(src.ip()),
+        &IpAddress::from(dst.ip()),
+        payload.len(),
+        |p| p.copy_from_slice(payload),
+        &caps,
+    );
+    Ok(buf)
 }
 
 /// A reply source in the family of the local endpoint it goes to: IPv4-mapped
