@@ -256,6 +256,9 @@ impl Net {
             s.contains(",UP") && !s.contains("NO-CARRIER")
         });
         assert!(up, "sockstun tun did not bring {dev} up:\n{}", p.log());
+        // The kernel gives the TUN a link-local address shortly after the
+        // carrier comes up; wait for it so that snapshots taken now stay valid.
+        settle(&self.m, &[&dev]);
         (p, dev)
     }
 }
