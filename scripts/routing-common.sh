@@ -239,6 +239,15 @@ wait_device() {
     return 1
 }
 
+# A routing table number we may take: not unspec (0) or default/main/local.
+valid_table() {
+    [[ $1 =~ ^[1-9][0-9]{0,9}$ ]] && (($1 < 4294967295 && $1 != 253 && $1 != 254 && $1 != 255))
+}
+# A first rule preference P such that P..P+SPAN come before the main table (32766).
+valid_priority() {
+    [[ $1 =~ ^[1-9][0-9]{0,4}$ ]] && (($1 + $2 < 32766))
+}
+
 # Rule preferences in use for a family.
 prefs_in_use() {
     ip "-$1" rule show | sed -n 's/^\([0-9]\+\):.*/\1/p'

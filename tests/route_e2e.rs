@@ -106,6 +106,7 @@ struct Net {
     tmp: PathBuf,
     dante: Proc,
     _http: Proc,
+    _udp_echo: Proc,
 }
 
 impl Drop for Net {
@@ -160,10 +161,7 @@ impl Net {
         std::fs::create_dir_all(&tmp).unwrap();
         // The proxy resolves the names it is asked for from its own hosts file.
         let etc_isp = EtcNetns::new(&isp);
-        etc_isp.file(
-            "hosts",
-            "127.0.0.1 localhost\n203.0.113.2 target.test\n2001:db8:2::2 target.test\n",
-        );
+        etc_isp.file("hosts", "127.0.0.1 localhost\n203.0.113.2 target.test\n");
 
         let conf = tmp.join("danted.conf");
         std::fs::write(
@@ -178,7 +176,7 @@ impl Net {
              user.privileged: root\n\
              user.unprivileged: nobody\n\
              client pass { from: 0/0 to: 0/0 log: connect error }\n\
-             socks pass { from: 0/0 to: 0/0 log: connect error }\n",
+             socks pass {\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect error\n}\n",
         )
         .unwrap();
         let dante = isp.spawn(&["danted", "-f", conf.to_str().unwrap(), "-N", "1"]);
@@ -195,13 +193,24 @@ impl Net {
             "--directory",
             www.to_str().unwrap(),
         ]);
+        // UDP echo on both families, for the UDP relay through the proxy.
+        let udp_echo = target.spawn(&[
+            "python3",
+            "-c",
+            "import socket\n\
+             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+             s.bind(('::', 7007))\n\
+             while True:\n    d, a = s.recvfrom(4096)\n    s.sendto(d, a)\n",
+        ]);
         for (ns, addr) in [
             (&isp, "src = 198.51.100.1:1080"),
             (&isp, "src = 198.51.100.200:1080"),
             (&target, "sport = :80"),
+            (&target, "sport = :7007"),
         ] {
             let ok = wait_until(Duration::from_secs(10), || {
-                let out = ns.exec(&["ss", "-Htln", addr]);
+                let out = ns.exec(&["ss", "-Hln", addr]);
                 !String::from_utf8_lossy(&out.stdout).trim().is_empty()
             });
             assert!(ok, "nothing listens on {addr}:\n{}", dante.log());
@@ -215,6 +224,7 @@ impl Net {
             tmp,
             dante,
             _http: http,
+            _udp_echo: udp_echo,
         }
     }
 
@@ -391,6 +401,64 @@ fn machine_mode_proxy_inside_routed_range_uses_fwmark() {
     assert_eq!(snapshot(m, None), before);
 }
 
+/// One UDP datagram to the target's echo port from inside `ns`, answered?
+/// (retried a few times: UDP may lose the first packet while the association
+/// is set up).
+fn udp_echo(ns: &Netns, host: &str) -> Result<(), String> {
+    let code = format!(
+        "import socket, sys\n\
+         fam = socket.AF_INET6 if ':' in '{host}' else socket.AF_INET\n\
+         s = socket.socket(fam, socket.SOCK_DGRAM)\n\
+         s.settimeout(1)\n\
+         for i in range(5):\n    \
+             s.sendto(b'udp-ping', ('{host}', 7007))\n    \
+             try:\n        d = s.recv(100)\n    except socket.timeout:\n        continue\n    \
+             sys.exit(0 if d == b'udp-ping' else 2)\n\
+         sys.exit(1)\n"
+    );
+    let out = ns.exec(&["python3", "-c", &code]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out))
+    }
+}
+
+/// UDP through the TUN: the UDP relay socket towards the proxy carries the
+/// mark too (the proxy is inside the routed range and has no --proxy rule).
+#[test]
+fn machine_mode_udp_relay_carries_the_mark() {
+    if !require_root("machine_mode_udp_relay_carries_the_mark") {
+        return;
+    }
+    let net = Net::new("ru", false);
+    let m = &net.m;
+    let state = net.tmp.join("route.state");
+    let st = state.to_str().unwrap();
+    let (tun, dev) = net.sockstun("socks5://198.51.100.200:1080", &["--fwmark", FWMARK]);
+    assert!(
+        udp_echo(m, "203.0.113.2").is_err(),
+        "UDP reaches the target directly"
+    );
+    ok_script(
+        m,
+        "route-up",
+        &[
+            "--device", &dev, "--fwmark", FWMARK, "--no-dns", "--state", st,
+        ],
+    );
+    for host in ["203.0.113.2", "2001:db8:2::2"] {
+        let r = udp_echo(m, host);
+        assert!(
+            r.is_ok(),
+            "UDP echo {host}: {r:?}\n{}\n{}",
+            tun.log(),
+            net.dante.log()
+        );
+    }
+    ok_script(m, "route-down", &["--state", st]);
+}
+
 /// The other guard alone: no mark, only the `--proxy` address rule keeps the
 /// proxy connection direct; sockstun pins it to the uplink with
 /// `--bind-interface` (SO_BINDTODEVICE), the alternative to `--fwmark`.
@@ -529,7 +597,6 @@ fn gateway_mode_lan_through_the_proxy() {
 /// DNS from the LAN to the gateway's own address is answered by sockstun's
 /// virtual DNS, and the name is resolved at the proxy.
 #[test]
-#[ignore = "needs the virtual DNS of issue 4 on main"]
 fn gateway_mode_lan_dns_through_the_tunnel() {
     if !require_root("gateway_mode_lan_dns_through_the_tunnel") {
         return;
@@ -582,7 +649,6 @@ fn gateway_mode_lan_dns_through_the_tunnel() {
 /// Whole-machine mode with the resolver pointed at the virtual DNS: names are
 /// resolved at the proxy, never by the machine's own DNS server.
 #[test]
-#[ignore = "needs the virtual DNS of issue 4 on main"]
 fn machine_mode_dns_through_the_tunnel() {
     if !require_root("machine_mode_dns_through_the_tunnel") {
         return;

@@ -586,3 +586,71 @@ fn scripts_have_help() {
         assert!(!out.status.success(), "{s} accepted --bogus");
     }
 }
+
+/// When /etc/resolv.conf is systemd-resolved's stub, route-up configures the
+/// TUN link through resolvectl instead of rewriting the file, and route-down
+/// reverts it. A recording stand-in for resolvectl (first in PATH) and a stub
+/// resolv.conf that `ip netns exec` mounts over /etc/resolv.conf for this
+/// namespace only play the part of systemd-resolved.
+#[test]
+fn route_up_uses_systemd_resolved_when_it_manages_dns() {
+    if !require_root("route_up_uses_systemd_resolved_when_it_manages_dns") {
+        return;
+    }
+    let mut mc = Machine::new("rr");
+    let tun = uniq("rt");
+    mc.tun(&tun, "1500");
+    let state = mc.temp("state", None);
+    let bin = std::env::temp_dir().join(uniq("st-fakebin-"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = bin.join("calls");
+    let fake = bin.join("resolvectl");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$*\" >>'{}'\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let etc = PathBuf::from(format!("/etc/netns/{}", mc.m.name));
+    std::fs::create_dir_all(&etc).unwrap();
+    let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
+    std::fs::write(etc.join("resolv.conf"), stub).unwrap();
+    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let st = state.to_str().unwrap();
+    let m = &mc.m;
+    let before = snapshot(m, None);
+
+    let up = script("route-up");
+    let out = m.exec(&[
+        "env",
+        &path,
+        &up,
+        "--device",
+        &tun,
+        "--proxy",
+        "198.51.100.1",
+        "--state",
+        st,
+    ]);
+    let down = script("route-down");
+    let calls_up = std::fs::read_to_string(&calls).unwrap_or_default();
+    let stub_after_up = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
+    let out2 = m.exec(&["env", &path, &down, "--state", st]);
+    let calls_all = std::fs::read_to_string(&calls).unwrap_or_default();
+    let after = snapshot(m, None);
+    let _ = std::fs::remove_dir_all(&etc);
+    let _ = std::fs::remove_dir_all(&bin);
+
+    assert!(out.status.success(), "route-up: {}", text(&out));
+    assert!(out2.status.success(), "route-down: {}", text(&out2));
+    assert_eq!(
+        calls_up,
+        format!("dns {tun} 198.18.0.2\ndomain {tun} ~.\ndefault-route {tun} yes\n")
+    );
+    assert_eq!(
+        stub_after_up, stub,
+        "the stub resolv.conf must be left alone"
+    );
+    assert_eq!(calls_all, format!("{calls_up}revert {tun}\n"));
+    assert_eq!(after, before);
+}

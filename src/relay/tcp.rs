@@ -8,11 +8,15 @@
 //!   read, EPIPE on write, ...) makes the relay reset the other side;
 //! - an optional idle timeout ends a relay on which nothing moved for that long.
 //!
-//! Buffers: each direction starts with a small buffer and switches once to a
-//! 64 KiB one the first time a read fills it, so thousands of quiet
-//! connections stay cheap while bulk transfers get large reads and writes.
-//! Nothing is allocated per chunk.
+//! Buffers: a direction owns no buffer until it needs one. It reads into a
+//! per-thread 64 KiB scratch buffer and writes straight on; only when the
+//! writer cannot take everything does the rest move into a buffer of the
+//! direction's own (small first, 64 KiB once a read fills it), which it then
+//! keeps. So thousands of quiet or interactive connections cost no relay
+//! buffers at all, bulk transfers get 64 KiB reads and writes, and nothing is
+//! allocated per chunk.
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
@@ -25,6 +29,13 @@ use tokio::time::Instant;
 const SMALL_BUF: usize = 8 * 1024;
 /// Buffer of a direction that moves bulk data.
 pub const BIG_BUF: usize = 64 * 1024;
+
+thread_local! {
+    /// Shared by every relay polled on this thread: reads land here and are
+    /// written on at once, so a direction needs no buffer of its own while
+    /// its writer keeps up.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; BIG_BUF].into_boxed_slice());
+}
 
 /// A byte stream the relay can copy to and from, and abort.
 pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send {
@@ -118,7 +129,7 @@ enum DirErr {
 impl Dir {
     fn new() -> Dir {
         Dir {
-            buf: vec![0; SMALL_BUF].into_boxed_slice(),
+            buf: Box::default(),
             pos: 0,
             cap: 0,
             read_eof: false,
@@ -126,6 +137,73 @@ impl Dir {
             grow: false,
             done: false,
             amt: 0,
+        }
+    }
+
+    /// With no buffer of our own: read into the thread's scratch buffer and
+    /// write on at once; keep (copy) only what the writer did not take.
+    /// Ready(Ok) means: progress was made (or EOF seen), look at the state again.
+    fn poll_direct<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut Pin<&mut R>,
+        w: &mut Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Poll<Result<(), DirErr>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let res = SCRATCH.with(|cell| {
+            // Re-entrance (a stream whose poll runs another relay on this
+            // thread) finds the scratch busy: fall back to an own buffer.
+            let mut scratch = cell.try_borrow_mut().ok()?;
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            let n = match r.as_mut().poll_read(cx, &mut rb) {
+                Poll::Pending => return Some(Poll::Pending),
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(DirErr::Read(e)))),
+                Poll::Ready(Ok(())) => rb.filled().len(),
+            };
+            if n == 0 {
+                self.read_eof = true;
+                return Some(Poll::Ready(Ok(())));
+            }
+            *moved = true;
+            let mut off = 0;
+            while off < n {
+                match w.as_mut().poll_write(cx, &scratch[off..n]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Some(Poll::Ready(Err(DirErr::Write(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "write returned 0",
+                        )))))
+                    }
+                    Poll::Ready(Ok(m)) => {
+                        off += m;
+                        self.amt += m as u64;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(DirErr::Write(e)))),
+                    Poll::Pending => break,
+                }
+            }
+            if off < n {
+                let rest = n - off;
+                let size = if rest > SMALL_BUF { BIG_BUF } else { SMALL_BUF };
+                let mut own = vec![0; size].into_boxed_slice();
+                own[..rest].copy_from_slice(&scratch[off..n]);
+                self.buf = own;
+                self.pos = 0;
+                self.cap = rest;
+            }
+            Some(Poll::Ready(Ok(())))
+        });
+        match res {
+            Some(p) => p,
+            None => {
+                self.buf = vec![0; SMALL_BUF].into_boxed_slice();
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
@@ -144,28 +222,14 @@ impl Dir {
     {
         loop {
             if self.pos == self.cap && !self.read_eof {
-                if self.grow {
-                    // The buffer is empty here, so switching loses nothing.
-                    self.buf = vec![0; BIG_BUF].into_boxed_slice();
-                    self.grow = false;
-                }
-                self.pos = 0;
-                self.cap = 0;
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match r.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_eof = true;
-                        } else {
-                            self.cap = n;
-                            *moved = true;
-                            if n == self.buf.len() && self.buf.len() < BIG_BUF {
-                                self.grow = true;
-                            }
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(DirErr::Read(e))),
+                let step = if self.buf.is_empty() {
+                    self.poll_direct(cx, &mut r, &mut w, moved)
+                } else {
+                    self.poll_fill(cx, &mut r, moved)
+                };
+                match step {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx)).map_err(DirErr::Write)?;
@@ -203,6 +267,38 @@ impl Dir {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// With a buffer of our own (empty now): read into it.
+    fn poll_fill<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut Pin<&mut R>,
+        moved: &mut bool,
+    ) -> Poll<Result<(), DirErr>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        if self.grow {
+            // The buffer is empty here, so switching loses nothing.
+            self.buf = vec![0; BIG_BUF].into_boxed_slice();
+            self.grow = false;
+        }
+        self.pos = 0;
+        self.cap = 0;
+        let mut rb = ReadBuf::new(&mut self.buf);
+        ready!(r.as_mut().poll_read(cx, &mut rb)).map_err(DirErr::Read)?;
+        let n = rb.filled().len();
+        if n == 0 {
+            self.read_eof = true;
+        } else {
+            self.cap = n;
+            *moved = true;
+            if n == self.buf.len() && self.buf.len() < BIG_BUF {
+                self.grow = true;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -315,6 +411,95 @@ mod tests {
         let st = r.await.unwrap();
         assert_eq!(st.outcome, Outcome::Closed);
         assert_eq!((st.a_to_b, st.b_to_a), (300_000, 16));
+    }
+
+    /// Poll one direction until it is pending; returns it.
+    async fn drive(
+        dir: &mut Dir,
+        r: &mut tokio::io::DuplexStream,
+        w: &mut tokio::io::DuplexStream,
+    ) {
+        poll_fn(|cx| {
+            let mut moved = false;
+            match dir.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w), &mut moved) {
+                Poll::Pending => Poll::Ready(()),
+                Poll::Ready(Ok(())) => Poll::Ready(()),
+                Poll::Ready(Err(_)) => panic!("relay error"),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn no_own_buffer_while_the_writer_keeps_up() {
+        let (mut src, mut r) = tokio::io::duplex(1 << 20);
+        let (mut w, mut dst) = tokio::io::duplex(1 << 20);
+        let mut dir = Dir::new();
+        src.write_all(&[7u8; 3000]).await.unwrap();
+        drive(&mut dir, &mut r, &mut w).await;
+        assert_eq!(dir.amt, 3000);
+        assert!(
+            dir.buf.is_empty(),
+            "allocated a buffer although the writer took everything"
+        );
+        let mut got = [0u8; 3000];
+        dst.read_exact(&mut got).await.unwrap();
+
+        // A writer that cannot take it all: the rest is kept, nothing lost.
+        let (mut w, mut dst) = tokio::io::duplex(100);
+        src.write_all(&[9u8; 5000]).await.unwrap();
+        drive(&mut dir, &mut r, &mut w).await;
+        assert!(!dir.buf.is_empty());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 5000];
+            dst.read_exact(&mut got).await.unwrap();
+            got
+        });
+        while dir.amt < 8000 {
+            drive(&mut dir, &mut r, &mut w).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader.await.unwrap(), vec![9u8; 5000]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_over_tcp() {
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let r = tokio::spawn(relay(a, b, None));
+        let up: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let down: Vec<u8> = up.iter().rev().copied().collect();
+        let (u2, d2) = (up.clone(), down.clone());
+        let (mut cr, mut cw) = client.split();
+        let (mut sr, mut sw) = server.split();
+        let (got_up, got_down, _, _) = tokio::join!(
+            async {
+                let mut v = Vec::new();
+                sr.read_to_end(&mut v).await.unwrap();
+                v
+            },
+            async {
+                let mut v = Vec::new();
+                cr.read_to_end(&mut v).await.unwrap();
+                v
+            },
+            async {
+                cw.write_all(&u2).await.unwrap();
+                cw.shutdown().await.unwrap();
+            },
+            async {
+                sw.write_all(&d2).await.unwrap();
+                sw.shutdown().await.unwrap();
+            },
+        );
+        assert!(got_up == up && got_down == down);
+        let st = r.await.unwrap();
+        assert_eq!(
+            (st.a_to_b, st.b_to_a, st.outcome),
+            (3_000_000, 3_000_000, Outcome::Closed)
+        );
     }
 
     #[tokio::test]

@@ -146,66 +146,48 @@ pub fn build_udp(
 ) -> Result<Vec<u8>, BuildError> {
     let caps = ChecksumCapabilities::default();
     let udp_len = UDP_HEADER + payload.len();
-    let urepr = UdpRepr {
+    let hdr = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => IPV4_HEADER,
+        (IpAddr::V6(_), IpAddr::V6(_)) => IPV6_HEADER,
+        _ => return Err(BuildError::FamilyMismatch),
+    };
+    // IPv4 total length and the UDP length field are both 16 bits.
+    if hdr + udp_len > mtu || hdr + udp_len > u16::MAX as usize {
+        return Err(BuildError::TooBig);
+    }
+    let mut buf = vec![0u8; hdr + udp_len];
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Ipv4Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Ipv6Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv6Packet::new_unchecked(&mut buf[..])),
+        _ => return Err(BuildError::FamilyMismatch),
+    }
+    UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
-    };
-    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
-            let total = IPV4_HEADER + udp_len;
-            if total > mtu || total > u16::MAX as usize {
-                return Err(BuildError::TooBig);
-            }
-            let mut buf = vec![0u8; total];
-            let repr = Ipv4Repr {
-                src_addr: s4,
-                dst_addr: d4,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-            repr.emit(&mut ip, &caps);
-            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(
-                &mut udp,
-                &s,
-                &d,
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &caps,
-            );
-            Ok(buf)
-        }
-        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
-            let total = IPV6_HEADER + udp_len;
-            if total > mtu || udp_len > u16::MAX as usize {
-                return Err(BuildError::TooBig);
-            }
-            let mut buf = vec![0u8; total];
-            let repr = Ipv6Repr {
-                src_addr: s6,
-                dst_addr: d6,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
-            repr.emit(&mut ip);
-            let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-            urepr.emit(
-                &mut udp,
-                &s,
-                &d,
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &caps,
-            );
-            Ok(buf)
-        }
-        _ => Err(BuildError::FamilyMismatch),
     }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut buf[hdr..]),
+        &IpAddress::from(src.ip()),
+        &IpAddress::from(dst.ip()),
+        payload.len(),
+        |p| p.copy_from_slice(payload),
+        &caps,
+    );
+    Ok(buf)
 }
 
 /// A reply source in the family of the local endpoint it goes to: IPv4-mapped
@@ -1137,6 +1119,65 @@ mod table_tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].2, b"small");
         assert_eq!(r.stats().dropped_oversize.load(Ordering::Relaxed), 1);
+    }
+
+    /// A minimal SOCKS5 server for UDP ASSOCIATE: replies `rep` with BND 0.0.0.0:`port`.
+    async fn socks5_udp_server(rep: u8, port: u16) -> SocketAddr {
+        use tokio::io::AsyncWriteExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 3];
+            c.read_exact(&mut b).await.unwrap();
+            c.write_all(&[5, 0]).await.unwrap();
+            let mut req = [0u8; 10];
+            c.read_exact(&mut req).await.unwrap();
+            assert_eq!(req[1], 3, "UDP ASSOCIATE");
+            let p = port.to_be_bytes();
+            c.write_all(&[5, rep, 0, 1, 0, 0, 0, 0, p[0], p[1]])
+                .await
+                .unwrap();
+            // Hold the control connection open until the client closes it.
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn socks_associator_fixes_unspecified_relay_and_maps_0x07() {
+        let addr = socks5_udp_server(0, 4242).await;
+        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        let a = SocksAssociator(Arc::new(up)).associate().await.unwrap();
+        // BND.ADDR 0.0.0.0: the relay is at the proxy's own address.
+        assert_eq!(a.relay, sa("127.0.0.1:4242"));
+
+        let addr = socks5_udp_server(7, 0).await;
+        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        match SocksAssociator(Arc::new(up)).associate().await {
+            Err(AssociateError::Unsupported) => {}
+            Err(e) => panic!("0x07 not recognised: {e:?}"),
+            Ok(_) => panic!("0x07 accepted"),
+        }
+    }
+
+    /// An association that only carried DNS expires sooner than others.
+    #[tokio::test(start_paused = true)]
+    async fn dns_only_associations_expire_sooner() {
+        let (r, _proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5353", "203.0.113.2:53", b"q"));
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"x"));
+        assert_eq!(cap.wait(2).await.len(), 2);
+        assert_eq!(r.flows(), 2);
+        tokio::time::sleep(DNS_UDP_TIMEOUT + Duration::from_secs(1)).await;
+        assert_eq!(
+            r.flows(),
+            1,
+            "the DNS-only association outlived {DNS_UDP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(r.flows(), 0, "the idle association outlived --udp-timeout");
     }
 
     #[tokio::test]

@@ -458,3 +458,33 @@ impl Capture {
             .collect()
     }
 }
+
+/// `curl http://web.test/` in the client namespace (resolved through the
+/// TUN); asserts it fetched the page.
+pub fn curl_web(env: &Env, what: &str) {
+    let out = env
+        .topo
+        .client
+        .exec(&["curl", "-sS", "--max-time", "10", "http://web.test/"]);
+    assert!(
+        out.status.success(),
+        "{what}: curl http://web.test/ failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.tun.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from web.test\n"
+    );
+}
+
+/// `dig +short @RESOLVER NAME TYPE [extra]`; asserts dig succeeded and
+/// returns the first answer line.
+pub fn dig_short(env: &Env, name: &str, qtype: &str, extra: &[&str]) -> String {
+    let server = format!("@{RESOLVER}");
+    let mut args = vec!["+short", server.as_str(), name, qtype];
+    args.extend_from_slice(extra);
+    let (ok, out) = dig(env, &args);
+    assert!(ok, "dig {name} {qtype} failed: {out}\n{}", env.tun.log());
+    out.lines().next().unwrap_or("").trim().to_string()
+}
