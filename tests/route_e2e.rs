@@ -21,6 +21,7 @@ use std::time::Duration;
 
 const FWMARK: &str = "1080";
 const BODY: &str = "hello from the target, through the tunnel\n";
+const BIG: usize = 4 << 20;
 
 fn script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -183,6 +184,7 @@ impl Net {
         let www = tmp.join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), BODY).unwrap();
+        std::fs::write(www.join("big.bin"), vec![b'x'; BIG]).unwrap();
         let http = target.spawn(&[
             "python3",
             "-m",
@@ -256,6 +258,9 @@ impl Net {
             s.contains(",UP") && !s.contains("NO-CARRIER")
         });
         assert!(up, "sockstun tun did not bring {dev} up:\n{}", p.log());
+        // The kernel gives the TUN a link-local address shortly after the
+        // carrier comes up; wait for it so that snapshots taken now stay valid.
+        settle(&self.m, &[&dev]);
         (p, dev)
     }
 }
@@ -525,6 +530,25 @@ fn machine_mode_restored_after_kill_9() {
         ],
     );
     assert_through(&net, m, "http://203.0.113.2/", "203.0.113.2.80", &tun);
+    // Kill it in the middle of a (rate-limited) download.
+    let part = net.tmp.join("big.part");
+    let mut dl = m.spawn(&[
+        "curl",
+        "-sS",
+        "--limit-rate",
+        "256k",
+        "--speed-limit",
+        "1",
+        "--speed-time",
+        "3",
+        "-o",
+        part.to_str().unwrap(),
+        "http://203.0.113.2/big.bin",
+    ]);
+    let started = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&part).is_ok_and(|md| md.len() > 0)
+    });
+    assert!(started, "download did not start: {}", dl.log());
     tun.signal(libc::SIGKILL);
     assert!(
         tun.wait_exit(Duration::from_secs(10)).is_some(),
@@ -536,6 +560,14 @@ fn machine_mode_restored_after_kill_9() {
             .success()
     });
     assert!(gone, "{dev} still there after sockstun died");
+    let st_dl = dl.wait_exit(Duration::from_secs(30));
+    assert!(
+        st_dl.is_some_and(|s| !s.success()),
+        "download: {st_dl:?} {}",
+        dl.log()
+    );
+    let got = std::fs::metadata(&part).map(|md| md.len()).unwrap_or(0);
+    assert!(got < BIG as u64, "the download finished before the kill");
     // Kill switch: nothing leaks out of the uplink meanwhile; fails at once.
     let r = curl(m, "http://203.0.113.2/");
     assert!(

@@ -585,3 +585,35 @@ fn ipv6_listener_users_file_and_sigterm() {
         .expect("no exit on SIGTERM");
     assert!(st.success(), "exit status {st:?}");
 }
+
+#[test]
+fn pipelined_greeting_request_and_data() {
+    if !require_root("pipelined_greeting_request_and_data") {
+        return;
+    }
+    let lab = Lab::new("srp");
+    let srv = lab.server(&[]);
+    // Greeting, request and the first data in one write (optimistic clients):
+    // nothing is lost, the data reaches the target first.
+    let mut s = lab.tcp(PROXY);
+    let mut all = vec![5, 1, 0, 5, 1, 0];
+    all.extend(addr4(T4, ECHO));
+    all.extend_from_slice(b"early bytes");
+    s.write_all(&all).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(socks5_reply(&mut s)[1], 0);
+    assert_eq!(read_n(&mut s, 11), b"early bytes");
+    // The same for SOCKS4a.
+    let mut s = lab.tcp(PROXY);
+    let mut all = vec![4, 1, 0, ECHO as u8, 0, 0, 0, 1, 0];
+    all.extend_from_slice(b"web.test\0four-a early");
+    s.write_all(&all).unwrap();
+    assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5A]);
+    assert_eq!(read_n(&mut s, 12), b"four-a early");
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(10), || srv.log().contains("up=12")),
+        "{}",
+        srv.log()
+    );
+}

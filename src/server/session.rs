@@ -127,13 +127,9 @@ pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: Socket
         up: 0,
         down: 0,
     };
-    let mut buf = HsBuf {
-        b: [0; 1024],
-        len: 0,
-    };
     let hs = tokio::time::timeout(
         cfg.handshake_timeout,
-        handshake(&cfg, &mut client, &mut buf, &mut log),
+        handshake(&cfg, &mut client, &mut log),
     )
     .await;
     let outcome = match hs {
@@ -145,16 +141,13 @@ pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: Socket
             close_gently(client).await;
             why
         }
-        Ok(Ok(req)) => {
+        Ok(Ok((req, early))) => {
             log.cmd = match req.cmd {
                 cmd::CONNECT => "connect",
                 cmd::BIND => "bind",
                 _ => "udp-associate",
             };
             log.dest = Some(req.dest.clone());
-            // Bytes the client sent after its request (optimistic data) go to
-            // the destination first.
-            let early = buf.b[..buf.len].to_vec();
             let server_ip = local.map(|l| l.ip());
             match req.cmd {
                 cmd::CONNECT => connect::run(&cfg, client, early, &req, server_ip, &mut log).await,
@@ -207,9 +200,25 @@ async fn send(s: &mut TcpStream, b: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("client error during handshake: {e}"))
 }
 
-/// Run the handshake up to a parsed, authorised request. On a refusal the
-/// reply is sent here and the text of the outcome returned.
+/// Run the handshake up to a parsed, authorised request; also returns the
+/// bytes the client sent after its request (optimistic data), which go to the
+/// destination first. On a refusal the reply is sent here and the text of the
+/// outcome returned. The handshake buffer lives only as long as this future,
+/// not for the whole session.
 async fn handshake(
+    cfg: &Config,
+    client: &mut TcpStream,
+    log: &mut SessionLog,
+) -> Result<(Request, Vec<u8>), String> {
+    let mut buf = HsBuf {
+        b: [0; 1024],
+        len: 0,
+    };
+    let req = handshake_in(cfg, client, &mut buf, log).await?;
+    Ok((req, buf.b[..buf.len].to_vec()))
+}
+
+async fn handshake_in(
     cfg: &Config,
     client: &mut TcpStream,
     buf: &mut HsBuf,
