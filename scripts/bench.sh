@@ -112,12 +112,15 @@ WORK=$(mktemp -d "/tmp/sockstun-bench.XXXXXX")
 PIDS=()
 cleanup() {
   set +e
+  [ "$KEEP_LOGS" = 1 ] && echo "logs kept in $WORK" >&2
+  # From here on bash would only report the jobs it reaps as "Killed".
+  exec 2>/dev/null
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for ns in "$NSC" "$NSP" "$NST"; do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   done
   for ns in "$NSC" "$NSP" "$NST"; do ip netns del "$ns" 2>/dev/null; done
-  if [ "$KEEP_LOGS" = 1 ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+  [ "$KEEP_LOGS" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
