@@ -503,8 +503,14 @@ run_tun() {
     ERRORS=$((ERRORS + 1))
   elif [ -n "$pid" ] && want idle; then
     # Idle again after all that: closed flows must not leave timers behind.
-    local w0 w1
-    sleep 2
+    # Tearing down 10,000 flows takes a few seconds; start once a second
+    # passes with at most one wake-up (30 s at most).
+    local w0 w1 settle=0
+    while [ "$settle" -lt 30 ]; do
+      w0=$(wakeups "$pid"); sleep 1; w1=$(wakeups "$pid"); settle=$((settle + 1))
+      [ $((w1 - w0)) -le 1 ] && break
+    done
+    say "  sockstun settled ${settle} s after the load"
     w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
     R[sockstun|idle-after]=$((w1 - w0))
     R[sockstun|rss-after]=$(mb "$(rss_kb "$pid")")
