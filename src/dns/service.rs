@@ -106,7 +106,14 @@ pub struct Dns {
     upstream: Option<SocketAddr>,
     pool: Option<Arc<FakePool>>,
     connector: Arc<dyn Connector>,
+    /// Connections to the upstream kept after an answer (RFC 7766 §6.2.1:
+    /// reuse them), so a query need not pay for a new proxy connection.
+    idle: std::sync::Mutex<Vec<(BoxStream, tokio::time::Instant)>>,
 }
+
+/// Kept upstream connections, at most, and for how long.
+const MAX_IDLE_UPSTREAM: usize = 4;
+const IDLE_UPSTREAM_KEEP: Duration = Duration::from_secs(10);
 
 impl Dns {
     /// `pool` must be Some in virtual mode; `upstream` must be Some in tcp mode.
@@ -127,6 +134,7 @@ impl Dns {
         }
         let pool = if mode == DnsMode::Virtual { pool } else { None };
         Ok(Dns {
+            idle: std::sync::Mutex::new(Vec::new()),
             mode,
             upstream,
             pool,
@@ -248,19 +256,44 @@ impl Dns {
         }
     }
 
-    /// One query over DNS-over-TCP (RFC 7766) through the proxy.
+    /// One query over DNS-over-TCP (RFC 7766) through the proxy, on a kept
+    /// connection if there is one (retried once on a fresh one: the server
+    /// may have closed it meanwhile).
     async fn forward(&self, up: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
-        let mut s = self.connector.connect(TargetAddr::Ip(up)).await?;
         let len = u16::try_from(msg.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
         let mut out = Vec::with_capacity(2 + msg.len());
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(msg);
-        s.write_all(&out).await?;
+        if let Some(s) = self.take_idle() {
+            if let Ok(r) = self.exchange(s, &out).await {
+                return Ok(r);
+            }
+        }
+        let s = self.connector.connect(TargetAddr::Ip(up)).await?;
+        self.exchange(s, &out).await
+    }
+
+    async fn exchange(&self, mut s: BoxStream, framed: &[u8]) -> io::Result<Vec<u8>> {
+        s.write_all(framed).await?;
         s.flush().await?;
-        read_framed(&mut s)
+        let r = read_framed(&mut s)
             .await?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))?;
+        // Only a connection that just completed an exchange is kept: a
+        // cancelled one (timeout) may still have an answer in flight.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(_, since)| since.elapsed() < IDLE_UPSTREAM_KEEP);
+        if idle.len() < MAX_IDLE_UPSTREAM {
+            idle.push((s, tokio::time::Instant::now()));
+        }
+        Ok(r)
+    }
+
+    fn take_idle(&self) -> Option<BoxStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(_, since)| since.elapsed() < IDLE_UPSTREAM_KEEP);
+        idle.pop().map(|(s, _)| s)
     }
 
     /// Serve DNS-over-TCP (RFC 7766 §8: two-byte length prefix) on a stream
@@ -342,30 +375,36 @@ mod tests {
     struct FakeUpstream {
         dialed: Mutex<Vec<TargetAddr>>,
         fail: bool,
+        /// Serve every query of a connection, not just the first.
+        keep: bool,
     }
 
     impl Connector for FakeUpstream {
         fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
             self.dialed.lock().unwrap().push(target);
-            let fail = self.fail;
+            let (fail, keep) = (self.fail, self.keep);
             Box::pin(async move {
                 if fail {
                     return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
                 }
                 let (a, mut b) = tokio::io::duplex(4096);
                 tokio::spawn(async move {
-                    let q = read_framed(&mut b).await.unwrap().unwrap();
-                    let q = Query::parse(&q).unwrap();
-                    // Upstream answers with a different id: the caller restores it.
-                    let mut r = q.respond_empty(Rcode::NxDomain);
-                    r[0] = 0xAA;
-                    if q.name.to_string().starts_with("big") {
-                        // A long answer: padding stands in for records.
-                        r.resize(1000, 0);
+                    while let Ok(Some(q)) = read_framed(&mut b).await {
+                        let q = Query::parse(&q).unwrap();
+                        // Upstream answers with a different id: the caller restores it.
+                        let mut r = q.respond_empty(Rcode::NxDomain);
+                        r[0] = 0xAA;
+                        if q.name.to_string().starts_with("big") {
+                            // A long answer: padding stands in for records.
+                            r.resize(1000, 0);
+                        }
+                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&r);
+                        b.write_all(&out).await.unwrap();
+                        if !keep {
+                            break;
+                        }
                     }
-                    let mut out = (r.len() as u16).to_be_bytes().to_vec();
-                    out.extend_from_slice(&r);
-                    b.write_all(&out).await.unwrap();
                 });
                 Ok(Box::new(a) as BoxStream)
             })
@@ -373,9 +412,19 @@ mod tests {
     }
 
     fn dns(mode: DnsMode, upstream: Option<&str>, fail: bool) -> (Dns, Arc<FakeUpstream>) {
+        dns_with(mode, upstream, fail, false)
+    }
+
+    fn dns_with(
+        mode: DnsMode,
+        upstream: Option<&str>,
+        fail: bool,
+        keep: bool,
+    ) -> (Dns, Arc<FakeUpstream>) {
         let up = Arc::new(FakeUpstream {
             dialed: Mutex::new(Vec::new()),
             fail,
+            keep,
         });
         let pool = Arc::new(
             FakePool::new(
@@ -472,6 +521,32 @@ mod tests {
         let r = d.answer(&query(6, "web.test", TYPE_A), None).await.unwrap();
         assert_eq!(rcode(&r), 2, "SERVFAIL when the proxy refuses");
         assert!(Dns::new(DnsMode::Tcp, None, None, up).is_err());
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_are_reused() {
+        // A server that keeps the connection: one dial for three queries.
+        let (d, up) = dns_with(DnsMode::Tcp, Some("203.0.113.2"), false, true);
+        for id in 1..=3u16 {
+            let r = d
+                .answer(&query(id, "web.test", TYPE_A), None)
+                .await
+                .unwrap();
+            assert_eq!(&r[..2], &id.to_be_bytes());
+            assert_eq!(rcode(&r), 3);
+        }
+        assert_eq!(up.dialed.lock().unwrap().len(), 1);
+        // A server that closes after each answer: the kept connection fails,
+        // the query is retried on a new one and still answered.
+        let (d, up) = dns_with(DnsMode::Tcp, Some("203.0.113.2"), false, false);
+        for id in 1..=3u16 {
+            let r = d
+                .answer(&query(id, "web.test", TYPE_A), None)
+                .await
+                .unwrap();
+            assert_eq!(rcode(&r), 3, "query {id}");
+        }
+        assert_eq!(up.dialed.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

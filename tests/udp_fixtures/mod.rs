@@ -195,7 +195,10 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
     let pid = dir.path("dnsmasq.pid");
     let p = ns.spawn(&[
         "dnsmasq",
-        "--no-daemon",
+        // Not --no-daemon: that mode serves TCP in the main process and
+        // stops answering UDP while a TCP connection stays open.
+        "--keep-in-foreground",
+        "--log-facility=-",
         "--conf-file=/dev/null",
         "--no-resolv",
         "--no-hosts",
