@@ -21,7 +21,8 @@
 #
 # Usage: scripts/bench.sh [--server] [--quick] [--only S1,S2] [--rows R1,R2]
 #                         [--upstream auto|dante|sockstun|microsocks] [--secs N]
-#                         [--idle-secs N] [--iperf3] [--perf DIR] [--no-build] [--keep-logs]
+#                         [--idle-secs N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
+#                         [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
 #   (cpu is taken during tcp-up-1.)  --quick: 1 s runs, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
@@ -29,6 +30,7 @@
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
 #   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
 #   during tcp-up-1 and tcp-down-1 into DIR/perf-SCENARIO.data; read with `perf report -i`.
+#   --sockstun-args "ARGS": extra options for `sockstun tun` (e.g. "--mtu 65000"), for A/B runs.
 #   Exit status: 0 when every measurement ran, 1 when one failed, 2 when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +47,7 @@ BUILD=1
 KEEP_LOGS=0
 IPERF=0
 PERF_DIR=""
+TUN_ARGS=""
 UDP_PPS=50000
 MEM_CONNS=1000
 HOLD_CONNS=10000
@@ -61,6 +64,7 @@ while [ $# -gt 0 ]; do
     --idle-secs) IDLE_SECS="$2"; shift ;;
     --iperf3) IPERF=1 ;;
     --perf) PERF_DIR=$(realpath -m "$2"); shift ;;
+    --sockstun-args) TUN_ARGS="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --keep-logs) KEEP_LOGS=1 ;;
     -h|--help) usage 0 ;;
@@ -347,7 +351,14 @@ hold_conns() {
 pick_upstream() {
   local cands=() u best="" bestv=0 r v
   if [ "$UPSTREAM" != auto ]; then echo "$UPSTREAM"; return; fi
-  for u in sockstun dante microsocks; do upstream_available "$u" && cands+=("$u"); done
+  for u in sockstun dante microsocks; do
+    # A one-process server needs two descriptors per held connection; dante forks.
+    if want hold && [ "$u" != dante ] && [ "$(ulimit -n)" -lt $((2 * HOLD_CONNS + 200)) ]; then
+      say "  upstream $u left out: open-files limit $(ulimit -n) is too low for $HOLD_CONNS held connections"
+      continue
+    fi
+    upstream_available "$u" && cands+=("$u")
+  done
   [ ${#cands[@]} -gt 0 ] || { echo none; return; }
   if [ ${#cands[@]} = 1 ]; then echo "${cands[0]}"; return; fi
   for u in "${cands[@]}"; do
@@ -424,7 +435,7 @@ run_tun() {
       socks-only) ARGS[socks-only]="--target 203.0.113.2:9000 --socks $PROXY_IP:1080" ;;
       sockstun)
         start_bg "$NSC" "$WORK/sockstun-tun.log" env SOCKSTUN_LOG=warn "$SOCKSTUN" tun \
-          --proxy "socks5://$PROXY_IP:1080" --device "$dev" --ipv4 198.18.0.1/15
+          --proxy "socks5://$PROXY_IP:1080" --device "$dev" --ipv4 198.18.0.1/15 $TUN_ARGS
         pid=$BGPID
         local ok=0
         for _ in $(seq 100); do
@@ -513,6 +524,7 @@ if [ "$MODE" = tun ]; then
   echo
   echo "sockstun bench, $(date -u +%FT%TZ): $(nproc) cores, kernel $(uname -r), upstream $UPNAME, ${SECS} s per run,"
   echo "udp offered ${UDP_PPS} pps, idle window ${IDLE_SECS} s; ratios are sockstun to each baseline"
+  [ -n "$TUN_ARGS" ] && echo "sockstun tun extra options: $TUN_ARGS"
   [ -n "${R[sockstun|na]:-}" ] && echo "(sockstun tun mode is not available in this build: its column is empty)"
   echo
   print_table direct socks-only sockstun

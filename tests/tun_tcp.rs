@@ -211,6 +211,13 @@ fn start_sockstun_server(topo: &Topology, user: Option<&str>) -> Proc {
         Some(u) => cmd.extend_from_slice(&["--user", u]),
         None => cmd.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
     }
+    // A destination the proxy's rules refuse (SOCKS5 reply 0x02).
+    cmd.extend_from_slice(&[
+        "--deny-dest",
+        "203.0.113.99/32",
+        "--deny-dest",
+        "2001:db8:2::99/128",
+    ]);
     let p = topo.proxy.spawn(&cmd);
     assert!(
         wait_listening(&topo.proxy, v4.parse().unwrap()),

@@ -286,6 +286,10 @@ impl Stack {
         let epoch = tokio::time::Instant::now();
         eng.epoch = epoch.into_std();
         tokio::pin!(shutdown);
+        // One timer, re-armed only when the earliest deadline moves.
+        let sleep = tokio::time::sleep_until(epoch);
+        tokio::pin!(sleep);
+        let mut armed: Option<i64> = None;
         enum Ev {
             Stop,
             Packets(io::Result<()>),
@@ -294,13 +298,20 @@ impl Stack {
         }
         loop {
             let next = eng.timers.keys().next().map(|(t, _)| *t);
-            let sleep_until = epoch + Duration::from_micros(next.unwrap_or(0).max(0) as u64);
+            if let Some(t) = next {
+                if armed != Some(t) {
+                    sleep
+                        .as_mut()
+                        .reset(epoch + Duration::from_micros(t.max(0) as u64));
+                    armed = Some(t);
+                }
+            }
             batch.clear();
             let ev = tokio::select! {
                 _ = &mut shutdown => Ev::Stop,
                 r = std::future::poll_fn(|cx| source.poll_recv(cx, &mut batch)) => Ev::Packets(r),
                 c = cmd_rx.recv() => Ev::Cmd(c),
-                _ = tokio::time::sleep_until(sleep_until), if next.is_some() => Ev::Timer,
+                _ = &mut sleep, if next.is_some() => Ev::Timer,
             };
             bump(&eng.stats.wakeups);
             match ev {
@@ -313,7 +324,7 @@ impl Stack {
                 }
                 Ev::Cmd(Some(c)) => eng.command(c),
                 Ev::Cmd(None) => {}
-                Ev::Timer => {}
+                Ev::Timer => armed = None,
             }
             // Whatever woke us, also take the requests and timers that are
             // due, so a busy device cannot starve the relays or the timers.
