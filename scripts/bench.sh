@@ -29,7 +29,8 @@
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
 #   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
-#   during tcp-up-1 and tcp-down-1 into DIR/perf-SCENARIO.data; read with `perf report -i`.
+#   during tcp-up-1, tcp-down-1, rr, crr and udp into DIR/perf-SCENARIO.data (read with
+#   `perf report -i`), and its syscall and context-switch counts into DIR/stat-SCENARIO.txt.
 #   --sockstun-args "ARGS": extra options for `sockstun tun` (e.g. "--mtu 65000"), for A/B runs.
 #   Exit status: 0 when every measurement ran, 1 when one failed, 2 when something is missing.
 set -euo pipefail
@@ -243,6 +244,42 @@ want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 fail() { R["$1|$2"]=ERR; ERRORS=$((ERRORS + 1)); say "  $1 $2: FAILED (last netbench error: $(tail -1 "$WORK/netbench.err" 2>/dev/null))"; }
 say() { echo "$*" >&2; }
 
+# perf_start ROW SCENARIO / perf_stop: with --perf, profile sockstun during one
+# measurement (perf record, cpu-clock, DWARF call graphs) and count its system
+# calls and context switches against the packets the TUN carried.
+PERFPIDS=""
+PERF_S=""
+PERF_DEV0=""
+perf_start() {
+  PERFPIDS=""
+  [ -n "$PERF_DIR" ] && [ "$1" = sockstun ] || return 0
+  case "$2" in tcp-up-1|tcp-down-1|rr|crr|udp) ;; *) return 0 ;; esac
+  mkdir -p "$PERF_DIR"
+  PERF_S=$2
+  perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "${CPUW[$1]}" \
+    -o "$PERF_DIR/perf-$2.data" >"$WORK/perf-$2.log" 2>&1 &
+  PERFPIDS=$!
+  perf stat -x, -o "$PERF_DIR/stat-$2.txt" -p "${CPUW[$1]}" -e context-switches \
+    -e 'syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev' \
+    -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait' \
+    -e 'syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_connect' \
+    -e 'syscalls:sys_enter_close,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap' >/dev/null 2>&1 &
+  PERFPIDS="$PERFPIDS $!"
+  PERF_DEV0=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
+  sleep 0.5
+}
+perf_stop() {
+  [ -n "$PERFPIDS" ] || return 0
+  # shellcheck disable=SC2086
+  kill -INT $PERFPIDS 2>/dev/null; wait $PERFPIDS 2>/dev/null || true
+  local dev1; dev1=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
+  # The kernel's view of bst0: its rx is what sockstun wrote, its tx what sockstun read.
+  awk -v a="$PERF_DEV0" -v b="$dev1" 'BEGIN {split(a, x, " "); split(b, y, " ");
+    printf "tun packets: sockstun read %d, wrote %d\n", y[2] - x[2], y[1] - x[1]}' >>"$PERF_DIR/stat-$PERF_S.txt"
+  say "  perf: $PERF_DIR/perf-$PERF_S.data, counts in $PERF_DIR/stat-$PERF_S.txt"
+  PERFPIDS=""
+}
+
 # scenario ROW NAME: one measurement of one row.
 scenario() {
   local row=$1 s=$2 r t0 t1 dir n
@@ -252,32 +289,9 @@ scenario() {
     tcp-*)
       dir=${s#tcp-}; n=${dir#*-}; dir=${dir%-*}
       [ -n "${CPUW[$row]:-}" ] && t0=$(ticks "${CPUW[$row]}")
-      local perfpid=""
-      local statpid="" dev0=""
-      if [ -n "$PERF_DIR" ] && [ "$row" = sockstun ] && [ "$n" = 1 ]; then
-        mkdir -p "$PERF_DIR"
-        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "${CPUW[$row]}" \
-          -o "$PERF_DIR/perf-$s.data" >"$WORK/perf-$s.log" 2>&1 &
-        perfpid=$!
-        # Syscalls and context switches of all sockstun threads, to set against
-        # the packets the TUN carried.
-        perf stat -x, -o "$PERF_DIR/stat-$s.txt" -p "${CPUW[$row]}" -e context-switches \
-          -e 'syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev' \
-          -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait' \
-          -e 'syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl' >/dev/null 2>&1 &
-        statpid=$!
-        dev0=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
-        sleep 0.5
-      fi
+      perf_start "$row" "$s"
       r=$(nb "$dir" "$@" --secs "$SECS" --streams "$n")
-      if [ -n "$perfpid" ]; then
-        kill -INT "$perfpid" "$statpid" 2>/dev/null; wait "$perfpid" "$statpid" 2>/dev/null || true
-        local dev1; dev1=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
-        # Kernel's view of bst0: rx = packets sockstun wrote, tx = packets it read.
-        awk -v a="$dev0" -v b="$dev1" 'BEGIN {split(a, x, " "); split(b, y, " ");
-          printf "tun packets: sockstun read %d, wrote %d\n", y[2] - x[2], y[1] - x[1]}' >>"$PERF_DIR/stat-$s.txt"
-        say "  perf profile: $PERF_DIR/perf-$s.data; syscalls and packets: $PERF_DIR/stat-$s.txt"
-      fi
+      perf_stop
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$(kv "$r" gbps)
       if [ "$s" = tcp-up-1 ] && [ -n "${CPUW[$row]:-}" ]; then
@@ -295,12 +309,16 @@ scenario() {
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$r; say "  $row $s: $r Gbit/s" ;;
     rr)
+      perf_start "$row" rr
       r=$(nb rr "$@" --secs "$SECS")
+      perf_stop
       [ -n "$r" ] || { fail "$row" rr; return; }
       R["$row|rr"]=$(kv "$r" tps); R["$row|rr-p50"]=$(kv "$r" p50_us); R["$row|rr-p99"]=$(kv "$r" p99_us)
       say "  $row rr: ${R[$row|rr]} tps p50 ${R[$row|rr-p50]} us p99 ${R[$row|rr-p99]} us" ;;
     crr)
+      perf_start "$row" crr
       r=$(nb crr "$@" --secs "$SECS")
+      perf_stop
       if [ -z "$r" ] || [ "$(kv "$r" ok)" = 0 ]; then fail "$row" crr; return; fi
       R["$row|crr"]=$(kv "$r" cps)
       if [ "$(kv "$r" errors)" != 0 ]; then
@@ -308,7 +326,9 @@ scenario() {
       fi
       say "  $row crr: ${R[$row|crr]} /s" ;;
     udp)
+      perf_start "$row" udp
       r=$(nb udp "$@" --secs "$SECS" --pps "$UDP_PPS")
+      perf_stop
       if [ -n "$r" ]; then
         R["$row|udp-offered"]=$(kv "$r" offered_pps)
         R["$row|udp"]=$(kv "$r" answered_pps); R["$row|udp-loss"]=$(kv "$r" loss_pct)

@@ -559,3 +559,29 @@ fn tun_wrong_password_fails_fast() {
     );
     assert!(r.tun.is_running());
 }
+
+#[test]
+fn tun_without_privilege_says_cap_net_admin() {
+    if !require_root("tun_without_privilege_says_cap_net_admin") {
+        return;
+    }
+    let ns = Netns::new("tn");
+    let bin = sockstun_bin();
+    let dev = uniq("stun");
+    let out = ns.exec(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        bin.to_str().unwrap(),
+        "tun",
+        "--proxy",
+        "socks5://198.51.100.1:1080",
+        "--device",
+        &dev,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+}

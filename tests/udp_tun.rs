@@ -98,8 +98,40 @@ fn many_endpoints_stay_within_the_bound() {
     if !require_root("many_endpoints_stay_within_the_bound") {
         return;
     }
-    let env = env("um", Upstream::Dante, &["--max-udp-flows", "100"]);
+    let mut env = env("um", Upstream::Dante, &["--max-udp-flows", "100"]);
+    // 500 endpoints at once: the table evicts the oldest idle ones as new
+    // ones arrive, so the association count never exceeds the bound.
+    let socks: Vec<UdpSocket> = env.topo.client.run_in(|| {
+        (0..500)
+            .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+            .collect()
+    });
+    for (i, s) in socks.iter().enumerate() {
+        s.send_to(format!("burst {i}").as_bytes(), format!("{TARGET_V4}:7"))
+            .unwrap();
+    }
     let mut max_seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let n = tcp_established_to(&env.topo.client, 1080);
+        max_seen = max_seen.max(n);
+        assert!(
+            n <= 100,
+            "burst: {n} associations, above --max-udp-flows 100"
+        );
+    }
+    let burst_answered = socks
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            s.recv(&mut buf).is_ok()
+        })
+        .count();
+    assert!(burst_answered > 0, "no endpoint of the burst was answered");
+    assert!(env.tun.is_running(), "sockstun died under the burst");
+    drop(socks);
+    // Then 500 endpoints in waves of 50: every one is answered.
     let mut answered = 0;
     for wave in 0..10 {
         answered += env.topo.client.run_in(move || {

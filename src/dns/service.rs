@@ -359,6 +359,10 @@ mod tests {
                     // Upstream answers with a different id: the caller restores it.
                     let mut r = q.respond_empty(Rcode::NxDomain);
                     r[0] = 0xAA;
+                    if q.name.to_string().starts_with("big") {
+                        // A long answer: padding stands in for records.
+                        r.resize(1000, 0);
+                    }
                     let mut out = (r.len() as u16).to_be_bytes().to_vec();
                     out.extend_from_slice(&r);
                     b.write_all(&out).await.unwrap();
@@ -468,6 +472,33 @@ mod tests {
         let r = d.answer(&query(6, "web.test", TYPE_A), None).await.unwrap();
         assert_eq!(rcode(&r), 2, "SERVFAIL when the proxy refuses");
         assert!(Dns::new(DnsMode::Tcp, None, None, up).is_err());
+    }
+
+    #[tokio::test]
+    async fn long_udp_answers_are_truncated() {
+        let (d, _) = dns(DnsMode::Tcp, Some("203.0.113.2"), false);
+        // With EDNS (4096) a 1000-byte answer fits; over TCP anything fits.
+        let r = d
+            .answer(&query(1, "big.test", 16), Some(1472))
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 1000);
+        let r = d.answer(&query(1, "big.test", 16), None).await.unwrap();
+        assert_eq!(r.len(), 1000);
+        // Without EDNS the limit is 512 (RFC 1035 §4.2.1): TC, no answers.
+        let mut plain = query(2, "big.test", 16);
+        plain[11] = 0;
+        plain.truncate(plain.len() - 11);
+        let r = d.answer(&plain, Some(1472)).await.unwrap();
+        assert!(r.len() <= 512);
+        assert_eq!(&r[..2], &[0, 2]);
+        assert_ne!(r[2] & 0x02, 0, "TC set");
+        // The path limit applies too.
+        let r = d
+            .answer(&query(3, "big.test", 16), Some(600))
+            .await
+            .unwrap();
+        assert_ne!(r[2] & 0x02, 0, "TC set");
     }
 
     #[tokio::test]

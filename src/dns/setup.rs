@@ -108,6 +108,12 @@ impl UdpDnsConfig {
                 None => String::new(),
             }
         );
+        if self.mode == DnsMode::Virtual && upstream.kind == client::ProxyKind::Socks4 {
+            tracing::warn!(
+                "dns: virtual mode dials fake addresses by name, which a socks4:// upstream cannot carry: \
+                 use socks4a:// or socks5://, or --dns tcp"
+            );
+        }
         let relay = UdpRelay::new(
             self.udp,
             Some(dns.clone()),

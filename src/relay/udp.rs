@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 const IPV4_HEADER: usize = 20;
@@ -295,6 +295,9 @@ struct FlowHandle {
     tx: mpsc::Sender<Out>,
     /// Milliseconds since the relay started, at the last datagram either way.
     last_used: Arc<AtomicU64>,
+    /// Dropped with the handle: tells the task it was evicted, even while it
+    /// is still setting up its association.
+    _evict: oneshot::Sender<()>,
 }
 
 #[derive(Default)]
@@ -477,6 +480,7 @@ impl UdpRelay {
         }
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(out);
+        let (evict_tx, evict_rx) = oneshot::channel();
         table.next_id += 1;
         let id = table.next_id;
         let last_used = Arc::new(AtomicU64::new(now));
@@ -486,11 +490,19 @@ impl UdpRelay {
                 id,
                 tx,
                 last_used: last_used.clone(),
+                _evict: evict_tx,
             },
         );
         drop(table);
         inc(&sh.stats.flows_opened);
-        sh.rt.spawn(run_flow(sh.clone(), d.src, id, rx, last_used));
+        let flow = Flow {
+            local: d.src,
+            id,
+            rx,
+            evicted: evict_rx,
+            last_used,
+        };
+        sh.rt.spawn(run_flow(sh.clone(), flow));
     }
 
     fn answer_dns(&self, dns: Arc<Dns>, client: SocketAddr, server: SocketAddr, query: Vec<u8>) {
@@ -541,13 +553,23 @@ struct Live {
     socket: UdpSocket,
 }
 
-async fn run_flow(
-    sh: Arc<Shared>,
+/// What the task of one association gets from the table.
+struct Flow {
     local: SocketAddr,
     id: u64,
-    mut rx: mpsc::Receiver<Out>,
+    rx: mpsc::Receiver<Out>,
+    evicted: oneshot::Receiver<()>,
     last_used: Arc<AtomicU64>,
-) {
+}
+
+async fn run_flow(sh: Arc<Shared>, flow: Flow) {
+    let Flow {
+        local,
+        id,
+        mut rx,
+        mut evicted,
+        last_used,
+    } = flow;
     let started = Instant::now();
     // Both Some while associated; the control connection is apart so both can be awaited at once.
     let mut live: Option<Live> = None;
@@ -586,6 +608,7 @@ async fn run_flow(
             Idle,
         }
         let ev = tokio::select! {
+            _ = &mut evicted => Ev::Out(None),
             o = rx.recv() => Ev::Out(o),
             r = recv => Ev::In(r),
             c = ctrl => Ev::Ctrl(c),
@@ -619,7 +642,12 @@ async fn run_flow(
                     }
                 }
                 if live.is_none() {
-                    match sh.associator.associate().await {
+                    // Evicted while the proxy is still answering: give the slot up at once.
+                    let assoc = tokio::select! {
+                        a = sh.associator.associate() => a,
+                        _ = &mut evicted => break "evicted".into(),
+                    };
+                    match assoc {
                         Ok(a) => {
                             tracing::debug!("udp {local}: associated, relay {}", a.relay);
                             live = Some(Live {

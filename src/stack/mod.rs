@@ -182,8 +182,10 @@ pub struct StackConfig {
     pub tx_buffer: usize,
     /// Limit on one dial (SOCKS connect and handshake).
     pub connect_timeout: Duration,
-    /// Relayed flows idle this long are closed.
-    pub idle_timeout: Duration,
+    /// Relayed flows idle this long are closed. None (the default): like a
+    /// direct connection, a quiet flow lives until an end closes it (an idle
+    /// SSH session must not be cut); flows are bounded by `max_flows`.
+    pub idle_timeout: Option<Duration>,
     /// Packets read from the source before the stack turns to other work.
     pub batch: usize,
 }
@@ -196,7 +198,7 @@ impl Default for StackConfig {
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: None,
             batch: 64,
         }
     }
@@ -726,7 +728,7 @@ async fn flow_task(
     shared: Arc<FlowShared>,
     dial: DialFuture,
     connect_timeout: Duration,
-    idle: Duration,
+    idle: Option<Duration>,
 ) {
     let (key, id) = (shared.key, shared.id);
     let started = std::time::Instant::now();
@@ -738,7 +740,7 @@ async fn flow_task(
         Ok(upstream) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
             let tun = TunStream::new(shared);
-            let st = crate::relay::tcp::relay(tun, upstream, Some(idle)).await;
+            let st = crate::relay::tcp::relay(tun, upstream, idle).await;
             info!(
                 src = %key.src, dst = %key.dst,
                 up = st.a_to_b, down = st.b_to_a,
