@@ -24,7 +24,8 @@
 #                         [--idle-secs N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
 #                         [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
-#   (cpu is taken during tcp-up-1.)  --quick: 1 s runs, 200 held connections, 3 s idle:
+#   (cpu is taken during tcp-up-1; idle is measured after start and again after the load.)
+#   --quick: 1 s runs, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
@@ -53,7 +54,7 @@ UDP_PPS=50000
 MEM_CONNS=1000
 HOLD_CONNS=10000
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --server) MODE=server ;;
@@ -112,12 +113,15 @@ WORK=$(mktemp -d "/tmp/sockstun-bench.XXXXXX")
 PIDS=()
 cleanup() {
   set +e
+  [ "$KEEP_LOGS" = 1 ] && echo "logs kept in $WORK" >&2
+  # From here on bash would only report the jobs it reaps as "Killed".
+  exec 2>/dev/null
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for ns in "$NSC" "$NSP" "$NST"; do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   done
   for ns in "$NSC" "$NSP" "$NST"; do ip netns del "$ns" 2>/dev/null; done
-  if [ "$KEEP_LOGS" = 1 ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+  [ "$KEEP_LOGS" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -136,7 +140,7 @@ ip -n "$NSP" addr add 198.51.100.1/24 dev p0
 ip -n "$NSP" addr add 203.0.113.1/24 dev p1
 ip -n "$NST" addr add 203.0.113.2/24 dev t0
 ip -n "$NST" addr add 203.0.113.3/24 dev t0
-for x in "$NSC c0" "$NSP p0" "$NSP p1" "$NST t0"; do set -- $x; ip -n "$1" link set "$2" up; done
+for x in "$NSC c0" "$NSP p0" "$NSP p1" "$NST t0"; do ip -n "${x% *}" link set "${x#* }" up; done
 inns "$NSP" sysctl -qw net.ipv4.ip_forward=0
 
 PROXY_IP=198.51.100.1
@@ -247,37 +251,36 @@ say() { echo "$*" >&2; }
 # perf_start ROW SCENARIO / perf_stop: with --perf, profile sockstun during one
 # measurement (perf record, cpu-clock, DWARF call graphs) and count its system
 # calls and context switches against the packets the TUN carried.
-PERFPIDS=""
+PERFPIDS=()
 PERF_S=""
 PERF_DEV0=""
 perf_start() {
-  PERFPIDS=""
+  PERFPIDS=()
   [ -n "$PERF_DIR" ] && [ "$1" = sockstun ] || return 0
   case "$2" in tcp-up-1|tcp-down-1|rr|crr|udp) ;; *) return 0 ;; esac
   mkdir -p "$PERF_DIR"
   PERF_S=$2
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "${CPUW[$1]}" \
     -o "$PERF_DIR/perf-$2.data" >"$WORK/perf-$2.log" 2>&1 &
-  PERFPIDS=$!
+  PERFPIDS+=($!)
   perf stat -x, -o "$PERF_DIR/stat-$2.txt" -p "${CPUW[$1]}" -e context-switches \
     -e 'syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev' \
     -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait' \
     -e 'syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_connect' \
     -e 'syscalls:sys_enter_close,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap' >/dev/null 2>&1 &
-  PERFPIDS="$PERFPIDS $!"
+  PERFPIDS+=($!)
   PERF_DEV0=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
   sleep 0.5
 }
 perf_stop() {
-  [ -n "$PERFPIDS" ] || return 0
-  # shellcheck disable=SC2086
-  kill -INT $PERFPIDS 2>/dev/null; wait $PERFPIDS 2>/dev/null || true
+  [ ${#PERFPIDS[@]} -gt 0 ] || return 0
+  kill -INT "${PERFPIDS[@]}" 2>/dev/null; wait "${PERFPIDS[@]}" 2>/dev/null || true
   local dev1; dev1=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
   # The kernel's view of bst0: its rx is what sockstun wrote, its tx what sockstun read.
   awk -v a="$PERF_DEV0" -v b="$dev1" 'BEGIN {split(a, x, " "); split(b, y, " ");
     printf "tun packets: sockstun read %d, wrote %d\n", y[2] - x[2], y[1] - x[1]}' >>"$PERF_DIR/stat-$PERF_S.txt"
   say "  perf: $PERF_DIR/perf-$PERF_S.data, counts in $PERF_DIR/stat-$PERF_S.txt"
-  PERFPIDS=""
+  PERFPIDS=()
 }
 
 # scenario ROW NAME: one measurement of one row.
@@ -303,8 +306,9 @@ scenario() {
     iperf3-*)
       [[ "$*" == *--socks* ]] && return
       dir=${s#iperf3-}; dir=${dir%-1}
+      local rev=(); [ "$dir" = down ] && rev=(-R)
       r=$(timeout $((SECS + 30)) ip netns exec "$NSC" iperf3 -c "${2%:*}" -p 5201 -f g -t "$SECS" \
-        $([ "$dir" = down ] && echo -R) 2>>"$WORK/netbench.err" |
+        "${rev[@]}" 2>>"$WORK/netbench.err" |
         awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") print $(i - 1)}') || true
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$r; say "  $row $s: $r Gbit/s" ;;
@@ -426,6 +430,8 @@ rss-idle;RSS idle MB
 mem-rss;RSS MEMN held MB
 mem-per;KB per held connection
 idle;wake-ups in idle window
+idle-after;wake-ups idle after load
+rss-after;RSS idle after load MB
 hold;HOLDN held, alive after
 hold-rss;RSS HOLDN held MB
 EOF
@@ -454,6 +460,7 @@ run_tun() {
         ARGS[direct]="--target 203.0.113.2:9000" ;;
       socks-only) ARGS[socks-only]="--target 203.0.113.2:9000 --socks $PROXY_IP:1080" ;;
       sockstun)
+        # shellcheck disable=SC2086 # TUN_ARGS is a list of options
         start_bg "$NSC" "$WORK/sockstun-tun.log" env SOCKSTUN_LOG=warn "$SOCKSTUN" tun \
           --proxy "socks5://$PROXY_IP:1080" --device "$dev" --ipv4 198.18.0.1/15 $TUN_ARGS
         pid=$BGPID
@@ -494,6 +501,14 @@ run_tun() {
   if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
     say "sockstun tun died during the run:"; tail -5 "$WORK/sockstun-tun.log" >&2
     ERRORS=$((ERRORS + 1))
+  elif [ -n "$pid" ] && want idle; then
+    # Idle again after all that: closed flows must not leave timers behind.
+    local w0 w1
+    sleep 2
+    w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
+    R[sockstun|idle-after]=$((w1 - w0))
+    R[sockstun|rss-after]=$(mb "$(rss_kb "$pid")")
+    say "  sockstun idle after the load: $((w1 - w0)) wake-ups in ${IDLE_SECS} s, RSS ${R[sockstun|rss-after]} MB"
   fi
 }
 

@@ -577,6 +577,9 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     let mut fakes: Vec<FakeDest> = Vec::new();
     let mut dns_only = true;
     let (mut n_out, mut b_out, mut n_in, mut b_in) = (0u64, 0u64, 0u64, 0u64);
+    // For the log line: the first destination and how many others (up to a cap).
+    let mut first_dst: Option<TargetAddr> = None;
+    let mut other_dsts: Vec<TargetAddr> = Vec::new();
     // Room for the largest SOCKS header (domain: 3 + 1 + 1 + 255 + 2) and an
     // MTU's worth of payload, plus one byte to tell a datagram that did not fit.
     let mut buf = vec![0u8; sh.cfg.mtu + 263];
@@ -680,6 +683,15 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                         n_out += 1;
                         b_out += o.payload.len() as u64;
                         inc(&sh.stats.datagrams_out);
+                        match &first_dst {
+                            None => first_dst = Some(o.target),
+                            Some(f) if *f != o.target && other_dsts.len() < MAX_FAKE_DESTS => {
+                                if !other_dsts.contains(&o.target) {
+                                    other_dsts.push(o.target);
+                                }
+                            }
+                            Some(_) => {}
+                        }
                     }
                     Err(e) => {
                         inc(&sh.stats.dropped_other);
@@ -739,8 +751,13 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
             t.flows.remove(&local);
         }
     }
+    let to = match (&first_dst, other_dsts.len()) {
+        (None, _) => "-".to_string(),
+        (Some(f), 0) => f.to_string(),
+        (Some(f), n) => format!("{f} (+{n} more)"),
+    };
     tracing::info!(
-        "udp {local}: {n_out} datagrams ({b_out} bytes) out, {n_in} ({b_in} bytes) in, {:.1}s, {outcome}",
+        "udp {local} -> {to}: {n_out} datagrams ({b_out} bytes) out, {n_in} ({b_in} bytes) in, {:.1}s, {outcome}",
         started.elapsed().as_secs_f64()
     );
 }
