@@ -751,10 +751,14 @@ async fn flow_task(
         Err(e) => {
             let refusal = Refusal::from(&e);
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Err(refusal)));
+            let answer = match refusal {
+                Refusal::Reset => "RST".to_string(),
+                Refusal::Unreachable(u) => format!("ICMP {u:?} unreachable"),
+            };
             info!(
                 src = %key.src, dst = %key.dst,
                 ms = started.elapsed().as_millis() as u64,
-                "tcp flow refused: {e:?} (answered with {refusal:?})"
+                "tcp flow refused: {e} (answered with {answer})"
             );
         }
     }
