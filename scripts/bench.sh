@@ -22,7 +22,7 @@
 # Usage: scripts/bench.sh [--server] [--quick] [--only S1,S2] [--rows R1,R2]
 #                         [--upstream auto|dante|sockstun|microsocks] [--secs N]
 #                         [--idle-secs N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
-#                         [--no-build] [--keep-logs]
+#                         [--save FILE] [--compare FILE] [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
 #   (cpu is taken during tcp-up-1; idle is measured after start and again after the load.)
 #   --quick: 1 s runs, 200 held connections, 3 s idle:
@@ -33,6 +33,8 @@
 #   during tcp-up-1, tcp-down-1, rr, crr and udp into DIR/perf-SCENARIO.data (read with
 #   `perf report -i`), and its syscall and context-switch counts into DIR/stat-SCENARIO.txt.
 #   --sockstun-args "ARGS": extra options for `sockstun tun` (e.g. "--mtu 65000"), for A/B runs.
+#   --save FILE: write every figure to FILE; --compare FILE: also print this run's sockstun
+#   column against a saved run (figures and ratios to socks-only, before and now).
 #   Exit status: 0 when every measurement ran, 1 when one failed, 2 when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,8 @@ KEEP_LOGS=0
 IPERF=0
 PERF_DIR=""
 TUN_ARGS=""
+SAVE=""
+COMPARE=""
 UDP_PPS=50000
 MEM_CONNS=1000
 HOLD_CONNS=10000
@@ -67,6 +71,8 @@ while [ $# -gt 0 ]; do
     --iperf3) IPERF=1 ;;
     --perf) PERF_DIR=$(realpath -m "$2"); shift ;;
     --sockstun-args) TUN_ARGS="$2"; shift ;;
+    --save) SAVE=$(realpath -m "$2"); shift ;;
+    --compare) COMPARE=$(realpath -m "$2"); shift ;;
     --no-build) BUILD=0 ;;
     --keep-logs) KEEP_LOGS=1 ;;
     -h|--help) usage 0 ;;
@@ -398,21 +404,7 @@ pick_upstream() {
 }
 
 # ------------------------------------------------------------------ table
-fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'; }
-print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW2
-  local a=$1 b=$2 c=$3 key label va vb vc
-  printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' scenario "$a" "$b" "$c" "/$a" "/$b"
-  printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------------:" "-------------:" \
-    "-------------:" "-----------:" "-----------:"
-  while IFS=';' read -r key label; do
-    local noratio=""; [[ "$key" == udp-loss || "$key" == hold ]] && noratio=1
-    va=${R[$a|$key]:--}; vb=${R[$b|$key]:--}; vc=${R[$c|$key]:--}
-    [ "$va$vb$vc" = "---" ] && continue
-    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
-    printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' "$label" "$va" "$vb" "$vc" \
-      "$([ -z "$noratio" ] && fmt_ratio "$vc" "$va" || echo -)" "$([ -z "$noratio" ] && fmt_ratio "$vc" "$vb" || echo -)"
-  done <<'EOF'
-tcp-up-1;tcp-up-1 Gbit/s
+TABLE_KEYS="tcp-up-1;tcp-up-1 Gbit/s
 tcp-up-10;tcp-up-10 Gbit/s
 tcp-down-1;tcp-down-1 Gbit/s
 tcp-down-10;tcp-down-10 Gbit/s
@@ -433,8 +425,21 @@ idle;wake-ups in idle window
 idle-after;wake-ups idle after load
 rss-after;RSS idle after load MB
 hold;HOLDN held, alive after
-hold-rss;RSS HOLDN held MB
-EOF
+hold-rss;RSS HOLDN held MB"
+fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'; }
+print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW2
+  local a=$1 b=$2 c=$3 key label va vb vc
+  printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' scenario "$a" "$b" "$c" "/$a" "/$b"
+  printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------------:" "-------------:" \
+    "-------------:" "-----------:" "-----------:"
+  while IFS=';' read -r key label; do
+    local noratio=""; [[ "$key" == udp-loss || "$key" == hold ]] && noratio=1
+    va=${R[$a|$key]:--}; vb=${R[$b|$key]:--}; vc=${R[$c|$key]:--}
+    [ "$va$vb$vc" = "---" ] && continue
+    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
+    printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' "$label" "$va" "$vb" "$vc" \
+      "$([ -z "$noratio" ] && fmt_ratio "$vc" "$va" || echo -)" "$([ -z "$noratio" ] && fmt_ratio "$vc" "$vb" || echo -)"
+  done <<<"$TABLE_KEYS"
 }
 
 TRAFFIC=(tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10)
@@ -503,8 +508,14 @@ run_tun() {
     ERRORS=$((ERRORS + 1))
   elif [ -n "$pid" ] && want idle; then
     # Idle again after all that: closed flows must not leave timers behind.
-    local w0 w1
-    sleep 2
+    # Tearing down 10,000 flows takes a few seconds; start once a second
+    # passes with at most one wake-up (30 s at most).
+    local w0 w1 settle=0
+    while [ "$settle" -lt 30 ]; do
+      w0=$(wakeups "$pid"); sleep 1; w1=$(wakeups "$pid"); settle=$((settle + 1))
+      [ $((w1 - w0)) -le 1 ] && break
+    done
+    say "  sockstun settled ${settle} s after the load"
     w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
     R[sockstun|idle-after]=$((w1 - w0))
     R[sockstun|rss-after]=$(mb "$(rss_kb "$pid")")
@@ -551,6 +562,34 @@ run_server() {
   fi
 }
 
+# compare_table ROW2 ROW3: ROW3 now against a saved run, raw and as a ratio to ROW2.
+compare_table() {
+  local b=$1 c=$2 key label ob oc nb nc
+  declare -A OLD
+  while IFS=$'\t' read -r key label; do [ -n "$key" ] && OLD[$key]=$label; done < <(grep -v '^#' "$COMPARE")
+  echo
+  echo "against $COMPARE ($(head -1 "$COMPARE" | sed 's/^# //')):"
+  echo
+  printf '| %-28s | %12s | %12s | %8s | %12s | %12s |\n' scenario "$c before" "$c now" "now/bef" "/$b before" "/$b now"
+  printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------------:" "-------------:" \
+    "---------:" "-------------:" "-------------:"
+  while IFS=';' read -r key label; do
+    oc=${OLD[$c|$key]:--}; nc=${R[$c|$key]:--}; ob=${OLD[$b|$key]:--}; nb=${R[$b|$key]:--}
+    [ "$oc$nc" = "--" ] && continue
+    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
+    printf '| %-28s | %12s | %12s | %8s | %12s | %12s |\n' "$label" "$oc" "$nc" "$(fmt_ratio "$nc" "$oc")" \
+      "$(fmt_ratio "$oc" "$ob")" "$(fmt_ratio "$nc" "$nb")"
+  done <<<"$TABLE_KEYS"
+}
+save_results() {
+  local k
+  {
+    echo "# $(date -u +%FT%TZ) $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) mode $MODE, ${SECS} s runs${TUN_ARGS:+, sockstun tun $TUN_ARGS}, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    for k in "${!R[@]}"; do printf '%s\t%s\n' "$k" "${R[$k]}"; done | sort
+  } >"$SAVE"
+  echo "figures saved to $SAVE"
+}
+
 say "bench: $(nproc) cores, kernel $(uname -r), $("$SOCKSTUN" --version 2>/dev/null), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 START=$(date +%s)
 UPNAME=none
@@ -563,6 +602,7 @@ if [ "$MODE" = tun ]; then
   [ -n "${R[sockstun|na]:-}" ] && echo "(sockstun tun mode is not available in this build: its column is empty)"
   echo
   print_table direct socks-only sockstun
+  [ -z "$COMPARE" ] || compare_table socks-only sockstun
 else
   run_server
   echo
@@ -571,7 +611,9 @@ else
   [ -n "${R[sockstun-server|na]:-}" ] && echo "(sockstun server is not available in this build: its column is empty)"
   echo
   print_table dante microsocks sockstun-server
+  [ -z "$COMPARE" ] || compare_table dante sockstun-server
 fi
+[ -z "$SAVE" ] || save_results
 echo
 echo "($(( $(date +%s) - START )) s; failed measurements: $ERRORS; load average at the end $(cut -d' ' -f1-3 /proc/loadavg))"
 [ "$ERRORS" = 0 ]

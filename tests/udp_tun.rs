@@ -230,7 +230,7 @@ fn oversize_replies_are_dropped() {
     if !require_root("oversize_replies_are_dropped") {
         return;
     }
-    let env = env("uo", Upstream::Dante, &[]);
+    let mut env = env("uo", Upstream::Dante, &[]);
     let (big, small) = env.topo.client.run_in(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -248,6 +248,17 @@ fn oversize_replies_are_dropped() {
     assert_eq!(small, Some(1000));
     assert!(
         env.tun.log().contains("larger than the path allows"),
+        "{}",
+        env.tun.log()
+    );
+    // Counted: the totals at exit say so.
+    env.tun.signal(libc::SIGTERM);
+    assert!(
+        env.tun.wait_exit(Duration::from_secs(10)).is_some(),
+        "sockstun did not stop"
+    );
+    assert!(
+        env.tun.log().contains("dropped: 1 oversize"),
         "{}",
         env.tun.log()
     );

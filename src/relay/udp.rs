@@ -322,6 +322,25 @@ struct Shared {
     rt: tokio::runtime::Handle,
 }
 
+impl Drop for Shared {
+    /// The totals, once, when TUN mode stops.
+    fn drop(&mut self) {
+        let st = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            "udp: {} associations ({} evicted), {} datagrams out, {} in, {} DNS answers; dropped: {} oversize, {} no UDP ASSOCIATE, {} other",
+            get(&st.flows_opened),
+            get(&st.flows_evicted),
+            get(&st.datagrams_out),
+            get(&st.datagrams_in),
+            get(&st.dns_answered),
+            get(&st.dropped_oversize),
+            get(&st.dropped_unsupported),
+            get(&st.dropped_other),
+        );
+    }
+}
+
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
