@@ -1,6 +1,34 @@
 #!/usr/bin/env bash
-# Run the whole test suite. Namespace tests need root (CI runs as root).
+# Run the whole test suite. The namespace tests need root (CI runs as root) and the
+# Debian test peers listed in scripts/test-packages.txt; missing ones are installed
+# with apt-get (announced) when running as root on Debian, else named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+missing=()
+while read -r pkg cmd; do
+  case "$pkg" in ''|'#'*) continue ;; esac
+  if [ "$cmd" = "-" ]; then
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+  elif ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1; then
+    missing+=("$pkg")
+  fi
+done < scripts/test-packages.txt
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing missing test peers: ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing test peers: ${missing[*]} (apt-get install ${missing[*]}); namespace tests will fail" >&2
+  fi
+fi
+
 cargo build --release --locked --bins
-cargo test --release --locked "$@"
+log=$(mktemp /tmp/sockstun-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --locked "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"

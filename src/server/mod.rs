@@ -268,3 +268,74 @@ async fn refuse_busy(mut s: TcpStream) {
     let _ = s.write_all(reply).await;
     session::close_gently(s).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServerArgs {
+        let mut v = vec!["sockstun", "server"];
+        v.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(v).command {
+            crate::cli::Command::Server(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn open_proxy_refused_unless_asked_for() {
+        let e = Config::from_args(&args(&["--listen", "0.0.0.0:1080"]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--allow-client 0.0.0.0/0"), "{e}");
+        assert!(Config::from_args(&args(&["--listen", "[::]:1080"])).is_err());
+        assert!(
+            Config::from_args(&args(&[])).is_ok(),
+            "loopback default must start"
+        );
+        assert!(Config::from_args(&args(&["--listen", "[::1]:1080"])).is_ok());
+        assert!(Config::from_args(&args(&["--listen", "0.0.0.0:1080", "--user", "a:b"])).is_ok());
+        assert!(Config::from_args(&args(&[
+            "--listen",
+            "0.0.0.0:1080",
+            "--allow-client",
+            "10.0.0.0/8"
+        ]))
+        .is_ok());
+    }
+
+    #[test]
+    fn users_and_passwords() {
+        let f = std::env::temp_dir().join(format!("sockstun-users-{}", std::process::id()));
+        std::fs::write(
+            &f,
+            "# comment\n\n  # indented comment\nerin:pa:ss\r\nfrank:\n",
+        )
+        .unwrap();
+        let c = Config::from_args(&args(&[
+            "--user",
+            "alice:s3cret",
+            "--users-file",
+            f.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let _ = std::fs::remove_file(&f);
+        assert!(c.auth_required());
+        assert!(c.check_password("alice", b"s3cret"));
+        assert!(!c.check_password("alice", b"s3cre"));
+        assert!(!c.check_password("alice", b"s3cret!"));
+        assert!(!c.check_password("alice", b""));
+        assert!(
+            c.check_password("erin", b"pa:ss"),
+            "a password may contain ':'"
+        );
+        assert!(c.check_password("frank", b""));
+        assert!(!c.check_password("nobody", b""));
+        for bad in ["nocolon", ":nouser"] {
+            assert!(Config::from_args(&args(&["--user", bad])).is_err(), "{bad}");
+        }
+        assert!(Config::from_args(&args(&["--allow-dest", "not-a-cidr"])).is_err());
+        assert!(Config::from_args(&args(&["--max-clients", "0"])).is_err());
+    }
+}

@@ -20,7 +20,8 @@ pub(super) enum Proto {
 }
 
 impl Proto {
-    /// A complete failure reply for a SOCKS5 reply code (SOCKS4 has only 0x5B).
+    /// A complete failure reply for a SOCKS5 reply code (SOCKS4 answers every
+    /// failure with 0x5B).
     pub fn failure(self, rep: u8) -> Vec<u8> {
         match self {
             Proto::V4 => codec::encode_socks4_reply(
@@ -231,7 +232,7 @@ async fn handshake_in(
             let req = match buf.message(client, codec::parse_socks4_request).await? {
                 Ok(r) => r,
                 Err(e) => {
-                    send(client, &Proto::V4.failure(0)).await?;
+                    send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
                     return Err(format!("bad request: {e}"));
                 }
             };
@@ -243,7 +244,7 @@ async fn handshake_in(
             }
             log.dest = Some(req.dest.clone());
             if cfg.auth_required() {
-                send(client, &Proto::V4.failure(0)).await?;
+                send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
                 return Err("refused: SOCKS4 carries no password and users are configured".into());
             }
             Ok(Request {

@@ -50,6 +50,18 @@ fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// No router lives behind the TUN: without this the kernel keeps sending
+/// router solicitations into it (backing off to once an hour), each one a
+/// wake-up of an otherwise idle sockstun for a packet it can only drop.
+fn quiet_ipv6(dev: &str) {
+    for (knob, val) in [("accept_ra", "0"), ("router_solicitations", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{dev}/{knob}");
+        if let Err(e) = std::fs::write(&path, val) {
+            tracing::debug!("could not set {path}: {e}");
+        }
+    }
+}
+
 fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
     let io = match e {
         tun::Error::Io(io) => io,
@@ -100,6 +112,7 @@ impl TunDevice {
         dev.set_nonblock()
             .context("making the TUN descriptor non-blocking")?;
         if spec.fd.is_none() {
+            quiet_ipv6(&name);
             if let Some(v6) = spec.ipv6 {
                 // The tun crate configures IPv4 only on Linux.
                 let cidr = v6.to_string();
