@@ -120,8 +120,11 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the stack and every relay: the kernel does the heavy
+    // part (TUN, upstream sockets), and each hand-off between threads costs a
+    // futex wake-up on the latency path. On 2 cores a multi-threaded runtime
+    // gave 10-12 hand-offs per crr connection (docs/performance.md).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .thread_name("sockstun")
         .enable_all()
         .build()
