@@ -10,7 +10,9 @@
 //! An association is one task owning its control connection and relay socket.
 //! It ends when idle, when the table evicts it (oldest idle first, when
 //! `max_flows` is reached), or when the relay task is dropped. A dead control
-//! connection is re-established on the next datagram.
+//! connection is re-established on the next datagram. A failed UDP ASSOCIATE
+//! ends the flow and its queue; datagrams are then dropped (and counted) for
+//! a backoff that doubles from 1 s to 30 s while the proxy keeps failing.
 
 use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
@@ -27,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -45,8 +47,22 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 pub const DNS_UDP_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a proxy said it has no UDP ASSOCIATE, do not ask again for this long.
 const UNSUPPORTED_BACKOFF: Duration = Duration::from_secs(60);
-/// Datagrams queued towards one association while it is (re)connecting.
-const FLOW_QUEUE: usize = 64;
+/// Bytes queued towards one live association: room for a burst (the bench
+/// lost datagrams at 50k pps with a 64-datagram queue), bounded by bytes so
+/// small and large datagrams cost what they weigh.
+const FLOW_QUEUE_BYTES: usize = 256 * 1024;
+/// Bytes queued towards one association while it is being set up: a proxy
+/// that does not answer must not make every flow hold a full queue.
+const CONNECTING_QUEUE_BYTES: usize = 16 * 1024;
+/// Bytes queued towards all associations together.
+const TOTAL_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// What a queued datagram costs beyond its payload (the `Out`, the allocation).
+const QUEUE_OVERHEAD: usize = 64;
+/// After a failed UDP ASSOCIATE no new one is tried for this long, doubling
+/// on each further failure up to `FAILED_BACKOFF_MAX`: a proxy that is down,
+/// refuses or rejects our credentials must not get a connection per datagram.
+const FAILED_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Fake destinations one association remembers for mapping replies back.
 const MAX_FAKE_DESTS: usize = 64;
 
@@ -217,7 +233,8 @@ pub struct Association {
 pub enum AssociateError {
     /// The proxy answered "command not supported" (0x07).
     Unsupported,
-    /// Anything else (proxy down, refused, auth): retried on the next datagram.
+    /// Anything else (proxy down, refused, auth): the flow ends with its
+    /// queue, and no association is tried for a while (exponential backoff).
     Failed(String),
 }
 
@@ -271,6 +288,10 @@ pub struct UdpStats {
     pub dropped_unsupported: AtomicU64,
     /// Malformed, full queues, unknown fake address, failed association.
     pub dropped_other: AtomicU64,
+    /// Dropped because UDP ASSOCIATE failed and is not retried yet (backoff).
+    pub dropped_backoff: AtomicU64,
+    /// Dropped because the queue of an association (or all queues) was full.
+    pub dropped_queue_full: AtomicU64,
     pub flows_opened: AtomicU64,
     pub flows_evicted: AtomicU64,
 }
@@ -290,11 +311,28 @@ struct Out {
     payload: Vec<u8>,
 }
 
+impl Out {
+    fn cost(&self) -> usize {
+        self.payload.len() + QUEUE_OVERHEAD
+    }
+}
+
+/// Shared between the table and the task of one association.
+#[derive(Default)]
+struct FlowState {
+    /// Milliseconds since the relay started, at the last datagram either way.
+    last_used: AtomicU64,
+    /// Bytes in the queue (`Out::cost`).
+    queued: AtomicUsize,
+    /// Associated: the queue may hold `FLOW_QUEUE_BYTES`, else `CONNECTING_QUEUE_BYTES`.
+    live: AtomicBool,
+}
+
 struct FlowHandle {
     id: u64,
-    tx: mpsc::Sender<Out>,
-    /// Milliseconds since the relay started, at the last datagram either way.
-    last_used: Arc<AtomicU64>,
+    /// Unbounded: `FlowState::queued` and `Shared::queued` bound it by bytes.
+    tx: mpsc::UnboundedSender<Out>,
+    state: Arc<FlowState>,
     /// Dropped with the handle: tells the task it was evicted, even while it
     /// is still setting up its association.
     _evict: oneshot::Sender<()>,
@@ -317,6 +355,12 @@ struct Shared {
     unsupported_logged: AtomicBool,
     /// `epoch`-relative millisecond until which UDP is not even tried (0: try).
     unsupported_until: AtomicU64,
+    /// `epoch`-relative millisecond until which no UDP ASSOCIATE is tried
+    /// after a failure (0: try), and the failures in a row behind it.
+    failed_until: AtomicU64,
+    failed_streak: AtomicU32,
+    /// Bytes queued towards all associations.
+    queued: AtomicUsize,
     oversize_logged: AtomicBool,
     dns_slots: Arc<tokio::sync::Semaphore>,
     rt: tokio::runtime::Handle,
@@ -328,7 +372,7 @@ impl Drop for Shared {
         let st = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
-            "udp: {} associations ({} evicted), {} datagrams out, {} in, {} DNS answers; dropped: {} oversize, {} no UDP ASSOCIATE, {} other",
+            "udp: {} associations ({} evicted), {} datagrams out, {} in, {} DNS answers; dropped: {} oversize, {} no UDP ASSOCIATE, {} UDP ASSOCIATE failing, {} queue full, {} other",
             get(&st.flows_opened),
             get(&st.flows_evicted),
             get(&st.datagrams_out),
@@ -336,6 +380,8 @@ impl Drop for Shared {
             get(&st.dns_answered),
             get(&st.dropped_oversize),
             get(&st.dropped_unsupported),
+            get(&st.dropped_backoff),
+            get(&st.dropped_queue_full),
             get(&st.dropped_other),
         );
     }
@@ -357,6 +403,53 @@ impl Shared {
         } else {
             tracing::debug!("udp: dropped oversize datagram {what} ({len} bytes, {n} so far)");
         }
+    }
+
+    /// A UDP ASSOCIATE failed: back off. Failures of attempts that ran
+    /// while a backoff was already set (many flows trying at once) do not
+    /// lengthen it.
+    fn mark_failed(&self) -> Duration {
+        let now = self.now_ms();
+        let until = self.failed_until.load(Ordering::Relaxed);
+        if now < until {
+            return Duration::from_millis(until - now);
+        }
+        let streak = self.failed_streak.fetch_add(1, Ordering::Relaxed).min(16);
+        let backoff = FAILED_BACKOFF_MIN
+            .saturating_mul(1 << streak)
+            .min(FAILED_BACKOFF_MAX);
+        self.failed_until
+            .store(now + backoff.as_millis() as u64, Ordering::Relaxed);
+        backoff
+    }
+
+    fn mark_associated(&self) {
+        self.failed_streak.store(0, Ordering::Relaxed);
+        self.failed_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Take `cost` bytes of queue room for a flow, or None when full.
+    fn reserve(&self, st: &FlowState, cost: usize) -> Option<()> {
+        let cap = if st.live.load(Ordering::Relaxed) {
+            FLOW_QUEUE_BYTES
+        } else {
+            CONNECTING_QUEUE_BYTES
+        };
+        if st.queued.fetch_add(cost, Ordering::Relaxed) + cost > cap {
+            st.queued.fetch_sub(cost, Ordering::Relaxed);
+            return None;
+        }
+        if self.queued.fetch_add(cost, Ordering::Relaxed) + cost > TOTAL_QUEUE_BYTES {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            st.queued.fetch_sub(cost, Ordering::Relaxed);
+            return None;
+        }
+        Some(())
+    }
+
+    fn release(&self, st: &FlowState, cost: usize) {
+        st.queued.fetch_sub(cost, Ordering::Relaxed);
+        self.queued.fetch_sub(cost, Ordering::Relaxed);
     }
 
     fn mark_unsupported(&self) {
@@ -399,6 +492,9 @@ impl UdpRelay {
                 epoch: Instant::now(),
                 unsupported_logged: AtomicBool::new(false),
                 unsupported_until: AtomicU64::new(0),
+                failed_until: AtomicU64::new(0),
+                failed_streak: AtomicU32::new(0),
+                queued: AtomicUsize::new(0),
                 oversize_logged: AtomicBool::new(false),
                 dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
                 rt: tokio::runtime::Handle::current(),
@@ -453,6 +549,18 @@ impl UdpRelay {
             inc(&sh.stats.dropped_unsupported);
             return;
         }
+        if now < sh.failed_until.load(Ordering::Relaxed) {
+            // Associations that are live still carry their datagrams.
+            let table = sh.table();
+            let live = table
+                .flows
+                .get(&d.src)
+                .is_some_and(|h| h.state.live.load(Ordering::Relaxed));
+            if !live {
+                inc(&sh.stats.dropped_backoff);
+                return;
+            }
+        }
         if d.payload.len() + codec::udp_header_len(&target) > MAX_UDP_PAYLOAD {
             sh.drop_oversize("towards the proxy", d.payload.len());
             return;
@@ -463,19 +571,21 @@ impl UdpRelay {
             pin,
             payload: d.payload.to_vec(),
         };
+        let cost = out.cost();
         let mut table = sh.table();
         if let Some(h) = table.flows.get(&d.src) {
-            h.last_used.store(now, Ordering::Relaxed);
-            match h.tx.try_send(out) {
+            h.state.last_used.store(now, Ordering::Relaxed);
+            if sh.reserve(&h.state, cost).is_none() {
+                inc(&sh.stats.dropped_queue_full);
+                tracing::debug!("udp: {}: queue full, datagram dropped", d.src);
+                return;
+            }
+            match h.tx.send(out) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    inc(&sh.stats.dropped_other);
-                    tracing::debug!("udp: {}: queue full, datagram dropped", d.src);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(o)) => {
+                Err(mpsc::error::SendError(o)) => {
                     // The task ended (idle or no UDP ASSOCIATE) and has not
                     // removed itself yet: start afresh.
+                    sh.release(&h.state, cost);
                     out = o;
                     table.flows.remove(&d.src);
                 }
@@ -486,7 +596,7 @@ impl UdpRelay {
             if let Some(victim) = table
                 .flows
                 .iter()
-                .min_by_key(|(_, h)| h.last_used.load(Ordering::Relaxed))
+                .min_by_key(|(_, h)| h.state.last_used.load(Ordering::Relaxed))
                 .map(|(k, _)| *k)
             {
                 table.flows.remove(&victim);
@@ -497,18 +607,23 @@ impl UdpRelay {
                 );
             }
         }
-        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let _ = tx.try_send(out);
+        let state = Arc::new(FlowState::default());
+        state.last_used.store(now, Ordering::Relaxed);
+        if sh.reserve(&state, cost).is_none() {
+            inc(&sh.stats.dropped_queue_full);
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(out);
         let (evict_tx, evict_rx) = oneshot::channel();
         table.next_id += 1;
         let id = table.next_id;
-        let last_used = Arc::new(AtomicU64::new(now));
         table.flows.insert(
             d.src,
             FlowHandle {
                 id,
                 tx,
-                last_used: last_used.clone(),
+                state: state.clone(),
                 _evict: evict_tx,
             },
         );
@@ -519,7 +634,7 @@ impl UdpRelay {
             id,
             rx,
             evicted: evict_rx,
-            last_used,
+            state,
         };
         sh.rt.spawn(run_flow(sh.clone(), flow));
     }
@@ -576,9 +691,23 @@ struct Live {
 struct Flow {
     local: SocketAddr,
     id: u64,
-    rx: mpsc::Receiver<Out>,
+    rx: mpsc::UnboundedReceiver<Out>,
     evicted: oneshot::Receiver<()>,
-    last_used: Arc<AtomicU64>,
+    state: Arc<FlowState>,
+}
+
+/// Gives the queue room of the datagrams still queued back when the task
+/// ends, however it ends.
+struct QueueGuard {
+    sh: Arc<Shared>,
+    state: Arc<FlowState>,
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let left = self.state.queued.swap(0, Ordering::Relaxed);
+        self.sh.queued.fetch_sub(left, Ordering::Relaxed);
+    }
 }
 
 async fn run_flow(sh: Arc<Shared>, flow: Flow) {
@@ -587,8 +716,12 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         id,
         mut rx,
         mut evicted,
-        last_used,
+        state,
     } = flow;
+    let _guard = QueueGuard {
+        sh: sh.clone(),
+        state: state.clone(),
+    };
     let started = Instant::now();
     // Both Some while associated; the control connection is apart so both can be awaited at once.
     let mut live: Option<Live> = None;
@@ -644,8 +777,10 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                 tracing::debug!("udp {local}: control connection ended ({r:?}); re-established on the next datagram");
                 live = None;
                 control = None;
+                state.live.store(false, Ordering::Relaxed);
             }
             Ev::Out(Some(o)) => {
+                sh.release(&state, o.cost());
                 last_activity = Instant::now();
                 if o.dst.port() != 53 {
                     dns_only = false;
@@ -672,6 +807,8 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                     match assoc {
                         Ok(a) => {
                             tracing::debug!("udp {local}: associated, relay {}", a.relay);
+                            sh.mark_associated();
+                            state.live.store(true, Ordering::Relaxed);
                             live = Some(Live {
                                 relay: a.relay,
                                 socket: a.socket,
@@ -684,9 +821,17 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                             break "proxy has no UDP ASSOCIATE".into();
                         }
                         Err(AssociateError::Failed(e)) => {
-                            inc(&sh.stats.dropped_other);
-                            tracing::debug!("udp {local}: UDP ASSOCIATE failed: {e}");
-                            continue;
+                            // The task ends and its queue goes with it: what
+                            // arrives during the backoff is dropped up front.
+                            let backoff = sh.mark_failed();
+                            inc(&sh.stats.dropped_backoff);
+                            let mut n = 0;
+                            while rx.try_recv().is_ok() {
+                                inc(&sh.stats.dropped_backoff);
+                                n += 1;
+                            }
+                            tracing::debug!("udp {local}: UDP ASSOCIATE failed: {e}; {n} queued datagrams dropped, none tried for {backoff:?}");
+                            break format!("UDP ASSOCIATE failed: {e}");
                         }
                     }
                 }
@@ -748,7 +893,7 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                     continue;
                 };
                 last_activity = Instant::now();
-                last_used.store(sh.now_ms(), Ordering::Relaxed);
+                state.last_used.store(sh.now_ms(), Ordering::Relaxed);
                 match build_udp(src, local, &buf[hdr.header_len..n], sh.cfg.mtu) {
                     Ok(p) => {
                         n_in += 1;
@@ -957,6 +1102,10 @@ mod table_tests {
     struct FakeProxy {
         associations: AtomicUsize,
         unsupported: bool,
+        /// Fail fast (refused, auth rejected).
+        fail: AtomicBool,
+        /// Never answer (blackholed).
+        hang: bool,
         controls: Mutex<Vec<TcpStream>>,
     }
 
@@ -966,6 +1115,12 @@ mod table_tests {
                 self.associations.fetch_add(1, Ordering::SeqCst);
                 if self.unsupported {
                     return Err(AssociateError::Unsupported);
+                }
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(AssociateError::Failed("refused".into()));
+                }
+                if self.hang {
+                    std::future::pending::<()>().await;
                 }
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let control = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -1042,9 +1197,21 @@ mod table_tests {
     }
 
     fn relay(max: usize, unsupported: bool, dns: bool) -> (UdpRelay, Arc<FakeProxy>, Arc<Capture>) {
+        relay_with(max, unsupported, dns, false, false)
+    }
+
+    fn relay_with(
+        max: usize,
+        unsupported: bool,
+        dns: bool,
+        fail: bool,
+        hang: bool,
+    ) -> (UdpRelay, Arc<FakeProxy>, Arc<Capture>) {
         let proxy = Arc::new(FakeProxy {
             associations: AtomicUsize::new(0),
             unsupported,
+            fail: AtomicBool::new(fail),
+            hang,
             controls: Mutex::new(Vec::new()),
         });
         let cap = Arc::new(Capture::default());
@@ -1263,5 +1430,105 @@ mod table_tests {
         assert_eq!(got[0].2[3] & 0xF, 1);
         assert_eq!(proxy.associations.load(Ordering::SeqCst), 0);
         assert_eq!(r.stats().dropped_other.load(Ordering::Relaxed), 3);
+    }
+
+    /// Let spawned tasks run (paused clock: only a little time passes).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A proxy that refuses: one attempt, then datagrams are dropped and
+    /// counted until the backoff (1 s, then 2 s, ...) ends; not a TCP
+    /// connection per datagram.
+    #[tokio::test(start_paused = true)]
+    async fn failed_associate_backs_off() {
+        let (r, proxy, cap) = relay_with(16, false, false, true, false);
+        let attempts = || proxy.associations.load(Ordering::SeqCst);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+        settle().await;
+        assert_eq!(attempts(), 1);
+        assert_eq!(r.flows(), 0, "the failed flow ended");
+        for i in 0..50 {
+            r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+            r.handle_packet(&pkt(
+                &format!("198.18.0.1:{}", 6000 + i),
+                "203.0.113.2:7",
+                b"a",
+            ));
+            settle().await;
+        }
+        assert_eq!(attempts(), 1, "a new UDP ASSOCIATE per datagram");
+        assert_eq!(r.flows(), 0);
+        assert_eq!(r.stats().dropped_backoff.load(Ordering::Relaxed), 101);
+        // After the first backoff one more attempt, then twice as long.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+        settle().await;
+        assert_eq!(attempts(), 2);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"a"));
+        settle().await;
+        assert_eq!(attempts(), 2, "the second backoff is longer");
+        // The proxy is back: the next attempt after the backoff succeeds,
+        // and a success resets the backoff.
+        proxy.fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"ok"));
+        let got = cap.wait(1).await;
+        assert_eq!(got[0].2, b"ok");
+        assert_eq!(attempts(), 3);
+        assert_eq!(r.shared.failed_until.load(Ordering::Relaxed), 0);
+    }
+
+    /// A blackholed proxy: the queue of a flow that is still associating
+    /// holds a few datagrams by bytes, not 64 of any size.
+    #[tokio::test]
+    async fn connecting_queue_is_bounded_by_bytes() {
+        let (r, proxy, _cap) = relay_with(16, false, false, false, true);
+        let big = vec![1u8; 1400];
+        for _ in 0..200 {
+            r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", &big));
+        }
+        settle().await;
+        assert_eq!(proxy.associations.load(Ordering::SeqCst), 1);
+        let queued = r.shared.queued.load(Ordering::Relaxed);
+        assert!(queued <= CONNECTING_QUEUE_BYTES, "{queued} bytes queued");
+        let kept = CONNECTING_QUEUE_BYTES / (1400 + QUEUE_OVERHEAD);
+        assert_eq!(
+            r.stats().dropped_queue_full.load(Ordering::Relaxed),
+            200 - kept as u64
+        );
+        // Evicting the flow gives its queue room back.
+        r.shared.table().flows.clear();
+        for _ in 0..200 {
+            if r.shared.queued.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(r.shared.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// A burst towards a live association is queued, not dropped at 64.
+    #[tokio::test]
+    async fn burst_to_live_association_is_queued() {
+        let (r, _proxy, cap) = relay(16, false, false);
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"first"));
+        cap.wait(1).await;
+        // handle_packet never yields: the flow task sees the burst only after it.
+        for _ in 0..1000 {
+            r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", &[2u8; 100]));
+        }
+        assert_eq!(r.stats().dropped_queue_full.load(Ordering::Relaxed), 0);
+        for _ in 0..400 {
+            if r.stats().datagrams_out.load(Ordering::Relaxed) == 1001 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(r.stats().datagrams_out.load(Ordering::Relaxed), 1001);
+        assert_eq!(r.shared.queued.load(Ordering::Relaxed), 0);
     }
 }

@@ -209,6 +209,13 @@ pub struct StackConfig {
     pub idle_timeout: Option<Duration>,
     /// Packets read from the source before the stack turns to other work.
     pub batch: usize,
+    /// An application that stops answering (never completes the handshake,
+    /// never acknowledges data, ignores keep-alives) for this long loses its
+    /// flow. Keep-alives go out every third of it, so a quiet but live peer
+    /// (an idle SSH session) keeps its flow; the TUN side is local or on the
+    /// LAN, so the probes are cheap. Without it smoltcp retransmits forever
+    /// and such flows, their proxy connections and buffers are never reclaimed.
+    pub dead_peer_timeout: Duration,
 }
 
 impl Default for StackConfig {
@@ -221,6 +228,7 @@ impl Default for StackConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: None,
             batch: 64,
+            dead_peer_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -509,6 +517,8 @@ impl Engine {
         );
         sock.set_nagle_enabled(false);
         sock.set_congestion_control(tcp::CongestionControl::Cubic);
+        sock.set_keep_alive(Some((self.cfg.dead_peer_timeout / 3).into()));
+        sock.set_timeout(Some(self.cfg.dead_peer_timeout.into()));
         sock.pause_synack(true);
         let ep = IpListenEndpoint {
             addr: Some(key.dst.ip().into()),

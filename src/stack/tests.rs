@@ -81,6 +81,10 @@ struct Harness {
 }
 
 fn start() -> Harness {
+    start_with(StackConfig::default())
+}
+
+fn start_with(cfg: StackConfig) -> Harness {
     let (vtx, vrx) = oneshot::channel();
     let (ftx, frx) = oneshot::channel();
     let dialer = Arc::new(FakeDialer {
@@ -89,12 +93,7 @@ fn start() -> Harness {
         far: Mutex::new(Some(ftx)),
     });
     let (src, sink, inject, out) = mem::pair();
-    let stack = Stack::new(
-        StackConfig::default(),
-        dialer.clone(),
-        Arc::new(DropUdp::default()),
-        sink,
-    );
+    let stack = Stack::new(cfg, dialer.clone(), Arc::new(DropUdp::default()), sink);
     let stats = stack.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(stack.run(src, async move {
@@ -464,4 +463,50 @@ fn packet_batch_packs_small_packets_and_bounds_large_mtu() {
     b.slot_mut().unwrap();
     b.commit(9000);
     assert_eq!(b.get(0).len(), 1500);
+}
+
+async fn wait_reclaimed(stats: &StackStats) -> bool {
+    timeout(Duration::from_secs(10), async {
+        while stats.tcp_active.load(Ordering::Relaxed) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn short_dead_peer() -> StackConfig {
+    StackConfig {
+        dead_peer_timeout: Duration::from_millis(300),
+        ..StackConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn handshake_never_completed_is_reclaimed() {
+    let mut h = start_with(short_dead_peer());
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    h.send(seg(c, s, TcpControl::Syn, 1000, None, &[]));
+    h.verdict.take().unwrap().send(Ok(())).unwrap();
+    let sa = h.next().await;
+    assert!(sa.syn && sa.ack, "{sa:?}");
+    assert_eq!(h.stats.tcp_active.load(Ordering::Relaxed), 1);
+    // The application never acknowledges the SYN-ACK (a spoofed source, a host gone).
+    assert!(
+        wait_reclaimed(&h.stats).await,
+        "half-open flow kept forever"
+    );
+}
+
+#[tokio::test]
+async fn peer_that_stops_acknowledging_is_reclaimed() {
+    let mut h = start_with(short_dead_peer());
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    let (_cseq, _sseq, mut far) = handshake(&mut h, c, s).await;
+    // Data the application never acknowledges: smoltcp would retransmit forever.
+    far.write_all(b"hello").await.unwrap();
+    assert!(
+        wait_reclaimed(&h.stats).await,
+        "flow of a silent peer kept forever"
+    );
 }
