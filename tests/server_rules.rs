@@ -230,13 +230,107 @@ fn loopback_and_localhost_refused_unless_allowed() {
         0x02,
         "::1 is not in the allowed CIDR"
     );
-    // --deny-dest adds to the list.
-    let _deny = lab.server_on("127.0.0.1:1082", &["--deny-dest", "203.0.113.0/24"]);
+    // --deny-dest adds to the list, and the most specific network wins.
+    let _deny = lab.server_on(
+        "127.0.0.1:1082",
+        &[
+            "--allow-dest",
+            "203.0.113.0/24",
+            "--deny-dest",
+            "203.0.113.10/32",
+        ],
+    );
     let mut s = lab.tcp("127.0.0.1:1082");
     assert_eq!(
         socks5_connect(&mut s, &addr_name("web.test", ECHO))[1],
         0x02
     );
+}
+
+/// SSRF: every address of the server host reaches its services bound to
+/// 0.0.0.0, not only the one the client connected to.
+#[test]
+fn host_addresses_on_other_interfaces_refused_unless_allowed() {
+    if !require_root("host_addresses_on_other_interfaces_refused_unless_allowed") {
+        return;
+    }
+    let lab = Lab::new("srh");
+    // An interface other than the listener's (a veth pair inside the
+    // namespace: the kernel here has no dummy driver).
+    lab.ns.ip(&[
+        "link", "add", "host0", "type", "veth", "peer", "name", "host1",
+    ]);
+    lab.ns
+        .ip(&["addr", "add", "198.51.100.77/24", "dev", "host0"]);
+    lab.ns.ip(&["link", "set", "host0", "up"]);
+    let l = lab
+        .ns
+        .run_in(|| std::net::TcpListener::bind("0.0.0.0:2222").expect("bind 0.0.0.0"));
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || drop(s));
+        }
+    });
+    let u = lab
+        .ns
+        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:2222").expect("udp bind 0.0.0.0"));
+    udp_echo_on(u);
+    let srv = lab.server(&[]);
+    let mut s = lab.tcp(PROXY);
+    assert_eq!(
+        socks5_connect(&mut s, &addr4("198.51.100.77", 2222))[1],
+        0x02,
+        "a host address on another interface was dialed"
+    );
+    assert!(closed(&mut s));
+    // SOCKS4: 0x5B.
+    let mut s = lab.tcp(PROXY);
+    s.write_all(&[4, 1, 8, 174, 198, 51, 100, 77, 0]).unwrap();
+    assert_eq!(read_n(&mut s, 8)[..2], [0, 0x5B]);
+    // UDP: the datagram is dropped, the echo never answers.
+    let mut ctl = lab.tcp(PROXY);
+    let r = socks5_connect_cmd(&mut ctl, 3, &addr4("0.0.0.0", 0));
+    assert_eq!(r[1], 0, "{r:?}");
+    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]]))
+        .parse()
+        .unwrap();
+    let c = lab.udp("127.0.0.1:0");
+    let mut d = vec![0, 0, 0];
+    d.extend(addr4("198.51.100.77", 2222));
+    d.extend_from_slice(b"host");
+    c.send_to(&d, relay).unwrap();
+    // Then one that is relayed: its echo is the first (and only) reply.
+    let mut ok = vec![0, 0, 0];
+    ok.extend(addr4(T4, ECHO));
+    ok.extend_from_slice(b"target");
+    c.send_to(&ok, relay).unwrap();
+    let mut b = [0u8; 64];
+    let (n, _) = c.recv_from(&mut b).unwrap();
+    assert_eq!(&b[..n], &ok[..], "the host address was relayed");
+    drop(ctl);
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .contains("control connection closed (1 datagrams dropped)")),
+        "{}",
+        srv.log()
+    );
+
+    // --allow-dest lets it through.
+    let _open = lab.server_on("127.0.0.1:1081", &["--allow-dest", "198.51.100.77"]);
+    let mut s = lab.tcp("127.0.0.1:1081");
+    assert_eq!(
+        socks5_connect(&mut s, &addr4("198.51.100.77", 2222))[1],
+        0x00
+    );
+    let mut ctl = lab.tcp("127.0.0.1:1081");
+    let r = socks5_connect_cmd(&mut ctl, 3, &addr4("0.0.0.0", 0));
+    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]]))
+        .parse()
+        .unwrap();
+    c.send_to(&d, relay).unwrap();
+    let (n, _) = c.recv_from(&mut b).unwrap();
+    assert_eq!(&b[..n], &d[..], "allowed host address not relayed");
 }
 
 #[test]

@@ -2,28 +2,16 @@
 //! (with a deadline) for the expected peer, reply with the peer, relay.
 
 use super::connect::resolve;
+use super::rules::{is_host_address, route_source};
 use super::session::{refuse, Proto, Request, SessionLog};
 use super::Config;
 use crate::relay::tcp::{relay, RelayStream};
 use crate::socks::codec::{rep5, unmap};
 use crate::socks::TargetAddr;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
-
-/// The local address the kernel would use to reach `ip`: the address the
-/// BIND peer can connect back to.
-fn route_source(ip: IpAddr) -> Option<IpAddr> {
-    let any: SocketAddr = match ip {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let s = std::net::UdpSocket::bind(any).ok()?;
-    // Connecting a UDP socket only selects a route; nothing is sent.
-    s.connect((ip, 9)).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
-}
 
 pub(super) async fn run(
     cfg: &Config,
@@ -54,7 +42,9 @@ pub(super) async fn run(
         },
     };
     if let Some(ip) = expected {
-        if !cfg.rules.dest_allowed(ip, server_ip) {
+        if !cfg.rules.dest_allowed(ip, server_ip)
+            || (is_host_address(ip) && !cfg.rules.host_address_allowed(ip))
+        {
             return refuse(
                 client,
                 req.proto,

@@ -4,7 +4,7 @@ use super::session::{refuse, Request, SessionLog};
 use super::Config;
 use crate::net::SocketOpts;
 use crate::relay::tcp::relay;
-use crate::socks::codec::rep5;
+use crate::socks::codec::{rep5, unmap};
 use crate::socks::TargetAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -123,6 +123,22 @@ pub(super) async fn run(
     };
     log.via = Some(addr);
     let bound = target.local_addr().unwrap_or(addr);
+    // A destination that is one of this host's addresses (on any interface)
+    // reaches the host's own services: Linux then uses the destination itself
+    // as the source address.
+    let is_host = target
+        .peer_addr()
+        .is_ok_and(|p| unmap(p.ip()) == unmap(bound.ip()));
+    if is_host && !cfg.rules.host_address_allowed(addr.ip()) {
+        drop(target);
+        return refuse(
+            client,
+            req.proto,
+            rep5::NOT_ALLOWED,
+            "refused: destination is this host".into(),
+        )
+        .await;
+    }
     if let Err(e) = client.write_all(&req.proto.success(bound)).await {
         return format!("client gone before reply: {e}");
     }

@@ -8,7 +8,26 @@
 
 use crate::socks::codec::unmap;
 use ipnetwork::IpNetwork;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The local address the kernel would use to reach `ip`.
+pub(super) fn route_source(ip: IpAddr) -> Option<IpAddr> {
+    let any: SocketAddr = match ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    // Connecting a UDP socket only selects a route; nothing is sent.
+    s.connect((ip, 9)).ok()?;
+    s.local_addr().ok().map(|a| unmap(a.ip()))
+}
+
+/// Is `ip` one of this host's own addresses (on any interface)? Linux picks a
+/// local destination itself as the source address, which is what this asks.
+pub(super) fn is_host_address(ip: IpAddr) -> bool {
+    let ip = unmap(ip);
+    route_source(ip) == Some(ip)
+}
 
 /// Destinations that reach the server host itself or its link-local
 /// neighbours, refused unless `--allow-dest` covers them.
@@ -108,6 +127,19 @@ impl Rules {
         }
         longest(&self.default_deny, ip).is_none()
     }
+
+    /// May the server reach `ip`, one of the server host's own addresses
+    /// (any interface, not only the one the client came in on)? Only when
+    /// `--allow-dest` says so: services bound to 0.0.0.0 on the host answer
+    /// on every local address (SSRF).
+    pub fn host_address_allowed(&self, ip: IpAddr) -> bool {
+        let ip = unmap(ip);
+        match (longest(&self.allow_dest, ip), longest(&self.deny_dest, ip)) {
+            (Some(a), Some(d)) => a > d,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +197,20 @@ mod tests {
         assert!(r.dest_allowed(ip("198.51.100.2"), Some(ip("198.51.100.1"))));
         let r = rules(&["198.51.100.1"], &[]);
         assert!(r.dest_allowed(ip("198.51.100.1"), Some(ip("198.51.100.1"))));
+    }
+
+    #[test]
+    fn host_addresses_need_allow_dest() {
+        let r = rules(&[], &[]);
+        assert!(!r.host_address_allowed(ip("198.51.100.1")));
+        let r = rules(&["198.51.100.0/24"], &["198.51.100.1"]);
+        assert!(!r.host_address_allowed(ip("198.51.100.1")));
+        assert!(r.host_address_allowed(ip("198.51.100.2")));
+        assert!(r.host_address_allowed(ip("::ffff:198.51.100.2")));
+        // Loopback is always one of ours; a public documentation address never.
+        assert!(is_host_address(ip("127.0.0.1")));
+        assert!(is_host_address(ip("::ffff:127.0.0.1")));
+        assert!(!is_host_address(ip("192.0.2.1")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! destinations the rules refuse. FRAG != 0 is dropped (no reassembly).
 //! The association ends with its control connection or after the idle timeout.
 
+use super::rules::is_host_address;
 use super::session::{refuse, Proto, Request, SessionLog};
 use super::Config;
 use crate::socks::codec::{self, rep5, unmap};
@@ -92,6 +93,7 @@ pub(super) async fn run(
     let mut out = Vec::with_capacity(65536 + 262);
     let mut ctl = [0u8; 256];
     let mut names: HashMap<String, (IpAddr, Instant)> = HashMap::new();
+    let mut hosts: HashMap<IpAddr, bool> = HashMap::new();
     let (mut sent, mut received, mut dropped) = (0u64, 0u64, 0u64);
     let idle = cfg.idle_timeout;
     let mut last = Instant::now();
@@ -123,7 +125,7 @@ pub(super) async fn run(
                     TargetAddr::Ip(a) => Some(SocketAddr::new(unmap(a.ip()), a.port())),
                     TargetAddr::Domain(name, port) => resolve_cached(&mut names, name, *port).await,
                 };
-                let Some(dest) = dest.filter(|d| cfg.rules.dest_allowed(d.ip(), server_ip)) else {
+                let Some(dest) = dest.filter(|d| allowed(cfg, &mut hosts, d.ip(), server_ip)) else {
                     dropped += 1;
                     continue;
                 };
@@ -148,7 +150,7 @@ pub(super) async fn run(
             r = readable(out4.as_ref()) => {
                 if r.is_ok() {
                     if let Some(s) = out4.as_ref() {
-                        relay_back(cfg, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
+                        relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
                                    &mut received, &mut dropped, &mut last).await;
                     }
                 }
@@ -156,7 +158,7 @@ pub(super) async fn run(
             r = readable(out6.as_ref()) => {
                 if r.is_ok() {
                     if let Some(s) = out6.as_ref() {
-                        relay_back(cfg, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
+                        relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
                                    &mut received, &mut dropped, &mut last).await;
                     }
                 }
@@ -182,6 +184,7 @@ pub(super) async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn relay_back(
     cfg: &Config,
+    hosts: &mut HashMap<IpAddr, bool>,
     from_sock: &UdpSocket,
     relay_sock: &UdpSocket,
     client_ip: IpAddr,
@@ -202,7 +205,7 @@ async fn relay_back(
         *dropped += 1;
         return;
     };
-    if !cfg.rules.dest_allowed(src.ip(), server_ip) {
+    if !allowed(cfg, hosts, src.ip(), server_ip) {
         *dropped += 1;
         return;
     }
@@ -222,6 +225,25 @@ async fn relay_back(
             *dropped += 1;
         }
     }
+}
+
+/// The rules, plus: one of this host's own addresses (any interface) only
+/// with `--allow-dest`. Whether an address is the host's is cached per
+/// association: the check costs a socket.
+fn allowed(
+    cfg: &Config,
+    hosts: &mut HashMap<IpAddr, bool>,
+    ip: IpAddr,
+    server_ip: Option<IpAddr>,
+) -> bool {
+    if !cfg.rules.dest_allowed(ip, server_ip) {
+        return false;
+    }
+    if hosts.len() >= NAME_CACHE_MAX {
+        hosts.clear();
+    }
+    let host = *hosts.entry(ip).or_insert_with(|| is_host_address(ip));
+    !host || cfg.rules.host_address_allowed(ip)
 }
 
 async fn resolve_cached(

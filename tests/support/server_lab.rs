@@ -85,6 +85,10 @@ fn reset(mut s: TcpStream) {
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
 }
 
+pub fn udp_echo_on(s: UdpSocket) {
+    udp_echo(s)
+}
+
 fn udp_echo(s: UdpSocket) {
     std::thread::spawn(move || {
         let mut b = [0u8; 65536];
@@ -135,11 +139,21 @@ impl Lab {
     }
 
     /// Start `sockstun server --listen ADDR ARGS...` in the namespace and wait
-    /// until it listens.
+    /// until it listens. The targets are addresses of the server's own host
+    /// here, refused by default: they are allowed unless ARGS set their own
+    /// `--allow-dest` / `--deny-dest`.
     pub fn server_on(&self, listen: &str, args: &[&str]) -> Proc {
         let bin = sockstun_bin();
         let mut cmd = vec![bin.to_str().unwrap(), "server", "--listen", listen];
         cmd.extend_from_slice(args);
+        if !args
+            .iter()
+            .any(|a| *a == "--allow-dest" || *a == "--deny-dest")
+        {
+            for t in [T4, T4_OTHER, T6] {
+                cmd.extend_from_slice(&["--allow-dest", t]);
+            }
+        }
         let mut p = self.ns.spawn(&cmd);
         let ok = wait_until(Duration::from_secs(20), || {
             p.log().contains("listening on") || !p.is_running()
