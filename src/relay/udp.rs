@@ -23,7 +23,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -65,6 +65,9 @@ const FAILED_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Fake destinations one association remembers for mapping replies back.
 const MAX_FAKE_DESTS: usize = 64;
+/// IP destinations one association remembers: replies from them are passed
+/// through unchanged, never mistaken for replies to a fake destination.
+const MAX_IP_DESTS: usize = 1024;
 
 // ---------------------------------------------------------------------------
 // IP/UDP packets
@@ -678,6 +681,8 @@ struct FakeDest {
     fake: SocketAddr,
     name: String,
     port: u16,
+    /// The address the proxy resolved the name to, once a reply told us.
+    resolved: Option<IpAddr>,
     _pin: Option<PoolPin>,
 }
 
@@ -727,6 +732,8 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     let mut live: Option<Live> = None;
     let mut control: Option<TcpStream> = None;
     let mut fakes: Vec<FakeDest> = Vec::new();
+    // Unmapped, as the proxy's replies are compared.
+    let mut ip_dsts: HashSet<SocketAddr> = HashSet::new();
     let mut dns_only = true;
     let (mut n_out, mut b_out, mut n_in, mut b_in) = (0u64, 0u64, 0u64, 0u64);
     // For the log line: the first destination and how many others (up to a cap).
@@ -785,6 +792,15 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                 if o.dst.port() != 53 {
                     dns_only = false;
                 }
+                if let TargetAddr::Ip(a) = &o.target {
+                    let a = SocketAddr::new(codec::unmap(a.ip()), a.port());
+                    if ip_dsts.len() >= MAX_IP_DESTS && !ip_dsts.contains(&a) {
+                        if let Some(old) = ip_dsts.iter().next().copied() {
+                            ip_dsts.remove(&old);
+                        }
+                    }
+                    ip_dsts.insert(a);
+                }
                 if let TargetAddr::Domain(name, port) = &o.target {
                     if !fakes.iter().any(|f| f.fake == o.dst) {
                         if fakes.len() >= MAX_FAKE_DESTS {
@@ -794,6 +810,7 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                             fake: o.dst,
                             name: name.clone(),
                             port: *port,
+                            resolved: None,
                             _pin: o.pin,
                         });
                     }
@@ -888,8 +905,9 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                     sh.drop_oversize("from the proxy", payload_len);
                     continue;
                 }
-                let Some(src) = reply_source(&hdr.addr, &fakes, local) else {
+                let Some(src) = reply_source(&hdr.addr, &mut fakes, &ip_dsts, local) else {
                     inc(&sh.stats.dropped_other);
+                    tracing::debug!("udp {local}: reply from {} dropped: no name it answers for, or several names on that port wait for an address", hdr.addr);
                     continue;
                 };
                 last_activity = Instant::now();
@@ -926,10 +944,24 @@ async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     );
 }
 
-/// The source address a reply must carry so the application recognises it:
-/// the fake address it sent to when the reply is from a name it reached by
-/// a fake address, else the remote itself (full cone).
-fn reply_source(from: &TargetAddr, fakes: &[FakeDest], local: SocketAddr) -> Option<SocketAddr> {
+/// The source address a reply must carry so the application recognises it
+/// (a connected socket drops anything else), None to drop it.
+///
+/// A reply naming a domain comes from the fake address of that name. A reply
+/// naming an address (the proxy resolved the name) comes from:
+/// - that address, if the endpoint sent to it by address;
+/// - the fake address whose name the proxy resolved to it, learnt from an
+///   earlier reply;
+/// - the one fake destination on that port still without a learnt address
+///   (and it is learnt now); when several wait, which one the reply is for
+///   cannot be told, and the reply is dropped rather than given a wrong source;
+/// - else the address itself (full cone: a remote the endpoint never sent to).
+fn reply_source(
+    from: &TargetAddr,
+    fakes: &mut [FakeDest],
+    ip_dsts: &HashSet<SocketAddr>,
+    local: SocketAddr,
+) -> Option<SocketAddr> {
     match from {
         TargetAddr::Domain(name, port) => fakes
             .iter()
@@ -937,15 +969,28 @@ fn reply_source(from: &TargetAddr, fakes: &[FakeDest], local: SocketAddr) -> Opt
             .find(|f| f.port == *port && f.name.eq_ignore_ascii_case(name))
             .map(|f| f.fake),
         TargetAddr::Ip(a) => {
-            // The proxy resolved the name, so the reply names an address the
-            // application never saw; the most recent fake destination with
-            // that port is the one it is waiting on.
-            let src = fakes
+            let a = SocketAddr::new(codec::unmap(a.ip()), a.port());
+            let src = if ip_dsts.contains(&a) {
+                a
+            } else if let Some(f) = fakes
                 .iter()
                 .rev()
-                .find(|f| f.port == a.port())
-                .map(|f| f.fake)
-                .unwrap_or(*a);
+                .find(|f| f.port == a.port() && f.resolved == Some(a.ip()))
+            {
+                f.fake
+            } else {
+                let mut waiting = fakes
+                    .iter_mut()
+                    .filter(|f| f.port == a.port() && f.resolved.is_none());
+                match (waiting.next(), waiting.next()) {
+                    (None, _) => a,
+                    (Some(f), None) => {
+                        f.resolved = Some(a.ip());
+                        f.fake
+                    }
+                    (Some(_), Some(_)) => return None,
+                }
+            };
             Some(same_family(src, local))
         }
     }
@@ -1044,41 +1089,157 @@ mod tests {
         }
     }
 
+    fn fake(fake: &str, name: &str, port: u16) -> FakeDest {
+        FakeDest {
+            fake: sa(fake),
+            name: name.into(),
+            port,
+            resolved: None,
+            _pin: None,
+        }
+    }
+
     #[test]
     fn reply_sources() {
         let local = sa("198.18.0.1:5000");
-        let fakes = vec![FakeDest {
-            fake: sa("198.19.0.1:7"),
-            name: "echo.test".into(),
-            port: 7,
-            _pin: None,
-        }];
+        let none = HashSet::new();
+        let mut fakes = vec![fake("198.19.0.1:7", "echo.test", 7)];
         // A name the application reached through a fake address.
         assert_eq!(
-            reply_source(&TargetAddr::Domain("Echo.Test".into(), 7), &fakes, local),
+            reply_source(
+                &TargetAddr::Domain("Echo.Test".into(), 7),
+                &mut fakes,
+                &none,
+                local
+            ),
             Some(sa("198.19.0.1:7"))
         );
         assert_eq!(
-            reply_source(&TargetAddr::Domain("other.test".into(), 7), &fakes, local),
+            reply_source(
+                &TargetAddr::Domain("other.test".into(), 7),
+                &mut fakes,
+                &none,
+                local
+            ),
             None
         );
         // The resolved address of that name, on the same port.
         assert_eq!(
-            reply_source(&TargetAddr::Ip(sa("203.0.113.2:7")), &fakes, local),
+            reply_source(
+                &TargetAddr::Ip(sa("203.0.113.2:7")),
+                &mut fakes,
+                &none,
+                local
+            ),
             Some(sa("198.19.0.1:7"))
         );
         // Any other remote: as it is (full cone), mapped into the endpoint's family.
         assert_eq!(
-            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], local),
+            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &mut [], &none, local),
             Some(sa("203.0.113.9:9"))
         );
         assert_eq!(
-            reply_source(&TargetAddr::Ip(sa("[::ffff:203.0.113.9]:9")), &[], local),
+            reply_source(
+                &TargetAddr::Ip(sa("[::ffff:203.0.113.9]:9")),
+                &mut [],
+                &none,
+                local
+            ),
             Some(sa("203.0.113.9:9"))
         );
         assert_eq!(
-            reply_source(&TargetAddr::Ip(sa("203.0.113.9:9")), &[], sa("[fc00::1]:5")),
+            reply_source(
+                &TargetAddr::Ip(sa("203.0.113.9:9")),
+                &mut [],
+                &none,
+                sa("[fc00::1]:5")
+            ),
             Some(sa("[::ffff:203.0.113.9]:9"))
+        );
+    }
+
+    /// Two names on one port: each reply keeps the source of its own name.
+    #[test]
+    fn reply_sources_two_names_same_port() {
+        let local = sa("198.18.0.1:5000");
+        let none = HashSet::new();
+        let (ip1, ip2) = (
+            TargetAddr::Ip(sa("203.0.113.1:3478")),
+            TargetAddr::Ip(sa("203.0.113.2:3478")),
+        );
+        // stun1 first, its reply, then stun2.
+        let mut fakes = vec![fake("198.19.0.1:3478", "stun1.test", 3478)];
+        assert_eq!(
+            reply_source(&ip1, &mut fakes, &none, local),
+            Some(sa("198.19.0.1:3478"))
+        );
+        fakes.push(fake("198.19.0.2:3478", "stun2.test", 3478));
+        assert_eq!(
+            reply_source(&ip2, &mut fakes, &none, local),
+            Some(sa("198.19.0.2:3478"))
+        );
+        // stun1 again: not the most recent fake destination on that port.
+        assert_eq!(
+            reply_source(&ip1, &mut fakes, &none, local),
+            Some(sa("198.19.0.1:3478"))
+        );
+        assert_eq!(
+            reply_source(&ip2, &mut fakes, &none, local),
+            Some(sa("198.19.0.2:3478"))
+        );
+        // Both sent before any reply: which name 203.0.113.1 answers for
+        // cannot be told, so it is dropped rather than mislabelled.
+        let mut fakes = vec![
+            fake("198.19.0.1:3478", "stun1.test", 3478),
+            fake("198.19.0.2:3478", "stun2.test", 3478),
+        ];
+        assert_eq!(reply_source(&ip1, &mut fakes, &none, local), None);
+        // A name's reply naming the domain is always unambiguous.
+        assert_eq!(
+            reply_source(
+                &TargetAddr::Domain("stun1.test".into(), 3478),
+                &mut fakes,
+                &none,
+                local
+            ),
+            Some(sa("198.19.0.1:3478"))
+        );
+    }
+
+    /// An address the application sent to by IP keeps its own source even
+    /// when a name on the same port waits for replies.
+    #[test]
+    fn reply_sources_ip_destination_passes_through() {
+        let local = sa("198.18.0.1:5000");
+        let ip_dsts: HashSet<SocketAddr> = [sa("203.0.113.9:3478")].into();
+        let mut fakes = vec![fake("198.19.0.1:3478", "stun.test", 3478)];
+        assert_eq!(
+            reply_source(
+                &TargetAddr::Ip(sa("203.0.113.9:3478")),
+                &mut fakes,
+                &ip_dsts,
+                local
+            ),
+            Some(sa("203.0.113.9:3478"))
+        );
+        assert_eq!(
+            reply_source(
+                &TargetAddr::Ip(sa("[::ffff:203.0.113.9]:3478")),
+                &mut fakes,
+                &ip_dsts,
+                local
+            ),
+            Some(sa("203.0.113.9:3478"))
+        );
+        // The name's own reply still maps to its fake address.
+        assert_eq!(
+            reply_source(
+                &TargetAddr::Ip(sa("203.0.113.5:3478")),
+                &mut fakes,
+                &ip_dsts,
+                local
+            ),
+            Some(sa("198.19.0.1:3478"))
         );
     }
 }
