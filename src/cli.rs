@@ -82,7 +82,7 @@ pub struct TunArgs {
     #[arg(long = "ipv6")]
     pub ipv6: Option<String>,
     /// Device MTU.
-    #[arg(long = "mtu", default_value_t = 8500)]
+    #[arg(long = "mtu", default_value_t = 65000)]
     pub mtu: u16,
     /// Mark every socket towards the proxy with SO_MARK (policy routing exemption).
     #[arg(long = "fwmark")]

@@ -77,46 +77,67 @@ pub trait PacketSource: Send + 'static {
     fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>>;
 }
 
-/// A set of received packets in one buffer of fixed-size slots, reused for
-/// every read: no allocation per packet.
+/// A set of received packets packed one after another into one buffer, reused
+/// for every read: no allocation per packet. Each read gets a full `slot`
+/// (the MTU) of room, but only the bytes it returned stay taken, so a burst of
+/// small packets (ACKs) fills the batch by count while a large MTU costs a
+/// bounded buffer rather than `count` MTUs.
 pub struct PacketBatch {
     buf: Vec<u8>,
     slot: usize,
-    lens: Vec<usize>,
+    count: usize,
+    /// Where the next packet goes.
+    end: usize,
+    /// (start, len) of each packet.
+    pkts: Vec<(usize, usize)>,
 }
 
 impl PacketBatch {
+    /// Room for at least `count` packets of `slot` bytes, but at most
+    /// `MAX_BYTES` unless four full-size packets need more: at MTU 65000 a
+    /// batch of 64 full slots would be 4 MB of buffer.
     pub fn new(slot: usize, count: usize) -> PacketBatch {
+        const MAX_BYTES: usize = 256 * 1024;
+        let slot = slot.max(1);
+        let count = count.max(1);
+        let bytes = (slot * count).min(MAX_BYTES.max(slot * 4));
         PacketBatch {
-            buf: vec![0; slot * count],
+            buf: vec![0; bytes.max(slot)],
             slot,
-            lens: Vec::with_capacity(count),
+            count,
+            end: 0,
+            pkts: Vec::with_capacity(count),
         }
     }
     pub fn clear(&mut self) {
-        self.lens.clear();
+        self.pkts.clear();
+        self.end = 0;
     }
     pub fn len(&self) -> usize {
-        self.lens.len()
+        self.pkts.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.lens.is_empty()
+        self.pkts.is_empty()
     }
     pub fn is_full(&self) -> bool {
-        self.lens.len() * self.slot >= self.buf.len()
+        self.pkts.len() >= self.count || self.end + self.slot > self.buf.len()
     }
-    /// The next free slot to read a packet into; `None` when full.
+    /// Room for the next packet (a whole slot); `None` when full.
     pub fn slot_mut(&mut self) -> Option<&mut [u8]> {
-        let at = self.lens.len() * self.slot;
-        self.buf.get_mut(at..at + self.slot)
+        if self.pkts.len() >= self.count {
+            return None;
+        }
+        self.buf.get_mut(self.end..self.end + self.slot)
     }
-    /// Keep the first `len` bytes of the slot `slot_mut` returned.
+    /// Keep the first `len` bytes of the room `slot_mut` returned.
     pub fn commit(&mut self, len: usize) {
-        self.lens.push(len.min(self.slot));
+        let len = len.min(self.slot);
+        self.pkts.push((self.end, len));
+        self.end += len;
     }
     pub fn get(&self, i: usize) -> &[u8] {
-        let at = i * self.slot;
-        &self.buf[at..at + self.lens[i]]
+        let (at, len) = self.pkts[i];
+        &self.buf[at..at + len]
     }
 }
 

@@ -430,6 +430,41 @@ async fn far_side_reset_is_rst() {
     assert!(ok.is_ok(), "reset flow not reclaimed");
 }
 
+#[test]
+fn packet_batch_packs_small_packets_and_bounds_large_mtu() {
+    // MTU 65000: the buffer holds four full packets, not 64.
+    let mut b = PacketBatch::new(65000, 64);
+    let mut full = 0;
+    while let Some(slot) = b.slot_mut() {
+        slot[0] = full as u8;
+        b.commit(65000);
+        full += 1;
+    }
+    assert_eq!(full, 4);
+    assert!(b.is_full());
+    assert_eq!(b.get(3).len(), 65000);
+    assert_eq!(b.get(3)[0], 3);
+    // Small packets are packed: the count limit, not the bytes, ends the batch.
+    b.clear();
+    assert!(b.is_empty());
+    let mut n = 0;
+    while let Some(slot) = b.slot_mut() {
+        slot[..2].copy_from_slice(&[n as u8, 0xab]);
+        b.commit(52);
+        n += 1;
+    }
+    assert_eq!(n, 64);
+    for i in 0..64 {
+        assert_eq!(b.get(i).len(), 52);
+        assert_eq!(&b.get(i)[..2], &[i as u8, 0xab]);
+    }
+    // A read longer than the slot is cut to the slot.
+    let mut b = PacketBatch::new(1500, 2);
+    b.slot_mut().unwrap();
+    b.commit(9000);
+    assert_eq!(b.get(0).len(), 1500);
+}
+
 async fn wait_reclaimed(stats: &StackStats) -> bool {
     timeout(Duration::from_secs(10), async {
         while stats.tcp_active.load(Ordering::Relaxed) != 0 {
