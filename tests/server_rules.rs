@@ -136,6 +136,16 @@ fn auth_reply_version_is_1() {
     assert_eq!(r[0], 1, "RFC 1929 reply version");
     assert_ne!(r[1], 0, "wrong password accepted");
     assert!(closed(&mut s));
+    // A user name with CR/LF is logged escaped: it cannot forge a log line.
+    let mut s = lab.tcp(PROXY);
+    s.write_all(&[5, 1, 2]).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 2]);
+    s.write_all(b"\x01\x0cx\r\nFORGED ok\x01p").unwrap();
+    assert_ne!(read_n(&mut s, 2)[1], 0);
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .log()
+        .contains(r"user=x\r\nFORGED ok")));
+    assert!(!srv.log().lines().any(|l| l.starts_with("FORGED")));
     assert!(!srv.log().contains("s3cret"));
 }
 

@@ -162,17 +162,19 @@ pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: Socket
         .as_ref()
         .map_or_else(|| "-".to_string(), |d| d.to_string());
     let via = log.via.map_or_else(|| "-".to_string(), |v| v.to_string());
+    // The user name and a domain are the client's bytes: escaped, so a CR/LF
+    // cannot forge a log line (the fmt subscriber prints `%` fields raw).
     info!(
         client = %peer,
         proto = %log.proto,
-        user = %log.user.as_deref().unwrap_or("-"),
+        user = %Escaped(log.user.as_deref().unwrap_or("-")),
         cmd = %log.cmd,
-        dest = %dest,
+        dest = %Escaped(&dest),
         via = %via,
         up = log.up,
         down = log.down,
         ms = start.elapsed().as_millis() as u64,
-        outcome = %outcome,
+        outcome = %Escaped(&outcome),
         "session"
     );
 }
@@ -321,4 +323,38 @@ async fn handshake_in(
 pub(super) async fn refuse(client: TcpStream, proto: Proto, rep: u8, why: String) -> String {
     reply_and_close(client, &proto.failure(rep)).await;
     why
+}
+
+/// Displays a string with its control characters escaped (`\n`, `\u{1b}`),
+/// everything else as is.
+pub(crate) struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for e in c.escape_debug() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod escaped_tests {
+    use super::Escaped;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            Escaped("alice\n2026-01-01 INFO session user=admin\r\u{1b}[2J\u{7f}").to_string(),
+            "alice\\n2026-01-01 INFO session user=admin\\r\\u{1b}[2J\\u{7f}"
+        );
+        assert_eq!(Escaped("bücher.test:80").to_string(), "bücher.test:80");
+    }
 }

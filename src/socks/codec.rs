@@ -76,7 +76,8 @@ pub enum CodecError {
     UnknownCommand(u8),
     /// An address type we do not know. The server answers 0x08.
     UnknownAddrType(u8),
-    /// A domain name of length 0, with a NUL byte, or not UTF-8.
+    /// A domain name of length 0, with a control character (NUL, CR, LF, DEL
+    /// ...), or not UTF-8.
     BadDomain,
     /// A reserved byte that must be 0x00 is not.
     BadReserved(u8),
@@ -157,8 +158,13 @@ pub fn parse_addr(b: &[u8]) -> Parsed<TargetAddr> {
     }
 }
 
+/// No DNS name has control characters, and a CR/LF would forge log lines.
+fn bad_domain(raw: &[u8]) -> bool {
+    raw.is_empty() || raw.iter().any(|&c| c < 0x20 || c == 0x7f)
+}
+
 fn domain(raw: &[u8]) -> Result<String, CodecError> {
-    if raw.is_empty() || raw.contains(&0) {
+    if bad_domain(raw) {
         return Err(CodecError::BadDomain);
     }
     String::from_utf8(raw.to_vec()).map_err(|_| CodecError::BadDomain)
@@ -178,7 +184,7 @@ pub fn encode_addr(addr: &TargetAddr, out: &mut Vec<u8>) -> Result<(), CodecErro
             out.extend_from_slice(&a.port().to_be_bytes());
         }
         TargetAddr::Domain(d, port) => {
-            if d.is_empty() || d.as_bytes().contains(&0) {
+            if bad_domain(d.as_bytes()) {
                 return Err(CodecError::BadDomain);
             }
             let len = u8::try_from(d.len()).map_err(|_| CodecError::TooLong)?;
@@ -515,7 +521,7 @@ pub fn encode_socks4_request(
         }
         TargetAddr::Ip(SocketAddr::V6(_)) => return Err(CodecError::UnknownAddrType(atyp::IPV6)),
         TargetAddr::Domain(d, port) => {
-            if d.is_empty() || d.as_bytes().contains(&0) {
+            if bad_domain(d.as_bytes()) {
                 return Err(CodecError::BadDomain);
             }
             if d.len() > SOCKS4_MAX_FIELD {
@@ -724,6 +730,20 @@ mod tests {
             parse_socks5_request(&[5, 1, 0, 3, 3, b'a', 0, b'b', 0, 80]),
             Err(CodecError::BadDomain)
         );
+        // CR, LF, DEL: no DNS name has them, and they would forge log lines.
+        for c in [b'\r', b'\n', 0x1b, 0x7f] {
+            assert_eq!(
+                parse_socks5_request(&[5, 1, 0, 3, 3, b'a', c, b'b', 0, 80]),
+                Err(CodecError::BadDomain),
+                "byte {c:#x}"
+            );
+            assert_eq!(
+                parse_socks4_request(&[4, 1, 0, 80, 0, 0, 0, 1, 0, b'a', c, b'b', 0]),
+                Err(CodecError::BadDomain),
+                "SOCKS4a byte {c:#x}"
+            );
+        }
+        assert!(encode_addr(&TargetAddr::Domain("a\nb".into(), 1), &mut Vec::new()).is_err());
         assert_eq!(
             parse_socks5_request(&[4, 1]),
             Err(CodecError::BadVersion(4))
