@@ -462,18 +462,24 @@ impl Engine {
 
     fn tcp(&mut self, pkt: &[u8], key: FlowKey, syn: bool, rst: bool) {
         let now = self.now();
-        if !self.flows.contains_key(&key) {
-            if rst {
-                return;
+        // One hash of the key per packet on the common path (an existing
+        // flow); only a new flow looks it up again after `open`.
+        let flow = match self.flows.get_mut(&key) {
+            Some(flow) => flow,
+            None => {
+                if rst {
+                    return;
+                }
+                if !syn || !self.open(key, pkt) {
+                    bump(&self.stats.tcp_stray);
+                    self.answer_stray(pkt);
+                    return;
+                }
+                let Some(flow) = self.flows.get_mut(&key) else {
+                    return;
+                };
+                flow
             }
-            if !syn || !self.open(key, pkt) {
-                bump(&self.stats.tcp_stray);
-                self.answer_stray(pkt);
-                return;
-            }
-        }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
         };
         {
             let mut set = flow.shared.lock();
