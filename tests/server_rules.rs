@@ -577,6 +577,38 @@ fn udp_associate_rules() {
     );
 }
 
+/// DST.PORT of UDP ASSOCIATE does not lock the association: behind a NAT the
+/// client's datagrams come from another port than the one it named.
+#[test]
+fn udp_associate_dst_port_does_not_lock_the_source_port() {
+    if !require_root("udp_associate_dst_port_does_not_lock_the_source_port") {
+        return;
+    }
+    let lab = Lab::new("srp");
+    let _srv = lab.server(&[]);
+    let u = lab.udp("127.0.0.1:0");
+    let named = if u.local_addr().unwrap().port() == 40000 {
+        40001
+    } else {
+        40000
+    };
+    let mut ctl = lab.tcp(PROXY);
+    let r = socks5_connect_cmd(&mut ctl, 3, &addr4("127.0.0.1", named));
+    assert_eq!(r[1], 0, "{r:?}");
+    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]]))
+        .parse()
+        .unwrap();
+    let mut d = vec![0, 0, 0];
+    d.extend(addr4(T4, ECHO));
+    d.extend_from_slice(b"natted");
+    u.send_to(&d, relay).unwrap();
+    let mut b = [0u8; 64];
+    let (n, _) = u
+        .recv_from(&mut b)
+        .expect("datagram from another port than DST.PORT was dropped");
+    assert_eq!(&b[..n], &d[..]);
+}
+
 fn socks5_connect_cmd(s: &mut TcpStream, cmd: u8, dest: &[u8]) -> Vec<u8> {
     s.write_all(&[5, 1, 0]).unwrap();
     assert_eq!(read_n(s, 2), [5, 0]);

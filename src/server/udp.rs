@@ -4,7 +4,9 @@
 //! reached the server on (so BND.ADDR is never 0.0.0.0), plus outgoing sockets
 //! (one per address family, made on first use). Datagrams are accepted only
 //! from the control connection's client IP, and from the first source port
-//! seen (or the port the request named). Replies from any remote are relayed
+//! seen. DST.ADDR:DST.PORT of the request is not used to lock the port: behind
+//! a NAT the client cannot know the port its datagrams will come from, and
+//! RFC 1928 §7 only says the server MAY use it to limit access. Replies from any remote are relayed
 //! back (endpoint-independent mapping and filtering: "full cone"), except from
 //! destinations the rules refuse. FRAG != 0 is dropped (no reassembly).
 //! The association ends with its control connection or after the idle timeout.
@@ -23,9 +25,14 @@ use tokio::time::{Duration, Instant};
 use tracing::debug;
 
 /// Name → address cache per association, so a client sending many datagrams
-/// to one name does not resolve it for each.
+/// to one name does not resolve it for each. Failures are cached too (for a
+/// shorter time): each lookup may block the association for up to
+/// `LOOKUP_TIMEOUT`, and a name that does not resolve must not do that to
+/// every datagram.
 const NAME_TTL: Duration = Duration::from_secs(60);
+const NAME_FAIL_TTL: Duration = Duration::from_secs(10);
 const NAME_CACHE_MAX: usize = 256;
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
     match s {
@@ -78,11 +85,7 @@ pub(super) async fn run(
     };
     log.via = Some(bound);
     let client_ip = unmap(peer.ip());
-    // DST.PORT names the client's sending port when it knows it.
-    let mut client_port: Option<u16> = match &req.dest {
-        TargetAddr::Ip(a) if a.port() != 0 => Some(a.port()),
-        _ => None,
-    };
+    let mut client_port: Option<u16> = None;
     if let Err(e) = control.write_all(&Proto::V5.success(bound)).await {
         return format!("client gone before reply: {e}");
     }
@@ -92,7 +95,7 @@ pub(super) async fn run(
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(65536 + 262);
     let mut ctl = [0u8; 256];
-    let mut names: HashMap<String, (IpAddr, Instant)> = HashMap::new();
+    let mut names = NameCache::default();
     let mut hosts: HashMap<IpAddr, bool> = HashMap::new();
     let (mut sent, mut received, mut dropped) = (0u64, 0u64, 0u64);
     let idle = cfg.idle_timeout;
@@ -123,7 +126,7 @@ pub(super) async fn run(
                 };
                 let dest = match &h.addr {
                     TargetAddr::Ip(a) => Some(SocketAddr::new(unmap(a.ip()), a.port())),
-                    TargetAddr::Domain(name, port) => resolve_cached(&mut names, name, *port).await,
+                    TargetAddr::Domain(name, port) => names.get(name, *port, lookup).await,
                 };
                 let Some(dest) = dest.filter(|d| allowed(cfg, &mut hosts, d.ip(), server_ip)) else {
                     dropped += 1;
@@ -246,29 +249,74 @@ fn allowed(
     !host || cfg.rules.host_address_allowed(ip)
 }
 
-async fn resolve_cached(
-    names: &mut HashMap<String, (IpAddr, Instant)>,
-    name: &str,
-    port: u16,
-) -> Option<SocketAddr> {
-    let now = Instant::now();
-    if let Some((ip, t)) = names.get(name) {
-        if now.duration_since(*t) < NAME_TTL {
-            return Some(SocketAddr::new(*ip, port));
+async fn lookup(name: String, port: u16) -> Option<IpAddr> {
+    let mut it = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port)))
+        .await
+        .ok()?
+        .ok()?;
+    it.next().map(|a| unmap(a.ip()))
+}
+
+#[derive(Default)]
+struct NameCache {
+    /// The address, or None for a failed lookup, and when it was looked up.
+    map: HashMap<String, (Option<IpAddr>, Instant)>,
+}
+
+impl NameCache {
+    async fn get<F, Fut>(&mut self, name: &str, port: u16, lookup: F) -> Option<SocketAddr>
+    where
+        F: FnOnce(String, u16) -> Fut,
+        Fut: std::future::Future<Output = Option<IpAddr>>,
+    {
+        let now = Instant::now();
+        if let Some((ip, t)) = self.map.get(name) {
+            let ttl = if ip.is_some() {
+                NAME_TTL
+            } else {
+                NAME_FAIL_TTL
+            };
+            if now.duration_since(*t) < ttl {
+                return ip.map(|ip| SocketAddr::new(ip, port));
+            }
         }
+        let ip = lookup(name.to_string(), port).await;
+        if self.map.len() >= NAME_CACHE_MAX {
+            self.map.clear();
+        }
+        self.map.insert(name.to_string(), (ip, Instant::now()));
+        ip.map(|ip| SocketAddr::new(ip, port))
     }
-    let addr = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((name, port)),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .next()?;
-    if names.len() >= NAME_CACHE_MAX {
-        names.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_lookups_are_cached_for_a_while() {
+        let calls = Cell::new(0);
+        let mut c = NameCache::default();
+        let fail = |_: String, _: u16| {
+            calls.set(calls.get() + 1);
+            async { None }
+        };
+        assert_eq!(c.get("nx.test", 53, fail).await, None);
+        assert_eq!(c.get("nx.test", 53, fail).await, None);
+        assert_eq!(calls.get(), 1, "a failing name was looked up again at once");
+        tokio::time::advance(NAME_FAIL_TTL).await;
+        assert_eq!(c.get("nx.test", 53, fail).await, None);
+        assert_eq!(calls.get(), 2, "a failure is cached for a short time only");
+
+        let ok = |_: String, _: u16| {
+            calls.set(calls.get() + 1);
+            async { Some(IpAddr::from([203, 0, 113, 10])) }
+        };
+        let want = Some("203.0.113.10:7".parse().unwrap());
+        assert_eq!(c.get("web.test", 7, ok).await, want);
+        tokio::time::advance(NAME_FAIL_TTL).await;
+        assert_eq!(c.get("web.test", 7, ok).await, want);
+        assert_eq!(calls.get(), 3);
     }
-    let ip = unmap(addr.ip());
-    names.insert(name.to_string(), (ip, now));
-    Some(SocketAddr::new(ip, port))
 }
