@@ -114,6 +114,10 @@ pub struct Dns {
 /// Kept upstream connections, at most, and for how long.
 const MAX_IDLE_UPSTREAM: usize = 4;
 const IDLE_UPSTREAM_KEEP: Duration = Duration::from_secs(10);
+/// How long a query waits on a kept connection before it is given up for a
+/// fresh one: a kept connection that went silent (proxy or server dropped it
+/// without a FIN) must not eat the whole `FORWARD_TIMEOUT`.
+const KEPT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Dns {
     /// `pool` must be Some in virtual mode; `upstream` must be Some in tcp mode.
@@ -257,8 +261,9 @@ impl Dns {
     }
 
     /// One query over DNS-over-TCP (RFC 7766) through the proxy, on a kept
-    /// connection if there is one (retried once on a fresh one: the server
-    /// may have closed it meanwhile).
+    /// connection if there is one (retried once on a fresh one when it fails
+    /// or stays silent for `KEPT_UPSTREAM_TIMEOUT`: the server may have
+    /// closed it meanwhile, or the path may have lost it).
     async fn forward(&self, up: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
         let len = u16::try_from(msg.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
@@ -266,8 +271,12 @@ impl Dns {
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(msg);
         if let Some(s) = self.take_idle() {
-            if let Ok(r) = self.exchange(s, &out).await {
-                return Ok(r);
+            match tokio::time::timeout(KEPT_UPSTREAM_TIMEOUT, self.exchange(s, &out)).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => tracing::debug!("dns: kept connection to {up}: {e}; trying a new one"),
+                Err(_) => tracing::debug!(
+                    "dns: kept connection to {up} silent for {KEPT_UPSTREAM_TIMEOUT:?}; trying a new one"
+                ),
             }
         }
         let s = self.connector.connect(TargetAddr::Ip(up)).await?;
@@ -377,12 +386,14 @@ mod tests {
         fail: bool,
         /// Serve every query of a connection, not just the first.
         keep: bool,
+        /// After the first answer keep the connection open but never answer.
+        silent: bool,
     }
 
     impl Connector for FakeUpstream {
         fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
             self.dialed.lock().unwrap().push(target);
-            let (fail, keep) = (self.fail, self.keep);
+            let (fail, keep, silent) = (self.fail, self.keep, self.silent);
             Box::pin(async move {
                 if fail {
                     return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
@@ -401,6 +412,12 @@ mod tests {
                         let mut out = (r.len() as u16).to_be_bytes().to_vec();
                         out.extend_from_slice(&r);
                         b.write_all(&out).await.unwrap();
+                        if silent {
+                            // Swallow what follows until the client goes.
+                            let mut sink = [0u8; 512];
+                            while matches!(b.read(&mut sink).await, Ok(n) if n > 0) {}
+                            break;
+                        }
                         if !keep {
                             break;
                         }
@@ -421,10 +438,21 @@ mod tests {
         fail: bool,
         keep: bool,
     ) -> (Dns, Arc<FakeUpstream>) {
+        dns_full(mode, upstream, fail, keep, false)
+    }
+
+    fn dns_full(
+        mode: DnsMode,
+        upstream: Option<&str>,
+        fail: bool,
+        keep: bool,
+        silent: bool,
+    ) -> (Dns, Arc<FakeUpstream>) {
         let up = Arc::new(FakeUpstream {
             dialed: Mutex::new(Vec::new()),
             fail,
             keep,
+            silent,
         });
         let pool = Arc::new(
             FakePool::new(
@@ -547,6 +575,21 @@ mod tests {
             assert_eq!(rcode(&r), 3, "query {id}");
         }
         assert_eq!(up.dialed.lock().unwrap().len(), 3);
+    }
+
+    /// A kept connection that went silent costs about a second, then the
+    /// query is answered on a fresh one: not SERVFAIL after FORWARD_TIMEOUT.
+    #[tokio::test(start_paused = true)]
+    async fn silent_kept_connection_is_given_up_quickly() {
+        let (d, up) = dns_full(DnsMode::Tcp, Some("203.0.113.2"), false, true, true);
+        let r = d.answer(&query(1, "web.test", TYPE_A), None).await.unwrap();
+        assert_eq!(rcode(&r), 3);
+        let t = tokio::time::Instant::now();
+        let r = d.answer(&query(2, "web.test", TYPE_A), None).await.unwrap();
+        assert_eq!(&r[..2], &2u16.to_be_bytes());
+        assert_eq!(rcode(&r), 3, "answered on a fresh connection, not SERVFAIL");
+        assert!(t.elapsed() < FORWARD_TIMEOUT / 2, "took {:?}", t.elapsed());
+        assert_eq!(up.dialed.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -87,11 +87,14 @@ pub enum UrlError {
     /// A scheme other than socks4, socks4a, socks5, socks5h.
     UnknownScheme(String),
     MissingHost,
-    /// An IPv6 address without brackets, or an unclosed bracket.
+    /// An IPv6 address without brackets, or an unclosed bracket. The text is
+    /// cut at its first ':' when it may be `user:password` (see `from_url`).
     BadHost(String),
-    BadPort(String),
-    /// A path, query or fragment after host:port.
-    TrailingGarbage(String),
+    /// The port text, or None when it may be a password.
+    BadPort(Option<String>),
+    /// A path, query or fragment after host:port; None when it may be part
+    /// of a password.
+    TrailingGarbage(Option<String>),
     /// A bad `%XX` escape, or userinfo that is not UTF-8 once decoded.
     BadEscape,
     /// A username or password longer than 255 bytes (RFC 1929 limit).
@@ -112,8 +115,12 @@ impl fmt::Display for UrlError {
             UrlError::BadHost(h) => {
                 write!(f, "bad host {h:?} (write IPv6 addresses as [addr]:port)")
             }
-            UrlError::BadPort(p) => write!(f, "bad port {p:?}"),
-            UrlError::TrailingGarbage(s) => write!(f, "unexpected {s:?} after host:port"),
+            UrlError::BadPort(Some(p)) => write!(f, "bad port {p:?}"),
+            UrlError::BadPort(None) => write!(f, "bad port (not shown: {HIDDEN})"),
+            UrlError::TrailingGarbage(Some(s)) => write!(f, "unexpected {s:?} after host:port"),
+            UrlError::TrailingGarbage(None) => {
+                write!(f, "unexpected path after host:port (not shown: {HIDDEN})")
+            }
             UrlError::BadEscape => write!(f, "bad percent-escape in user:password"),
             UrlError::CredentialsTooLong => write!(f, "username or password longer than 255 bytes"),
         }
@@ -121,6 +128,8 @@ impl fmt::Display for UrlError {
 }
 
 impl std::error::Error for UrlError {}
+
+const HIDDEN: &str = "without '@', user:password would be read as host:port";
 
 fn percent_decode(s: &str) -> Result<String, UrlError> {
     let b = s.as_bytes();
@@ -158,8 +167,17 @@ impl Upstream {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
+        // Without '@', `alice:s3cret` reads as host:port: error texts must not
+        // echo what may be a password (it would end up in logs and terminals).
+        let secret = userinfo.is_none() && hostport.contains(':');
+        let shown = |s: &str| match s.find(':') {
+            Some(i) if secret => format!("{}:...", &s[..i]),
+            _ => s.to_string(),
+        };
         if let Some(i) = hostport.find(['/', '?', '#']) {
-            return Err(UrlError::TrailingGarbage(hostport[i..].to_string()));
+            return Err(UrlError::TrailingGarbage(
+                (!secret).then(|| hostport[i..].to_string()),
+            ));
         }
         let auth = match userinfo {
             None => None,
@@ -175,22 +193,22 @@ impl Upstream {
         let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
             let (h, after) = r
                 .split_once(']')
-                .ok_or_else(|| UrlError::BadHost(hostport.to_string()))?;
+                .ok_or_else(|| UrlError::BadHost(shown(hostport)))?;
             if h.parse::<Ipv6Addr>().is_err() {
-                return Err(UrlError::BadHost(h.to_string()));
+                return Err(UrlError::BadHost(shown(h)));
             }
             let port = match after {
                 "" => None,
                 p => Some(
                     p.strip_prefix(':')
-                        .ok_or_else(|| UrlError::BadPort(p.to_string()))?,
+                        .ok_or_else(|| UrlError::BadPort((!secret).then(|| p.to_string())))?,
                 ),
             };
             (h.to_string(), port)
         } else {
             match hostport.split_once(':') {
                 Some((h, p)) if !p.contains(':') => (h.to_string(), Some(p)),
-                Some(_) => return Err(UrlError::BadHost(hostport.to_string())),
+                Some(_) => return Err(UrlError::BadHost(shown(hostport))),
                 None => (hostport.to_string(), None),
             }
         };
@@ -201,7 +219,7 @@ impl Upstream {
             None => 1080,
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n != 0 => n,
-                _ => return Err(UrlError::BadPort(p.to_string())),
+                _ => return Err(UrlError::BadPort((!secret).then(|| p.to_string()))),
             },
         };
         let addrs = match host.parse::<IpAddr>() {
@@ -506,6 +524,20 @@ pub struct UdpAssociation {
     pub socket: UdpSocket,
 }
 
+/// Where to send datagrams, from the reply's BND.ADDR:BND.PORT. A host name
+/// is never resolved here: the local resolver would leak it (and may answer
+/// through the TUN itself); like 0.0.0.0 / :: it means the proxy's address.
+fn relay_addr(bound: TargetAddr, proxy_ip: IpAddr) -> SocketAddr {
+    let proxy_ip = codec::unmap(proxy_ip);
+    match bound {
+        TargetAddr::Ip(a) => {
+            let ip = codec::unmap(a.ip());
+            SocketAddr::new(if ip.is_unspecified() { proxy_ip } else { ip }, a.port())
+        }
+        TargetAddr::Domain(_, port) => SocketAddr::new(proxy_ip, port),
+    }
+}
+
 /// UDP ASSOCIATE through a SOCKS5 proxy.
 pub async fn udp_associate(up: &Upstream) -> Result<UdpAssociation, DialError> {
     if !up.kind.is_socks5() {
@@ -528,18 +560,7 @@ pub async fn udp_associate(up: &Upstream) -> Result<UdpAssociation, DialError> {
         Ok(r) => r?,
         Err(_) => return Err(DialError::Timeout),
     };
-    let mut relay = match bound {
-        TargetAddr::Ip(a) => a,
-        TargetAddr::Domain(name, port) => tokio::net::lookup_host((name.as_str(), port))
-            .await
-            .ok()
-            .and_then(|mut it| it.next())
-            .ok_or_else(|| proto(format!("cannot resolve relay address {name}")))?,
-    };
-    relay.set_ip(codec::unmap(relay.ip()));
-    if relay.ip().is_unspecified() {
-        relay.set_ip(codec::unmap(proxy_ip));
-    }
+    let relay = relay_addr(bound, proxy_ip);
     if relay.port() == 0 {
         return Err(proto("UDP relay port 0"));
     }
@@ -601,6 +622,51 @@ mod tests {
         ] {
             assert!(Upstream::from_url(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn relay_name_means_the_proxy_address() {
+        let proxy: IpAddr = "198.51.100.1".parse().unwrap();
+        let r = |b: TargetAddr| relay_addr(b, proxy).to_string();
+        assert_eq!(
+            r(TargetAddr::Domain("relay.invalid".into(), 4000)),
+            "198.51.100.1:4000"
+        );
+        assert_eq!(
+            r(TargetAddr::Ip("0.0.0.0:4001".parse().unwrap())),
+            "198.51.100.1:4001"
+        );
+        assert_eq!(
+            r(TargetAddr::Ip("[::ffff:203.0.113.5]:4002".parse().unwrap())),
+            "203.0.113.5:4002"
+        );
+        let v6: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        assert_eq!(
+            relay_addr(TargetAddr::Ip("[::]:4003".parse().unwrap()), v6).to_string(),
+            "198.51.100.1:4003"
+        );
+    }
+
+    /// Without '@', userinfo reads as host:port: no error may echo the
+    /// password.
+    #[test]
+    fn url_errors_never_echo_a_password() {
+        for url in [
+            "socks5://alice:s3cret",
+            "socks5://alice:s3cret/x",
+            "socks5://alice:s3c:ret",
+            "socks5://alice:s3cret?",
+            "socks5://[alice:s3cret",
+            "socks5://[alice:s3cret]:1",
+            "socks5://[::1]s3cret",
+            "socks5://[::1]:s3cret",
+        ] {
+            let e = Upstream::from_url(url).err().expect(url).to_string();
+            assert!(!e.contains("s3c"), "{url}: {e}");
+        }
+        // With '@' the authority holds no credentials: its text helps.
+        let e = Upstream::from_url("socks5://a:b@h:port").err().unwrap();
+        assert!(e.to_string().contains("\"port\""), "{e}");
     }
 
     #[test]
