@@ -4,6 +4,30 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 
+/// Raise the soft open-file limit to the hard one. Every relayed flow or
+/// client holds at least one descriptor towards the other side, so the
+/// common soft limit of 1024 would cap either mode at about a thousand.
+/// Returns the limit now in force, or an error when it could not be raised.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Options applied to every socket sockstun opens towards its upstream, so that
 /// policy routing can exempt sockstun's own traffic (fwmark) or pin it to an
 /// interface (SO_BINDTODEVICE) whatever the proxy's address is.

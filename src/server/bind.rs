@@ -3,9 +3,9 @@
 
 use super::connect::resolve;
 use super::rules::{is_host_address, route_source};
-use super::session::{refuse, Proto, Request, SessionLog};
+use super::session::{refuse, reply_and_relay, Proto, Request, SessionLog};
 use super::Config;
-use crate::relay::tcp::{relay, RelayStream};
+use crate::relay::tcp::RelayStream;
 use crate::socks::codec::{rep5, unmap};
 use crate::socks::TargetAddr;
 use std::net::{IpAddr, SocketAddr};
@@ -108,7 +108,7 @@ pub(super) async fn run(
     let mut watch_client = true;
     let mut one = [0u8; 1];
     let mut strangers = 0u32;
-    let mut peer = loop {
+    let peer = loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((mut s, from)) => {
@@ -142,17 +142,6 @@ pub(super) async fn run(
     };
     drop(listener);
     let from = log.via.unwrap_or(bound);
-    if let Err(e) = client.write_all(&req.proto.success(from)).await {
-        return format!("client gone before second reply: {e}");
-    }
-    if !early.is_empty() {
-        if let Err(e) = peer.write_all(&early).await {
-            return format!("peer write failed: {e}");
-        }
-        log.up += early.len() as u64;
-    }
-    let st = relay(client, peer, Some(cfg.idle_timeout)).await;
-    log.up += st.a_to_b;
-    log.down += st.b_to_a;
-    st.outcome.describe("client", "peer")
+    let reply = req.proto.success(from);
+    reply_and_relay(client, peer, &reply, &early, log, cfg.idle_timeout, "peer").await
 }

@@ -1,14 +1,12 @@
 //! CONNECT: resolve, check the rules on each address, dial, reply, relay.
 
-use super::session::{refuse, Request, SessionLog};
+use super::session::{refuse, reply_and_relay, Request, SessionLog};
 use super::Config;
 use crate::net::SocketOpts;
-use crate::relay::tcp::relay;
 use crate::socks::codec::{rep5, unmap};
 use crate::socks::TargetAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -56,7 +54,7 @@ pub(super) async fn resolve(cfg: &Config, dest: &TargetAddr) -> io::Result<Vec<S
 
 pub(super) async fn run(
     cfg: &Config,
-    mut client: TcpStream,
+    client: TcpStream,
     early: Vec<u8>,
     req: &Request,
     server_ip: Option<IpAddr>,
@@ -110,7 +108,7 @@ pub(super) async fn run(
             }
         }
     }
-    let Some((addr, mut target)) = target else {
+    let Some((addr, target)) = target else {
         let (a, e) = last.unwrap_or_else(|| (req.dest_fallback(), io::Error::other("no address")));
         log.via = Some(a);
         return refuse(
@@ -139,19 +137,17 @@ pub(super) async fn run(
         )
         .await;
     }
-    if let Err(e) = client.write_all(&req.proto.success(bound)).await {
-        return format!("client gone before reply: {e}");
-    }
-    if !early.is_empty() {
-        if let Err(e) = target.write_all(&early).await {
-            return format!("target write failed: {e}");
-        }
-        log.up += early.len() as u64;
-    }
-    let st = relay(client, target, Some(cfg.idle_timeout)).await;
-    log.up += st.a_to_b;
-    log.down += st.b_to_a;
-    st.outcome.describe("client", "target")
+    let reply = req.proto.success(bound);
+    reply_and_relay(
+        client,
+        target,
+        &reply,
+        &early,
+        log,
+        cfg.idle_timeout,
+        "target",
+    )
+    .await
 }
 
 impl Request {

@@ -136,7 +136,9 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let cfg = Arc::new(Config::from_args(&args)?);
-    raise_fd_limit();
+    if let Err(e) = crate::net::raise_fd_limit() {
+        debug!("could not raise the open-file limit: {e}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -145,24 +147,6 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Do not wait for name lookups still running on the blocking pool.
     rt.shutdown_timeout(Duration::from_millis(500));
     r
-}
-
-/// Each client costs two descriptors (three with UDP): raise the soft limit
-/// to the hard one so `--max-clients` is not cut short by the default 1024.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                debug!("could not raise the open-file limit");
-            }
-        }
-    }
 }
 
 /// Bind every listener, then serve until SIGINT/SIGTERM.

@@ -63,6 +63,34 @@ pub(super) struct SessionLog {
     pub down: u64,
 }
 
+/// The end every relaying command shares: send the success reply, pass on the
+/// bytes the client pipelined behind its request, then relay until both sides
+/// are done. Returns the outcome for the log line.
+pub(super) async fn reply_and_relay(
+    mut client: tokio::net::TcpStream,
+    mut other: tokio::net::TcpStream,
+    reply: &[u8],
+    early: &[u8],
+    log: &mut SessionLog,
+    idle: std::time::Duration,
+    other_name: &str,
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = client.write_all(reply).await {
+        return format!("client gone before reply: {e}");
+    }
+    if !early.is_empty() {
+        if let Err(e) = other.write_all(early).await {
+            return format!("{other_name} write failed: {e}");
+        }
+        log.up += early.len() as u64;
+    }
+    let st = crate::relay::tcp::relay(client, other, Some(idle)).await;
+    log.up += st.a_to_b;
+    log.down += st.b_to_a;
+    st.outcome.describe("client", other_name)
+}
+
 /// A parsed request, after authentication.
 pub(super) struct Request {
     pub proto: Proto,

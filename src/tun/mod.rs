@@ -106,7 +106,9 @@ impl TunConfig {
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
     fixed_mmap_threshold();
-    raise_fd_limit();
+    if let Err(e) = crate::net::raise_fd_limit() {
+        warn!("could not raise the descriptor limit: {e}");
+    }
     cfg.upstream
         .resolve()
         .with_context(|| format!("resolving the proxy host {:?}", cfg.upstream.host))?;
@@ -212,24 +214,6 @@ fn fixed_mmap_threshold() {
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
-    }
-}
-
-/// Every relayed flow holds one socket towards the proxy: the common soft
-/// limit of 1024 descriptors would cap sockstun at about a thousand flows.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                warn!("could not raise the descriptor limit to {}", lim.rlim_max);
-            }
-        }
     }
 }
 
