@@ -56,6 +56,9 @@ SAVE=""
 COMPARE=""
 UDP_PPS=50000
 MEM_CONNS=1000
+# Seconds the memory scenario's connections stay idle before the second RSS sample
+# (sockstun gives an idle flow's buffer pages back after 1-2 s).
+IDLE_HOLD=3
 HOLD_CONNS=10000
 
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit "${1:-0}"; }
@@ -350,13 +353,17 @@ scenario() {
 }
 
 # hold_conns ROW N KEY: hold N connections through ROW; when the row has a process,
-# sample its RSS while they are held: R[row|KEY-rss] (MB), R[row|KEY-per] (KB each).
+# sample its RSS while they are held: R[row|KEY-rss] (MB), R[row|KEY-per] (KB each),
+# right after every connection was proven end to end, and for KEY mem again after
+# they have all been idle IDLE_HOLD seconds: R[row|mem-idle-rss], R[row|mem-idle-per].
 hold_conns() {
   local row=$1 n=$2 key=$3 who=${CPUW[$1]:-} log="$WORK/hold-$1-$3.out" before=0 after=0 hp r
+  local idle_after="" secs=2
+  [ "$key" = mem ] && secs=$((IDLE_HOLD + 2))
   [ -n "$who" ] && before=$(rss_kb "$who")
   # shellcheck disable=SC2086
   ip netns exec "$NSC" timeout 180 "$NB" hold ${ARGS[$row]} --conns "$n" --workers 16 \
-    --secs 2 >"$log" 2>>"$WORK/netbench.err" &
+    --secs "$secs" >"$log" 2>>"$WORK/netbench.err" &
   hp=$!
   for _ in $(seq 1700); do
     grep -q '^ESTABLISHED' "$log" 2>/dev/null && break
@@ -364,6 +371,10 @@ hold_conns() {
     sleep 0.1
   done
   [ -n "$who" ] && after=$(rss_kb "$who")
+  if [ -n "$who" ] && [ "$key" = mem ] && kill -0 "$hp" 2>/dev/null; then
+    sleep "$IDLE_HOLD"
+    idle_after=$(rss_kb "$who")
+  fi
   wait "$hp" || true
   r=$(grep '^RESULT' "$log" | head -1) || true
   if [ -z "$r" ]; then fail "$row" "$key"; return; fi
@@ -374,8 +385,12 @@ hold_conns() {
   if [ -n "$who" ]; then
     R["$row|$key-rss"]=$(mb "$after")
     R["$row|$key-per"]=$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN {printf "%.1f", (a - b) * 1.024 / n}')
+    if [ -n "$idle_after" ]; then
+      R["$row|$key-idle-rss"]=$(mb "$idle_after")
+      R["$row|$key-idle-per"]=$(awk -v a="$idle_after" -v b="$before" -v n="$n" 'BEGIN {printf "%.1f", (a - b) * 1.024 / n}')
+    fi
   fi
-  say "  $row hold $n: ${R[$row|$key]} alive; $(grep '^ESTABLISHED' "$log" | head -1)${who:+; RSS $(mb "$before") -> $(mb "$after") MB}"
+  say "  $row hold $n: ${R[$row|$key]} alive; $(grep '^ESTABLISHED' "$log" | head -1)${who:+; RSS $(mb "$before") -> $(mb "$after") MB}${idle_after:+, $(mb "$idle_after") MB after ${IDLE_HOLD} s idle}"
 }
 
 pick_upstream() {
@@ -421,6 +436,8 @@ cpu;CPU s per GB (tcp-up-1)
 rss-idle;RSS idle MB
 mem-rss;RSS MEMN held MB
 mem-per;KB per held connection
+mem-idle-rss;RSS MEMN held, idle IH s MB
+mem-idle-per;KB per held conn, idle IH s
 idle;wake-ups in idle window
 idle-after;wake-ups idle after load
 rss-after;RSS idle after load MB
@@ -436,7 +453,7 @@ print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW
     local noratio=""; [[ "$key" == udp-loss || "$key" == hold ]] && noratio=1
     va=${R[$a|$key]:--}; vb=${R[$b|$key]:--}; vc=${R[$c|$key]:--}
     [ "$va$vb$vc" = "---" ] && continue
-    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
+    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}; label=${label/IH/$IDLE_HOLD}
     printf '| %-28s | %12s | %12s | %12s | %10s | %10s |\n' "$label" "$va" "$vb" "$vc" \
       "$([ -z "$noratio" ] && fmt_ratio "$vc" "$va" || echo -)" "$([ -z "$noratio" ] && fmt_ratio "$vc" "$vb" || echo -)"
   done <<<"$TABLE_KEYS"
@@ -576,7 +593,7 @@ compare_table() {
   while IFS=';' read -r key label; do
     oc=${OLD[$c|$key]:--}; nc=${R[$c|$key]:--}; ob=${OLD[$b|$key]:--}; nb=${R[$b|$key]:--}
     [ "$oc$nc" = "--" ] && continue
-    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}
+    label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}; label=${label/IH/$IDLE_HOLD}
     printf '| %-28s | %12s | %12s | %8s | %12s | %12s |\n' "$label" "$oc" "$nc" "$(fmt_ratio "$nc" "$oc")" \
       "$(fmt_ratio "$oc" "$ob")" "$(fmt_ratio "$nc" "$nb")"
   done <<<"$TABLE_KEYS"

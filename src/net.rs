@@ -50,8 +50,13 @@ impl SocketOpts {
 
     /// A non-blocking TCP socket ready to `connect` to `dest`.
     pub fn tcp_socket(&self, dest: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
-        let s = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_nonblocking(true)?;
+        // Created non-blocking (SOCK_NONBLOCK): two fcntl calls fewer per
+        // flow, which counts when connections are short.
+        let s = Socket::new(
+            Domain::for_address(dest),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
         s.set_tcp_nodelay(true)?;
         self.apply(&s)?;
         Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
@@ -59,15 +64,17 @@ impl SocketOpts {
 
     /// Connect a TCP stream to `dest` with these options.
     pub async fn connect_tcp(&self, dest: SocketAddr) -> io::Result<tokio::net::TcpStream> {
-        let stream = self.tcp_socket(dest)?.connect(dest).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        // TCP_NODELAY was set on the socket before connecting and stays.
+        self.tcp_socket(dest)?.connect(dest).await
     }
 
     /// A UDP socket bound to `local` with these options.
     pub fn udp_socket(&self, local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
-        let s = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_nonblocking(true)?;
+        let s = Socket::new(
+            Domain::for_address(local),
+            Type::DGRAM.nonblocking(),
+            Some(Protocol::UDP),
+        )?;
         self.apply(&s)?;
         s.bind(&SockAddr::from(local))?;
         tokio::net::UdpSocket::from_std(s.into())

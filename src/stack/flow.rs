@@ -4,6 +4,7 @@
 //! over the same connection, and data moves between the socket's own ring
 //! buffers and the relay's buffer with a single copy.
 
+use super::ring::RingMem;
 use super::wire::FlowKey;
 use crate::relay::tcp::RelayStream;
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -36,6 +37,9 @@ pub(crate) struct FlowShared {
     /// closes, or after a linger time at the latest.
     pub detached: AtomicBool,
     pub cmds: UnboundedSender<Cmd>,
+    /// The memory of the socket's rings. Declared after `set`, so the socket
+    /// that borrows it is dropped first (fields drop in declaration order).
+    pub mem: RingMem,
 }
 
 impl FlowShared {

@@ -36,6 +36,7 @@
 mod device;
 pub mod flow;
 pub mod mem;
+pub mod ring;
 pub mod wire;
 
 pub use flow::TunStream;
@@ -216,6 +217,10 @@ pub struct StackConfig {
     /// LAN, so the probes are cheap. Without it smoltcp retransmits forever
     /// and such flows, their proxy connections and buffers are never reclaimed.
     pub dead_peer_timeout: Duration,
+    /// A flow through which no data moved for one to two of these, with both
+    /// rings empty, gives its ring pages back to the kernel (see
+    /// [`ring`]): idle connections then cost their state, not their buffers.
+    pub release_idle: Duration,
 }
 
 impl Default for StackConfig {
@@ -229,6 +234,7 @@ impl Default for StackConfig {
             idle_timeout: None,
             batch: 64,
             dead_peer_timeout: Duration::from_secs(180),
+            release_idle: Duration::from_secs(1),
         }
     }
 }
@@ -247,6 +253,8 @@ pub struct StackStats {
     pub other_dropped: AtomicU64,
     pub malformed: AtomicU64,
     pub wakeups: AtomicU64,
+    /// Times an idle flow gave its ring pages back.
+    pub rings_released: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -272,6 +280,10 @@ struct Flow {
     timer: Option<(i64, u64)>,
     touched: bool,
     linger_until: Option<SInstant>,
+    /// Its rings may hold resident pages: it is on the engine's `resident` list.
+    resident: bool,
+    /// Data moved since the last release sweep.
+    busy: bool,
 }
 
 /// The stack: build with [`Stack::new`], then [`Stack::run`] it on a tokio
@@ -329,6 +341,10 @@ impl Stack {
         }
         loop {
             let next = eng.timers.keys().next().map(|(t, _)| *t);
+            let next = match (next, eng.sweep_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Some(t) = next {
                 if armed != Some(t) {
                     sleep
@@ -367,6 +383,7 @@ impl Stack {
             }
             eng.fire_timers();
             eng.settle_touched();
+            eng.sweep();
         }
         eng.shutdown();
         Ok(())
@@ -391,6 +408,11 @@ struct Engine {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     next_id: u64,
     epoch: std::time::Instant,
+    /// Flows whose rings may hold resident pages, with their ids.
+    resident: Vec<(FlowKey, u64)>,
+    /// The next release sweep (µs since `epoch`); armed only while `resident`
+    /// is not empty, so a quiet stack with released flows never wakes for it.
+    sweep_at: Option<i64>,
 }
 
 impl Engine {
@@ -440,6 +462,8 @@ impl Engine {
             cmd_tx,
             next_id: 0,
             epoch,
+            resident: Vec::new(),
+            sweep_at: None,
         }
     }
 
@@ -490,6 +514,11 @@ impl Engine {
                 mtu: self.cfg.mtu,
             };
             self.iface.poll_ingress_single(now, &mut dev, &mut set);
+            let data = set.get::<tcp::Socket>(flow.shared.handle).recv_queue() > 0;
+            drop(set);
+            if data {
+                note_data(flow, key, &mut self.resident);
+            }
         }
         if !flow.touched {
             flow.touched = true;
@@ -517,10 +546,17 @@ impl Engine {
             debug!(src = %key.src, dst = %key.dst, "tcp flow limit reached, refusing");
             return false;
         }
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
-        );
+        let mut mem = match ring::RingMem::new(self.cfg.rx_buffer, self.cfg.tx_buffer) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(src = %key.src, dst = %key.dst, "no memory for the flow's buffers: {e}");
+                return false;
+            }
+        };
+        // SAFETY: taken once; the socket built on them lives in `set`, which
+        // `FlowShared` drops before `mem` (field order).
+        let (rx, tx) = unsafe { mem.slices() };
+        let mut sock = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         sock.set_nagle_enabled(false);
         sock.set_congestion_control(tcp::CongestionControl::Cubic);
         sock.set_keep_alive(Some((self.cfg.dead_peer_timeout / 3).into()));
@@ -545,6 +581,7 @@ impl Engine {
             queued: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             cmds: self.cmd_tx.clone(),
+            mem,
         });
         self.flows.insert(
             key,
@@ -554,6 +591,8 @@ impl Engine {
                 timer: None,
                 touched: false,
                 linger_until: None,
+                resident: false,
+                busy: false,
             },
         );
         bump(&self.stats.tcp_opened);
@@ -698,7 +737,11 @@ impl Engine {
                     != smoltcp::iface::PollResult::None
                 {}
             }
-            let state = set.get::<tcp::Socket>(shared.handle).state();
+            let sock = set.get::<tcp::Socket>(shared.handle);
+            let state = sock.state();
+            if sock.recv_queue() > 0 || sock.send_queue() > 0 {
+                note_data(flow, key, &mut self.resident);
+            }
             let next = if dialing {
                 None
             } else {
@@ -739,6 +782,62 @@ impl Engine {
         }
     }
 
+    /// Give back the ring pages of flows that stayed idle. A flow on the
+    /// `resident` list that moved no data since the previous sweep and has
+    /// both rings empty is released; one that moved data is looked at again
+    /// next time. So a flow is released one to two `release_idle` periods
+    /// after its last byte, and a stack whose flows are all released (or
+    /// closed) has no sweep armed and sleeps.
+    fn sweep(&mut self) {
+        let now = self.now().total_micros();
+        match self.sweep_at {
+            None if self.resident.is_empty() => return,
+            None => {
+                self.sweep_at = Some(now + self.cfg.release_idle.as_micros() as i64);
+                return;
+            }
+            Some(t) if t > now => return,
+            Some(_) => {}
+        }
+        let mut list = std::mem::take(&mut self.resident);
+        let mut released = 0;
+        list.retain(|(key, id)| {
+            let Some(flow) = self.flows.get_mut(key) else {
+                return false;
+            };
+            if flow.shared.id != *id {
+                return false;
+            }
+            if std::mem::take(&mut flow.busy) {
+                return true;
+            }
+            let set = flow.shared.lock();
+            let sock = set.get::<tcp::Socket>(flow.shared.handle);
+            if sock.recv_queue() > 0 || sock.send_queue() > 0 {
+                // Data the application or the proxy has not taken yet.
+                return true;
+            }
+            // SAFETY: both rings are empty and we hold the flow's lock, so
+            // nothing reads or writes them during the call (RingMem::release).
+            unsafe { flow.shared.mem.release() };
+            drop(set);
+            flow.resident = false;
+            released += 1;
+            false
+        });
+        self.resident = list;
+        if released > 0 {
+            self.stats
+                .rings_released
+                .fetch_add(released, Ordering::Relaxed);
+        }
+        self.sweep_at = if self.resident.is_empty() {
+            None
+        } else {
+            Some(now + self.cfg.release_idle.as_micros() as i64)
+        };
+    }
+
     fn shutdown(&mut self) {
         let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
         let now = self.now();
@@ -757,6 +856,16 @@ impl Engine {
             }
             self.remove(&key);
         }
+    }
+}
+
+/// Data sits in (or just went through) the flow's rings: keep it from being
+/// released at the next sweep, and put it on the list the sweep walks.
+fn note_data(flow: &mut Flow, key: FlowKey, resident: &mut Vec<(FlowKey, u64)>) {
+    flow.busy = true;
+    if !flow.resident {
+        flow.resident = true;
+        resident.push((key, flow.shared.id));
     }
 }
 

@@ -203,11 +203,11 @@ pub async fn run_async(
     res.context("reading the TUN device")
 }
 
-/// Every flow allocates its socket buffers zeroed (smoltcp needs them whole
-/// up front). Served by mmap, that memory is the kernel's shared zero page
-/// until written, so a quiet flow costs a few KB of RSS, not the buffer size.
+/// Large allocations (a relay direction's 64 KiB buffer, kept while its
+/// writer lags) are served by mmap and go back to the system when freed.
 /// glibc's default threshold rises after the first large free, after which
-/// calloc reuses heap memory and must clear (touch) all of it: fix it.
+/// they come from the heap and stay resident after the flow ends: fix it.
+/// (The flows' ring buffers are mapped by `stack::ring` directly.)
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before

@@ -1,0 +1,178 @@
+//! The memory behind one flow's two smoltcp ring buffers.
+//!
+//! smoltcp fixes a socket's buffers when the socket is created, and TCP
+//! advertises a window as large as the receive ring, so every flow needs its
+//! full rings (256 KiB each way by default) from the SYN on. What a flow costs
+//! is therefore decided by how many of those pages are resident:
+//! - Both rings live in one anonymous private mapping of our own (one `mmap`
+//!   and one `munmap` per flow instead of two of each through the allocator,
+//!   and no allocator header in the first page). Untouched pages are the
+//!   kernel's zero page: they cost nothing until data lands in them.
+//! - smoltcp moves a ring's start back to offset 0 whenever it runs empty, so
+//!   an interactive flow keeps touching the same first pages. Once a flow has
+//!   been idle with both rings empty, [`RingMem::release`] hands every page
+//!   back to the kernel (`MADV_DONTNEED`), which is what the kernel's own TCP
+//!   costs for an idle socket: no buffer memory at all. The next byte faults a
+//!   fresh zero page in.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// One mapping holding a flow's receive and transmit rings, unmapped on drop.
+/// The slices handed to smoltcp borrow it for `'static`; the owner must drop
+/// every socket built on them before the `RingMem` (see `FlowShared`).
+pub struct RingMem {
+    base: NonNull<u8>,
+    /// The whole mapping.
+    len: usize,
+    rx_len: usize,
+    /// Where the transmit ring starts: `rx_len` rounded up to a page.
+    tx_at: usize,
+    tx_len: usize,
+}
+
+// SAFETY: RingMem is a plain owned allocation (like a Box<[u8]>); it has no
+// thread affinity, and it only touches the mapping in `release` and `drop`,
+// whose callers hold the flow's lock or own the RingMem.
+unsafe impl Send for RingMem {}
+// SAFETY: see above: `&RingMem` gives access to no bytes, only `release`,
+// whose caller must uphold its contract.
+unsafe impl Sync for RingMem {}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+impl RingMem {
+    /// Map `rx_len + tx_len` bytes (each rounded up to whole pages, so the two
+    /// rings never share a page), zero and not yet resident.
+    pub fn new(rx_len: usize, tx_len: usize) -> io::Result<RingMem> {
+        let page = page_size();
+        let round = |n: usize| n.max(1).div_ceil(page) * page;
+        let len = round(rx_len)
+            .checked_add(round(tx_len))
+            .ok_or_else(|| io::Error::other("ring sizes overflow"))?;
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing aliases no existing memory; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(RingMem {
+            base,
+            len,
+            rx_len,
+            tx_at: round(rx_len),
+            tx_len,
+        })
+    }
+
+    /// The receive and transmit ring storage, for `tcp::SocketBuffer::new`.
+    ///
+    /// # Safety
+    /// Call at most once per `RingMem`, and drop whatever holds the slices
+    /// before the `RingMem` itself: they point into its mapping.
+    pub unsafe fn slices(&mut self) -> (&'static mut [u8], &'static mut [u8]) {
+        // SAFETY: both ranges lie inside the mapping (rx at 0, tx at the
+        // page-rounded rx length), do not overlap, and are readable and
+        // writable zeroed memory; the caller keeps the mapping alive as long
+        // as the slices (contract above) and takes them only once, so no
+        // other reference to these bytes exists.
+        unsafe {
+            let rx = std::slice::from_raw_parts_mut(self.base.as_ptr(), self.rx_len);
+            let tx =
+                std::slice::from_raw_parts_mut(self.base.as_ptr().add(self.tx_at), self.tx_len);
+            (rx, tx)
+        }
+    }
+
+    /// Give every page of both rings back to the kernel; they read as zeros
+    /// afterwards and become resident again only when written.
+    ///
+    /// # Safety
+    /// Both rings must be empty (no byte queued in either), and nothing may
+    /// access them during the call (hold the flow's lock). smoltcp reads only
+    /// bytes it wrote since the ring last ran empty, so the zeros are never
+    /// read as data: to the socket this is a write of bytes it does not use,
+    /// like the kernel filling a buffer in `read(2)`.
+    pub unsafe fn release(&self) {
+        // SAFETY: the range is exactly our own mapping; MADV_DONTNEED keeps it
+        // mapped (private anonymous memory reads back as zero-fill), so every
+        // slice into it stays valid. Failure only means the pages stay.
+        unsafe {
+            libc::madvise(self.base.as_ptr().cast(), self.len, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// Pages of the mapping that are resident now (for tests and stats).
+    pub fn resident_pages(&self) -> usize {
+        let page = page_size();
+        let mut vec = vec![0u8; self.len.div_ceil(page)];
+        // SAFETY: the range is our mapping and `vec` has one byte per page,
+        // as mincore(2) requires.
+        let r = unsafe { libc::mincore(self.base.as_ptr().cast(), self.len, vec.as_mut_ptr()) };
+        if r != 0 {
+            return 0;
+        }
+        vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+}
+
+impl Drop for RingMem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours, and by the contract of `slices` no
+        // socket using it outlives this call.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_are_separate_zeroed_and_released() {
+        let mut m = RingMem::new(10_000, 5_000).unwrap();
+        assert_eq!(m.resident_pages(), 0, "nothing resident before use");
+        // SAFETY: taken once; dropped before `m` (end of scope order below).
+        let (rx, tx) = unsafe { m.slices() };
+        assert_eq!((rx.len(), tx.len()), (10_000, 5_000));
+        // (Reading untouched pages would map the zero page, which mincore
+        // counts: write first, read afterwards.)
+        rx[0] = 1;
+        tx[0] = 2;
+        rx[9_999] = 3;
+        assert_eq!(tx[0], 2, "the rings do not overlap");
+        assert_eq!(m.resident_pages(), 3);
+        // SAFETY: nothing else uses the slices during the call.
+        unsafe { m.release() };
+        assert_eq!(m.resident_pages(), 0, "released pages are not resident");
+        assert_eq!(
+            (rx[0], tx[0], rx[9_999]),
+            (0, 0, 0),
+            "and read back as zero"
+        );
+        assert!(rx.iter().chain(tx.iter()).all(|b| *b == 0));
+        tx[4_999] = 7;
+        assert_eq!(tx[4_999], 7, "still mapped and writable");
+    }
+}
