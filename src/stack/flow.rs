@@ -4,14 +4,14 @@
 //! over the same connection, and data moves between the socket's own ring
 //! buffers and the relay's buffer with a single copy.
 
-use super::ring::RingMem;
+use super::ring::{RingMem, RingPool};
 use super::wire::FlowKey;
 use crate::relay::tcp::RelayStream;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, SendError, State};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,7 +24,14 @@ pub(crate) enum Cmd {
     Poll(FlowKey, u64),
     /// The SOCKS dial finished.
     Dialed(FlowKey, u64, Result<(), super::Refusal>),
+    /// A closed flow's ring memory went into an empty pool: arm the sweep
+    /// that unmaps it if no flow takes it.
+    Pooled,
 }
+
+/// A flow that moved at most this much through its rings has few resident
+/// pages: its mapping is worth keeping for the next flow.
+const POOL_MAX_MOVED: u64 = 32 * 1024;
 
 pub(crate) struct FlowShared {
     pub key: FlowKey,
@@ -37,9 +44,28 @@ pub(crate) struct FlowShared {
     /// closes, or after a linger time at the latest.
     pub detached: AtomicBool,
     pub cmds: UnboundedSender<Cmd>,
-    /// The memory of the socket's rings. Declared after `set`, so the socket
-    /// that borrows it is dropped first (fields drop in declaration order).
-    pub mem: RingMem,
+    /// The memory of the socket's rings (always `Some` until drop, where the
+    /// socket borrowing it is dropped first and the mapping goes back to
+    /// `pool`).
+    pub mem: Option<RingMem>,
+    pub pool: Arc<RingPool>,
+    /// Bytes the relay moved through the rings, both ways.
+    pub moved: AtomicU64,
+}
+
+impl Drop for FlowShared {
+    fn drop(&mut self) {
+        // The socket borrows `mem`: it must be gone before the mapping is
+        // reused or unmapped.
+        let set = self.set.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop(std::mem::replace(set, SocketSet::new(Vec::new())));
+        if let Some(mem) = self.mem.take() {
+            let small = *self.moved.get_mut() <= POOL_MAX_MOVED;
+            if self.pool.give(mem, small) {
+                let _ = self.cmds.send(Cmd::Pooled);
+            }
+        }
+    }
 }
 
 impl FlowShared {
@@ -100,6 +126,7 @@ impl AsyncRead for TunStream {
             Ok(n) => {
                 buf.advance(n);
                 drop(set);
+                shared.moved.fetch_add(n as u64, Ordering::Relaxed);
                 // The window grew: let the stack announce it if it matters.
                 shared.kick();
                 Poll::Ready(Ok(()))
@@ -130,6 +157,7 @@ impl AsyncWrite for TunStream {
             }
             Ok(n) => {
                 drop(set);
+                shared.moved.fetch_add(n as u64, Ordering::Relaxed);
                 shared.kick();
                 Poll::Ready(Ok(n))
             }

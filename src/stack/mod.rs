@@ -265,6 +265,10 @@ fn bump(c: &AtomicU64) {
 /// finish the close before the stack drops it anyway.
 const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
 
+/// Ring mappings kept for reuse: enough for bursts of short connections, few
+/// enough that their resident first pages do not matter.
+const RING_POOL: usize = 32;
+
 enum Phase {
     /// The proxy is being asked; the SYN (copied) for the refusal answer.
     Dialing {
@@ -411,8 +415,9 @@ struct Engine {
     /// Flows whose rings may hold resident pages, with their ids.
     resident: Vec<(FlowKey, u64)>,
     /// The next release sweep (µs since `epoch`); armed only while `resident`
-    /// is not empty, so a quiet stack with released flows never wakes for it.
+    /// or the pool is not empty, so a quiet stack never wakes for it.
     sweep_at: Option<i64>,
+    pool: Arc<ring::RingPool>,
 }
 
 impl Engine {
@@ -447,6 +452,11 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
+        let pool = Arc::new(ring::RingPool::new(
+            s.cfg.rx_buffer,
+            s.cfg.tx_buffer,
+            RING_POOL,
+        ));
         Engine {
             cfg: s.cfg,
             dialer: s.dialer,
@@ -464,6 +474,7 @@ impl Engine {
             epoch,
             resident: Vec::new(),
             sweep_at: None,
+            pool,
         }
     }
 
@@ -546,15 +557,16 @@ impl Engine {
             debug!(src = %key.src, dst = %key.dst, "tcp flow limit reached, refusing");
             return false;
         }
-        let mut mem = match ring::RingMem::new(self.cfg.rx_buffer, self.cfg.tx_buffer) {
+        let (mut mem, reused) = match self.pool.take() {
             Ok(m) => m,
             Err(e) => {
                 debug!(src = %key.src, dst = %key.dst, "no memory for the flow's buffers: {e}");
                 return false;
             }
         };
-        // SAFETY: taken once; the socket built on them lives in `set`, which
-        // `FlowShared` drops before `mem` (field order).
+        // SAFETY: a mapping from the pool comes from a dropped FlowShared,
+        // which dropped its socket first; the socket built on these lives in
+        // `set`, which `FlowShared::drop` drops before giving `mem` back.
         let (rx, tx) = unsafe { mem.slices() };
         let mut sock = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         sock.set_nagle_enabled(false);
@@ -581,7 +593,9 @@ impl Engine {
             queued: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             cmds: self.cmd_tx.clone(),
-            mem,
+            mem: Some(mem),
+            pool: self.pool.clone(),
+            moved: AtomicU64::new(0),
         });
         self.flows.insert(
             key,
@@ -591,10 +605,14 @@ impl Engine {
                 timer: None,
                 touched: false,
                 linger_until: None,
-                resident: false,
+                resident: reused,
                 busy: false,
             },
         );
+        if reused {
+            // An earlier flow's pages may be resident: let the sweep see it.
+            self.resident.push((key, id));
+        }
         bump(&self.stats.tcp_opened);
         self.stats
             .tcp_active
@@ -607,6 +625,8 @@ impl Engine {
 
     fn command(&mut self, c: Cmd) {
         match c {
+            // The sweep that follows every wake-up arms itself.
+            Cmd::Pooled => {}
             Cmd::Poll(key, id) => {
                 if let Some(flow) = self.flows.get_mut(&key) {
                     if flow.shared.id == id {
@@ -791,7 +811,7 @@ impl Engine {
     fn sweep(&mut self) {
         let now = self.now().total_micros();
         match self.sweep_at {
-            None if self.resident.is_empty() => return,
+            None if self.resident.is_empty() && self.pool.is_empty() => return,
             None => {
                 self.sweep_at = Some(now + self.cfg.release_idle.as_micros() as i64);
                 return;
@@ -817,9 +837,11 @@ impl Engine {
                 // Data the application or the proxy has not taken yet.
                 return true;
             }
-            // SAFETY: both rings are empty and we hold the flow's lock, so
-            // nothing reads or writes them during the call (RingMem::release).
-            unsafe { flow.shared.mem.release() };
+            if let Some(mem) = &flow.shared.mem {
+                // SAFETY: both rings are empty and we hold the flow's lock, so
+                // nothing reads or writes them during the call (RingMem::release).
+                unsafe { mem.release() };
+            }
             drop(set);
             flow.resident = false;
             released += 1;
@@ -831,7 +853,8 @@ impl Engine {
                 .rings_released
                 .fetch_add(released, Ordering::Relaxed);
         }
-        self.sweep_at = if self.resident.is_empty() {
+        let pooled = self.pool.sweep();
+        self.sweep_at = if self.resident.is_empty() && !pooled {
             None
         } else {
             Some(now + self.cfg.release_idle.as_micros() as i64)

@@ -14,6 +14,12 @@
 //!   back to the kernel (`MADV_DONTNEED`), which is what the kernel's own TCP
 //!   costs for an idle socket: no buffer memory at all. The next byte faults a
 //!   fresh zero page in.
+//! - Short connections come and go by the thousand per second: a closed
+//!   flow's mapping goes back to a small [`RingPool`] (only when the flow moved
+//!   little data, so only its first pages are resident) and the next flow
+//!   takes it, pages and all: no `mmap`, `munmap` or page faults per
+//!   connection. The pool empties itself (unmaps) once it has gone unused for
+//!   a sweep period, so the memory goes back after a burst.
 
 use std::io;
 use std::ptr::NonNull;
@@ -85,16 +91,19 @@ impl RingMem {
     }
 
     /// The receive and transmit ring storage, for `tcp::SocketBuffer::new`.
+    /// A mapping from the pool may still hold an earlier flow's bytes; a ring
+    /// buffer reads only bytes it wrote, so they are never seen.
     ///
     /// # Safety
-    /// Call at most once per `RingMem`, and drop whatever holds the slices
-    /// before the `RingMem` itself: they point into its mapping.
+    /// Slices from an earlier call must all be gone, and whatever holds these
+    /// must be dropped before the `RingMem` (or before the next call).
     pub unsafe fn slices(&mut self) -> (&'static mut [u8], &'static mut [u8]) {
         // SAFETY: both ranges lie inside the mapping (rx at 0, tx at the
         // page-rounded rx length), do not overlap, and are readable and
-        // writable zeroed memory; the caller keeps the mapping alive as long
-        // as the slices (contract above) and takes them only once, so no
-        // other reference to these bytes exists.
+        // writable initialised memory (zero-filled by the kernel, or bytes
+        // written since); the caller keeps the mapping alive as long as the
+        // slices and holds no earlier ones (contract above), so no other
+        // reference to these bytes exists.
         unsafe {
             let rx = std::slice::from_raw_parts_mut(self.base.as_ptr(), self.rx_len);
             let tx =
@@ -132,6 +141,90 @@ impl RingMem {
             return 0;
         }
         vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+}
+
+/// Mappings of closed flows, kept for the next flows. Shared by the stack
+/// (which takes) and the flows' last owners (which give back, from any thread).
+pub struct RingPool {
+    inner: std::sync::Mutex<PoolInner>,
+    rx_len: usize,
+    tx_len: usize,
+    cap: usize,
+}
+
+struct PoolInner {
+    /// Each mapping with the sweep generation it was given back in.
+    free: Vec<(RingMem, u64)>,
+    generation: u64,
+}
+
+impl RingPool {
+    /// A pool of at most `cap` mappings of `rx_len + tx_len` bytes.
+    pub fn new(rx_len: usize, tx_len: usize, cap: usize) -> RingPool {
+        RingPool {
+            inner: std::sync::Mutex::new(PoolInner {
+                free: Vec::new(),
+                generation: 0,
+            }),
+            rx_len,
+            tx_len,
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        // The inner state is a plain list: consistent after any panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A mapping for a new flow, and whether it came from the pool (then some
+    /// of its pages may be resident already).
+    pub fn take(&self) -> io::Result<(RingMem, bool)> {
+        if let Some((m, _)) = self.lock().free.pop() {
+            return Ok((m, true));
+        }
+        Ok((RingMem::new(self.rx_len, self.tx_len)?, false))
+    }
+
+    /// Take back a closed flow's mapping; `small` says the flow moved little
+    /// data, so few of its pages are resident. Others are unmapped at once.
+    /// Returns true when the pool was empty before (someone must arrange a
+    /// sweep, or the kept pages would stay).
+    pub fn give(&self, mem: RingMem, small: bool) -> bool {
+        let mut inner = self.lock();
+        let was_empty = inner.free.is_empty();
+        if small && inner.free.len() < self.cap {
+            let g = inner.generation;
+            inner.free.push((mem, g));
+            return was_empty;
+        }
+        // else: dropped here, unmapped.
+        false
+    }
+
+    /// Called once per sweep period: unmap what sat unused for a whole
+    /// period. Returns whether mappings remain (the sweep must come back).
+    pub fn sweep(&self) -> bool {
+        let stale = {
+            let mut inner = self.lock();
+            let g = inner.generation;
+            inner.generation += 1;
+            let (keep, stale): (Vec<_>, Vec<_>) = inner.free.drain(..).partition(|(_, x)| *x == g);
+            inner.free = keep;
+            stale
+        };
+        // Unmapped outside the lock.
+        drop(stale);
+        !self.lock().free.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -174,5 +267,38 @@ mod tests {
         assert!(rx.iter().chain(tx.iter()).all(|b| *b == 0));
         tx[4_999] = 7;
         assert_eq!(tx[4_999], 7, "still mapped and writable");
+    }
+
+    #[test]
+    fn pool_reuses_small_flows_and_empties_after_a_quiet_period() {
+        let pool = RingPool::new(8192, 8192, 2);
+        let (a, reused) = pool.take().unwrap();
+        assert!(!reused);
+        let (b, _) = pool.take().unwrap();
+        let (c, _) = pool.take().unwrap();
+        let a_base = a.base;
+        pool.give(a, true);
+        pool.give(b, false);
+        assert_eq!(pool.len(), 1, "a flow that moved much data is not kept");
+        pool.give(c, true);
+        let (again, reused) = pool.take().unwrap();
+        assert!(reused);
+        pool.give(again, true);
+        assert_eq!(pool.len(), 2);
+        let (d, _) = pool.take().unwrap();
+        let (e, _) = pool.take().unwrap();
+        assert!(
+            [d.base, e.base].contains(&a_base),
+            "the same mapping comes back"
+        );
+        pool.give(d, true);
+        pool.give(e, true);
+        let (f, _) = pool.take().unwrap();
+        pool.give(f, true);
+        pool.give(RingMem::new(8192, 8192).unwrap(), true);
+        assert_eq!(pool.len(), 2, "bounded by its capacity");
+        assert!(pool.sweep(), "given back in this period: kept one more");
+        assert!(!pool.sweep(), "unused for a whole period: unmapped");
+        assert!(pool.is_empty());
     }
 }
