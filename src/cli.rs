@@ -114,4 +114,9 @@ pub struct TunArgs {
     /// Seconds to wait for the proxy to accept a CONNECT.
     #[arg(long = "connect-timeout", default_value_t = 10)]
     pub connect_timeout: u64,
+    /// SOCKS5: send greeting, credentials and request in one write (one round
+    /// trip instead of two or three). dante and sockstun server take it;
+    /// servers that drop bytes after the greeting (microsocks) hang.
+    #[arg(long = "socks-pipeline")]
+    pub socks_pipeline: bool,
 }

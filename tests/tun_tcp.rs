@@ -77,9 +77,13 @@ fn wait_listening(ns: &Netns, addr: SocketAddr) -> bool {
 
 /// `sockstun tun` in the client namespace, routes into its device.
 fn start_tun(topo: &Topology, proxy_url: &str) -> (Proc, String) {
+    start_tun_with(topo, proxy_url, &[])
+}
+
+fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, String) {
     let dev = uniq("stun");
     let bin = sockstun_bin();
-    let p = topo.client.spawn(&[
+    let mut args = vec![
         bin.to_str().unwrap(),
         "--log",
         "debug,smoltcp=info",
@@ -94,7 +98,9 @@ fn start_tun(topo: &Topology, proxy_url: &str) -> (Proc, String) {
         TUN_V6,
         "--connect-timeout",
         "3",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let p = topo.client.spawn(&args);
     let up = wait_until(Duration::from_secs(10), || {
         p.log().contains("TUN device up")
     });
@@ -241,6 +247,10 @@ fn rig(tag: &str) -> Rig {
 }
 
 fn rig_with(tag: &str, up: Up) -> Rig {
+    rig_args(tag, up, &[])
+}
+
+fn rig_args(tag: &str, up: Up, extra: &[&str]) -> Rig {
     let topo = Topology::new(tag);
     let dir = TempDir::new("stund");
     let (upstream, url) = match up {
@@ -257,7 +267,7 @@ fn rig_with(tag: &str, up: Up) -> Rig {
         ),
     };
     start_servers(&topo);
-    let (tun, dev) = start_tun(&topo, &url);
+    let (tun, dev) = start_tun_with(&topo, &url, extra);
     Rig {
         tun,
         dev,
@@ -584,4 +594,49 @@ fn tun_without_privilege_says_cap_net_admin() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+}
+
+/// `--socks-pipeline` (greeting, credentials and request in one write) works
+/// with the real peers that take it: dante without authentication, and
+/// `sockstun server` with a password (right and wrong).
+#[test]
+fn tun_socks_pipeline_with_dante_and_sockstun_server() {
+    if !require_root("tun_socks_pipeline_with_dante_and_sockstun_server") {
+        return;
+    }
+    let pipe = ["--socks-pipeline"];
+    let r = rig_args("pd", Up::Dante, &pipe);
+    for v6 in [false, true] {
+        for _ in 0..3 {
+            assert_eq!(echo(&r, v6), Ok(()), "dante v6={v6}\n{}", r.tun.log());
+        }
+    }
+    drop(r);
+    let r = rig_args(
+        "pp",
+        Up::Server {
+            user: Some("alice:s3cret"),
+            cred: Some("alice:s3cret"),
+        },
+        &pipe,
+    );
+    assert_eq!(echo(&r, false), Ok(()), "{}", r.tun.log());
+    assert_eq!(echo(&r, true), Ok(()), "{}", r.tun.log());
+    drop(r);
+    let mut r = rig_args(
+        "pw",
+        Up::Server {
+            user: Some("alice:right"),
+            cred: Some("alice:wrong"),
+        },
+        &pipe,
+    );
+    let t = Instant::now();
+    assert_eq!(echo(&r, false), Err(ErrorKind::ConnectionRefused));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(r.tun.is_running());
 }

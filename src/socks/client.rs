@@ -63,6 +63,13 @@ pub struct Upstream {
     /// Limit for the TCP connect to the proxy and, separately, for the SOCKS
     /// handshake (which includes the proxy's own connect to the target).
     pub connect_timeout: Duration,
+    /// SOCKS5: send the greeting, the RFC 1929 credentials and the request in
+    /// one write instead of waiting for each answer (one round trip to the
+    /// proxy instead of two or three). RFC 1928 does not forbid it and dante
+    /// and `sockstun server` parse incrementally, but servers that read the
+    /// greeting with one large read and drop the rest (microsocks) then hang:
+    /// off unless asked for.
+    pub pipeline: bool,
 }
 
 impl fmt::Display for Upstream {
@@ -234,6 +241,7 @@ impl Upstream {
             auth,
             opts: SocketOpts::default(),
             connect_timeout: Duration::from_secs(10),
+            pipeline: false,
         })
     }
 
@@ -415,6 +423,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(TargetAddr::Ip(reply.into()));
     }
 
+    if up.pipeline {
+        return handshake_pipelined(s, up, command, dest).await;
+    }
     let methods: &[u8] = if up.auth.is_some() {
         &[method::NO_AUTH, method::USER_PASS]
     } else {
@@ -452,6 +463,50 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let req =
         codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
     s.write_all(&req).await.map_err(read_err)?;
+    read_socks5_reply(s).await
+}
+
+/// The SOCKS5 handshake with everything sent up front: the greeting offers
+/// exactly one method (credentials when we have them, none otherwise), since
+/// the bytes after it are only right for the method we announced.
+async fn handshake_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    up: &Upstream,
+    command: u8,
+    dest: &TargetAddr,
+) -> Result<TargetAddr, DialError> {
+    let want = if up.auth.is_some() {
+        method::USER_PASS
+    } else {
+        method::NO_AUTH
+    };
+    let mut out = codec::encode_greeting(&[want]);
+    if let Some((u, p)) = &up.auth {
+        out.extend(codec::encode_auth_request(u, p).map_err(|_| DialError::AuthFailed)?);
+    }
+    out.extend(
+        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?,
+    );
+    s.write_all(&out).await.map_err(read_err)?;
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.map_err(read_err)?;
+    match codec::parse_method_choice(&b).map_err(proto)? {
+        Some((m, _)) if m == want => {}
+        Some((method::NO_ACCEPTABLE, _)) => return Err(DialError::AuthFailed),
+        Some((m, _)) => {
+            return Err(proto(format!(
+                "proxy chose method 0x{m:02x} we did not offer"
+            )))
+        }
+        None => return Err(proto("short method choice")),
+    }
+    if up.auth.is_some() {
+        s.read_exact(&mut b).await.map_err(read_err)?;
+        match codec::parse_auth_reply(&b).map_err(proto)? {
+            Some((true, _)) => {}
+            _ => return Err(DialError::AuthFailed),
+        }
+    }
     read_socks5_reply(s).await
 }
 
@@ -719,6 +774,72 @@ mod tests {
         c.read_exact(&mut hi).await.unwrap();
         assert_eq!(&hi, b"HI");
         server.await.unwrap();
+    }
+
+    /// Pipelined: the proxy has greeting, credentials and request before it
+    /// answers anything, and the client still reads exactly the replies.
+    #[tokio::test]
+    async fn socks5_pipelined_handshake_sends_everything_first() {
+        for auth in [true, false] {
+            let url = if auth {
+                "socks5://alice:pw@127.0.0.1:1"
+            } else {
+                "socks5://127.0.0.1:1"
+            };
+            let mut up = Upstream::from_url(url).unwrap();
+            up.pipeline = true;
+            let (mut c, mut s) = tokio::io::duplex(1024);
+            let server = tokio::spawn(async move {
+                let mut want: Vec<u8> = if auth {
+                    b"\x05\x01\x02\x01\x05alice\x02pw".to_vec()
+                } else {
+                    vec![5, 1, 0]
+                };
+                want.extend_from_slice(&[5, 1, 0, 1, 203, 0, 113, 2, 0, 80]);
+                // Nothing has been answered yet: all of it must arrive.
+                let mut got = vec![0u8; want.len()];
+                s.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, want);
+                let mut answer = vec![5, if auth { 2 } else { 0 }];
+                if auth {
+                    answer.extend_from_slice(&[1, 0]);
+                }
+                answer.extend_from_slice(&[5, 0, 0, 1, 198, 51, 100, 1, 4, 0, b'H', b'I']);
+                s.write_all(&answer).await.unwrap();
+                s
+            });
+            let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+            let bound = tokio::time::timeout(
+                Duration::from_secs(5),
+                handshake(&mut c, &up, cmd::CONNECT, &dest),
+            )
+            .await
+            .expect("pipelined handshake waited for an answer")
+            .unwrap();
+            assert_eq!(bound, TargetAddr::Ip("198.51.100.1:1024".parse().unwrap()));
+            let mut hi = [0u8; 2];
+            c.read_exact(&mut hi).await.unwrap();
+            assert_eq!(&hi, b"HI", "auth={auth}");
+            server.await.unwrap();
+        }
+    }
+
+    /// Pipelined, a proxy that picks another method fails the dial cleanly.
+    #[tokio::test]
+    async fn socks5_pipelined_refused_method_is_an_error() {
+        let mut up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        up.pipeline = true;
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 13];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0xFF]).await.unwrap();
+        });
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DialError::AuthFailed), "{e}");
     }
 
     #[tokio::test]

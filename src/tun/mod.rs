@@ -55,6 +55,7 @@ impl TunConfig {
         upstream.opts.fwmark = args.fwmark;
         upstream.opts.bind_interface = args.bind_interface.clone();
         upstream.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+        upstream.pipeline = args.socks_pipeline;
         let ipv4 = if args.ipv4.is_empty() || args.ipv4 == "none" {
             None
         } else {
