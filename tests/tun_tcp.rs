@@ -75,11 +75,8 @@ fn wait_listening(ns: &Netns, addr: SocketAddr) -> bool {
     ok
 }
 
-/// `sockstun tun` in the client namespace, routes into its device.
-fn start_tun(topo: &Topology, proxy_url: &str) -> (Proc, String) {
-    start_tun_with(topo, proxy_url, &[])
-}
-
+/// `sockstun tun` in the client namespace (with `extra` options), routes
+/// into its device.
 fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, String) {
     let dev = uniq("stun");
     let bin = sockstun_bin();
