@@ -265,6 +265,20 @@ fn bump(c: &AtomicU64) {
 /// finish the close before the stack drops it anyway.
 const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
 
+/// After this many more flows were open at once than are open now, the
+/// sweep trims the heap.
+const TRIM_AFTER_CLOSED: usize = 1024;
+
+/// Return the allocator's free memory to the system.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; it is safe to call
+    // at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Ring mappings kept for reuse: enough for bursts of short connections, few
 /// enough that their resident first pages do not matter.
 const RING_POOL: usize = 32;
@@ -417,6 +431,8 @@ struct Engine {
     /// Flows whose rings may hold resident pages, with their ids.
     resident: Vec<(FlowKey, u64)>,
     now: SInstant,
+    /// Most flows open at once since the heap was last trimmed.
+    peak_flows: usize,
     /// The next release sweep (µs since `epoch`); armed only while `resident`
     /// or the pool is not empty, so a quiet stack never wakes for it.
     sweep_at: Option<i64>,
@@ -477,6 +493,7 @@ impl Engine {
             epoch,
             resident: Vec::new(),
             now: SInstant::from_micros(0),
+            peak_flows: 0,
             sweep_at: None,
             pool,
         }
@@ -625,6 +642,7 @@ impl Engine {
             self.resident.push((key, id));
         }
         bump(&self.stats.tcp_opened);
+        self.peak_flows = self.peak_flows.max(self.flows.len());
         self.stats
             .tcp_active
             .store(self.flows.len() as u64, Ordering::Relaxed);
@@ -865,6 +883,12 @@ impl Engine {
                 .fetch_add(released, Ordering::Relaxed);
         }
         let pooled = self.pool.sweep();
+        if self.peak_flows >= self.flows.len() + TRIM_AFTER_CLOSED {
+            // Thousands of flows have ended: hand the heap memory their state
+            // used back to the system, or RSS stays at its peak for good.
+            self.peak_flows = self.flows.len();
+            trim_heap();
+        }
         self.sweep_at = if self.resident.is_empty() && !pooled {
             None
         } else {
