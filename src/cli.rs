@@ -119,4 +119,8 @@ pub struct TunArgs {
     /// servers that drop bytes after the greeting (microsocks) hang.
     #[arg(long = "socks-pipeline")]
     pub socks_pipeline: bool,
+    /// Do not ask the TUN for checksum and segmentation offload (virtio-net
+    /// headers): one packet of at most the MTU per read, as without it.
+    #[arg(long = "no-offload")]
+    pub no_offload: bool,
 }

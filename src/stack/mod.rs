@@ -132,8 +132,14 @@ impl PacketBatch {
     }
     /// Keep the first `len` bytes of the room `slot_mut` returned.
     pub fn commit(&mut self, len: usize) {
+        self.commit_after(0, len);
+    }
+    /// Keep bytes `skip..len` of the room `slot_mut` returned as the packet
+    /// (a device header before it stays in the buffer, unseen).
+    pub fn commit_after(&mut self, skip: usize, len: usize) {
         let len = len.min(self.slot);
-        self.pkts.push((self.end, len));
+        let skip = skip.min(len);
+        self.pkts.push((self.end + skip, len - skip));
         self.end += len;
     }
     pub fn get(&self, i: usize) -> &[u8] {
@@ -195,8 +201,11 @@ impl From<&DialError> for Refusal {
 
 #[derive(Debug, Clone)]
 pub struct StackConfig {
-    /// MTU of the device: the largest packet read or written, and the MSS base.
+    /// MTU of the device: the largest packet written, and the MSS base.
     pub mtu: usize,
+    /// Room for one read from the source, when it is more than the MTU (a
+    /// device with offloads returns segments up to 64 KB, and a header).
+    pub read_slot: Option<usize>,
     /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
     pub max_flows: usize,
     /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
@@ -227,6 +236,7 @@ impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
             mtu: 1500,
+            read_slot: None,
             max_flows: 65536,
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
@@ -343,7 +353,8 @@ impl Stack {
     ) -> io::Result<()> {
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
         let mut eng = Engine::new(self, cmd_tx);
-        let mut batch = PacketBatch::new(eng.cfg.mtu.max(1280), eng.cfg.batch.max(1));
+        let slot = eng.cfg.read_slot.unwrap_or(0).max(eng.cfg.mtu).max(1280);
+        let mut batch = PacketBatch::new(slot, eng.cfg.batch.max(1));
         let epoch = tokio::time::Instant::now();
         eng.epoch = epoch.into_std();
         tokio::pin!(shutdown);

@@ -1,12 +1,13 @@
 //! The TUN device: create or open it (the only code that uses the `tun`
 //! crate), configure it, and expose it as the stack's packet source and sink.
 
+use super::vnet;
 use crate::stack::{PacketBatch, PacketSink, PacketSource};
 use anyhow::{bail, Context as _};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,13 @@ pub struct DeviceSpec<'a> {
     pub ipv4: Option<Ipv4Network>,
     pub ipv6: Option<Ipv6Network>,
     pub mtu: u16,
+    /// Ask for checksum and segmentation offload (virtio-net headers).
+    pub offload: bool,
 }
+
+/// The largest packet a read can return with TSO: an IPv6 header plus the
+/// largest payload, whatever the MTU.
+pub const MAX_OFFLOAD_PACKET: usize = 40 + 65535;
 
 /// An open TUN device. Dropping it closes the descriptor; a device we
 /// created (not persistent) disappears with it.
@@ -33,6 +40,35 @@ pub struct TunDevice {
     fd: Arc<AsyncFd<File>>,
     pub created: bool,
     pub write_drops: Arc<AtomicU64>,
+    /// Packets carry a virtio-net header (`IFF_VNET_HDR`) and the kernel may
+    /// hand us TSO segments and unfinished checksums (see `vnet`).
+    pub offload: bool,
+    pub malformed: Arc<AtomicU64>,
+}
+
+/// The device's `IFF_*` flags (TUNGETIFF).
+fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
+    // SAFETY: an all-zero ifreq is a valid value; TUNGETIFF fills it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `req` a writable ifreq of the
+    // size TUNGETIFF expects.
+    if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF sets the flags member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_flags })
+}
+
+/// Turn on checksum offload and TSO for IPv4 and IPv6 on a descriptor with
+/// virtio-net headers: the kernel then passes segments up to 64 KB through
+/// the TUN instead of cutting them to the MTU and checksumming each.
+fn set_offload(fd: RawFd) -> io::Result<()> {
+    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is open.
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
@@ -96,6 +132,11 @@ impl TunDevice {
                 .join(spec.name)
                 .exists();
             cfg.tun_name(spec.name).mtu(spec.mtu).up();
+            if spec.offload {
+                cfg.platform_config(|p| {
+                    p.vnet_hdr(true);
+                });
+            }
             if let Some(v4) = spec.ipv4 {
                 cfg.address(v4.ip()).netmask(v4.mask());
             }
@@ -111,6 +152,22 @@ impl TunDevice {
         };
         dev.set_nonblock()
             .context("making the TUN descriptor non-blocking")?;
+        // An adopted descriptor has whatever flags its opener chose: with
+        // virtio-net headers every packet carries one, asked for or not.
+        let offload = match tun_flags(dev.as_raw_fd()) {
+            Ok(f) => f & libc::IFF_VNET_HDR as libc::c_short != 0,
+            Err(e) if spec.fd.is_some() => {
+                return Err(anyhow::Error::new(e).context("reading the adopted TUN's flags"))
+            }
+            Err(_) => spec.offload,
+        };
+        if offload {
+            if let Err(e) = set_offload(dev.as_raw_fd()) {
+                // Headers without offloads still work: plain packets, each
+                // with an all-zero header.
+                tracing::warn!("TUN offload not available ({e}): one packet per MTU");
+            }
+        }
         if spec.fd.is_none() {
             quiet_ipv6(&name);
             if let Some(v6) = spec.ipv6 {
@@ -143,12 +200,16 @@ impl TunDevice {
             fd: Arc::new(fd),
             created,
             write_drops: Arc::new(AtomicU64::new(0)),
+            offload,
+            malformed: Arc::new(AtomicU64::new(0)),
         })
     }
 
     pub fn source(&self) -> TunSource {
         TunSource {
             fd: self.fd.clone(),
+            offload: self.offload,
+            malformed: self.malformed.clone(),
         }
     }
 
@@ -156,12 +217,15 @@ impl TunDevice {
         Arc::new(TunSink {
             fd: self.fd.clone(),
             drops: self.write_drops.clone(),
+            offload: self.offload,
         })
     }
 }
 
 pub struct TunSource {
     fd: Arc<AsyncFd<File>>,
+    offload: bool,
+    malformed: Arc<AtomicU64>,
 }
 
 impl PacketSource for TunSource {
@@ -173,6 +237,19 @@ impl PacketSource for TunSource {
             while let Some(slot) = batch.slot_mut() {
                 match self.fd.get_ref().read(slot) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(n) if self.offload => {
+                        let r = vnet::VnetHdr::parse(&slot[..n])
+                            .and_then(|h| vnet::prepare_rx(&h, &mut slot[vnet::HDR_LEN..n]));
+                        match r {
+                            Ok(()) => batch.commit_after(vnet::HDR_LEN, n),
+                            Err(e) => {
+                                let c = self.malformed.fetch_add(1, Ordering::Relaxed);
+                                if c == 0 || c.is_power_of_two() {
+                                    tracing::debug!("TUN packet dropped ({} so far): {e}", c + 1);
+                                }
+                            }
+                        }
+                    }
                     Ok(n) => batch.commit(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         guard.clear_ready();
@@ -195,12 +272,25 @@ impl PacketSource for TunSource {
 pub struct TunSink {
     fd: Arc<AsyncFd<File>>,
     drops: Arc<AtomicU64>,
+    offload: bool,
+}
+
+impl TunSink {
+    fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.offload {
+            return self.fd.get_ref().write(packet);
+        }
+        // The header and the packet in one writev(2): no copy to prepend it.
+        let hdr = vnet::tx_header();
+        let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(packet)];
+        self.fd.get_ref().write_vectored(&bufs)
+    }
 }
 
 impl PacketSink for TunSink {
     fn send(&self, packet: &[u8]) {
         loop {
-            match self.fd.get_ref().write(packet) {
+            match self.write(packet) {
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

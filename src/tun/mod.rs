@@ -6,6 +6,7 @@
 //! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
 
 pub mod device;
+pub mod vnet;
 
 pub use device::{DeviceSpec, TunDevice, TunSink, TunSource};
 
@@ -45,6 +46,8 @@ pub struct TunConfig {
     pub ipv4: Option<Ipv4Network>,
     pub ipv6: Option<Ipv6Network>,
     pub mtu: u16,
+    /// Ask the device for checksum and segmentation offload.
+    pub offload: bool,
     pub stack: StackConfig,
 }
 
@@ -98,6 +101,7 @@ impl TunConfig {
             ipv4,
             ipv6,
             mtu: args.mtu,
+            offload: !args.no_offload,
             stack,
         })
     }
@@ -160,11 +164,13 @@ pub async fn run_async(
         ipv4: cfg.ipv4,
         ipv6: cfg.ipv6,
         mtu: cfg.mtu,
+        offload: cfg.offload,
     })?;
     info!(
         device = %dev.name,
         created = dev.created,
         mtu = cfg.mtu,
+        offload = dev.offload,
         ipv4 = ?cfg.ipv4.map(|n| n.to_string()),
         ipv6 = ?cfg.ipv6.map(|n| n.to_string()),
         "TUN device up"
@@ -177,7 +183,11 @@ pub async fn run_async(
         Arc::new(SocksDialer { upstream }),
         sink.clone(),
     );
-    let stack = Stack::new(cfg.stack, dialer, udp, sink);
+    let mut stack_cfg = cfg.stack;
+    if dev.offload {
+        stack_cfg.read_slot = Some(device::MAX_OFFLOAD_PACKET + vnet::HDR_LEN);
+    }
+    let stack = Stack::new(stack_cfg, dialer, udp, sink);
     let stats = stack.stats();
     let shutdown = async move {
         tokio::select! {
@@ -191,7 +201,7 @@ pub async fn run_async(
         tcp_refused = stats.tcp_refused.load(Ordering::Relaxed),
         udp_packets = stats.udp_packets.load(Ordering::Relaxed),
         other_dropped = stats.other_dropped.load(Ordering::Relaxed),
-        malformed = stats.malformed.load(Ordering::Relaxed),
+        malformed = stats.malformed.load(Ordering::Relaxed) + dev.malformed.load(Ordering::Relaxed),
         write_drops = dev.write_drops.load(Ordering::Relaxed),
         "stopped"
     );
