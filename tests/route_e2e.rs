@@ -669,6 +669,20 @@ fn gateway_mode_lan_dns_through_the_tunnel() {
     );
     // curl resolves through the gateway; the proxy is asked for the name.
     assert_through(&net, lan, "http://target.test/", "203.0.113.2.80", &tun);
+    // A bulk download, forwarded: sockstun's large segments (segmentation
+    // offload) are cut by the kernel to the LAN's MSS on the way out.
+    let got = lan.exec(&[
+        "sh",
+        "-c",
+        "curl -sS --max-time 20 http://target.test/big.bin | wc -c",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        BIG.to_string(),
+        "big download through the gateway: {}\n{}",
+        text(&got),
+        tun.log()
+    );
 
     ok_script(m, "gateway-down", &["--state", st]);
     assert_eq!(

@@ -12,6 +12,8 @@ pub(crate) struct OneShot<'a> {
     pub sink: &'a dyn PacketSink,
     pub txbuf: &'a mut Vec<u8>,
     pub mtu: usize,
+    /// The flow's MSS when the sink cuts larger segments (segment offload).
+    pub gso: Option<u16>,
 }
 
 pub(crate) struct Rx<'a>(&'a [u8]);
@@ -19,6 +21,7 @@ pub(crate) struct Rx<'a>(&'a [u8]);
 pub(crate) struct Tx<'a> {
     sink: &'a dyn PacketSink,
     buf: &'a mut Vec<u8>,
+    gso: Option<u16>,
 }
 
 impl smoltcp::phy::RxToken for Rx<'_> {
@@ -33,7 +36,10 @@ impl smoltcp::phy::TxToken for Tx<'_> {
             self.buf.resize(len, 0);
         }
         let r = f(&mut self.buf[..len]);
-        self.sink.send(&self.buf[..len]);
+        match self.gso {
+            Some(mss) => self.sink.send_segmented(&mut self.buf[..len], mss),
+            None => self.sink.send(&self.buf[..len]),
+        }
         r
     }
 }
@@ -55,6 +61,7 @@ impl Device for OneShot<'_> {
             Tx {
                 sink: self.sink,
                 buf: self.txbuf,
+                gso: self.gso,
             },
         ))
     }
@@ -63,6 +70,7 @@ impl Device for OneShot<'_> {
         Some(Tx {
             sink: self.sink,
             buf: self.txbuf,
+            gso: self.gso,
         })
     }
 

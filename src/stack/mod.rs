@@ -66,6 +66,14 @@ use tracing::{debug, info};
 /// consumer cannot stall the stack.
 pub trait PacketSink: Send + Sync + 'static {
     fn send(&self, packet: &[u8]);
+
+    /// Send a TCP packet whose payload may be larger than `mss`, the largest
+    /// segment the application accepts: a sink with segmentation offload
+    /// (see `StackConfig::segment_offload`) has the kernel cut it.
+    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
+        let _ = mss;
+        self.send(packet)
+    }
 }
 
 /// The cloneable handle that writes raw IP packets into the TUN.
@@ -146,6 +154,10 @@ impl PacketBatch {
         let (at, len) = self.pkts[i];
         &self.buf[at..at + len]
     }
+    pub fn get_mut(&mut self, i: usize) -> &mut [u8] {
+        let (at, len) = self.pkts[i];
+        &mut self.buf[at..at + len]
+    }
 }
 
 pub type DialFuture = Pin<Box<dyn Future<Output = Result<Box<dyn RelayStream>, DialError>> + Send>>;
@@ -206,6 +218,11 @@ pub struct StackConfig {
     /// Room for one read from the source, when it is more than the MTU (a
     /// device with offloads returns segments up to 64 KB, and a header).
     pub read_slot: Option<usize>,
+    /// The sink can cut large TCP packets into segments
+    /// ([`PacketSink::send_segmented`]): smoltcp then works with 64 KB
+    /// segments whatever the MTU, the application's MSS is kept for the
+    /// sink and replaced in its SYN by the largest.
+    pub segment_offload: bool,
     /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
     pub max_flows: usize,
     /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
@@ -237,6 +254,7 @@ impl Default for StackConfig {
         StackConfig {
             mtu: 1500,
             read_slot: None,
+            segment_offload: false,
             max_flows: 65536,
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
@@ -308,6 +326,9 @@ struct Flow {
     timer: Option<(i64, u64)>,
     touched: bool,
     linger_until: Option<SInstant>,
+    /// The application's MSS, when smoltcp was shown a larger one and the
+    /// sink must cut its segments (segment offload).
+    gso_mss: Option<u16>,
     /// Its rings may hold resident pages: it is on the engine's `resident` list.
     resident: bool,
     /// Data moved since the last release sweep.
@@ -396,7 +417,7 @@ impl Stack {
                 Ev::Packets(r) => {
                     r?;
                     for i in 0..batch.len() {
-                        eng.packet(batch.get(i));
+                        eng.packet(batch.get_mut(i));
                     }
                 }
                 Ev::Cmd(Some(c)) => eng.command(c),
@@ -448,11 +469,19 @@ struct Engine {
     /// or the pool is not empty, so a quiet stack never wakes for it.
     sweep_at: Option<i64>,
     pool: Arc<ring::RingPool>,
+    /// smoltcp's MTU (see `Engine::new`).
+    smtu: usize,
 }
 
 impl Engine {
     fn new(s: Stack, cmd_tx: mpsc::UnboundedSender<Cmd>) -> Engine {
-        let mtu = s.cfg.mtu;
+        // smoltcp's MTU: the device's, or with segment offload the largest IP
+        // packet, cut to the application's MSS by the sink.
+        let mtu = if s.cfg.segment_offload {
+            65535
+        } else {
+            s.cfg.mtu
+        };
         let sink = s.sink.clone();
         let mut txbuf = vec![0u8; mtu];
         let mut config = Config::new(HardwareAddress::Ip);
@@ -464,6 +493,7 @@ impl Engine {
                 sink: &*sink,
                 txbuf: &mut txbuf,
                 mtu,
+                gso: None,
             };
             Interface::new(config, &mut dev, SInstant::from_micros(0))
         };
@@ -507,6 +537,7 @@ impl Engine {
             peak_flows: 0,
             sweep_at: None,
             pool,
+            smtu: mtu,
         }
     }
 
@@ -521,7 +552,7 @@ impl Engine {
         self.now = SInstant::from_micros(self.epoch.elapsed().as_micros() as i64);
     }
 
-    fn packet(&mut self, pkt: &[u8]) {
+    fn packet(&mut self, pkt: &mut [u8]) {
         bump(&self.stats.packets_in);
         match wire::classify(pkt) {
             wire::Class::Tcp { key, syn, ack, rst } => self.tcp(pkt, key, syn && !ack, rst),
@@ -534,8 +565,17 @@ impl Engine {
         }
     }
 
-    fn tcp(&mut self, pkt: &[u8], key: FlowKey, syn: bool, rst: bool) {
+    fn tcp(&mut self, pkt: &mut [u8], key: FlowKey, syn: bool, rst: bool) {
         let now = self.now();
+        // With segmentation offload smoltcp may send segments as large as it
+        // likes and the sink cuts them to the application's MSS: smoltcp is
+        // shown the largest MSS, the real one is kept for the sink.
+        let real_mss = if syn && self.cfg.segment_offload {
+            wire::replace_mss(pkt, u16::MAX)
+        } else {
+            None
+        };
+        let pkt = &*pkt;
         // One hash of the key per packet on the common path (an existing
         // flow); only a new flow looks it up again after `open`.
         let flow = match self.flows.get_mut(&key) {
@@ -555,13 +595,17 @@ impl Engine {
                 flow
             }
         };
+        if real_mss.is_some() {
+            flow.gso_mss = real_mss;
+        }
         {
             let mut set = flow.shared.lock();
             let mut dev = device::OneShot {
                 rx: Some(pkt),
                 sink: &*self.sink,
                 txbuf: &mut self.txbuf,
-                mtu: self.cfg.mtu,
+                mtu: self.smtu,
+                gso: flow.gso_mss,
             };
             self.iface.poll_ingress_single(now, &mut dev, &mut set);
             let data = set.get::<tcp::Socket>(flow.shared.handle).recv_queue() > 0;
@@ -583,7 +627,8 @@ impl Engine {
             rx: Some(pkt),
             sink: &*self.sink,
             txbuf: &mut self.txbuf,
-            mtu: self.cfg.mtu,
+            mtu: self.smtu,
+            gso: None,
         };
         self.iface
             .poll_ingress_single(now, &mut dev, &mut self.scratch);
@@ -646,6 +691,7 @@ impl Engine {
                 linger_until: None,
                 resident: reused,
                 busy: false,
+                gso_mss: None,
             },
         );
         if reused {
@@ -788,7 +834,8 @@ impl Engine {
                 rx: None,
                 sink: &*self.sink,
                 txbuf: &mut self.txbuf,
-                mtu: self.cfg.mtu,
+                mtu: self.smtu,
+                gso: flow.gso_mss,
             };
             // While dialing there is nothing to send (the SYN-ACK is held) and
             // poll_at would say "now" for the held SYN-ACK: no timer then.
@@ -919,7 +966,8 @@ impl Engine {
                     rx: None,
                     sink: &*self.sink,
                     txbuf: &mut self.txbuf,
-                    mtu: self.cfg.mtu,
+                    mtu: self.smtu,
+                    gso: None,
                 };
                 let _ = self.iface.poll_egress(now, &mut dev, &mut set);
             }

@@ -31,6 +31,42 @@ pub enum Class {
     Malformed,
 }
 
+/// Replace the MSS option (RFC 9293 3.7.1) of a TCP segment in an IPv4/IPv6
+/// packet that [`classify`] called TCP; returns the value it had, or `None`
+/// (nothing changed) when there is none or the options are malformed. The
+/// checksum is left as it was: the stack does not verify the checksums of
+/// what the kernel wrote into the TUN.
+pub fn replace_mss(pkt: &mut [u8], mss: u16) -> Option<u16> {
+    let off = match pkt.first()? >> 4 {
+        4 => ((pkt[0] & 0x0f) as usize) * 4,
+        6 => 40,
+        _ => return None,
+    };
+    let doff = ((*pkt.get(off + 12)? >> 4) as usize) * 4;
+    // A data offset under 20 makes an empty range: no options.
+    let opts = pkt.get_mut(off + 20..off + doff)?;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = *opts.get(i + 1)? as usize;
+                if len < 2 || i + len > opts.len() {
+                    return None;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
+                    opts[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
+                    return Some(old);
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
 /// Classify an inbound IP packet by its headers.
 pub fn classify(pkt: &[u8]) -> Class {
     let (src, dst, proto, payload) = match pkt.first().map(|b| b >> 4) {
@@ -191,5 +227,58 @@ pub fn icmp_unreachable(quoted: &[u8], why: Unreachable) -> Option<Vec<u8>> {
             Some(buf)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 SYN with options NOP, NOP, MSS 1460, window scale 7.
+    fn syn_v4() -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 32];
+        p[0] = 0x45;
+        p[9] = 6;
+        p[32] = 8 << 4; // data offset: 32 bytes
+        p[33] = 0x02; // SYN
+        p[40..52].copy_from_slice(&[1, 1, 2, 4, 0x05, 0xb4, 3, 3, 7, 0, 0, 0]);
+        p
+    }
+
+    #[test]
+    fn replace_mss_finds_the_option_and_only_it() {
+        let mut p = syn_v4();
+        let before = p.clone();
+        assert_eq!(replace_mss(&mut p, 65000), Some(1460));
+        assert_eq!(&p[44..46], &65000u16.to_be_bytes());
+        p[44..46].copy_from_slice(&before[44..46]);
+        assert_eq!(p, before, "nothing else changed");
+        // IPv6: the TCP header follows the fixed 40-byte header.
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        v6.extend_from_slice(&syn_v4()[20..]);
+        assert_eq!(replace_mss(&mut v6, 9000), Some(1460));
+    }
+
+    #[test]
+    fn replace_mss_survives_malformed_options() {
+        let mut no_opts = syn_v4();
+        no_opts[32] = 5 << 4;
+        assert_eq!(replace_mss(&mut no_opts, 1), None);
+        let mut bad_len = syn_v4();
+        bad_len[42] = 2;
+        bad_len[43] = 40; // runs past the header
+        assert_eq!(replace_mss(&mut bad_len, 1), None);
+        let mut zero_len = syn_v4();
+        zero_len[40] = 9;
+        zero_len[41] = 0;
+        assert_eq!(replace_mss(&mut zero_len, 1), None);
+        let mut tiny_doff = syn_v4();
+        tiny_doff[32] = 2 << 4;
+        assert_eq!(replace_mss(&mut tiny_doff, 1), None);
+        let mut truncated = syn_v4();
+        truncated.truncate(45);
+        assert_eq!(replace_mss(&mut truncated, 1), None);
+        assert_eq!(replace_mss(&mut [], 1), None);
     }
 }

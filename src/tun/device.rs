@@ -276,21 +276,20 @@ pub struct TunSink {
 }
 
 impl TunSink {
-    fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        if !self.offload {
-            return self.fd.get_ref().write(packet);
-        }
-        // The header and the packet in one writev(2): no copy to prepend it.
-        let hdr = vnet::tx_header();
-        let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(packet)];
-        self.fd.get_ref().write_vectored(&bufs)
-    }
-}
-
-impl PacketSink for TunSink {
-    fn send(&self, packet: &[u8]) {
+    /// One packet in one write(2), or header and packet in one writev(2) (no
+    /// copy to prepend the header). A packet the kernel does not take is
+    /// dropped and counted.
+    fn write(&self, hdr: Option<&vnet::VnetHdr>, packet: &[u8]) {
+        let hdr = hdr.map(|h| h.to_bytes());
         loop {
-            match self.write(packet) {
+            let r = match &hdr {
+                None => self.fd.get_ref().write(packet),
+                Some(h) => self
+                    .fd
+                    .get_ref()
+                    .write_vectored(&[io::IoSlice::new(h), io::IoSlice::new(packet)]),
+            };
+            match r {
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -301,6 +300,23 @@ impl PacketSink for TunSink {
                     return;
                 }
             }
+        }
+    }
+}
+
+impl PacketSink for TunSink {
+    fn send(&self, packet: &[u8]) {
+        if self.offload {
+            self.write(Some(&vnet::tx_header()), packet);
+        } else {
+            self.write(None, packet);
+        }
+    }
+
+    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
+        match self.offload.then(|| vnet::gso_tx(packet, mss)).flatten() {
+            Some(hdr) => self.write(Some(&hdr), packet),
+            None => self.send(packet),
         }
     }
 }

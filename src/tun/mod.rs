@@ -186,6 +186,7 @@ pub async fn run_async(
     let mut stack_cfg = cfg.stack;
     if dev.offload {
         stack_cfg.read_slot = Some(device::MAX_OFFLOAD_PACKET + vnet::HDR_LEN);
+        stack_cfg.segment_offload = true;
     }
     let stack = Stack::new(stack_cfg, dialer, udp, sink);
     let stats = stack.stats();

@@ -86,12 +86,57 @@ impl VnetHdr {
 /// The header for packets we write: whole packets with correct checksums
 /// (smoltcp and the UDP relay compute them), so the kernel need not verify
 /// them again.
-pub fn tx_header() -> [u8; HDR_LEN] {
+pub fn tx_header() -> VnetHdr {
     VnetHdr {
         flags: F_DATA_VALID,
         ..VnetHdr::default()
     }
-    .to_bytes()
+}
+
+/// The header that has the kernel cut an outgoing TCP packet into segments of
+/// `mss` payload bytes (TSO on transmit), or `None` when the packet needs no
+/// cutting or is not plain TCP over IPv4/IPv6. Also replaces the TCP checksum
+/// with the pseudo-header sum the kernel finishes for each segment
+/// (`NEEDS_CSUM`; virtio spec 5.1.6.2).
+pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
+    let (ip_len, gso_type) = match pkt.first()? >> 4 {
+        4 => (((pkt[0] & 0x0f) as usize) * 4, GSO_TCPV4),
+        6 => (40, GSO_TCPV6),
+        _ => return None,
+    };
+    if ip_protocol(pkt)? != TCP || ip_len < 20 {
+        return None;
+    }
+    let tcp_hdr = ((*pkt.get(ip_len + 12)? >> 4) as usize) * 4;
+    if tcp_hdr < 20 || pkt.len() < ip_len + tcp_hdr {
+        return None;
+    }
+    let tcp_len = pkt.len() - ip_len;
+    if tcp_len - tcp_hdr <= mss as usize || mss == 0 {
+        return None;
+    }
+    let mut pseudo = [0u8; 40];
+    let n = if gso_type == GSO_TCPV4 {
+        pseudo[..8].copy_from_slice(&pkt[12..20]);
+        pseudo[9] = TCP;
+        pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        12
+    } else {
+        pseudo[..32].copy_from_slice(&pkt[8..40]);
+        pseudo[32..36].copy_from_slice(&(tcp_len as u32).to_be_bytes());
+        pseudo[39] = TCP;
+        40
+    };
+    let sum = checksum(&pseudo[..n]);
+    pkt[ip_len + 16..ip_len + 18].copy_from_slice(&sum.to_be_bytes());
+    Some(VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type,
+        hdr_len: (ip_len + tcp_hdr) as u16,
+        gso_size: mss,
+        csum_start: ip_len as u16,
+        csum_offset: 16,
+    })
 }
 
 /// IP protocol number of an IPv4 or IPv6 packet (the IPv6 next header, so an
@@ -177,7 +222,10 @@ mod tests {
         };
         assert_eq!(VnetHdr::parse(&h.to_bytes()), Ok(h));
         assert_eq!(VnetHdr::parse(&[0; 9]), Err(RxError::Short));
-        assert_eq!(VnetHdr::parse(&tx_header()).unwrap().flags, F_DATA_VALID);
+        assert_eq!(
+            VnetHdr::parse(&tx_header().to_bytes()).unwrap().flags,
+            F_DATA_VALID
+        );
     }
 
     /// A UDP datagram as the kernel hands it over with `NEEDS_CSUM`: the
@@ -217,6 +265,72 @@ mod tests {
         pseudo.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         partial[26..28].copy_from_slice(&checksum(&pseudo).to_be_bytes());
         (full, partial)
+    }
+
+    /// A big TCP segment for the kernel to cut: the header names the MSS and
+    /// the checksum field holds the pseudo-header sum, which finished over
+    /// the whole packet gives smoltcp's full checksum.
+    #[test]
+    fn gso_tx_for_large_tcp_segments_only() {
+        use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+        let src = Ipv4Address::new(203, 0, 113, 2);
+        let dst = Ipv4Address::new(198, 18, 0, 1);
+        let payload = vec![7u8; 5000];
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = vec![0u8; 20 + tcp.buffer_len()];
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut pkt[..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut pkt[20..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        let full = pkt.clone();
+        assert_eq!(gso_tx(&mut pkt.clone(), 5000), None, "fits in one segment");
+        let h = gso_tx(&mut pkt, 1460).unwrap();
+        assert_eq!(
+            (
+                h.flags,
+                h.gso_type,
+                h.hdr_len,
+                h.gso_size,
+                h.csum_start,
+                h.csum_offset
+            ),
+            (F_NEEDS_CSUM, GSO_TCPV4, 40, 1460, 20, 16)
+        );
+        // Finishing the partial checksum as the kernel does restores it.
+        let mut done = pkt.clone();
+        let start = h.csum_start as usize;
+        let c = !checksum(&done[start..]);
+        done[start + 16..start + 18].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(done, full);
+        // Not TCP, or garbage: no header.
+        let (_, mut udp) = udp_packet(&[0; 3000]);
+        assert_eq!(gso_tx(&mut udp, 1000), None);
+        assert_eq!(gso_tx(&mut [0x45, 0, 0], 1000), None);
+        assert_eq!(gso_tx(&mut [], 1000), None);
     }
 
     #[test]
