@@ -116,7 +116,8 @@ pub struct TunArgs {
     pub connect_timeout: u64,
     /// SOCKS5: send greeting, credentials and request in one write (one round
     /// trip instead of two or three). dante and sockstun server take it;
-    /// servers that drop bytes after the greeting (microsocks) hang.
+    /// servers that drop bytes after the greeting (microsocks) hang. With
+    /// credentials only username/password is offered.
     #[arg(long = "socks-pipeline")]
     pub socks_pipeline: bool,
     /// Do not ask the TUN for checksum and segmentation offload (virtio-net

@@ -29,9 +29,9 @@ pub(crate) enum Cmd {
     Pooled,
 }
 
-/// A flow that moved at most this much through its rings has few resident
-/// pages: its mapping is worth keeping for the next flow.
-const POOL_MAX_MOVED: u64 = 32 * 1024;
+/// A closed flow's mapping with at most this many resident pages is worth
+/// keeping for the next flow (a short connection touches one or two).
+const POOL_MAX_PAGES: usize = 8;
 
 pub(crate) struct FlowShared {
     pub key: FlowKey,
@@ -51,6 +51,8 @@ pub(crate) struct FlowShared {
     pub pool: Arc<RingPool>,
     /// Bytes the relay moved through the rings, both ways.
     pub moved: AtomicU64,
+    /// Bytes the relay read out of the receive ring (the application's data).
+    pub app_read: AtomicU64,
 }
 
 impl Drop for FlowShared {
@@ -60,7 +62,9 @@ impl Drop for FlowShared {
         let set = self.set.get_mut().unwrap_or_else(|e| e.into_inner());
         drop(std::mem::replace(set, SocketSet::new(Vec::new())));
         if let Some(mem) = self.mem.take() {
-            let small = *self.moved.get_mut() <= POOL_MAX_MOVED;
+            // Counted, not guessed from the bytes relayed: data the relay
+            // never read (or that arrived out of order) touched pages too.
+            let small = mem.resident_pages() <= POOL_MAX_PAGES;
             if self.pool.give(mem, small) {
                 let _ = self.cmds.send(Cmd::Pooled);
             }
@@ -127,6 +131,7 @@ impl AsyncRead for TunStream {
                 buf.advance(n);
                 drop(set);
                 shared.moved.fetch_add(n as u64, Ordering::Relaxed);
+                shared.app_read.fetch_add(n as u64, Ordering::Relaxed);
                 // The window grew: let the stack announce it if it matters.
                 shared.kick();
                 Poll::Ready(Ok(()))

@@ -283,6 +283,8 @@ pub struct StackStats {
     pub wakeups: AtomicU64,
     /// Times an idle flow gave its ring pages back.
     pub rings_released: AtomicU64,
+    /// Release sweeps run.
+    pub sweeps: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -329,6 +331,12 @@ struct Flow {
     /// The application's MSS, when smoltcp was shown a larger one and the
     /// sink must cut its segments (segment offload).
     gso_mss: Option<u16>,
+    /// The application's initial sequence number, and the end of the
+    /// furthest data it sent (see `Engine::tcp`).
+    rx_isn: Option<u32>,
+    rx_end: u32,
+    /// `FlowShared::moved` when the flow was last settled.
+    seen_moved: u64,
     /// Its rings may hold resident pages: it is on the engine's `resident` list.
     resident: bool,
     /// Data moved since the last release sweep.
@@ -432,6 +440,9 @@ impl Stack {
                     Err(_) => break,
                 }
             }
+            // Handling a full batch can take a while: timers and the egress
+            // below see the time as it is now.
+            eng.tick();
             eng.fire_timers();
             eng.settle_touched();
             eng.sweep();
@@ -541,9 +552,9 @@ impl Engine {
         }
     }
 
-    /// The time of the current wake-up: read once per loop turn (a clock
-    /// read per packet and per flow was 2 % of a short connection's cost);
-    /// a turn lasts microseconds, far below smoltcp's millisecond timers.
+    /// The time of the current wake-up: read when the loop wakes and again
+    /// before timers and egress, not per packet and per flow (that was 2 % of
+    /// a short connection's cost).
     fn now(&self) -> SInstant {
         self.now
     }
@@ -555,7 +566,14 @@ impl Engine {
     fn packet(&mut self, pkt: &mut [u8]) {
         bump(&self.stats.packets_in);
         match wire::classify(pkt) {
-            wire::Class::Tcp { key, syn, ack, rst } => self.tcp(pkt, key, syn && !ack, rst),
+            wire::Class::Tcp {
+                key,
+                syn,
+                ack,
+                rst,
+                seq,
+                len,
+            } => self.tcp(pkt, key, syn && !ack, rst, (seq, len)),
             wire::Class::Udp => {
                 bump(&self.stats.udp_packets);
                 self.udp.on_packet(pkt);
@@ -565,7 +583,7 @@ impl Engine {
         }
     }
 
-    fn tcp(&mut self, pkt: &mut [u8], key: FlowKey, syn: bool, rst: bool) {
+    fn tcp(&mut self, pkt: &mut [u8], key: FlowKey, syn: bool, rst: bool, seg: (u32, u32)) {
         let now = self.now();
         // With segmentation offload smoltcp may send segments as large as it
         // likes and the sink cuts them to the application's MSS: smoltcp is
@@ -597,6 +615,16 @@ impl Engine {
         };
         if real_mss.is_some() {
             flow.gso_mss = real_mss;
+        }
+        // Track how far the application's data reaches in sequence space:
+        // segments beyond a gap sit in the receive ring without showing in
+        // `recv_queue`, and such a ring must not be released.
+        let (seq, len) = seg;
+        if syn {
+            flow.rx_isn = Some(seq);
+            flow.rx_end = seq.wrapping_add(1).wrapping_add(len);
+        } else if len > 0 && seq_after(seq.wrapping_add(len), flow.rx_end) {
+            flow.rx_end = seq.wrapping_add(len);
         }
         {
             let mut set = flow.shared.lock();
@@ -680,6 +708,7 @@ impl Engine {
             mem: Some(mem),
             pool: self.pool.clone(),
             moved: AtomicU64::new(0),
+            app_read: AtomicU64::new(0),
         });
         self.flows.insert(
             key,
@@ -692,6 +721,9 @@ impl Engine {
                 resident: reused,
                 busy: false,
                 gso_mss: None,
+                rx_isn: None,
+                rx_end: 0,
+                seen_moved: 0,
             },
         );
         if reused {
@@ -846,7 +878,11 @@ impl Engine {
             }
             let sock = set.get::<tcp::Socket>(shared.handle);
             let state = sock.state();
-            if sock.recv_queue() > 0 || sock.send_queue() > 0 {
+            // Data queued, or moved by the relay since last time (a ring the
+            // relay just drained has pages to give back too).
+            let moved = shared.moved.load(Ordering::Relaxed);
+            if sock.recv_queue() > 0 || sock.send_queue() > 0 || moved != flow.seen_moved {
+                flow.seen_moved = moved;
                 note_data(flow, key, &mut self.resident);
             }
             let next = if dialing {
@@ -906,6 +942,7 @@ impl Engine {
             Some(t) if t > now => return,
             Some(_) => {}
         }
+        bump(&self.stats.sweeps);
         let mut list = std::mem::take(&mut self.resident);
         let mut released = 0;
         list.retain(|(key, id)| {
@@ -920,13 +957,28 @@ impl Engine {
             }
             let set = flow.shared.lock();
             let sock = set.get::<tcp::Socket>(flow.shared.handle);
-            if sock.recv_queue() > 0 || sock.send_queue() > 0 {
-                // Data the application or the proxy has not taken yet.
-                return true;
+            // Both queues empty, and no data beyond a gap waiting in the
+            // receive ring: everything the application sent up to its
+            // furthest byte was delivered in order (read by the relay or
+            // queued). Otherwise leave the pages; the flow is listed again
+            // when data moves.
+            let read = flow.shared.app_read.load(Ordering::Relaxed);
+            let in_order = flow.rx_isn.is_some_and(|isn| {
+                let next = isn
+                    .wrapping_add(1)
+                    .wrapping_add(read as u32)
+                    .wrapping_add(sock.recv_queue() as u32);
+                !seq_after(flow.rx_end, next)
+            });
+            if sock.recv_queue() > 0 || sock.send_queue() > 0 || !in_order {
+                drop(set);
+                flow.resident = false;
+                return false;
             }
             if let Some(mem) = &flow.shared.mem {
-                // SAFETY: both rings are empty and we hold the flow's lock, so
-                // nothing reads or writes them during the call (RingMem::release).
+                // SAFETY: both rings hold no data (queues empty, nothing
+                // out of order) and we hold the flow's lock, so nothing reads
+                // or writes them during the call (RingMem::release).
                 unsafe { mem.release() };
             }
             drop(set);
@@ -974,6 +1026,11 @@ impl Engine {
             self.remove(&key);
         }
     }
+}
+
+/// `a` is later than `b` in sequence space (RFC 9293 3.4, modulo 2^32).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 /// Data sits in (or just went through) the flow's rings: keep it from being

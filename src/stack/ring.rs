@@ -8,12 +8,13 @@
 //!   and one `munmap` per flow instead of two of each through the allocator,
 //!   and no allocator header in the first page). Untouched pages are the
 //!   kernel's zero page: they cost nothing until data lands in them.
-//! - smoltcp moves a ring's start back to offset 0 whenever it runs empty, so
-//!   an interactive flow keeps touching the same first pages. Once a flow has
-//!   been idle with both rings empty, [`RingMem::release`] hands every page
-//!   back to the kernel (`MADV_DONTNEED`), which is what the kernel's own TCP
-//!   costs for an idle socket: no buffer memory at all. The next byte faults a
-//!   fresh zero page in.
+//! - A flow whose data has all been delivered, and through which nothing
+//!   moved for a sweep period, hands every page back to the kernel
+//!   ([`RingMem::release`], `MADV_DONTNEED`), which is what the kernel's own
+//!   TCP costs for an idle socket: no buffer memory. The next byte faults a
+//!   fresh zero page in. (smoltcp restarts an empty transmit ring at offset 0,
+//!   but its receive ring keeps walking forward, so a long-lived flow touches
+//!   all of it over time: releasing when idle is what bounds that.)
 //! - Short connections come and go by the thousand per second: a closed
 //!   flow's mapping goes back to a small [`RingPool`] (only when the flow moved
 //!   little data, so only its first pages are resident) and the next flow
@@ -60,10 +61,16 @@ impl RingMem {
     /// rings never share a page), zero and not yet resident.
     pub fn new(rx_len: usize, tx_len: usize) -> io::Result<RingMem> {
         let page = page_size();
-        let round = |n: usize| n.max(1).div_ceil(page) * page;
-        let len = round(rx_len)
-            .checked_add(round(tx_len))
-            .ok_or_else(|| io::Error::other("ring sizes overflow"))?;
+        let round = |n: usize| n.max(1).div_ceil(page).checked_mul(page);
+        let too_big = || io::Error::other("ring sizes too large");
+        let (rx_round, tx_round) = (
+            round(rx_len).ok_or_else(too_big)?,
+            round(tx_len).ok_or_else(too_big)?,
+        );
+        let len = rx_round
+            .checked_add(tx_round)
+            .filter(|n| *n <= isize::MAX as usize)
+            .ok_or_else(too_big)?;
         // SAFETY: an anonymous private mapping at an address of the kernel's
         // choosing aliases no existing memory; the result is checked below.
         let p = unsafe {
@@ -85,7 +92,7 @@ impl RingMem {
             base,
             len,
             rx_len,
-            tx_at: round(rx_len),
+            tx_at: rx_round,
             tx_len,
         })
     }
@@ -116,11 +123,15 @@ impl RingMem {
     /// afterwards and become resident again only when written.
     ///
     /// # Safety
-    /// Both rings must be empty (no byte queued in either), and nothing may
-    /// access them during the call (hold the flow's lock). smoltcp reads only
-    /// bytes it wrote since the ring last ran empty, so the zeros are never
-    /// read as data: to the socket this is a write of bytes it does not use,
-    /// like the kernel filling a buffer in `read(2)`.
+    /// Neither ring may hold a byte smoltcp will read: both queues empty and
+    /// no out-of-order data waiting in the receive ring (the caller tracks
+    /// sequence numbers for that; `recv_queue` does not show it). Nothing may
+    /// access the rings during the call (hold the flow's lock).
+    ///
+    /// The bytes change behind the `&mut [u8]` smoltcp stores, through our
+    /// own pointer; that reference is held, not in use (no call of smoltcp's
+    /// is running), and every byte it reads later it writes first, so no
+    /// read observes the change. The kernel keeps the mapping itself valid.
     pub unsafe fn release(&self) {
         // SAFETY: the range is exactly our own mapping; MADV_DONTNEED keeps it
         // mapped (private anonymous memory reads back as zero-fill), so every
@@ -131,16 +142,26 @@ impl RingMem {
     }
 
     /// Pages of the mapping that are resident now (for tests and stats).
+    /// A mapping it cannot ask about counts as fully resident.
     pub fn resident_pages(&self) -> usize {
         let page = page_size();
-        let mut vec = vec![0u8; self.len.div_ceil(page)];
-        // SAFETY: the range is our mapping and `vec` has one byte per page,
+        let pages = self.len.div_ceil(page);
+        // The default rings (2 x 256 KiB) need 128 bytes: no allocation.
+        let mut small = [0u8; 256];
+        let mut big = Vec::new();
+        let v: &mut [u8] = if pages <= small.len() {
+            &mut small[..pages]
+        } else {
+            big.resize(pages, 0);
+            &mut big
+        };
+        // SAFETY: the range is our mapping and `v` has one byte per page,
         // as mincore(2) requires.
-        let r = unsafe { libc::mincore(self.base.as_ptr().cast(), self.len, vec.as_mut_ptr()) };
+        let r = unsafe { libc::mincore(self.base.as_ptr().cast(), self.len, v.as_mut_ptr()) };
         if r != 0 {
-            return 0;
+            return pages;
         }
-        vec.iter().filter(|b| *b & 1 != 0).count()
+        v.iter().filter(|b| *b & 1 != 0).count()
     }
 }
 

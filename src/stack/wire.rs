@@ -23,6 +23,9 @@ pub enum Class {
         syn: bool,
         ack: bool,
         rst: bool,
+        /// Sequence number and payload length (RFC 9293 3.4).
+        seq: u32,
+        len: u32,
     },
     Udp,
     /// Any other IP protocol (ICMP, ICMPv6, IPv6 extension headers, ...).
@@ -114,6 +117,8 @@ pub fn classify(pkt: &[u8]) -> Class {
                 syn: tcp.syn(),
                 ack: tcp.ack(),
                 rst: tcp.rst(),
+                seq: tcp.seq_number().0 as u32,
+                len: tcp.payload().len() as u32,
             }
         }
         IpProtocol::Udp => Class::Udp,

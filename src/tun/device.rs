@@ -62,10 +62,27 @@ fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
 /// Turn on checksum offload and TSO for IPv4 and IPv6 on a descriptor with
 /// virtio-net headers: the kernel then passes segments up to 64 KB through
 /// the TUN instead of cutting them to the MTU and checksumming each.
-fn set_offload(fd: RawFd) -> io::Result<()> {
-    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+/// With `on` false, none: plain packets, each after an all-zero header.
+fn set_offload(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on {
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+    } else {
+        0
+    };
     // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is open.
     if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The header size is per device and may have been changed by whoever
+/// opened it (12, with `num_buffers`, is common): make it the 10 we parse.
+fn set_vnet_hdr_size(fd: RawFd) -> io::Result<()> {
+    let size: libc::c_int = vnet::HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is
+    // valid for the call; `fd` is open.
+    if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &size) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -162,7 +179,11 @@ impl TunDevice {
             Err(_) => spec.offload,
         };
         if offload {
-            if let Err(e) = set_offload(dev.as_raw_fd()) {
+            set_vnet_hdr_size(dev.as_raw_fd())
+                .context("setting the TUN's virtio-net header size")?;
+            // An adopted descriptor with headers is read with them either
+            // way; --no-offload then only turns the offloads off.
+            if let Err(e) = set_offload(dev.as_raw_fd(), spec.offload) {
                 // Headers without offloads still work: plain packets, each
                 // with an all-zero header.
                 tracing::warn!("TUN offload not available ({e}): one packet per MTU");
@@ -307,7 +328,7 @@ impl TunSink {
 impl PacketSink for TunSink {
     fn send(&self, packet: &[u8]) {
         if self.offload {
-            self.write(Some(&vnet::tx_header()), packet);
+            self.write(Some(&vnet::VnetHdr::default()), packet);
         } else {
             self.write(None, packet);
         }

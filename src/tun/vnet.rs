@@ -83,16 +83,6 @@ impl VnetHdr {
     }
 }
 
-/// The header for packets we write: whole packets with correct checksums
-/// (smoltcp and the UDP relay compute them), so the kernel need not verify
-/// them again.
-pub fn tx_header() -> VnetHdr {
-    VnetHdr {
-        flags: F_DATA_VALID,
-        ..VnetHdr::default()
-    }
-}
-
 /// The header that has the kernel cut an outgoing TCP packet into segments of
 /// `mss` payload bytes (TSO on transmit), or `None` when the packet needs no
 /// cutting or is not plain TCP over IPv4/IPv6. Also replaces the TCP checksum
@@ -112,7 +102,10 @@ pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
         return None;
     }
     let tcp_len = pkt.len() - ip_len;
-    if tcp_len - tcp_hdr <= mss as usize || mss == 0 {
+    // The MSS counts payload without options (RFC 9293 3.7.1); the kernel
+    // copies our options into every segment, so they come off the size.
+    let seg = (mss as usize).saturating_sub(tcp_hdr - 20);
+    if seg == 0 || tcp_len - tcp_hdr <= seg {
         return None;
     }
     let mut pseudo = [0u8; 40];
@@ -133,7 +126,7 @@ pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
         flags: F_NEEDS_CSUM,
         gso_type,
         hdr_len: (ip_len + tcp_hdr) as u16,
-        gso_size: mss,
+        gso_size: seg as u16,
         csum_start: ip_len as u16,
         csum_offset: 16,
     })
@@ -223,8 +216,9 @@ mod tests {
         assert_eq!(VnetHdr::parse(&h.to_bytes()), Ok(h));
         assert_eq!(VnetHdr::parse(&[0; 9]), Err(RxError::Short));
         assert_eq!(
-            VnetHdr::parse(&tx_header().to_bytes()).unwrap().flags,
-            F_DATA_VALID
+            VnetHdr::parse(&[0; HDR_LEN]),
+            Ok(VnetHdr::default()),
+            "a plain packet's header"
         );
     }
 
