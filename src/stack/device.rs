@@ -14,6 +14,9 @@ pub(crate) struct OneShot<'a> {
     pub mtu: usize,
     /// The flow's MSS when the sink cuts larger segments (segment offload).
     pub gso: Option<u16>,
+    /// With segment offload: the device MTU, to which the MSS of our SYNs is
+    /// lowered (smoltcp's own MTU is then 64 KB).
+    pub syn_mtu: Option<usize>,
 }
 
 pub(crate) struct Rx<'a>(&'a [u8]);
@@ -22,6 +25,7 @@ pub(crate) struct Tx<'a> {
     sink: &'a dyn PacketSink,
     buf: &'a mut Vec<u8>,
     gso: Option<u16>,
+    syn_mtu: Option<usize>,
 }
 
 impl smoltcp::phy::RxToken for Rx<'_> {
@@ -36,6 +40,9 @@ impl smoltcp::phy::TxToken for Tx<'_> {
             self.buf.resize(len, 0);
         }
         let r = f(&mut self.buf[..len]);
+        if let Some(mtu) = self.syn_mtu {
+            super::wire::clamp_syn_mss(&mut self.buf[..len], mtu);
+        }
         match self.gso {
             Some(mss) => self.sink.send_segmented(&mut self.buf[..len], mss),
             None => self.sink.send(&self.buf[..len]),
@@ -62,6 +69,7 @@ impl Device for OneShot<'_> {
                 sink: self.sink,
                 buf: self.txbuf,
                 gso: self.gso,
+                syn_mtu: self.syn_mtu,
             },
         ))
     }
@@ -71,6 +79,7 @@ impl Device for OneShot<'_> {
             sink: self.sink,
             buf: self.txbuf,
             gso: self.gso,
+            syn_mtu: self.syn_mtu,
         })
     }
 

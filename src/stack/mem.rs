@@ -47,11 +47,21 @@ pub type Collector = mpsc::UnboundedReceiver<Vec<u8>>;
 
 pub struct MemSink {
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// The MSS of every packet handed over for segmentation (the packets
+    /// themselves go to the collector uncut).
+    pub segmented: std::sync::Mutex<Vec<u16>>,
 }
 
 impl PacketSink for MemSink {
     fn send(&self, packet: &[u8]) {
         let _ = self.tx.send(packet.to_vec());
+    }
+
+    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
+        if let Ok(mut v) = self.segmented.lock() {
+            v.push(mss);
+        }
+        self.send(packet)
     }
 }
 
@@ -63,7 +73,10 @@ pub fn pair() -> (MemSource, Arc<MemSink>, Injector, Collector) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     (
         MemSource { rx: in_rx },
-        Arc::new(MemSink { tx: out_tx }),
+        Arc::new(MemSink {
+            tx: out_tx,
+            segmented: std::sync::Mutex::new(Vec::new()),
+        }),
         in_tx,
         out_rx,
     )

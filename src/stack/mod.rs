@@ -213,7 +213,8 @@ impl From<&DialError> for Refusal {
 
 #[derive(Debug, Clone)]
 pub struct StackConfig {
-    /// MTU of the device: the largest packet written, and the MSS base.
+    /// MTU of the device: the MSS our SYNs advertise is based on it, and so
+    /// is the largest packet written (without segment offload).
     pub mtu: usize,
     /// Room for one read from the source, when it is more than the MTU (a
     /// device with offloads returns segments up to 64 KB, and a header).
@@ -294,6 +295,10 @@ fn bump(c: &AtomicU64) {
 /// How long a flow whose relay has ended may wait for the application to
 /// finish the close before the stack drops it anyway.
 const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
+
+/// The smallest application MSS worth segmentation offload (RFC 9293's
+/// IPv4 default).
+const MIN_GSO_MSS: u16 = 536;
 
 /// After this many more flows were open at once than are open now, the
 /// sweep trims the heap.
@@ -482,6 +487,8 @@ struct Engine {
     pool: Arc<ring::RingPool>,
     /// smoltcp's MTU (see `Engine::new`).
     smtu: usize,
+    /// With segment offload, the device MTU our SYNs advertise.
+    syn_mtu: Option<usize>,
 }
 
 impl Engine {
@@ -505,6 +512,7 @@ impl Engine {
                 txbuf: &mut txbuf,
                 mtu,
                 gso: None,
+                syn_mtu: None,
             };
             Interface::new(config, &mut dev, SInstant::from_micros(0))
         };
@@ -523,6 +531,7 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
+        let syn_mtu = s.cfg.segment_offload.then_some(s.cfg.mtu);
         let pool = Arc::new(ring::RingPool::new(
             s.cfg.rx_buffer,
             s.cfg.tx_buffer,
@@ -549,6 +558,7 @@ impl Engine {
             sweep_at: None,
             pool,
             smtu: mtu,
+            syn_mtu,
         }
     }
 
@@ -589,7 +599,15 @@ impl Engine {
         // likes and the sink cuts them to the application's MSS: smoltcp is
         // shown the largest MSS, the real one is kept for the sink.
         let real_mss = if syn && self.cfg.segment_offload {
-            wire::replace_mss(pkt, u16::MAX)
+            // An MSS at or below the minimum is left alone: segments that
+            // small are not worth cutting (and options could outgrow them).
+            match wire::replace_mss(pkt, u16::MAX) {
+                Some(m) if m < MIN_GSO_MSS => {
+                    wire::replace_mss(pkt, m);
+                    None
+                }
+                m => m,
+            }
         } else {
             None
         };
@@ -613,18 +631,27 @@ impl Engine {
                 flow
             }
         };
-        if real_mss.is_some() {
-            flow.gso_mss = real_mss;
-        }
         // Track how far the application's data reaches in sequence space:
         // segments beyond a gap sit in the receive ring without showing in
-        // `recv_queue`, and such a ring must not be released.
+        // `recv_queue`, and such a ring must not be released. The first SYN
+        // fixes the ISN and the MSS; a later SYN with another ISN is dropped
+        // by smoltcp and must not move them either.
         let (seq, len) = seg;
         if syn {
-            flow.rx_isn = Some(seq);
-            flow.rx_end = seq.wrapping_add(1).wrapping_add(len);
-        } else if len > 0 && seq_after(seq.wrapping_add(len), flow.rx_end) {
-            flow.rx_end = seq.wrapping_add(len);
+            if flow.rx_isn.is_none() {
+                flow.rx_isn = Some(seq);
+                flow.rx_end = seq.wrapping_add(1).wrapping_add(len);
+                flow.gso_mss = real_mss;
+            }
+        } else if len > 0 {
+            let end = seq.wrapping_add(len);
+            // Only as far as a receive window reaches: smoltcp drops the rest,
+            // and a wild sequence number must not wrap the comparison.
+            let in_window =
+                flow.rx_isn.is_some() && end.wrapping_sub(flow.rx_end) <= self.cfg.rx_buffer as u32;
+            if in_window && seq_after(end, flow.rx_end) {
+                flow.rx_end = end;
+            }
         }
         {
             let mut set = flow.shared.lock();
@@ -634,9 +661,13 @@ impl Engine {
                 txbuf: &mut self.txbuf,
                 mtu: self.smtu,
                 gso: flow.gso_mss,
+                syn_mtu: self.syn_mtu,
             };
             self.iface.poll_ingress_single(now, &mut dev, &mut set);
-            let data = set.get::<tcp::Socket>(flow.shared.handle).recv_queue() > 0;
+            // Received data, or sent data still unacknowledged (a flow that
+            // left the sweep's list with a full transmit ring comes back).
+            let sock = set.get::<tcp::Socket>(flow.shared.handle);
+            let data = sock.recv_queue() > 0 || sock.send_queue() > 0;
             drop(set);
             if data {
                 note_data(flow, key, &mut self.resident);
@@ -657,6 +688,7 @@ impl Engine {
             txbuf: &mut self.txbuf,
             mtu: self.smtu,
             gso: None,
+            syn_mtu: self.syn_mtu,
         };
         self.iface
             .poll_ingress_single(now, &mut dev, &mut self.scratch);
@@ -868,6 +900,7 @@ impl Engine {
                 txbuf: &mut self.txbuf,
                 mtu: self.smtu,
                 gso: flow.gso_mss,
+                syn_mtu: self.syn_mtu,
             };
             // While dialing there is nothing to send (the SYN-ACK is held) and
             // poll_at would say "now" for the held SYN-ACK: no timer then.
@@ -1020,6 +1053,7 @@ impl Engine {
                     txbuf: &mut self.txbuf,
                     mtu: self.smtu,
                     gso: None,
+                    syn_mtu: self.syn_mtu,
                 };
                 let _ = self.iface.poll_egress(now, &mut dev, &mut set);
             }

@@ -78,6 +78,7 @@ struct Harness {
     far: Option<oneshot::Receiver<DuplexStream>>,
     _stop: oneshot::Sender<()>,
     stats: Arc<StackStats>,
+    sink: Arc<mem::MemSink>,
 }
 
 fn start() -> Harness {
@@ -93,7 +94,12 @@ fn start_with(cfg: StackConfig) -> Harness {
         far: Mutex::new(Some(ftx)),
     });
     let (src, sink, inject, out) = mem::pair();
-    let stack = Stack::new(cfg, dialer.clone(), Arc::new(DropUdp::default()), sink);
+    let stack = Stack::new(
+        cfg,
+        dialer.clone(),
+        Arc::new(DropUdp::default()),
+        sink.clone(),
+    );
     let stats = stack.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(stack.run(src, async move {
@@ -107,6 +113,7 @@ fn start_with(cfg: StackConfig) -> Harness {
         far: Some(frx),
         _stop: stop_tx,
         stats,
+        sink,
     }
 }
 
@@ -622,4 +629,54 @@ async fn out_of_order_data_keeps_the_rings() {
         .unwrap();
     assert_eq!(&got[..1000], &first[..]);
     assert_eq!(&got[1000..], &second[..], "data beyond the gap was lost");
+}
+
+/// Segment offload: our SYN-ACK still advertises the device's MSS (with a
+/// valid checksum), smoltcp sends segments larger than the application's
+/// MSS, and each goes to the sink with that MSS for cutting.
+#[tokio::test]
+async fn segment_offload_sends_large_segments_with_the_apps_mss() {
+    let mut h = start_with(StackConfig {
+        mtu: 1500,
+        segment_offload: true,
+        ..StackConfig::default()
+    });
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    h.send(seg(c, s, TcpControl::Syn, 1000, None, &[]));
+    h.verdict.take().unwrap().send(Ok(())).unwrap();
+    let raw = timeout(Duration::from_secs(5), h.out.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ipp = Ipv4Packet::new_checked(&raw[..]).unwrap();
+    let tcpp = TcpPacket::new_checked(ipp.payload()).unwrap();
+    // Parsing with default capabilities verifies the checksum.
+    let repr = TcpRepr::parse(&tcpp, &ip(s), &ip(c), &ChecksumCapabilities::default())
+        .expect("SYN-ACK with a valid checksum");
+    assert_eq!(repr.max_seg_size, Some(1460), "advertised MSS");
+    let sa = parse(&raw);
+    h.send(seg(c, s, TcpControl::None, 1001, Some(sa.seq + 1), &[]));
+    let mut far = timeout(Duration::from_secs(5), h.far.take().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    far.write_all(&data).await.unwrap();
+    let mut got = Vec::new();
+    let mut biggest = 0;
+    let mut next = sa.seq + 1;
+    while got.len() < data.len() {
+        let o = h.next().await;
+        biggest = biggest.max(o.payload.len());
+        // In order only (a retransmission repeats bytes); acknowledge each.
+        if o.seq == next && !o.payload.is_empty() {
+            next += o.payload.len() as u32;
+            got.extend_from_slice(&o.payload);
+            h.send(seg(c, s, TcpControl::None, 1001, Some(next), &[]));
+        }
+    }
+    assert!(got == data, "data differs");
+    assert!(biggest > 1460, "largest segment {biggest}: not offloaded");
+    let mss = h.sink.segmented.lock().unwrap().clone();
+    assert!(!mss.is_empty() && mss.iter().all(|m| *m == 1460), "{mss:?}");
 }

@@ -4,7 +4,7 @@
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
-    IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -68,6 +68,50 @@ pub fn replace_mss(pkt: &mut [u8], mss: u16) -> Option<u16> {
         }
     }
     None
+}
+
+/// In a SYN we emit, lower the MSS option to what a device of `mtu` carries
+/// (RFC 9293 3.7.1: the IP MTU less the IP and TCP headers) and fix the
+/// checksum. With segment offload smoltcp works with a 64 KB MTU and would
+/// advertise that, and a sender whose path is wider than the TUN would stop
+/// being clamped to it. Other packets are left alone.
+pub fn clamp_syn_mss(pkt: &mut [u8], mtu: usize) {
+    let (off, src, dst) = match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Ok(ip) = Ipv4Packet::new_checked(&*pkt) else {
+                return;
+            };
+            if ip.next_header() != IpProtocol::Tcp {
+                return;
+            }
+            (
+                ip.header_len() as usize,
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            )
+        }
+        Some(6) => {
+            let Ok(ip) = Ipv6Packet::new_checked(&*pkt) else {
+                return;
+            };
+            if ip.next_header() != IpProtocol::Tcp {
+                return;
+            }
+            (
+                40,
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+            )
+        }
+        _ => return,
+    };
+    let syn = pkt.get(off + 13).is_some_and(|f| f & 0x02 != 0);
+    let mss = mtu.saturating_sub(off + 20).min(u16::MAX as usize) as u16;
+    if !syn || replace_mss(pkt, mss).is_none() {
+        return;
+    }
+    let mut tcp = TcpPacket::new_unchecked(&mut pkt[off..]);
+    tcp.fill_checksum(&src, &dst);
 }
 
 /// Classify an inbound IP packet by its headers.
@@ -263,6 +307,31 @@ mod tests {
         v6[0] = 0x60;
         v6.extend_from_slice(&syn_v4()[20..]);
         assert_eq!(replace_mss(&mut v6, 9000), Some(1460));
+    }
+
+    #[test]
+    fn clamp_syn_mss_lowers_it_and_keeps_the_checksum_right() {
+        use smoltcp::wire::Ipv4Address;
+        let mut p = syn_v4();
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[12..16].copy_from_slice(&[203, 0, 113, 2]);
+        p[16..20].copy_from_slice(&[198, 18, 0, 1]);
+        replace_mss(&mut p, 65495).unwrap();
+        clamp_syn_mss(&mut p, 1500);
+        assert_eq!(&p[44..46], &1460u16.to_be_bytes());
+        let tcp = TcpPacket::new_checked(&p[20..]).unwrap();
+        let (src, dst) = (
+            IpAddress::Ipv4(Ipv4Address::new(203, 0, 113, 2)),
+            IpAddress::Ipv4(Ipv4Address::new(198, 18, 0, 1)),
+        );
+        assert!(tcp.verify_checksum(&src, &dst));
+        // Not a SYN: untouched.
+        let mut ack = p.clone();
+        ack[33] = 0x10;
+        let before = ack.clone();
+        clamp_syn_mss(&mut ack, 1280);
+        assert_eq!(ack, before);
     }
 
     #[test]

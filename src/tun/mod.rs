@@ -185,8 +185,12 @@ pub async fn run_async(
     );
     let mut stack_cfg = cfg.stack;
     if dev.offload {
+        // Headers are on (asked for, or set by whoever opened an adopted
+        // descriptor): every read has one, and with offloads a 64 KB segment.
         stack_cfg.read_slot = Some(device::MAX_OFFLOAD_PACKET + vnet::HDR_LEN);
-        stack_cfg.segment_offload = true;
+        // --no-offload on such a descriptor turned the offloads off: then
+        // smoltcp keeps to the MTU and nothing is cut for it.
+        stack_cfg.segment_offload = cfg.offload;
     }
     let stack = Stack::new(stack_cfg, dialer, udp, sink);
     let stats = stack.stats();
