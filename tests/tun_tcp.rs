@@ -367,6 +367,23 @@ fn tun_curl_v4_v6_parallel_and_clean_exit() {
     assert!(!gone.status.success(), "device {} still exists", r.dev);
 }
 
+/// A closed port (8003) is refused, at once.
+fn refused_at_once(r: &Rig, v6: bool) {
+    let (res, took) = in_client(r, move || {
+        let t = Instant::now();
+        let res = TcpStream::connect_timeout(&target(v6, 8003), Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        (res, t.elapsed())
+    });
+    assert_eq!(
+        res,
+        Err(ErrorKind::ConnectionRefused),
+        "closed port v6={v6}"
+    );
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+}
+
 /// 20 MB up, half-close, checksum back, 20 MB down, through the TUN.
 fn bulk(r: &Rig, v6: bool) -> Result<(), String> {
     in_client(r, move || -> Result<(), String> {
@@ -407,20 +424,7 @@ fn tun_bulk_half_close_refused() {
         let res = bulk(&r, v6);
         assert!(res.is_ok(), "bulk v6={v6}: {res:?}\n{}", r.tun.log());
 
-        // A closed port is refused, at once.
-        let (res, took) = in_client(&r, move || {
-            let t = Instant::now();
-            let res = TcpStream::connect_timeout(&target(v6, 8003), Duration::from_secs(10))
-                .map(|_| ())
-                .map_err(|e| e.kind());
-            (res, t.elapsed())
-        });
-        assert_eq!(
-            res,
-            Err(ErrorKind::ConnectionRefused),
-            "closed port v6={v6}"
-        );
-        assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+        refused_at_once(&r, v6);
     }
 }
 
@@ -510,19 +514,7 @@ fn tun_via_sockstun_server_reset_passes_through() {
             s.read(&mut b).map_err(|e| e.kind())
         });
         assert_eq!(res, Err(ErrorKind::ConnectionReset), "reset v6={v6}");
-        let (res, took) = in_client(&r, move || {
-            let t = Instant::now();
-            let res = TcpStream::connect_timeout(&target(v6, 8003), Duration::from_secs(10))
-                .map(|_| ())
-                .map_err(|e| e.kind());
-            (res, t.elapsed())
-        });
-        assert_eq!(
-            res,
-            Err(ErrorKind::ConnectionRefused),
-            "closed port v6={v6}"
-        );
-        assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+        refused_at_once(&r, v6);
     }
 }
 
