@@ -47,8 +47,8 @@ pub type Collector = mpsc::UnboundedReceiver<Vec<u8>>;
 
 pub struct MemSink {
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// The MSS of every packet handed over for segmentation (the packets
-    /// themselves go to the collector uncut).
+    /// The MSS of every TCP packet handed over with offload (`u16::MAX`:
+    /// not to be cut).
     pub segmented: std::sync::Mutex<Vec<u16>>,
 }
 
@@ -57,10 +57,13 @@ impl PacketSink for MemSink {
         let _ = self.tx.send(packet.to_vec());
     }
 
-    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
+    /// Records the MSS and finishes the checksum as the kernel would; the
+    /// packet goes to the collector uncut.
+    fn send_tcp(&self, packet: &mut [u8], mss: u16) {
         if let Ok(mut v) = self.segmented.lock() {
             v.push(mss);
         }
+        super::wire::fill_tcp_checksum(packet);
         self.send(packet)
     }
 }

@@ -67,11 +67,15 @@ use tracing::{debug, info};
 pub trait PacketSink: Send + Sync + 'static {
     fn send(&self, packet: &[u8]);
 
-    /// Send a TCP packet whose payload may be larger than `mss`, the largest
-    /// segment the application accepts: a sink with segmentation offload
-    /// (see `StackConfig::segment_offload`) has the kernel cut it.
-    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
+    /// Send a TCP packet from the stack when segment offload is on (see
+    /// `StackConfig::segment_offload`): its TCP checksum is not filled in
+    /// and its payload may be larger than `mss`, the largest segment the
+    /// application accepts. A sink with offload has the kernel finish the
+    /// checksum and cut the segments; this default computes the checksum in
+    /// software and sends the packet whole.
+    fn send_tcp(&self, packet: &mut [u8], mss: u16) {
         let _ = mss;
+        wire::fill_tcp_checksum(packet);
         self.send(packet)
     }
 }
@@ -219,10 +223,11 @@ pub struct StackConfig {
     /// Room for one read from the source, when it is more than the MTU (a
     /// device with offloads returns segments up to 64 KB, and a header).
     pub read_slot: Option<usize>,
-    /// The sink can cut large TCP packets into segments
-    /// ([`PacketSink::send_segmented`]): smoltcp then works with 64 KB
-    /// segments whatever the MTU, the application's MSS is kept for the
-    /// sink and replaced in its SYN by the largest.
+    /// The sink finishes TCP checksums and cuts large TCP packets into
+    /// segments ([`PacketSink::send_tcp`]): smoltcp then computes no TCP
+    /// checksum and works with 64 KB segments whatever the MTU, the
+    /// application's MSS is kept for the sink and replaced in its SYN by the
+    /// largest.
     pub segment_offload: bool,
     /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
     pub max_flows: usize,
@@ -508,6 +513,9 @@ impl Engine {
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_seed();
         let epoch = std::time::Instant::now();
+        let syn_mtu = s.cfg.segment_offload.then_some(s.cfg.mtu);
+        // smoltcp keeps the capabilities it is shown here (checksums
+        // included), so this device must be configured like the later ones.
         let mut iface = {
             let mut dev = device::OneShot {
                 rx: None,
@@ -515,7 +523,7 @@ impl Engine {
                 txbuf: &mut txbuf,
                 mtu,
                 gso: None,
-                syn_mtu: None,
+                syn_mtu,
             };
             Interface::new(config, &mut dev, SInstant::from_micros(0))
         };
@@ -534,7 +542,6 @@ impl Engine {
         let _ = iface
             .routes_mut()
             .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
-        let syn_mtu = s.cfg.segment_offload.then_some(s.cfg.mtu);
         let pool = Arc::new(ring::RingPool::new(
             s.cfg.rx_buffer,
             s.cfg.tx_buffer,

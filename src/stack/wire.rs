@@ -76,34 +76,8 @@ pub fn replace_mss(pkt: &mut [u8], mss: u16) -> Option<u16> {
 /// advertise that, and a sender whose path is wider than the TUN would stop
 /// being clamped to it. Other packets are left alone.
 pub fn clamp_syn_mss(pkt: &mut [u8], mtu: usize) {
-    let (off, src, dst) = match pkt.first().map(|b| b >> 4) {
-        Some(4) => {
-            let Ok(ip) = Ipv4Packet::new_checked(&*pkt) else {
-                return;
-            };
-            if ip.next_header() != IpProtocol::Tcp {
-                return;
-            }
-            (
-                ip.header_len() as usize,
-                IpAddress::Ipv4(ip.src_addr()),
-                IpAddress::Ipv4(ip.dst_addr()),
-            )
-        }
-        Some(6) => {
-            let Ok(ip) = Ipv6Packet::new_checked(&*pkt) else {
-                return;
-            };
-            if ip.next_header() != IpProtocol::Tcp {
-                return;
-            }
-            (
-                40,
-                IpAddress::Ipv6(ip.src_addr()),
-                IpAddress::Ipv6(ip.dst_addr()),
-            )
-        }
-        _ => return,
+    let Some((off, src, dst)) = tcp_in_ip(pkt) else {
+        return;
     };
     let syn = pkt.get(off + 13).is_some_and(|f| f & 0x02 != 0);
     let mss = mtu.saturating_sub(off + 20).min(u16::MAX as usize) as u16;
@@ -112,6 +86,45 @@ pub fn clamp_syn_mss(pkt: &mut [u8], mtu: usize) {
     }
     let mut tcp = TcpPacket::new_unchecked(&mut pkt[off..]);
     tcp.fill_checksum(&src, &dst);
+}
+
+/// Compute the TCP checksum of a TCP packet in IPv4/IPv6 in software (a sink
+/// without checksum offload, given a packet smoltcp left it to). Anything
+/// else is left alone.
+pub fn fill_tcp_checksum(pkt: &mut [u8]) {
+    if let Some((off, src, dst)) = tcp_in_ip(pkt) {
+        if pkt.len() >= off + 20 {
+            TcpPacket::new_unchecked(&mut pkt[off..]).fill_checksum(&src, &dst);
+        }
+    }
+}
+
+/// The offset of the TCP header in an IPv4/IPv6 packet carrying TCP, and the
+/// addresses of its pseudo-header.
+fn tcp_in_ip(pkt: &[u8]) -> Option<(usize, IpAddress, IpAddress)> {
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(pkt).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then(|| {
+                (
+                    ip.header_len() as usize,
+                    IpAddress::Ipv4(ip.src_addr()),
+                    IpAddress::Ipv4(ip.dst_addr()),
+                )
+            })
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(pkt).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then(|| {
+                (
+                    40,
+                    IpAddress::Ipv6(ip.src_addr()),
+                    IpAddress::Ipv6(ip.dst_addr()),
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Classify an inbound IP packet by its headers.

@@ -334,10 +334,13 @@ impl PacketSink for TunSink {
         }
     }
 
-    fn send_segmented(&self, packet: &mut [u8], mss: u16) {
-        match self.offload.then(|| vnet::gso_tx(packet, mss)).flatten() {
+    fn send_tcp(&self, packet: &mut [u8], mss: u16) {
+        match self.offload.then(|| vnet::tcp_tx(packet, mss)).flatten() {
             Some(hdr) => self.write(Some(&hdr), packet),
-            None => self.send(packet),
+            None => {
+                crate::stack::wire::fill_tcp_checksum(packet);
+                self.send(packet)
+            }
         }
     }
 }

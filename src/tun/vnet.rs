@@ -83,12 +83,14 @@ impl VnetHdr {
     }
 }
 
-/// The header that has the kernel cut an outgoing TCP packet into segments of
-/// `mss` payload bytes (TSO on transmit), or `None` when the packet needs no
-/// cutting or is not plain TCP over IPv4/IPv6. Also replaces the TCP checksum
-/// with the pseudo-header sum the kernel finishes for each segment
-/// (`NEEDS_CSUM`; virtio spec 5.1.6.2).
-pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
+/// The header for a TCP packet from the stack whose checksum the kernel is to
+/// finish (`NEEDS_CSUM`; virtio spec 5.1.6.2): the checksum field is set to
+/// the pseudo-header sum, from which the kernel sums the segment (smoltcp
+/// leaves TCP checksums to the device when offload is on, so no payload is
+/// summed twice). A packet whose payload is larger than `mss` is also cut by
+/// the kernel into segments of `mss` payload bytes (TSO on transmit). `None`
+/// when the packet is not plain TCP over IPv4/IPv6.
+pub fn tcp_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
     let (ip_len, gso_type) = match pkt.first()? >> 4 {
         4 => (((pkt[0] & 0x0f) as usize) * 4, GSO_TCPV4),
         6 => (40, GSO_TCPV6),
@@ -102,12 +104,6 @@ pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
         return None;
     }
     let tcp_len = pkt.len() - ip_len;
-    // The MSS counts payload without options (RFC 9293 3.7.1); the kernel
-    // copies our options into every segment, so they come off the size.
-    let seg = (mss as usize).saturating_sub(tcp_hdr - 20);
-    if seg == 0 || tcp_len - tcp_hdr <= seg {
-        return None;
-    }
     let mut pseudo = [0u8; 40];
     let n = if gso_type == GSO_TCPV4 {
         pseudo[..8].copy_from_slice(&pkt[12..20]);
@@ -122,14 +118,22 @@ pub fn gso_tx(pkt: &mut [u8], mss: u16) -> Option<VnetHdr> {
     };
     let sum = checksum(&pseudo[..n]);
     pkt[ip_len + 16..ip_len + 18].copy_from_slice(&sum.to_be_bytes());
-    Some(VnetHdr {
+    let mut h = VnetHdr {
         flags: F_NEEDS_CSUM,
-        gso_type,
+        gso_type: GSO_NONE,
         hdr_len: (ip_len + tcp_hdr) as u16,
-        gso_size: seg as u16,
+        gso_size: 0,
         csum_start: ip_len as u16,
         csum_offset: 16,
-    })
+    };
+    // The MSS counts payload without options (RFC 9293 3.7.1); the kernel
+    // copies our options into every segment, so they come off the size.
+    let seg = (mss as usize).saturating_sub(tcp_hdr - 20);
+    if seg > 0 && tcp_len - tcp_hdr > seg {
+        h.gso_type = gso_type;
+        h.gso_size = seg as u16;
+    }
+    Some(h)
 }
 
 /// IP protocol number of an IPv4 or IPv6 packet (the IPv6 next header, so an
@@ -261,11 +265,70 @@ mod tests {
         (full, partial)
     }
 
-    /// A big TCP segment for the kernel to cut: the header names the MSS and
-    /// the checksum field holds the pseudo-header sum, which finished over
-    /// the whole packet gives smoltcp's full checksum.
+    /// A TCP packet for the kernel to finish: the checksum field holds the
+    /// pseudo-header sum, which finished over the whole packet gives
+    /// smoltcp's full checksum; a big one also names the MSS to cut it to.
+    /// The same over IPv6: the pseudo-header of RFC 8200 8.1 (32-bit
+    /// length), which nothing downstream checks when the kernel trusts a
+    /// partial checksum on local delivery.
     #[test]
-    fn gso_tx_for_large_tcp_segments_only() {
+    fn tcp_tx_over_ipv6() {
+        use smoltcp::wire::{
+            IpProtocol, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
+            TcpSeqNumber,
+        };
+        let src = Ipv6Address::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+        let dst = Ipv6Address::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
+        for (len, mss, cut) in [(101usize, 1440u16, false), (9001, 1440, true)] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let tcp = TcpRepr {
+                src_port: 443,
+                dst_port: 50000,
+                control: TcpControl::None,
+                seq_number: TcpSeqNumber(77),
+                ack_number: Some(TcpSeqNumber(5)),
+                window_len: 512,
+                window_scale: None,
+                max_seg_size: None,
+                sack_permitted: false,
+                sack_ranges: [None, None, None],
+                timestamp: None,
+                payload: &payload,
+            };
+            let ip = Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            };
+            let caps = ChecksumCapabilities::default();
+            let mut pkt = vec![0u8; 40 + tcp.buffer_len()];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(&mut pkt[40..]),
+                &IpAddress::Ipv6(src),
+                &IpAddress::Ipv6(dst),
+                &caps,
+            );
+            let full = pkt.clone();
+            let h = tcp_tx(&mut pkt, mss).unwrap();
+            assert_eq!(
+                (h.flags, h.csum_start, h.csum_offset),
+                (F_NEEDS_CSUM, 40, 16)
+            );
+            assert_eq!(
+                (h.gso_type, h.gso_size),
+                if cut { (GSO_TCPV6, mss) } else { (GSO_NONE, 0) }
+            );
+            let c = !checksum(&pkt[40..]);
+            pkt[56..58].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(pkt, full, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn tcp_tx_finishes_every_tcp_packet_and_cuts_large_ones() {
         use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
         let src = Ipv4Address::new(203, 0, 113, 2);
         let dst = Ipv4Address::new(198, 18, 0, 1);
@@ -301,8 +364,24 @@ mod tests {
             &caps,
         );
         let full = pkt.clone();
-        assert_eq!(gso_tx(&mut pkt.clone(), 5000), None, "fits in one segment");
-        let h = gso_tx(&mut pkt, 1460).unwrap();
+        // Finishing the partial checksum as the kernel does restores it.
+        let finish = |p: &[u8], h: VnetHdr| {
+            let mut done = p.to_vec();
+            let start = h.csum_start as usize;
+            let c = !checksum(&done[start..]);
+            done[start + 16..start + 18].copy_from_slice(&c.to_be_bytes());
+            done
+        };
+        let mut small = pkt.clone();
+        let h = tcp_tx(&mut small, 5000).unwrap();
+        assert_eq!(
+            (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, GSO_NONE, 0, 20, 16),
+            "fits in one segment: checksum only"
+        );
+        assert_ne!(small, full, "the field holds the pseudo-header sum");
+        assert_eq!(finish(&small, h), full);
+        let h = tcp_tx(&mut pkt, 1460).unwrap();
         assert_eq!(
             (
                 h.flags,
@@ -314,17 +393,12 @@ mod tests {
             ),
             (F_NEEDS_CSUM, GSO_TCPV4, 40, 1460, 20, 16)
         );
-        // Finishing the partial checksum as the kernel does restores it.
-        let mut done = pkt.clone();
-        let start = h.csum_start as usize;
-        let c = !checksum(&done[start..]);
-        done[start + 16..start + 18].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(done, full);
+        assert_eq!(finish(&pkt, h), full);
         // Not TCP, or garbage: no header.
         let (_, mut udp) = udp_packet(&[0; 3000]);
-        assert_eq!(gso_tx(&mut udp, 1000), None);
-        assert_eq!(gso_tx(&mut [0x45, 0, 0], 1000), None);
-        assert_eq!(gso_tx(&mut [], 1000), None);
+        assert_eq!(tcp_tx(&mut udp, 1000), None);
+        assert_eq!(tcp_tx(&mut [0x45, 0, 0], 1000), None);
+        assert_eq!(tcp_tx(&mut [], 1000), None);
     }
 
     #[test]
