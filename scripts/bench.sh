@@ -21,11 +21,15 @@
 #
 # Usage: scripts/bench.sh [--server] [--quick] [--only S1,S2] [--rows R1,R2]
 #                         [--upstream auto|dante|sockstun|microsocks] [--secs N]
-#                         [--idle-secs N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
+#                         [--idle-secs N] [--rounds N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
 #                         [--save FILE] [--compare FILE] [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
 #   (cpu is taken during tcp-up-1; idle is measured after start and again after the load.)
-#   --quick: 1 s runs, 200 held connections, 3 s idle:
+#   --rounds N: rr and crr run N rounds (default 3), the rows taking turns in each round
+#   after a 1 s warm-up of each, and report each row's median: one slow spell of the
+#   upstream (dante's crr moves by 2-4x between runs) then lands in one round of one row,
+#   not in the ratio.
+#   --quick: 1 s runs, 1 round, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
@@ -46,6 +50,7 @@ ONLY=""
 ROWS=""
 UPSTREAM=auto
 SECS=5
+ROUNDS=3
 IDLE_SECS=20
 BUILD=1
 KEEP_LOGS=0
@@ -71,6 +76,7 @@ while [ $# -gt 0 ]; do
     --upstream) UPSTREAM="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
     --idle-secs) IDLE_SECS="$2"; shift ;;
+    --rounds) ROUNDS="$2"; shift ;;
     --iperf3) IPERF=1 ;;
     --perf) PERF_DIR=$(realpath -m "$2"); shift ;;
     --sockstun-args) TUN_ARGS="$2"; shift ;;
@@ -84,8 +90,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$QUICK" = 1 ]; then
-  SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000
+  SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000; ROUNDS=1
 fi
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive number" >&2; exit 2; }
 
 # ------------------------------------------------------------------ requirements
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root (network namespaces, TUN)" >&2; exit 2; }
@@ -265,7 +272,7 @@ PERF_S=""
 PERF_DEV0=""
 perf_start() {
   PERFPIDS=()
-  [ -n "$PERF_DIR" ] && [ "$1" = sockstun ] || return 0
+  [ -n "$PERF_DIR" ] && [ "$1" = sockstun ] && [ "${ROUND:-1}" = 1 ] || return 0
   case "$2" in tcp-up-1|tcp-down-1|rr|crr|udp) ;; *) return 0 ;; esac
   mkdir -p "$PERF_DIR"
   PERF_S=$2
@@ -350,6 +357,38 @@ scenario() {
         R["$row|udp"]=unsupported; say "  $row udp: the upstream does not support UDP ASSOCIATE"
       else fail "$row" udp; fi ;;
   esac
+}
+
+# rounds NAME ROW...: rr or crr in $ROUNDS rounds, the rows taking turns in each, after
+# an unmeasured 1 s warm-up of each row (dante forks its workers on demand); each
+# figure is the median of its rounds, or the first failure.
+rounds() {
+  local s=$1 row k v round keys
+  shift
+  case "$s" in rr) keys="rr rr-p50 rr-p99" ;; *) keys=$s ;; esac
+  local -A acc=()
+  if [ "$ROUNDS" -gt 1 ]; then
+    # shellcheck disable=SC2086
+    for row in "$@"; do nb "$s" ${ARGS[$row]} --secs 1 >/dev/null; done
+  fi
+  for round in $(seq "$ROUNDS"); do
+    ROUND=$round
+    [ "$ROUNDS" = 1 ] || say "  $s round $round/$ROUNDS"
+    for row in "$@"; do
+      scenario "$row" "$s"
+      for k in $keys; do acc["$row|$k"]+="${R[$row|$k]:-ERR} "; done
+    done
+  done
+  ROUND=1
+  for row in "$@"; do
+    for k in $keys; do
+      v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v -e '^$' -e '^[0-9.]*$' | head -1 || true)
+      [ -n "$v" ] || v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v '^$' | sort -g |
+        awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
+      R["$row|$k"]=$v
+    done
+    [ "$ROUNDS" = 1 ] || say "  $row $s median of $ROUNDS: ${R[$row|$s]} (rounds: ${acc[$row|$s]% })"
+  done
 }
 
 # hold_conns ROW N KEY: hold N connections through ROW; when the row has a process,
@@ -514,7 +553,11 @@ run_tun() {
   fi
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
-    for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done
+    case "$s" in
+      rr|crr) local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
+        rounds "$s" "${live[@]}" ;;
+      *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;
+    esac
   done
   [ -n "$pid" ] && want memory && hold_conns sockstun "$MEM_CONNS" mem
   if want hold; then
@@ -569,7 +612,11 @@ run_server() {
   fi
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
-    for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done
+    case "$s" in
+      rr|crr) local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
+        rounds "$s" "${live[@]}" ;;
+      *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;
+    esac
   done
   if want memory; then
     for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && hold_conns "$row" "$MEM_CONNS" mem; done
