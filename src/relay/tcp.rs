@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -42,6 +42,45 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Abortive close: arrange for the peer to see a reset (TCP RST) when the
     /// stream is dropped, which the relay does right after calling this.
     fn reset(&mut self);
+
+    /// Received bytes lent in place, for a stream that keeps them in a
+    /// buffer of its own (the TUN side: smoltcp's receive ring), so the
+    /// relay writes them on without first copying them into its scratch
+    /// buffer. `take` is given the bytes ready (a non-empty slice) and
+    /// returns how many of them it consumed. Pending (with the waker
+    /// registered) while there is nothing to read. `None`: not supported.
+    fn poll_read_in_place(
+        &mut self,
+        waker: &Waker,
+        take: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> Option<Poll<io::Result<InPlace>>> {
+        let _ = (waker, take);
+        None
+    }
+
+    /// Free room of the stream's own send buffer lent in place (the TUN
+    /// side: smoltcp's transmit ring), so the relay reads into it directly.
+    /// `fill` is given a non-empty slice and returns how many bytes it wrote
+    /// at its start; those are sent. Pending (with the waker registered)
+    /// while there is no room. `None`: not supported.
+    fn poll_write_in_place(
+        &mut self,
+        waker: &Waker,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        let _ = (waker, fill);
+        None
+    }
+}
+
+/// What a `poll_read_in_place` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InPlace {
+    /// The peer finished sending.
+    Eof,
+    /// The bytes were lent; this many were consumed (0 when the taker could
+    /// not take any).
+    Took(usize),
 }
 
 impl RelayStream for tokio::net::TcpStream {
@@ -60,6 +99,22 @@ impl RelayStream for tokio::io::DuplexStream {
 impl<T: RelayStream + ?Sized> RelayStream for Box<T> {
     fn reset(&mut self) {
         (**self).reset()
+    }
+
+    fn poll_read_in_place(
+        &mut self,
+        waker: &Waker,
+        take: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> Option<Poll<io::Result<InPlace>>> {
+        (**self).poll_read_in_place(waker, take)
+    }
+
+    fn poll_write_in_place(
+        &mut self,
+        waker: &Waker,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        (**self).poll_write_in_place(waker, fill)
     }
 }
 
@@ -207,6 +262,121 @@ impl Dir {
         }
     }
 
+    /// Without a buffer of our own, when one of the streams lends its own:
+    /// write straight out of the reader's buffer, or read straight into the
+    /// writer's (one copy fewer per byte than through the scratch buffer;
+    /// what one side cannot take stays in the other's buffer). `None` when
+    /// neither stream can.
+    fn poll_in_place<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut Pin<&mut R>,
+        w: &mut Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Option<Poll<Result<(), DirErr>>>
+    where
+        R: RelayStream + ?Sized,
+        W: RelayStream + ?Sized,
+    {
+        let mut err = None;
+        let mut blocked = false;
+        // Both streams register the same waker: the lending one directly,
+        // the other through a context made of it.
+        let waker = cx.waker();
+        let got = r.as_mut().get_mut().poll_read_in_place(waker, &mut |data| {
+            let mut off = 0;
+            while off < data.len() {
+                match w
+                    .as_mut()
+                    .poll_write(&mut Context::from_waker(waker), &data[off..])
+                {
+                    Poll::Ready(Ok(0)) => {
+                        err = Some(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+                        break;
+                    }
+                    Poll::Ready(Ok(m)) => off += m,
+                    Poll::Ready(Err(e)) => {
+                        err = Some(e);
+                        break;
+                    }
+                    Poll::Pending => {
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            off
+        });
+        if let Some(got) = got {
+            return Some(match got {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(DirErr::Read(e))),
+                Poll::Ready(Ok(InPlace::Eof)) => {
+                    self.read_eof = true;
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(InPlace::Took(n))) => {
+                    if n > 0 {
+                        self.amt += n as u64;
+                        self.need_flush = true;
+                        *moved = true;
+                    }
+                    match err {
+                        Some(e) => Poll::Ready(Err(DirErr::Write(e))),
+                        // The writer's waker is registered.
+                        None if blocked => Poll::Pending,
+                        None => Poll::Ready(Ok(())),
+                    }
+                }
+            });
+        }
+        let mut eof = false;
+        let put = w
+            .as_mut()
+            .get_mut()
+            .poll_write_in_place(waker, &mut |room| {
+                let mut rb = ReadBuf::new(room);
+                match r
+                    .as_mut()
+                    .poll_read(&mut Context::from_waker(waker), &mut rb)
+                {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        eof = n == 0;
+                        n
+                    }
+                    Poll::Ready(Err(e)) => {
+                        err = Some(e);
+                        0
+                    }
+                    Poll::Pending => {
+                        blocked = true;
+                        0
+                    }
+                }
+            })?;
+        Some(match put {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(DirErr::Write(e))),
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.amt += n as u64;
+                    *moved = true;
+                }
+                match err {
+                    Some(e) => Poll::Ready(Err(DirErr::Read(e))),
+                    None if eof => {
+                        self.read_eof = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    // The reader's waker is registered.
+                    None if blocked => Poll::Pending,
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+        })
+    }
+
     /// Drive this direction; Ready(Ok) once EOF was read, every byte written
     /// and the writer shut down. Sets `moved` when bytes were read or written.
     fn poll_copy<R, W>(
@@ -217,13 +387,16 @@ impl Dir {
         moved: &mut bool,
     ) -> Poll<Result<(), DirErr>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: RelayStream + ?Sized,
+        W: RelayStream + ?Sized,
     {
         loop {
             if self.pos == self.cap && !self.read_eof {
                 let step = if self.buf.is_empty() {
-                    self.poll_direct(cx, &mut r, &mut w, moved)
+                    match self.poll_in_place(cx, &mut r, &mut w, moved) {
+                        Some(step) => step,
+                        None => self.poll_direct(cx, &mut r, &mut w, moved),
+                    }
                 } else {
                     self.poll_fill(cx, &mut r, moved)
                 };
@@ -551,5 +724,149 @@ mod tests {
         assert!(!r.is_finished());
         let st = r.await.unwrap();
         assert_eq!((st.outcome, st.a_to_b), (Outcome::IdleTimeout, 5));
+    }
+
+    /// A stream that lends its buffers as `TunStream` does, through a
+    /// duplex pipe: reads come out of a small staging buffer of its own (at
+    /// most `chunk` bytes at a time, so takes are partial), writes go into a
+    /// room of at most `chunk` bytes, staged until the pipe takes them.
+    struct Lender {
+        io: tokio::io::DuplexStream,
+        chunk: usize,
+        inbox: Vec<u8>,
+        outbox: Vec<u8>,
+        reset: bool,
+    }
+
+    impl Lender {
+        fn new(io: tokio::io::DuplexStream, chunk: usize) -> Lender {
+            Lender {
+                io,
+                chunk,
+                inbox: Vec::new(),
+                outbox: Vec::new(),
+                reset: false,
+            }
+        }
+
+        /// Push staged output into the pipe; Ready once all of it went.
+        fn flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            while !self.outbox.is_empty() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outbox))?;
+                self.outbox.drain(..n);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Lender {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            panic!("the relay must read a lending stream in place");
+        }
+    }
+
+    impl AsyncWrite for Lender {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            panic!("the relay must write a lending stream in place");
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flush_out(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            ready!(this.flush_out(cx))?;
+            Pin::new(&mut this.io).poll_shutdown(cx)
+        }
+    }
+
+    impl RelayStream for Lender {
+        fn reset(&mut self) {
+            self.reset = true;
+        }
+
+        fn poll_read_in_place(
+            &mut self,
+            waker: &Waker,
+            take: &mut dyn FnMut(&[u8]) -> usize,
+        ) -> Option<Poll<io::Result<InPlace>>> {
+            if self.inbox.is_empty() {
+                let mut b = vec![0u8; self.chunk];
+                let mut rb = ReadBuf::new(&mut b);
+                let mut cx = Context::from_waker(waker);
+                match Pin::new(&mut self.io).poll_read(&mut cx, &mut rb) {
+                    Poll::Pending => return Some(Poll::Pending),
+                    Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        return Some(Poll::Ready(Ok(InPlace::Eof)))
+                    }
+                    Poll::Ready(Ok(())) => self.inbox = rb.filled().to_vec(),
+                }
+            }
+            let n = take(&self.inbox);
+            self.inbox.drain(..n);
+            Some(Poll::Ready(Ok(InPlace::Took(n))))
+        }
+
+        fn poll_write_in_place(
+            &mut self,
+            waker: &Waker,
+            fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        ) -> Option<Poll<io::Result<usize>>> {
+            if let Poll::Ready(Err(e)) = self.flush_out(&mut Context::from_waker(waker)) {
+                return Some(Poll::Ready(Err(e)));
+            }
+            if !self.outbox.is_empty() {
+                return Some(Poll::Pending);
+            }
+            let mut room = vec![0u8; self.chunk];
+            let n = fill(&mut room);
+            self.outbox.extend_from_slice(&room[..n]);
+            let _ = self.flush_out(&mut Context::from_waker(waker));
+            Some(Poll::Ready(Ok(n)))
+        }
+    }
+
+    /// Both directions in place (the lender on side A), through pipes small
+    /// enough that takes are partial and writers block: every byte arrives
+    /// in order, half-close passes both ways, and the relay never reads or
+    /// writes the lender through a copy (its `poll_read`/`poll_write` panic).
+    #[tokio::test]
+    async fn in_place_copies_both_ways_with_half_close() {
+        let (app, a) = tokio::io::duplex(1000);
+        let (b, far) = tokio::io::duplex(777);
+        let r = tokio::spawn(relay(Lender::new(a, 333), b, None));
+        let up: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
+        // Each end writes everything and half-closes while reading what
+        // comes the other way until EOF.
+        async fn talk(io: tokio::io::DuplexStream, send: Vec<u8>) -> Vec<u8> {
+            let (mut rd, mut wr) = tokio::io::split(io);
+            let w = tokio::spawn(async move {
+                wr.write_all(&send).await.unwrap();
+                wr.shutdown().await.unwrap();
+                wr
+            });
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.unwrap();
+            drop(w.await.unwrap());
+            got
+        }
+        let client = tokio::spawn(talk(app, up.clone()));
+        let got_far = talk(far, down.clone()).await;
+        assert!(got_far == up, "upstream bytes differ");
+        assert!(client.await.unwrap() == down, "downstream bytes differ");
+        let st = r.await.unwrap();
+        assert_eq!(st.outcome, Outcome::Closed);
+        assert_eq!((st.a_to_b, st.b_to_a), (200_000, 150_000));
     }
 }

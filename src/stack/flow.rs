@@ -1,19 +1,20 @@
 //! One TCP flow's state shared between the stack task (which alone polls it
 //! through the interface) and the relay task (which reads and writes its
 //! buffers through `TunStream`). The lock is per flow, so the two contend only
-//! over the same connection, and data moves between the socket's own ring
-//! buffers and the relay's buffer with a single copy.
+//! over the same connection. The relay moves data between the socket's own
+//! rings and the upstream socket directly (`RelayStream`'s in-place reads and
+//! writes): no copy of its own in between.
 
 use super::ring::{RingMem, RingPool};
 use super::wire::FlowKey;
-use crate::relay::tcp::RelayStream;
+use crate::relay::tcp::{InPlace, RelayStream};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, SendError, State};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -170,14 +171,7 @@ impl AsyncWrite for TunStream {
                 sock.register_send_waker(cx.waker());
                 Poll::Pending
             }
-            Err(SendError::InvalidState) => {
-                let kind = if sock.state() == State::Closed {
-                    io::ErrorKind::ConnectionReset
-                } else {
-                    io::ErrorKind::BrokenPipe
-                };
-                Poll::Ready(Err(kind.into()))
-            }
+            Err(SendError::InvalidState) => Poll::Ready(Err(send_error(sock.state()).into())),
         }
     }
 
@@ -204,6 +198,95 @@ impl RelayStream for TunStream {
         let shared = self.shared.clone();
         shared.lock().get_mut::<tcp::Socket>(shared.handle).abort();
         shared.kick();
+    }
+
+    /// The application's bytes straight out of the receive ring (the taker
+    /// writes them to the upstream socket while the flow is locked: on the
+    /// stack's own thread, so nothing waits for the lock).
+    fn poll_read_in_place(
+        &mut self,
+        waker: &Waker,
+        take: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> Option<Poll<io::Result<InPlace>>> {
+        let shared = self.shared.clone();
+        let mut set = shared.lock();
+        let sock = set.get_mut::<tcp::Socket>(shared.handle);
+        let r = sock.recv(|data| {
+            if data.is_empty() {
+                return (0, None);
+            }
+            let n = take(data).min(data.len());
+            (n, Some(n))
+        });
+        Some(match r {
+            Ok(None) => {
+                sock.register_recv_waker(waker);
+                Poll::Pending
+            }
+            Ok(Some(n)) => {
+                drop(set);
+                if n > 0 {
+                    shared.moved.fetch_add(n as u64, Ordering::Relaxed);
+                    shared.app_read.fetch_add(n as u64, Ordering::Relaxed);
+                    // The window grew: let the stack announce it if it matters.
+                    shared.kick();
+                }
+                Poll::Ready(Ok(InPlace::Took(n)))
+            }
+            Err(RecvError::Finished) => Poll::Ready(Ok(InPlace::Eof)),
+            Err(RecvError::InvalidState) if opening(sock.state()) => {
+                sock.register_recv_waker(waker);
+                Poll::Pending
+            }
+            Err(RecvError::InvalidState) => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+        })
+    }
+
+    /// Upstream bytes read straight into the transmit ring.
+    fn poll_write_in_place(
+        &mut self,
+        waker: &Waker,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        let shared = self.shared.clone();
+        let mut set = shared.lock();
+        let sock = set.get_mut::<tcp::Socket>(shared.handle);
+        let r = sock.send(|room| {
+            if room.is_empty() {
+                return (0, None);
+            }
+            let n = fill(room).min(room.len());
+            (n, Some(n))
+        });
+        Some(match r {
+            Ok(None) => {
+                sock.register_send_waker(waker);
+                Poll::Pending
+            }
+            Ok(Some(n)) => {
+                drop(set);
+                if n > 0 {
+                    shared.moved.fetch_add(n as u64, Ordering::Relaxed);
+                    shared.kick();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Err(SendError::InvalidState) if opening(sock.state()) => {
+                sock.register_send_waker(waker);
+                Poll::Pending
+            }
+            Err(SendError::InvalidState) => Poll::Ready(Err(send_error(sock.state()).into())),
+        })
+    }
+}
+
+/// Why the application's side takes no more data: it reset (the socket is
+/// closed) or it is closing.
+fn send_error(state: State) -> io::ErrorKind {
+    if state == State::Closed {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::BrokenPipe
     }
 }
 
