@@ -25,10 +25,11 @@
 #                         [--save FILE] [--compare FILE] [--no-build] [--keep-logs]
 #   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
 #   (cpu is taken during tcp-up-1; idle is measured after start and again after the load.)
-#   --rounds N: rr and crr run N rounds (default 3), the rows taking turns in each round
-#   after a 1 s warm-up of each, and report each row's median: one slow spell of the
-#   upstream (dante's crr moves by 2-4x between runs) then lands in one round of one row,
-#   not in the ratio.
+#   --rounds N: tcp-up-1, tcp-down-1 (the issue's targets), rr and crr run N rounds
+#   (default 3), the rows taking turns in each round (rr and crr after a 1 s warm-up of
+#   each), and report each row's median: one slow spell of the machine or the upstream
+#   (dante's crr moves by 2-4x between runs) then lands in one round of one row, not in
+#   the ratio.
 #   --quick: 1 s runs, 1 round, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
@@ -359,15 +360,15 @@ scenario() {
   esac
 }
 
-# rounds NAME ROW...: rr or crr in $ROUNDS rounds, the rows taking turns in each, after
-# an unmeasured 1 s warm-up of each row (dante forks its workers on demand); each
-# figure is the median of its rounds, or the first failure.
+# rounds NAME ROW...: one scenario in $ROUNDS rounds, the rows taking turns in each (rr
+# and crr after an unmeasured 1 s warm-up of each row: dante forks its workers on
+# demand); each figure is the median of its rounds, or the first failure.
 rounds() {
   local s=$1 row k v round keys
   shift
-  case "$s" in rr) keys="rr rr-p50 rr-p99" ;; *) keys=$s ;; esac
+  case "$s" in rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; *) keys=$s ;; esac
   local -A acc=()
-  if [ "$ROUNDS" -gt 1 ]; then
+  if [ "$ROUNDS" -gt 1 ] && [[ "$s" == *rr ]]; then
     # shellcheck disable=SC2086
     for row in "$@"; do nb "$s" ${ARGS[$row]} --secs 1 >/dev/null; done
   fi
@@ -376,12 +377,13 @@ rounds() {
     [ "$ROUNDS" = 1 ] || say "  $s round $round/$ROUNDS"
     for row in "$@"; do
       scenario "$row" "$s"
-      for k in $keys; do acc["$row|$k"]+="${R[$row|$k]:-ERR} "; done
+      for k in $keys; do [ -z "${R[$row|$k]+x}" ] || acc["$row|$k"]+="${R[$row|$k]} "; done
     done
   done
   ROUND=1
   for row in "$@"; do
     for k in $keys; do
+      [ -n "${acc[$row|$k]:-}" ] || continue
       v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v -e '^$' -e '^[0-9.]*$' | head -1 || true)
       [ -n "$v" ] || v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v '^$' | sort -g |
         awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
@@ -554,7 +556,8 @@ run_tun() {
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
     case "$s" in
-      rr|crr) local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
+      tcp-up-1|tcp-down-1|rr|crr)
+        local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
         rounds "$s" "${live[@]}" ;;
       *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;
     esac
@@ -613,7 +616,8 @@ run_server() {
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
     case "$s" in
-      rr|crr) local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
+      tcp-up-1|tcp-down-1|rr|crr)
+        local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
         rounds "$s" "${live[@]}" ;;
       *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;
     esac
