@@ -51,7 +51,7 @@ ONLY=""
 ROWS=""
 UPSTREAM=auto
 SECS=5
-ROUNDS=3
+ROUNDS=""
 IDLE_SECS=20
 BUILD=1
 KEEP_LOGS=0
@@ -91,8 +91,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$QUICK" = 1 ]; then
-  SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000; ROUNDS=1
+  SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000; ROUNDS=${ROUNDS:-1}
 fi
+ROUNDS=${ROUNDS:-3}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive number" >&2; exit 2; }
 
 # ------------------------------------------------------------------ requirements
@@ -376,6 +377,9 @@ rounds() {
     ROUND=$round
     [ "$ROUNDS" = 1 ] || say "  $s round $round/$ROUNDS"
     for row in "$@"; do
+      # A failed round sets only the scenario's own key: clear the others so
+      # they cannot repeat the previous round's figures.
+      for k in $keys; do unset "R[$row|$k]"; done
       scenario "$row" "$s"
       for k in $keys; do [ -z "${R[$row|$k]+x}" ] || acc["$row|$k"]+="${R[$row|$k]} "; done
     done
@@ -385,8 +389,10 @@ rounds() {
     for k in $keys; do
       [ -n "${acc[$row|$k]:-}" ] || continue
       v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v -e '^$' -e '^[0-9.]*$' | head -1 || true)
+      # An even count averages the middle two, printed with the inputs' decimals.
       [ -n "$v" ] || v=$(tr ' ' '\n' <<<"${acc[$row|$k]}" | grep -v '^$' | sort -g |
-        awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
+        awk '{a[NR] = $1; if (index($1, ".")) d = length($1) - index($1, ".")}
+          END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.*f\n", d + 0, (a[NR / 2] + a[NR / 2 + 1]) / 2}' || true)
       R["$row|$k"]=$v
     done
     [ "$ROUNDS" = 1 ] || say "  $row $s median of $ROUNDS: ${R[$row|$s]} (rounds: ${acc[$row|$s]% })"

@@ -361,6 +361,7 @@ impl Dir {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.amt += n as u64;
+                    self.need_flush = true;
                     *moved = true;
                 }
                 match err {

@@ -200,9 +200,11 @@ impl RelayStream for TunStream {
         shared.kick();
     }
 
-    /// The application's bytes straight out of the receive ring (the taker
-    /// writes them to the upstream socket while the flow is locked: on the
-    /// stack's own thread, so nothing waits for the lock).
+    /// The application's bytes straight out of the receive ring. The taker
+    /// writes them to the upstream socket while the flow is locked; TUN mode
+    /// runs the stack and every flow task on one thread, so nothing waits for
+    /// the lock (on a multi-threaded runtime the stack would wait out that
+    /// system call when it polls this flow).
     fn poll_read_in_place(
         &mut self,
         waker: &Waker,
