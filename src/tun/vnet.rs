@@ -268,49 +268,48 @@ mod tests {
     /// A TCP packet for the kernel to finish: the checksum field holds the
     /// pseudo-header sum, which finished over the whole packet gives
     /// smoltcp's full checksum; a big one also names the MSS to cut it to.
+    /// An IPv4 or IPv6 packet carrying a TCP data segment with `payload`
+    /// and its full checksum, as smoltcp emits it without offload.
+    fn tcp_packet(src: IpAddress, dst: IpAddress, payload: &[u8]) -> Vec<u8> {
+        use smoltcp::wire::{IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload,
+        };
+        let ip = IpRepr::new(src, dst, IpProtocol::Tcp, tcp.buffer_len(), 64);
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = vec![0u8; ip.header_len() + tcp.buffer_len()];
+        ip.emit(&mut pkt[..], &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut pkt[ip.header_len()..]),
+            &src,
+            &dst,
+            &caps,
+        );
+        pkt
+    }
+
     /// The same over IPv6: the pseudo-header of RFC 8200 8.1 (32-bit
     /// length), which nothing downstream checks when the kernel trusts a
     /// partial checksum on local delivery.
     #[test]
     fn tcp_tx_over_ipv6() {
-        use smoltcp::wire::{
-            IpProtocol, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
-            TcpSeqNumber,
-        };
+        use smoltcp::wire::Ipv6Address;
         let src = Ipv6Address::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
         let dst = Ipv6Address::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
         for (len, mss, cut) in [(101usize, 1440u16, false), (9001, 1440, true)] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let tcp = TcpRepr {
-                src_port: 443,
-                dst_port: 50000,
-                control: TcpControl::None,
-                seq_number: TcpSeqNumber(77),
-                ack_number: Some(TcpSeqNumber(5)),
-                window_len: 512,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None, None, None],
-                timestamp: None,
-                payload: &payload,
-            };
-            let ip = Ipv6Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: IpProtocol::Tcp,
-                payload_len: tcp.buffer_len(),
-                hop_limit: 64,
-            };
-            let caps = ChecksumCapabilities::default();
-            let mut pkt = vec![0u8; 40 + tcp.buffer_len()];
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
-            tcp.emit(
-                &mut TcpPacket::new_unchecked(&mut pkt[40..]),
-                &IpAddress::Ipv6(src),
-                &IpAddress::Ipv6(dst),
-                &caps,
-            );
+            let mut pkt = tcp_packet(src.into(), dst.into(), &payload);
             let full = pkt.clone();
             let h = tcp_tx(&mut pkt, mss).unwrap();
             assert_eq!(
@@ -329,40 +328,9 @@ mod tests {
 
     #[test]
     fn tcp_tx_finishes_every_tcp_packet_and_cuts_large_ones() {
-        use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
         let src = Ipv4Address::new(203, 0, 113, 2);
         let dst = Ipv4Address::new(198, 18, 0, 1);
-        let payload = vec![7u8; 5000];
-        let tcp = TcpRepr {
-            src_port: 80,
-            dst_port: 40000,
-            control: TcpControl::Psh,
-            seq_number: TcpSeqNumber(1),
-            ack_number: Some(TcpSeqNumber(1)),
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let caps = ChecksumCapabilities::default();
-        let mut pkt = vec![0u8; 20 + tcp.buffer_len()];
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut pkt[..]), &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut pkt[20..]),
-            &IpAddress::Ipv4(src),
-            &IpAddress::Ipv4(dst),
-            &caps,
-        );
+        let mut pkt = tcp_packet(src.into(), dst.into(), &[7u8; 5000]);
         let full = pkt.clone();
         // Finishing the partial checksum as the kernel does restores it.
         let finish = |p: &[u8], h: VnetHdr| {
