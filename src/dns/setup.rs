@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Validated UDP/DNS options of TUN mode.
 pub struct UdpDnsConfig {
@@ -174,7 +173,7 @@ impl Dialer for DnsDialer {
 
 /// A connection dialed by name, holding its fake address for as long as it lives.
 struct Pinned {
-    s: TcpStream,
+    s: client::ProxyStream,
     _pin: PoolPin,
 }
 

@@ -14,8 +14,10 @@ use crate::net::SocketOpts;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// The SOCKS dialect spoken to the upstream.
@@ -400,16 +402,83 @@ fn check_carriable(kind: ProxyKind, dest: &TargetAddr) -> Result<(), DialError> 
     }
 }
 
-/// Run the SOCKS handshake for `command` on an open connection to the proxy
-/// and return the bound address of the (first) reply. Reads exactly the
-/// reply, so data the target sends right after stays in the stream.
+/// The proxy's side of a handshake, read whole: each read takes whatever has
+/// arrived (a reply costs one `recvfrom`, where reading it field by field took
+/// three, and a short read tells tokio the socket is drained, which saves the
+/// read that would only return EAGAIN). Bytes past the last reply are the
+/// target's first data (a server that speaks first, or a proxy that sent its
+/// reply and the target's banner together): they are handed on, never lost.
+struct Replies {
+    /// Larger than any reply (a SOCKS5 reply with a name is at most 262 bytes).
+    buf: [u8; 512],
+    start: usize,
+    end: usize,
+}
+
+impl Replies {
+    fn new() -> Replies {
+        Replies {
+            buf: [0; 512],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next message, parsed by `parse` (a codec function: `None` while
+    /// the bytes are incomplete), reading from `s` until it is whole.
+    async fn next<S: AsyncRead + Unpin, T>(
+        &mut self,
+        s: &mut S,
+        parse: fn(&[u8]) -> codec::Parsed<T>,
+    ) -> Result<T, DialError> {
+        loop {
+            if let Some((m, used)) = parse(&self.buf[self.start..self.end]).map_err(proto)? {
+                self.start += used;
+                return Ok(m);
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buf.len() {
+                return Err(proto("reply longer than any SOCKS reply"));
+            }
+            match s.read(&mut self.buf[self.end..]).await {
+                Ok(0) => return Err(self.eof()),
+                Ok(n) => self.end += n,
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+    }
+
+    /// The proxy closed before a whole reply. A SOCKS5 failure code that made
+    /// it (some servers send only `VER REP` and close) is still the answer.
+    fn eof(&self) -> DialError {
+        match &self.buf[self.start..self.end] {
+            [5, rep, ..] if *rep != rep5::SUCCEEDED => DialError::from_socks5_reply(*rep),
+            _ => read_err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// What came after the last reply.
+    fn rest(&self) -> Vec<u8> {
+        self.buf[self.start..self.end].to_vec()
+    }
+}
+
+/// Run the SOCKS handshake for `command` on an open connection to the proxy.
+/// Returns the bound address of the (first) reply, and the target's bytes
+/// that arrived with it (usually none), which come before anything still in
+/// the stream.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     up: &Upstream,
     command: u8,
     dest: &TargetAddr,
-) -> Result<TargetAddr, DialError> {
+) -> Result<(TargetAddr, Vec<u8>), DialError> {
     check_carriable(up.kind, dest)?;
+    let mut r = Replies::new();
     if !up.kind.is_socks5() {
         let uid = up
             .auth
@@ -419,12 +488,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         let req = codec::encode_socks4_request(command, dest, uid)
             .map_err(|_| DialError::AddrTypeNotSupported)?;
         s.write_all(&req).await.map_err(read_err)?;
-        let reply = read_socks4_reply(s).await?;
-        return Ok(TargetAddr::Ip(reply.into()));
+        let reply = read_socks4_reply(s, &mut r).await?;
+        return Ok((TargetAddr::Ip(reply.into()), r.rest()));
     }
 
     if up.pipeline {
-        return handshake_pipelined(s, up, command, dest).await;
+        let bound = handshake_pipelined(s, &mut r, up, command, dest).await?;
+        return Ok((bound, r.rest()));
     }
     let methods: &[u8] = if up.auth.is_some() {
         &[method::NO_AUTH, method::USER_PASS]
@@ -434,21 +504,14 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&codec::encode_greeting(methods))
         .await
         .map_err(read_err)?;
-    let mut b = [0u8; 2];
-    s.read_exact(&mut b).await.map_err(read_err)?;
-    let chosen = match codec::parse_method_choice(&b).map_err(proto)? {
-        Some((m, _)) => m,
-        None => return Err(proto("short method choice")),
-    };
+    let chosen = r.next(s, codec::parse_method_choice).await?;
     match (chosen, &up.auth) {
         (method::NO_AUTH, _) => {}
         (method::USER_PASS, Some((u, p))) => {
             let req = codec::encode_auth_request(u, p).map_err(|_| DialError::AuthFailed)?;
             s.write_all(&req).await.map_err(read_err)?;
-            s.read_exact(&mut b).await.map_err(read_err)?;
-            match codec::parse_auth_reply(&b).map_err(proto)? {
-                Some((true, _)) => {}
-                _ => return Err(DialError::AuthFailed),
+            if !r.next(s, codec::parse_auth_reply).await? {
+                return Err(DialError::AuthFailed);
             }
         }
         (method::NO_ACCEPTABLE, _) | (method::USER_PASS, None) => {
@@ -463,7 +526,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let req =
         codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
     s.write_all(&req).await.map_err(read_err)?;
-    read_socks5_reply(s).await
+    let bound = read_socks5_reply(s, &mut r).await?;
+    Ok((bound, r.rest()))
 }
 
 /// The SOCKS5 handshake with everything sent up front: the greeting offers
@@ -471,6 +535,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// the bytes after it are only right for the method we announced.
 async fn handshake_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
+    r: &mut Replies,
     up: &Upstream,
     command: u8,
     dest: &TargetAddr,
@@ -488,40 +553,27 @@ async fn handshake_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
         codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?,
     );
     s.write_all(&out).await.map_err(read_err)?;
-    let mut b = [0u8; 2];
-    s.read_exact(&mut b).await.map_err(read_err)?;
-    match codec::parse_method_choice(&b).map_err(proto)? {
-        Some((m, _)) if m == want => {}
-        Some((method::NO_ACCEPTABLE, _)) => return Err(DialError::AuthFailed),
-        Some((m, _)) => {
+    match r.next(s, codec::parse_method_choice).await? {
+        m if m == want => {}
+        method::NO_ACCEPTABLE => return Err(DialError::AuthFailed),
+        m => {
             return Err(proto(format!(
                 "proxy chose method 0x{m:02x} we did not offer"
             )))
         }
-        None => return Err(proto("short method choice")),
     }
-    if up.auth.is_some() {
-        s.read_exact(&mut b).await.map_err(read_err)?;
-        match codec::parse_auth_reply(&b).map_err(proto)? {
-            Some((true, _)) => {}
-            _ => return Err(DialError::AuthFailed),
-        }
+    if up.auth.is_some() && !r.next(s, codec::parse_auth_reply).await? {
+        return Err(DialError::AuthFailed);
     }
-    read_socks5_reply(s).await
+    read_socks5_reply(s, r).await
 }
 
 /// Read one SOCKS5 reply; a failure code becomes the matching `DialError`.
-pub async fn read_socks5_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<TargetAddr, DialError> {
-    let mut buf = [0u8; 262];
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await.map_err(read_err)?;
-    let len = codec::socks5_reply_len(&head).map_err(proto)?;
-    buf[..5].copy_from_slice(&head);
-    s.read_exact(&mut buf[5..len]).await.map_err(read_err)?;
-    let reply = match codec::parse_socks5_reply(&buf[..len]).map_err(proto)? {
-        Some((r, _)) => r,
-        None => return Err(proto("short reply")),
-    };
+async fn read_socks5_reply<S: AsyncRead + Unpin>(
+    s: &mut S,
+    r: &mut Replies,
+) -> Result<TargetAddr, DialError> {
+    let reply = r.next(s, codec::parse_socks5_reply).await?;
     if reply.rep != rep5::SUCCEEDED {
         return Err(DialError::from_socks5_reply(reply.rep));
     }
@@ -529,15 +581,11 @@ pub async fn read_socks5_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<Target
 }
 
 /// Read one SOCKS4 reply; a failure code becomes the matching `DialError`.
-pub async fn read_socks4_reply<S: AsyncRead + Unpin>(
+async fn read_socks4_reply<S: AsyncRead + Unpin>(
     s: &mut S,
+    r: &mut Replies,
 ) -> Result<std::net::SocketAddrV4, DialError> {
-    let mut b = [0u8; 8];
-    s.read_exact(&mut b).await.map_err(read_err)?;
-    let r = match codec::parse_socks4_reply(&b).map_err(proto)? {
-        Some((r, _)) => r,
-        None => return Err(proto("short reply")),
-    };
+    let r = r.next(s, codec::parse_socks4_reply).await?;
     match r.code {
         rep4::GRANTED => Ok(r.bound),
         rep4::REJECTED => Err(DialError::Refused),
@@ -546,9 +594,70 @@ pub async fn read_socks4_reply<S: AsyncRead + Unpin>(
     }
 }
 
-/// CONNECT to `dest` through the proxy; the returned stream carries the
-/// target's bytes (TCP_NODELAY set).
-pub async fn connect(up: &Upstream, dest: &TargetAddr) -> Result<TcpStream, DialError> {
+/// A connection to the target through the proxy: the socket (TCP_NODELAY
+/// set), with the target's bytes that came in with the reply read first.
+#[derive(Debug)]
+pub struct ProxyStream {
+    io: TcpStream,
+    early: Vec<u8>,
+    /// How much of `early` has been read.
+    at: usize,
+}
+
+impl AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.early.len() {
+            let n = buf.remaining().min(self.early.len() - self.at);
+            buf.put_slice(&self.early[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.early.len() {
+                self.early = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProxyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl crate::relay::tcp::RelayStream for ProxyStream {
+    fn reset(&mut self) {
+        self.io.reset()
+    }
+}
+
+/// CONNECT to `dest` through the proxy.
+pub async fn connect(up: &Upstream, dest: &TargetAddr) -> Result<ProxyStream, DialError> {
     check_carriable(up.kind, dest)?;
     let mut s = connect_proxy(up).await?;
     match tokio::time::timeout(
@@ -557,7 +666,11 @@ pub async fn connect(up: &Upstream, dest: &TargetAddr) -> Result<TcpStream, Dial
     )
     .await
     {
-        Ok(Ok(_bound)) => Ok(s),
+        Ok(Ok((_bound, early))) => Ok(ProxyStream {
+            io: s,
+            early,
+            at: 0,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(DialError::Timeout),
     }
@@ -606,13 +719,15 @@ pub async fn udp_associate(up: &Upstream) -> Result<UdpAssociation, DialError> {
     // DST.ADDR: the address we will send from; not known yet, so all zeros
     // (RFC 1928 §7 allows it).
     let any = TargetAddr::Ip(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+    // The control connection carries no data: anything after the reply is
+    // dropped with the rest of what the proxy may send on it.
     let bound = match tokio::time::timeout(
         up.connect_timeout,
         handshake(&mut control, up, cmd::UDP_ASSOCIATE, &any),
     )
     .await
     {
-        Ok(r) => r?,
+        Ok(r) => r?.0,
         Err(_) => return Err(DialError::Timeout),
     };
     let relay = relay_addr(bound, proxy_ip);
@@ -737,10 +852,24 @@ mod tests {
         assert!(check_carriable(ProxyKind::Socks4a, &v6).is_err());
     }
 
+    /// The target's first `n` bytes after a handshake: those that came with
+    /// the reply, then the stream's.
+    async fn first_bytes<S: AsyncRead + Unpin>(early: Vec<u8>, s: &mut S, n: usize) -> Vec<u8> {
+        let mut got = early;
+        assert!(got.len() <= n, "more early bytes than the target sent");
+        let have = got.len();
+        got.resize(n, 0);
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got[have..]))
+            .await
+            .expect("the bytes after the reply were lost")
+            .unwrap();
+        got
+    }
+
     /// A scripted proxy on a duplex pipe: the client's bytes are checked and
-    /// the reply is followed by target data that must stay in the stream.
+    /// the reply is followed by target data that must not be lost.
     #[tokio::test]
-    async fn socks5_handshake_with_auth_reads_exactly_the_reply() {
+    async fn socks5_handshake_with_auth_keeps_the_bytes_after_the_reply() {
         let mut up = Upstream::from_url("socks5://alice:pw@127.0.0.1:1").unwrap();
         up.connect_timeout = Duration::from_secs(5);
         let (mut c, mut s) = tokio::io::duplex(1024);
@@ -761,7 +890,7 @@ mod tests {
                 .unwrap();
             s
         });
-        let bound = handshake(
+        let (bound, early) = handshake(
             &mut c,
             &up,
             cmd::CONNECT,
@@ -770,9 +899,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(bound, TargetAddr::Domain("abc".into(), 1));
-        let mut hi = [0u8; 2];
-        c.read_exact(&mut hi).await.unwrap();
-        assert_eq!(&hi, b"HI");
+        assert_eq!(first_bytes(early, &mut c, 2).await, b"HI");
         server.await.unwrap();
     }
 
@@ -809,7 +936,7 @@ mod tests {
                 s
             });
             let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
-            let bound = tokio::time::timeout(
+            let (bound, early) = tokio::time::timeout(
                 Duration::from_secs(5),
                 handshake(&mut c, &up, cmd::CONNECT, &dest),
             )
@@ -817,9 +944,7 @@ mod tests {
             .expect("pipelined handshake waited for an answer")
             .unwrap();
             assert_eq!(bound, TargetAddr::Ip("198.51.100.1:1024".parse().unwrap()));
-            let mut hi = [0u8; 2];
-            c.read_exact(&mut hi).await.unwrap();
-            assert_eq!(&hi, b"HI", "auth={auth}");
+            assert_eq!(first_bytes(early, &mut c, 2).await, b"HI", "auth={auth}");
             server.await.unwrap();
         }
     }
@@ -893,5 +1018,115 @@ mod tests {
             connect(&up, &dest).await,
             Err(DialError::ProxyUnreachable(_))
         ));
+    }
+
+    /// Replies that trickle in a byte at a time are put together; bytes the
+    /// target sends later stay in the stream.
+    #[tokio::test]
+    async fn replies_split_into_single_bytes_are_reassembled() {
+        // (url, the client's messages and the proxy's answer to each)
+        let socks5: Vec<(usize, Vec<u8>)> = vec![
+            (3, vec![5, 0]),
+            (10, vec![5, 0, 0, 1, 198, 51, 100, 1, 4, 0]),
+        ];
+        let socks4: Vec<(usize, Vec<u8>)> = vec![(9, vec![0, 0x5a, 4, 0, 198, 51, 100, 1])];
+        for (url, script) in [
+            ("socks5://127.0.0.1:1", socks5),
+            ("socks4://127.0.0.1:1", socks4),
+        ] {
+            let up = Upstream::from_url(url).unwrap();
+            // A one-byte pipe: every read gets at most one byte.
+            let (mut c, mut s) = tokio::io::duplex(1);
+            let server = tokio::spawn(async move {
+                for (len, answer) in script {
+                    let mut m = vec![0u8; len];
+                    s.read_exact(&mut m).await.unwrap();
+                    s.write_all(&answer).await.unwrap();
+                }
+                s.write_all(b"later").await.unwrap();
+                s
+            });
+            let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+            let (bound, early) = handshake(&mut c, &up, cmd::CONNECT, &dest).await.unwrap();
+            assert_eq!(
+                bound,
+                TargetAddr::Ip("198.51.100.1:1024".parse().unwrap()),
+                "{url}"
+            );
+            assert_eq!(first_bytes(early, &mut c, 5).await, b"later", "{url}");
+            server.await.unwrap();
+        }
+    }
+
+    /// A proxy that sends its reply and the target's first bytes in one
+    /// segment: `connect` hands those bytes out first, then the socket's.
+    #[tokio::test]
+    async fn connect_delivers_target_bytes_that_came_with_the_reply() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream::from_url(&format!("socks5://{}", l.local_addr().unwrap())).unwrap();
+        let proxy = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0]).await.unwrap();
+            let mut r = [0u8; 10];
+            s.read_exact(&mut r).await.unwrap();
+            let mut answer = vec![5, 0, 0, 1, 198, 51, 100, 1, 4, 0];
+            answer.extend_from_slice(b"220 banner\r\n");
+            s.write_all(&answer).await.unwrap();
+            // What the application sends still reaches the target.
+            let mut q = [0u8; 4];
+            s.read_exact(&mut q).await.unwrap();
+            assert_eq!(&q, b"QUIT");
+            s.write_all(b"221 bye\r\n").await.unwrap();
+        });
+        let dest = TargetAddr::Ip("203.0.113.2:25".parse().unwrap());
+        let mut c = connect(&up, &dest).await.unwrap();
+        let mut banner = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut banner))
+            .await
+            .expect("the banner that came with the reply was lost")
+            .unwrap();
+        assert_eq!(&banner, b"220 banner\r\n");
+        c.write_all(b"QUIT").await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"221 bye\r\n");
+        proxy.await.unwrap();
+    }
+
+    /// Some servers answer a failure with `VER REP` alone and close: the
+    /// code is still reported, not "closed during the handshake".
+    #[tokio::test]
+    async fn a_truncated_failure_reply_still_gives_its_code() {
+        let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0]).await.unwrap();
+            let mut r = [0u8; 10];
+            s.read_exact(&mut r).await.unwrap();
+            s.write_all(&[5, 5]).await.unwrap();
+        });
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("connection refused"), "{e}");
+        // A success cut short is a protocol error.
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0]).await.unwrap();
+            let mut r = [0u8; 10];
+            s.read_exact(&mut r).await.unwrap();
+            s.write_all(&[5, 0, 0, 1]).await.unwrap();
+        });
+        let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("closed the connection"), "{e}");
     }
 }
