@@ -11,6 +11,10 @@
 #   socks-only  client speaks SOCKS5 to the upstream, which dials 203.0.113.2: no TUN
 #   sockstun    client -> 203.0.113.3 follows the default route into the TUN of
 #               `sockstun tun`, which dials it through the same upstream
+#   redsocks    (when redsocks and nft are installed) client -> 203.0.113.4 is
+#               redirected by nftables to redsocks, Debian's transparent socksifier,
+#               which dials it through the same upstream: a field peer with the
+#               kernel's TCP on both legs and no userspace stack, in a second table
 # With --server the rows are SOCKS servers side by side in the proxy namespace
 # (dante-server :1080, microsocks :1081, sockstun server :1082), each the upstream of a
 # SOCKS-speaking client.
@@ -110,6 +114,9 @@ fi
 have() { command -v "$1" >/dev/null; }
 have danted || echo "note: danted (Debian: dante-server) not found: no dante upstream" >&2
 have microsocks || echo "note: microsocks not found: no microsocks upstream" >&2
+if [ "$MODE" = tun ] && [ -z "$ROWS" ] && ! { have redsocks && have nft; }; then
+  echo "note: redsocks or nft (Debian: redsocks, nftables) not found: no redsocks row" >&2
+fi
 
 if [ "$BUILD" = 1 ]; then
   cargo build --release --locked --bins --example netbench >&2
@@ -187,7 +194,9 @@ wait_listen() {
   return 1
 }
 
-start_bg "$NST" "$WORK/target.log" "$NB" server --listen 203.0.113.2:9000 --listen 203.0.113.3:9000
+ip -n "$NST" addr add 203.0.113.4/24 dev t0
+start_bg "$NST" "$WORK/target.log" "$NB" server --listen 203.0.113.2:9000 --listen 203.0.113.3:9000 \
+  --listen 203.0.113.4:9000
 wait_listen "$NST" 9000 || { echo "netbench server did not start" >&2; cat "$WORK/target.log" >&2; exit 1; }
 if [ "$IPERF" = 1 ]; then
   start_bg "$NST" "$WORK/iperf3.log" iperf3 -s -p 5201
@@ -348,6 +357,8 @@ scenario() {
       fi
       say "  $row crr: ${R[$row|crr]} /s" ;;
     udp)
+      # redsocks relays TCP only (UDP would need its redudp part and TPROXY).
+      [ "$row" = redsocks ] && return
       perf_start "$row" udp
       r=$(nb udp "$@" --secs "$SECS" --pps "$UDP_PPS")
       perf_stop
@@ -513,8 +524,10 @@ TRAFFIC+=(rr crr udp)
 # ------------------------------------------------------------------ TUN mode
 run_tun() {
   local rows=() row up="" dev=bst0 pid="" s
-  IFS=, read -r -a rows <<<"${ROWS:-direct,socks-only,sockstun}"
-  if [[ " ${rows[*]} " == *" socks-only "* || " ${rows[*]} " == *" sockstun "* ]]; then
+  local def=direct,socks-only,sockstun
+  have redsocks && have nft && def+=,redsocks
+  IFS=, read -r -a rows <<<"${ROWS:-$def}"
+  if [[ " ${rows[*]} " =~ \ (socks-only|sockstun|redsocks)\  ]]; then
     up=$(pick_upstream)
     [ "$up" != none ] || { say "no SOCKS upstream available (install dante-server)"; exit 2; }
     start_upstream "$up" 1080 || { say "upstream $up did not start"; exit 1; }
@@ -546,12 +559,30 @@ run_tun() {
         ip -n "$NSC" route replace default dev "$dev"
         ARGS[sockstun]="--target 203.0.113.3:9000"
         CPUW[sockstun]=$pid ;;
+      redsocks)
+        { have redsocks && have nft; } || { say "redsocks row: redsocks or nft not installed"; exit 2; }
+        printf '%s\n' \
+          'base { log_debug = off; log_info = off; log = stderr; daemon = off; redirector = iptables; }' \
+          "redsocks { local_ip = 127.0.0.1; local_port = 12345; ip = $PROXY_IP; port = 1080; type = socks5; }" \
+          >"$WORK/redsocks.conf"
+        # Only the target's port on its own address is redirected, so redsocks'
+        # own connections to the upstream are not. The route serves the first
+        # lookup; the redirect then reroutes the connection to loopback.
+        ip -n "$NSC" route add 203.0.113.4/32 via "$PROXY_IP"
+        printf '%s\n' 'table ip bench_redsocks {' \
+          '  chain out { type nat hook output priority -100; ip daddr 203.0.113.4 tcp dport 9000 redirect to :12345; }' \
+          '}' | inns "$NSC" nft -f - || { say "redsocks row: nft failed"; exit 1; }
+        start_bg "$NSC" "$WORK/redsocks.log" redsocks -c "$WORK/redsocks.conf"
+        wait_listen "$NSC" 12345 || { say "redsocks did not start: $(tail -3 "$WORK/redsocks.log")"; exit 1; }
+        ARGS[redsocks]="--target 203.0.113.4:9000"
+        CPUW[redsocks]=$BGPID ;;
       *) say "unknown row $row"; exit 2 ;;
     esac
   done
   if [ -n "$pid" ]; then
     sleep 1
     want memory && R[sockstun|rss-idle]=$(mb "$(rss_kb "$pid")")
+    [ -n "${CPUW[redsocks]:-}" ] && want memory && R[redsocks|rss-idle]=$(mb "$(rss_kb "${CPUW[redsocks]}")")
     if want idle; then
       local w0 w1
       w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
@@ -569,6 +600,7 @@ run_tun() {
     esac
   done
   [ -n "$pid" ] && want memory && hold_conns sockstun "$MEM_CONNS" mem
+  [ -n "${ARGS[redsocks]:-}" ] && want memory && hold_conns redsocks "$MEM_CONNS" mem
   if want hold; then
     for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && hold_conns "$row" "$HOLD_CONNS" hold; done
   fi
@@ -676,6 +708,12 @@ if [ "$MODE" = tun ]; then
   [ -n "${R[sockstun|na]:-}" ] && echo "(sockstun tun mode is not available in this build: its column is empty)"
   echo
   print_table direct socks-only sockstun
+  if [ -n "${ARGS[redsocks]:-}" ]; then
+    echo
+    echo "against a field peer through the same upstream (redsocks: kernel TCP on both legs, no TUN):"
+    echo
+    print_table socks-only redsocks sockstun
+  fi
   [ -z "$COMPARE" ] || compare_table socks-only sockstun
 else
   run_server
