@@ -36,7 +36,7 @@
 #   the ratio.
 #   --quick: 1 s runs, 1 round, 200 held connections, 3 s idle:
 #   a smoke run of the whole pipeline in under a minute.
-#   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct and sockstun rows
+#   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct, sockstun and redsocks rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
 #   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
 #   during tcp-up-1, tcp-down-1, rr, crr and udp into DIR/perf-SCENARIO.data (read with
@@ -387,8 +387,11 @@ rounds() {
   case "$s" in rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; *) keys=$s ;; esac
   local -A acc=()
   if [ "$ROUNDS" -gt 1 ] && [[ "$s" == *rr ]]; then
-    # shellcheck disable=SC2086
-    for row in "$@"; do nb "$s" ${ARGS[$row]} --secs 1 >/dev/null; done
+    for row in "$@"; do
+      NBNS=${CLIENTNS[$row]:-$NSC}
+      # shellcheck disable=SC2086
+      nb "$s" ${ARGS[$row]} --secs 1 >/dev/null
+    done
   fi
   for round in $(seq "$ROUNDS"); do
     ROUND=$round
@@ -425,8 +428,8 @@ hold_conns() {
   local idle_after="" secs=2
   [ "$key" = mem ] && secs=$((IDLE_HOLD + 2))
   [ -n "$who" ] && before=$(rss_kb "$who")
-  # shellcheck disable=SC2086
   NBNS=${CLIENTNS[$row]:-$NSC}
+  # shellcheck disable=SC2086
   ip netns exec "$NBNS" timeout 180 "$NB" hold ${ARGS[$row]} --conns "$n" --workers 16 \
     --secs "$secs" >"$log" 2>>"$WORK/netbench.err" &
   hp=$!
@@ -601,13 +604,15 @@ run_tun() {
   if [ -n "$pid" ]; then
     sleep 1
     want memory && R[sockstun|rss-idle]=$(mb "$(rss_kb "$pid")")
-    [ -n "${CPUW[redsocks]:-}" ] && want memory && R[redsocks|rss-idle]=$(mb "$(rss_kb "${CPUW[redsocks]}")")
     if want idle; then
       local w0 w1
       w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
       R[sockstun|idle]=$((w1 - w0))
       say "  sockstun idle: $((w1 - w0)) wake-ups in ${IDLE_SECS} s, RSS ${R[sockstun|rss-idle]:-?} MB"
     fi
+  fi
+  if [ -n "${CPUW[redsocks]:-}" ] && want memory; then
+    R[redsocks|rss-idle]=$(mb "$(rss_kb "${CPUW[redsocks]}")")
   fi
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue

@@ -413,14 +413,17 @@ struct Replies {
     buf: [u8; 512],
     start: usize,
     end: usize,
+    /// SOCKS5 is spoken (a cut-short `VER REP` means something only there).
+    socks5: bool,
 }
 
 impl Replies {
-    fn new() -> Replies {
+    fn new(socks5: bool) -> Replies {
         Replies {
             buf: [0; 512],
             start: 0,
             end: 0,
+            socks5,
         }
     }
 
@@ -456,7 +459,9 @@ impl Replies {
     /// it (some servers send only `VER REP` and close) is still the answer.
     fn eof(&self) -> DialError {
         match &self.buf[self.start..self.end] {
-            [5, rep, ..] if *rep != rep5::SUCCEEDED => DialError::from_socks5_reply(*rep),
+            [5, rep, ..] if self.socks5 && *rep != rep5::SUCCEEDED => {
+                DialError::from_socks5_reply(*rep)
+            }
             _ => read_err(io::ErrorKind::UnexpectedEof.into()),
         }
     }
@@ -478,7 +483,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     dest: &TargetAddr,
 ) -> Result<(TargetAddr, Vec<u8>), DialError> {
     check_carriable(up.kind, dest)?;
-    let mut r = Replies::new();
+    let mut r = Replies::new(up.kind.is_socks5());
     if !up.kind.is_socks5() {
         let uid = up
             .auth
@@ -967,6 +972,21 @@ mod tests {
         assert!(matches!(e, DialError::AuthFailed), "{e}");
     }
 
+    /// A no-auth SOCKS5 proxy on a pipe: it takes the greeting and an IPv4
+    /// CONNECT, answers `reply`, and hangs up.
+    fn proxy_answering(reply: Vec<u8>) -> tokio::io::DuplexStream {
+        let (c, mut s) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(&[5, 0]).await.unwrap();
+            let mut r = [0u8; 10];
+            s.read_exact(&mut r).await.unwrap();
+            s.write_all(&reply).await.unwrap();
+        });
+        c
+    }
+
     #[tokio::test]
     async fn reply_codes_map_to_errors() {
         let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
@@ -975,17 +995,7 @@ mod tests {
             (3, "network unreachable"),
             (2, "not allowed"),
         ] {
-            let (mut c, mut s) = tokio::io::duplex(1024);
-            tokio::spawn(async move {
-                let mut b = [0u8; 3];
-                s.read_exact(&mut b).await.unwrap();
-                s.write_all(&[5, 0]).await.unwrap();
-                let mut r = [0u8; 10];
-                s.read_exact(&mut r).await.unwrap();
-                s.write_all(&codec::encode_socks5_failure(code))
-                    .await
-                    .unwrap();
-            });
+            let mut c = proxy_answering(codec::encode_socks5_failure(code));
             let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
             let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
                 .await
@@ -1058,6 +1068,29 @@ mod tests {
         }
     }
 
+    /// Pipelined, the method choice and the start of the reply arrive
+    /// together and the rest later: the partial reply is kept and completed.
+    #[tokio::test]
+    async fn pipelined_reply_split_after_the_method_choice() {
+        let mut up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        up.pipeline = true;
+        // Six bytes at a time: [5 0 | 5 0 0 1], [198 51 100 1 4 0], [H I].
+        let (mut c, mut s) = tokio::io::duplex(6);
+        let server = tokio::spawn(async move {
+            let mut got = [0u8; 13];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(&[5, 0, 5, 0, 0, 1, 198, 51, 100, 1, 4, 0, b'H', b'I'])
+                .await
+                .unwrap();
+            s
+        });
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        let (bound, early) = handshake(&mut c, &up, cmd::CONNECT, &dest).await.unwrap();
+        assert_eq!(bound, TargetAddr::Ip("198.51.100.1:1024".parse().unwrap()));
+        assert_eq!(first_bytes(early, &mut c, 2).await, b"HI");
+        server.await.unwrap();
+    }
+
     /// A proxy that sends its reply and the target's first bytes in one
     /// segment: `connect` hands those bytes out first, then the socket's.
     #[tokio::test]
@@ -1100,31 +1133,28 @@ mod tests {
     #[tokio::test]
     async fn a_truncated_failure_reply_still_gives_its_code() {
         let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        tokio::spawn(async move {
-            let mut b = [0u8; 3];
-            s.read_exact(&mut b).await.unwrap();
-            s.write_all(&[5, 0]).await.unwrap();
-            let mut r = [0u8; 10];
-            s.read_exact(&mut r).await.unwrap();
-            s.write_all(&[5, 5]).await.unwrap();
-        });
+        let mut c = proxy_answering(vec![5, 5]);
         let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
         let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("connection refused"), "{e}");
         // A success cut short is a protocol error.
+        let mut c = proxy_answering(vec![5, 0, 0, 1]);
+        let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("closed the connection"), "{e}");
+        // Over SOCKS4 the same bytes are no failure code: a SOCKS5-only
+        // server answering a SOCKS4 request is a proxy that hung up.
+        let up4 = Upstream::from_url("socks4://127.0.0.1:1").unwrap();
         let (mut c, mut s) = tokio::io::duplex(1024);
         tokio::spawn(async move {
-            let mut b = [0u8; 3];
+            let mut b = [0u8; 9];
             s.read_exact(&mut b).await.unwrap();
-            s.write_all(&[5, 0]).await.unwrap();
-            let mut r = [0u8; 10];
-            s.read_exact(&mut r).await.unwrap();
-            s.write_all(&[5, 0, 0, 1]).await.unwrap();
+            s.write_all(&[5, 0xFF]).await.unwrap();
         });
-        let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
+        let e = handshake(&mut c, &up4, cmd::CONNECT, &dest)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("closed the connection"), "{e}");
