@@ -111,11 +111,12 @@ fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, St
 ///   `BULK` bytes of a known pattern, then closes.
 /// - 8001: reads one byte, then resets the connection.
 /// - 8002: echo.
+/// - 8004: speaks first (a banner, as SMTP, SSH and FTP servers do), then echo.
 ///
 /// Port 8003 stays closed.
 fn start_servers(topo: &Topology) {
     for host in [TARGET_V4, TARGET_V6] {
-        for port in [8000u16, 8001, 8002] {
+        for port in [8000u16, 8001, 8002, 8004] {
             let addr = SocketAddr::new(host.parse().unwrap(), port);
             let l = topo.target.run_in(move || TcpListener::bind(addr).unwrap());
             std::thread::spawn(move || serve(l, port));
@@ -173,6 +174,7 @@ fn serve(l: TcpListener, port: u16) {
                     let _ = c.read(&mut buf[..1]);
                     let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
                 }
+                8004 if c.write_all(BANNER).is_err() => {}
                 _ => loop {
                     match c.read(&mut buf) {
                         Ok(0) | Err(_) => break,
@@ -475,6 +477,32 @@ fn tun_bad_proxy_url_is_clear() {
     assert!(!err.contains("secret"), "password leaked: {err}");
 }
 
+const BANNER: &[u8] = b"220 target.test ESMTP ready\r\n";
+
+/// The target on 8004 greets before the client says anything: the banner
+/// must reach the application (it may come in with the proxy's reply, which
+/// the dial then hands on), and the connection carries data afterwards.
+fn banner_then_echo(r: &Rig, v6: bool) -> Result<(), String> {
+    in_client(r, move || -> Result<(), String> {
+        let mut s = TcpStream::connect_timeout(&target(v6, 8004), Duration::from_secs(10))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = vec![0u8; BANNER.len()];
+        s.read_exact(&mut b).map_err(|e| format!("banner: {e}"))?;
+        if b != BANNER {
+            return Err(format!("banner: {:?}", String::from_utf8_lossy(&b)));
+        }
+        s.write_all(b"QUIT\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut q = [0u8; 6];
+        s.read_exact(&mut q).map_err(|e| format!("echo: {e}"))?;
+        if &q != b"QUIT\r\n" {
+            return Err(format!("echo: {q:?}"));
+        }
+        Ok(())
+    })
+}
+
 fn echo(r: &Rig, v6: bool) -> Result<(), ErrorKind> {
     in_client(r, move || -> Result<(), ErrorKind> {
         let mut s = TcpStream::connect_timeout(&target(v6, 8002), Duration::from_secs(10))
@@ -657,6 +685,36 @@ fn tun_offload_at_mtu_1500_and_without() {
             let res = bulk(&r, v6);
             assert!(res.is_ok(), "{extra:?} v6={v6}: {res:?}\n{}", r.tun.log());
             assert_eq!(echo(&r, v6), Ok(()), "{extra:?} v6={v6}");
+        }
+    }
+}
+
+/// A server that speaks first, through both upstreams and both families,
+/// with the handshake plain and pipelined.
+#[test]
+fn tun_server_speaks_first() {
+    if !require_root("tun_server_speaks_first") {
+        return;
+    }
+    for (tag, up, extra) in [
+        ("bd", Up::Dante, &[][..]),
+        ("bp", Up::Dante, &["--socks-pipeline"][..]),
+        (
+            "bs",
+            Up::Server {
+                user: None,
+                cred: None,
+            },
+            &[][..],
+        ),
+    ] {
+        let r = rig_args(tag, up, extra);
+        for v6 in [false, true] {
+            for _ in 0..5 {
+                if let Err(e) = banner_then_echo(&r, v6) {
+                    panic!("{tag} v6={v6}: {e}\n{}", r.tun.log());
+                }
+            }
         }
     }
 }
