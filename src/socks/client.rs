@@ -374,20 +374,24 @@ fn read_err(e: io::Error) -> DialError {
 
 /// Open a TCP connection to the first of the proxy's addresses that answers.
 pub async fn connect_proxy(up: &Upstream) -> Result<TcpStream, DialError> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "proxy address not resolved");
+    // Built only on failure: an `io::Error` with a message allocates, and this
+    // runs once per connection.
+    let mut last = None;
     for &addr in &up.addrs {
         match tokio::time::timeout(up.connect_timeout, up.opts.connect_tcp(addr)).await {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = e,
+            Ok(Err(e)) => last = Some(e),
             Err(_) => {
-                last = io::Error::new(
+                last = Some(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connect to {addr} timed out"),
-                )
+                ))
             }
         }
     }
-    Err(DialError::ProxyUnreachable(last))
+    Err(DialError::ProxyUnreachable(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "proxy address not resolved")
+    })))
 }
 
 /// Refuse before connecting what the dialect cannot carry.

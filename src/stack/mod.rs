@@ -969,9 +969,6 @@ impl Engine {
             self.remove(&key);
             return;
         }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
-        };
         let mut next = next;
         if let Some(l) = flow.linger_until {
             next = Some(next.map_or(l, |n| n.min(l)));

@@ -9,10 +9,35 @@ use smoltcp::wire::{
 use std::net::{IpAddr, SocketAddr};
 
 /// A TCP flow as the application sees it: its own address and the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+}
+
+/// One `write` of the packed 4-tuple. The derived impl fed the table's keyed
+/// SipHash field by field (a discriminant, a length and the bytes of each
+/// address, each port: 6 calls a key, each paying SipHash's tail handling),
+/// which made hashing the largest user-space cost of a short connection.
+/// Packing keeps the hash keyed (the table's keys come from whoever sends
+/// packets into the TUN) and equal keys still hash equally: the buffer is a
+/// function of the key, and the family byte keeps an IPv4 key from colliding
+/// by construction with an IPv6 one.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn put(b: &mut [u8], a: &SocketAddr) {
+            match a.ip() {
+                IpAddr::V4(ip) => b[..4].copy_from_slice(&ip.octets()),
+                IpAddr::V6(ip) => b[..16].copy_from_slice(&ip.octets()),
+            }
+            b[16..18].copy_from_slice(&a.port().to_be_bytes());
+        }
+        let mut b = [0u8; 37];
+        b[36] = u8::from(self.src.is_ipv6()) | u8::from(self.dst.is_ipv6()) << 1;
+        put(&mut b[..18], &self.src);
+        put(&mut b[18..36], &self.dst);
+        state.write(&b);
+    }
 }
 
 /// The classes of inbound packets the stack treats differently.
@@ -305,6 +330,37 @@ mod tests {
         p[33] = 0x02; // SYN
         p[40..52].copy_from_slice(&[1, 1, 2, 4, 0x05, 0xb4, 3, 3, 7, 0, 0, 0]);
         p
+    }
+
+    #[test]
+    fn flow_key_hash_covers_every_field() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        // A fixed hasher so the test is deterministic.
+        let h = |k: &FlowKey| BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(k);
+        let key = |s: &str, d: &str| FlowKey {
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+        };
+        let base = key("198.18.0.1:40000", "203.0.113.2:80");
+        assert_eq!(h(&base), h(&key("198.18.0.1:40000", "203.0.113.2:80")));
+        let others = [
+            key("198.18.0.2:40000", "203.0.113.2:80"),
+            key("198.18.0.1:40001", "203.0.113.2:80"),
+            key("198.18.0.1:40000", "203.0.113.3:80"),
+            key("198.18.0.1:40000", "203.0.113.2:81"),
+            key("203.0.113.2:80", "198.18.0.1:40000"),
+            key("[::ffff:198.18.0.1]:40000", "203.0.113.2:80"),
+            key("198.18.0.1:40000", "[::ffff:203.0.113.2]:80"),
+            // The bytes of 198.18.0.1, then zeros: only the family tells them apart.
+            key("[c612:1::]:40000", "203.0.113.2:80"),
+            key("[2001:db8::1]:40000", "[2001:db8::2]:80"),
+            key("[2001:db8::1]:40000", "[2001:db8::2:0]:80"),
+        ];
+        let mut seen = vec![h(&base)];
+        for k in &others {
+            assert!(!seen.contains(&h(k)), "{k:?} hashes like an earlier key");
+            seen.push(h(k));
+        }
     }
 
     #[test]
