@@ -680,3 +680,82 @@ async fn segment_offload_sends_large_segments_with_the_apps_mss() {
     let mss = h.sink.segmented.lock().unwrap().clone();
     assert!(!mss.is_empty() && mss.iter().all(|m| *m == 1460), "{mss:?}");
 }
+
+/// Thousands of malformed and mangled packets (random bytes behind an IPv4 or
+/// IPv6 version nibble, other flows' segments cut short or with header bytes
+/// overwritten) neither stop the stack nor disturb a live flow beside them.
+#[tokio::test]
+async fn garbage_never_hurts_a_live_flow() {
+    let mut h = start();
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    let (mut cseq, sseq, mut far) = handshake(&mut h, c, s).await;
+    // Deterministic: a failure replays the same packets (xorshift64*).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move |n: usize| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    };
+    // Another flow's packets: any one to three bytes overwritten cannot turn
+    // them into the live flow's (its addresses and ports differ in more).
+    let (c2, s2): (SocketAddr, SocketAddr) = (
+        "198.18.0.9:41000".parse().unwrap(),
+        "203.0.113.7:81".parse().unwrap(),
+    );
+    let (c6, s6): (SocketAddr, SocketAddr) = (
+        "[fd00::9]:41000".parse().unwrap(),
+        "[2001:db8:2::7]:81".parse().unwrap(),
+    );
+    let bases = [
+        seg(c2, s2, TcpControl::Syn, 5, None, &[]),
+        seg(c2, s2, TcpControl::Psh, 6, Some(77), b"payload bytes"),
+        seg(c6, s6, TcpControl::Syn, 5, None, &[]),
+        seg(c6, s6, TcpControl::Fin, 6, Some(77), b"v6 payload"),
+    ];
+    for _ in 0..3000 {
+        let p = match rnd(3) {
+            0 => {
+                let mut p: Vec<u8> = (0..rnd(120)).map(|_| rnd(256) as u8).collect();
+                if let Some(b) = p.first_mut() {
+                    *b = (*b & 0x0f) | if rnd(2) == 0 { 0x40 } else { 0x60 };
+                }
+                p
+            }
+            1 => {
+                let b = &bases[rnd(bases.len())];
+                b[..rnd(b.len())].to_vec()
+            }
+            _ => {
+                let mut p = bases[rnd(bases.len())].clone();
+                for _ in 0..=rnd(3) {
+                    let i = rnd(p.len().min(80));
+                    p[i] = rnd(256) as u8;
+                }
+                p
+            }
+        };
+        h.send(p);
+    }
+    // The live flow still carries data both ways, after all of that.
+    h.send(seg(c, s, TcpControl::Psh, cseq, Some(sseq), b"still here"));
+    cseq += 10;
+    let mut buf = [0u8; 10];
+    timeout(Duration::from_secs(10), far.read_exact(&mut buf))
+        .await
+        .expect("the live flow's data did not arrive")
+        .unwrap();
+    assert_eq!(&buf, b"still here");
+    far.write_all(b"and back").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        let o = h.next().await;
+        if (o.src, o.dst) == (s, c) {
+            assert!(!o.rst, "the live flow was reset: {o:?}");
+            got.extend_from_slice(&o.payload);
+        }
+    }
+    assert_eq!(got, b"and back");
+    assert!(h.stats.malformed.load(Ordering::Relaxed) > 100);
+    let _ = cseq;
+}
