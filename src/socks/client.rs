@@ -1163,4 +1163,86 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("closed the connection"), "{e}");
     }
+
+    /// A proxy that answers garbage, or a valid exchange with bytes changed
+    /// or cut short, and then hangs up: every handshake ends, with the
+    /// target's bytes or an error, and none panics. (`connect` adds its
+    /// timeout for a proxy that says nothing at all.)
+    #[tokio::test]
+    async fn lying_proxies_get_errors_not_panics_or_hangs() {
+        let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
+        let name = TargetAddr::Domain("example.org".into(), 443);
+        let ups = [
+            Upstream::from_url("socks5://127.0.0.1:1").unwrap(),
+            Upstream::from_url("socks5://user:secret@127.0.0.1:1").unwrap(),
+            Upstream::from_url("socks4://127.0.0.1:1").unwrap(),
+            Upstream::from_url("socks4a://127.0.0.1:1").unwrap(),
+        ];
+        let honest: [Vec<u8>; 4] = [
+            [
+                &[5u8, 0][..],
+                &codec::encode_socks5_reply(0, "198.51.100.1:1080".parse().unwrap()),
+            ]
+            .concat(),
+            [
+                &[5u8, 2, 1, 0][..],
+                &codec::encode_socks5_reply(0, "[2001:db8::1]:1080".parse().unwrap()),
+            ]
+            .concat(),
+            codec::encode_socks4_reply(codec::rep4::GRANTED, "0.0.0.0:0".parse().unwrap()).to_vec(),
+            codec::encode_socks4_reply(codec::rep4::REJECTED, "0.0.0.0:0".parse().unwrap())
+                .to_vec(),
+        ];
+        let mut x: u64 = 0x853c_49e6_748f_ea9b;
+        let mut rnd = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let (mut ok, mut err) = (0, 0);
+        for i in 0..2_000 {
+            let which = i % ups.len();
+            let answer: Vec<u8> = match rnd(3) {
+                0 => (0..rnd(40)).map(|_| rnd(256) as u8).collect(),
+                1 => {
+                    let h = &honest[which];
+                    h[..rnd(h.len() + 1)].to_vec()
+                }
+                _ => {
+                    let mut h = honest[which].clone();
+                    for _ in 0..=rnd(2) {
+                        let j = rnd(h.len());
+                        h[j] = if rnd(2) == 0 {
+                            rnd(6) as u8
+                        } else {
+                            rnd(256) as u8
+                        };
+                    }
+                    h
+                }
+            };
+            let (mut c, mut s) = tokio::io::duplex(4096);
+            tokio::spawn(async move {
+                let _ = s.write_all(&answer).await;
+                let _ = s.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            });
+            let to = if i % 2 == 0 { &dest } else { &name };
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                handshake(&mut c, &ups[which], cmd::CONNECT, to),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("handshake {i} hung"));
+            match r {
+                Ok(_) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+        // Some answers stayed valid (the honest ones cut at their full
+        // length, changes in bytes nobody checks); most did not.
+        assert!(ok > 50 && err > 1_000, "{ok} accepted, {err} refused");
+    }
 }
