@@ -12,3 +12,6 @@ pub mod server;
 pub mod socks;
 pub mod stack;
 pub mod tun;
+
+#[cfg(test)]
+pub(crate) mod test_rng;

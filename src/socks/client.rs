@@ -1193,31 +1193,21 @@ mod tests {
             codec::encode_socks4_reply(codec::rep4::REJECTED, "0.0.0.0:0".parse().unwrap())
                 .to_vec(),
         ];
-        let mut x: u64 = 0x853c_49e6_748f_ea9b;
-        let mut rnd = move |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n.max(1) as u64) as usize
-        };
+        let mut r = crate::test_rng::TestRng::new(0x853c_49e6_748f_ea9b);
         let (mut ok, mut err) = (0, 0);
         for i in 0..2_000 {
             let which = i % ups.len();
-            let answer: Vec<u8> = match rnd(3) {
-                0 => (0..rnd(40)).map(|_| rnd(256) as u8).collect(),
+            let answer: Vec<u8> = match r.below(3) {
+                0 => (0..r.below(40)).map(|_| r.below(256) as u8).collect(),
                 1 => {
                     let h = &honest[which];
-                    h[..rnd(h.len() + 1)].to_vec()
+                    h[..r.below(h.len() + 1)].to_vec()
                 }
                 _ => {
                     let mut h = honest[which].clone();
-                    for _ in 0..=rnd(2) {
-                        let j = rnd(h.len());
-                        h[j] = if rnd(2) == 0 {
-                            rnd(6) as u8
-                        } else {
-                            rnd(256) as u8
-                        };
+                    for _ in 0..=r.below(2) {
+                        let j = r.below(h.len());
+                        h[j] = r.byte();
                     }
                     h
                 }

@@ -929,34 +929,20 @@ mod tests {
             encode_socks4_request(1, &dom, b"").unwrap(),
             encode_socks4_reply(rep4::GRANTED, "0.0.0.0:0".parse().unwrap()).to_vec(),
         ];
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = move |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n.max(1) as u64) as usize
-        };
-        // Small values half the time: versions, lengths, types, zeros.
-        fn byte(r: &mut dyn FnMut(usize) -> usize) -> u8 {
-            if r(2) == 0 {
-                r(6) as u8
-            } else {
-                r(256) as u8
-            }
-        }
+        let mut r = crate::test_rng::TestRng::new(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
-            let b: Vec<u8> = if rnd(2) == 0 {
-                (0..rnd(48)).map(|_| byte(&mut rnd)).collect()
+            let b: Vec<u8> = if r.below(2) == 0 {
+                (0..r.below(48)).map(|_| r.byte()).collect()
             } else {
                 // From byte 0, or from byte 1 (where a request's address is
                 // three bytes further on, a mismatch on purpose).
-                let m = &valid[rnd(valid.len())];
-                let mut b = m[rnd(2)..].to_vec();
-                for _ in 0..rnd(3) {
-                    let i = rnd(b.len());
-                    b[i] = byte(&mut rnd);
+                let m = &valid[r.below(valid.len())];
+                let mut b = m[r.below(2)..].to_vec();
+                for _ in 0..r.below(3) {
+                    let i = r.below(b.len());
+                    b[i] = r.byte();
                 }
-                b.extend((0..rnd(4)).map(|_| rnd(256) as u8));
+                b.extend((0..r.below(4)).map(|_| r.below(256) as u8));
                 b
             };
             check("addr", &b, &|b| n(parse_addr(b)));

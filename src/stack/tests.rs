@@ -689,14 +689,8 @@ async fn garbage_never_hurts_a_live_flow() {
     let mut h = start();
     let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
     let (mut cseq, sseq, mut far) = handshake(&mut h, c, s).await;
-    // Deterministic: a failure replays the same packets (xorshift64*).
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut rnd = move |n: usize| {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
-    };
+    // Deterministic: a failure replays the same packets.
+    let mut r = crate::test_rng::TestRng::new(0x9e37_79b9_7f4a_7c15);
     // Another flow's packets: any one to three bytes overwritten cannot turn
     // them into the live flow's (its addresses and ports differ in more).
     let (c2, s2): (SocketAddr, SocketAddr) = (
@@ -714,23 +708,23 @@ async fn garbage_never_hurts_a_live_flow() {
         seg(c6, s6, TcpControl::Fin, 6, Some(77), b"v6 payload"),
     ];
     for _ in 0..3000 {
-        let p = match rnd(3) {
+        let p = match r.below(3) {
             0 => {
-                let mut p: Vec<u8> = (0..rnd(120)).map(|_| rnd(256) as u8).collect();
+                let mut p: Vec<u8> = (0..r.below(120)).map(|_| r.below(256) as u8).collect();
                 if let Some(b) = p.first_mut() {
-                    *b = (*b & 0x0f) | if rnd(2) == 0 { 0x40 } else { 0x60 };
+                    *b = (*b & 0x0f) | if r.below(2) == 0 { 0x40 } else { 0x60 };
                 }
                 p
             }
             1 => {
-                let b = &bases[rnd(bases.len())];
-                b[..rnd(b.len())].to_vec()
+                let b = &bases[r.below(bases.len())];
+                b[..r.below(b.len())].to_vec()
             }
             _ => {
-                let mut p = bases[rnd(bases.len())].clone();
-                for _ in 0..=rnd(3) {
-                    let i = rnd(p.len().min(80));
-                    p[i] = rnd(256) as u8;
+                let mut p = bases[r.below(bases.len())].clone();
+                for _ in 0..=r.below(3) {
+                    let i = r.below(p.len().min(80));
+                    p[i] = r.below(256) as u8;
                 }
                 p
             }
