@@ -1220,13 +1220,13 @@ mod tests {
                 let _ = s.read_to_end(&mut sink).await;
             });
             let to = if i % 2 == 0 { &dest } else { &name };
-            let r = tokio::time::timeout(
+            let res = tokio::time::timeout(
                 Duration::from_secs(5),
                 handshake(&mut c, &ups[which], cmd::CONNECT, to),
             )
             .await
             .unwrap_or_else(|_| panic!("handshake {i} hung"));
-            match r {
+            match res {
                 Ok(_) => ok += 1,
                 Err(_) => err += 1,
             }
