@@ -47,20 +47,28 @@ pub struct ServerArgs {
     /// Extra destinations to refuse (repeatable CIDR).
     #[arg(long = "deny-dest")]
     pub deny_dest: Vec<String>,
-    /// Maximum concurrent client connections.
-    #[arg(long = "max-clients", default_value_t = 1024)]
-    pub max_clients: usize,
+    /// Maximum concurrent relaying sessions [default: from the open-file
+    /// limit, which is raised to its hard limit at start].
+    #[arg(long = "max-clients", value_parser = number::<usize>)]
+    pub max_clients: Option<usize>,
+    /// Connections still in the SOCKS handshake, all sources together (a budget
+    /// apart from --max-clients) [default: a quarter of --max-clients, at least 256].
+    #[arg(long = "max-handshakes", value_parser = number::<usize>)]
+    pub max_handshakes: Option<usize>,
+    /// Connections still in the SOCKS handshake from one client address.
+    #[arg(long = "max-handshakes-per-source", default_value_t = 256, value_parser = number::<usize>)]
+    pub max_handshakes_per_source: usize,
     /// Seconds a client has to complete the SOCKS handshake.
-    #[arg(long = "handshake-timeout", default_value_t = 10)]
+    #[arg(long = "handshake-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub handshake_timeout: u64,
     /// Seconds a relayed connection or UDP association may stay idle.
-    #[arg(long = "idle-timeout", default_value_t = 300)]
+    #[arg(long = "idle-timeout", default_value_t = 300, value_parser = number::<u64>)]
     pub idle_timeout: u64,
     /// Seconds to wait for the outgoing connection.
-    #[arg(long = "connect-timeout", default_value_t = 10)]
+    #[arg(long = "connect-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub connect_timeout: u64,
     /// Seconds BIND waits for the incoming connection.
-    #[arg(long = "bind-timeout", default_value_t = 60)]
+    #[arg(long = "bind-timeout", default_value_t = 60, value_parser = number::<u64>)]
     pub bind_timeout: u64,
 }
 
@@ -73,19 +81,24 @@ pub struct TunArgs {
     #[arg(long = "device", default_value = "sockstun0", conflicts_with = "fd")]
     pub device: String,
     /// Adopt an already open TUN file descriptor.
-    #[arg(long = "fd")]
+    #[arg(long = "fd", value_parser = number::<i32>)]
     pub fd: Option<i32>,
-    /// IPv4 address/prefix for the device.
-    #[arg(long = "ipv4", default_value = "198.18.0.1/15")]
-    pub ipv4: String,
-    /// IPv6 address/prefix for the device.
+    /// IPv4 address/prefix for the device [default: 198.18.0.1/15 on a device
+    /// sockstun creates; an existing device is left as it is unless given].
+    /// "none" for no IPv4 address.
+    #[arg(long = "ipv4")]
+    pub ipv4: Option<String>,
+    /// IPv6 address/prefix for the device (added to an existing device, and
+    /// removed again at exit).
     #[arg(long = "ipv6")]
     pub ipv6: Option<String>,
-    /// Device MTU.
-    #[arg(long = "mtu", default_value_t = 65000)]
-    pub mtu: u16,
-    /// Mark every socket towards the proxy with SO_MARK (policy routing exemption).
-    #[arg(long = "fwmark")]
+    /// Device MTU [default: 65000 on a device sockstun creates; an existing
+    /// device keeps its own unless given, and gets it back at exit].
+    #[arg(long = "mtu", value_parser = number::<u16>)]
+    pub mtu: Option<u16>,
+    /// Mark every socket towards the proxy with SO_MARK (policy routing
+    /// exemption); decimal or 0x hex, as `ip rule` and nft write it.
+    #[arg(long = "fwmark", value_parser = fwmark)]
     pub fwmark: Option<u32>,
     /// Bind every socket towards the proxy to this interface (SO_BINDTODEVICE).
     #[arg(long = "bind-interface")]
@@ -103,16 +116,16 @@ pub struct TunArgs {
     #[arg(long = "dns-pool6", default_value = "fc00:5::/96")]
     pub dns_pool6: String,
     /// Idle timeout of a UDP association, seconds.
-    #[arg(long = "udp-timeout", default_value_t = 60)]
+    #[arg(long = "udp-timeout", default_value_t = 60, value_parser = number::<u64>)]
     pub udp_timeout: u64,
     /// Maximum number of UDP associations.
-    #[arg(long = "max-udp-flows", default_value_t = 1024)]
+    #[arg(long = "max-udp-flows", default_value_t = 1024, value_parser = number::<usize>)]
     pub max_udp_flows: usize,
     /// Maximum number of concurrent TCP flows.
-    #[arg(long = "max-tcp-flows", default_value_t = 65536)]
+    #[arg(long = "max-tcp-flows", default_value_t = 65536, value_parser = number::<usize>)]
     pub max_tcp_flows: usize,
     /// Seconds to wait for the proxy to accept a CONNECT.
-    #[arg(long = "connect-timeout", default_value_t = 10)]
+    #[arg(long = "connect-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub connect_timeout: u64,
     /// SOCKS5: send greeting, credentials and request in one write (one round
     /// trip instead of two or three). dante and sockstun server take it;
@@ -124,4 +137,83 @@ pub struct TunArgs {
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]
     pub no_offload: bool,
+}
+
+/// An integer as the surrounding tools write it: decimal, or hexadecimal after
+/// `0x` (`ip rule` prints marks as `0x438`, nft and systemd units pass them on).
+pub fn number<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let t = s.trim();
+    let (digits, radix) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None => (t, 10),
+    };
+    // from_str_radix would take a sign; a number here never has one.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(format!("{s:?} is not a number (decimal, or hex as 0x1f)"));
+    }
+    let v = u64::from_str_radix(digits, radix).map_err(|_| format!("{s:?} is too large"))?;
+    T::try_from(v).map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// A firewall mark: a non-zero 32-bit number (0 would mark nothing).
+fn fwmark(s: &str) -> Result<u32, String> {
+    match number::<u32>(s)? {
+        0 => Err("0 marks nothing: give a non-zero mark, e.g. 0x438".into()),
+        m => Ok(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn numbers_decimal_and_hex() {
+        assert_eq!(number::<u32>("1080"), Ok(1080));
+        assert_eq!(number::<u32>("0x438"), Ok(0x438));
+        assert_eq!(number::<u32>("0X438"), Ok(0x438));
+        assert_eq!(number::<u32>("0xffffffff"), Ok(u32::MAX));
+        assert!(number::<u32>("0x1_0000_0000").is_err());
+        assert!(number::<u32>("0x100000000").is_err());
+        assert!(number::<u16>("65536").is_err());
+        for bad in ["", "0x", "-1", "+1", "1e3", "0x-1", "12a", "0b101"] {
+            assert!(number::<u32>(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(number::<i32>("0x7fffffff"), Ok(i32::MAX));
+        assert!(number::<i32>("0x80000000").is_err());
+        assert!(fwmark("0").is_err() && fwmark("0x0").is_err());
+    }
+
+    #[test]
+    fn every_numeric_flag_takes_hex() {
+        let cli = Cli::parse_from([
+            "sockstun",
+            "tun",
+            "--proxy",
+            "socks5://127.0.0.1:1",
+            "--fwmark",
+            "0x438",
+            "--mtu",
+            "0x5dc",
+            "--max-tcp-flows",
+            "0x10",
+            "--udp-timeout",
+            "0x3c",
+            "--fd",
+            "0x3",
+        ]);
+        let Command::Tun(t) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(t.fwmark, Some(1080));
+        assert_eq!(t.mtu, Some(1500));
+        assert_eq!((t.max_tcp_flows, t.udp_timeout, t.fd), (16, 60, Some(3)));
+        let cli = Cli::parse_from(["sockstun", "server", "--max-clients", "0x1388"]);
+        let Command::Server(a) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(a.max_clients, Some(5000));
+        assert!(Cli::try_parse_from(["sockstun", "tun", "--proxy", "x", "--fwmark", "0"]).is_err());
+    }
 }

@@ -80,3 +80,16 @@ impl SocketOpts {
         tokio::net::UdpSocket::from_std(s.into())
     }
 }
+
+/// The soft open-file limit in force (1024 if it cannot be read).
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}

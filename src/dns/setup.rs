@@ -75,19 +75,22 @@ impl UdpDnsConfig {
             udp: UdpConfig {
                 timeout: Duration::from_secs(args.udp_timeout),
                 max_flows: args.max_udp_flows,
-                mtu: args.mtu as usize,
+                // The device's, known once it is open (`build`).
+                mtu: 0,
             },
         })
     }
 
     /// The dialer for TCP flows (wrapping the stack's default `inner`) and the
-    /// UDP handler. Call inside the runtime.
+    /// UDP handler for a device of `mtu`. Call inside the runtime.
     pub fn build(
-        self,
+        mut self,
         upstream: Arc<Upstream>,
         inner: Arc<dyn Dialer>,
         tun: TunWriter,
+        mtu: usize,
     ) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>) {
+        self.udp.mtu = mtu;
         let pool = self
             .pool
             .as_ref()

@@ -135,6 +135,9 @@ pub enum Outcome {
     Reset { side: Side, kind: io::ErrorKind },
     /// Nothing moved for the idle timeout; both sides were closed.
     IdleTimeout,
+    /// The caller's stop signal fired (the process is shutting down); both
+    /// sides were reset.
+    Stopped,
 }
 
 impl Outcome {
@@ -151,6 +154,7 @@ impl Outcome {
                 }
             }
             Outcome::IdleTimeout => "idle timeout".to_string(),
+            Outcome::Stopped => "shutdown".to_string(),
         }
     }
 }
@@ -479,16 +483,31 @@ impl Dir {
 /// Copy `a` ⇄ `b` until both directions ended, one side failed, or nothing
 /// moved for `idle`. The streams are dropped (closed, or reset) on return.
 pub async fn relay<A: RelayStream, B: RelayStream>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+) -> RelayStats {
+    relay_until(a, b, idle, std::future::pending()).await
+}
+
+/// `relay`, ended early when `stop` completes: both sides are reset and the
+/// outcome is `Stopped`, with the bytes moved until then.
+pub async fn relay_until<A: RelayStream, B: RelayStream>(
     mut a: A,
     mut b: B,
     idle: Option<Duration>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
+    let mut stop = std::pin::pin!(stop);
     let mut ab = Dir::new();
     let mut ba = Dir::new();
     let mut last_move = Instant::now();
     let mut sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
 
     let outcome = poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Outcome::Stopped);
+        }
         let mut moved = false;
         if !ab.done {
             match ab.poll_copy(cx, Pin::new(&mut a), Pin::new(&mut b), &mut moved) {
@@ -525,13 +544,16 @@ pub async fn relay<A: RelayStream, B: RelayStream>(
     })
     .await;
 
-    if let Outcome::Reset { side, .. } = outcome {
+    match outcome {
         // The failed side is dead already; abort the other one so its peer
         // sees what this side's peer did.
-        match side {
-            Side::A => b.reset(),
-            Side::B => a.reset(),
+        Outcome::Reset { side: Side::A, .. } => b.reset(),
+        Outcome::Reset { side: Side::B, .. } => a.reset(),
+        Outcome::Stopped => {
+            a.reset();
+            b.reset();
         }
+        Outcome::Closed | Outcome::IdleTimeout => {}
     }
     RelayStats {
         a_to_b: ab.amt,

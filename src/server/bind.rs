@@ -143,5 +143,5 @@ pub(super) async fn run(
     drop(listener);
     let from = log.via.unwrap_or(bound);
     let reply = req.proto.success(from);
-    reply_and_relay(client, peer, &reply, &early, log, cfg.idle_timeout, "peer").await
+    reply_and_relay(cfg, client, peer, &reply, &early, log, "peer").await
 }

@@ -138,16 +138,7 @@ pub(super) async fn run(
         .await;
     }
     let reply = req.proto.success(bound);
-    reply_and_relay(
-        client,
-        target,
-        &reply,
-        &early,
-        log,
-        cfg.idle_timeout,
-        "target",
-    )
-    .await
+    reply_and_relay(cfg, client, target, &reply, &early, log, "target").await
 }
 
 impl Request {

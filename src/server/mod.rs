@@ -1,10 +1,12 @@
 //! `sockstun server`: a SOCKS4, SOCKS4a and SOCKS5 server.
 //!
 //! - `mod.rs`: configuration, listeners, the accept loop and the client limit;
+//! - `admit.rs`: the handshake budget (floods of stalled handshakes);
 //! - `session.rs`: one client: handshake, authentication, dispatch, log line;
 //! - `rules.rs`: who may connect and where to;
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands.
 
+mod admit;
 mod bind;
 mod connect;
 pub mod rules;
@@ -17,7 +19,7 @@ use rules::Rules;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -29,15 +31,33 @@ pub struct Config {
     /// User name → password. Not `Debug`: never log a password.
     users: HashMap<String, Vec<u8>>,
     pub rules: Rules,
+    /// Relaying sessions (after the handshake).
     pub max_clients: usize,
+    /// Connections in their handshake, in all and from one address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_source: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub bind_timeout: Duration,
+    /// Set once at SIGINT/SIGTERM: every session ends and logs its line.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Descriptors kept aside for listeners, logs, name lookups and the runtime.
+const FD_RESERVE: u64 = 64;
+
+/// Budgets that fit `fd_limit` descriptors: a relaying session holds two
+/// (client and destination), a handshake one, and handshakes get a quarter of
+/// the sessions' count: 2C + C/4 = 9C/4.
+fn default_budgets(fd_limit: u64) -> (usize, usize) {
+    let clients = (fd_limit.saturating_sub(FD_RESERVE) * 4 / 9).max(16) as usize;
+    (clients, (clients / 4).max(16))
 }
 
 impl Config {
-    pub fn from_args(args: &ServerArgs) -> anyhow::Result<Config> {
+    /// `fd_limit`: the open-file limit in force, which sizes the defaults.
+    pub fn from_args(args: &ServerArgs, fd_limit: u64) -> anyhow::Result<Config> {
         let mut users = HashMap::new();
         for u in &args.users {
             let (name, pass) = parse_user(u).context("--user")?;
@@ -61,8 +81,20 @@ impl Config {
         if args.listen.is_empty() {
             bail!("no --listen address");
         }
-        if args.max_clients == 0 {
-            bail!("--max-clients must be at least 1");
+        let (def_clients, def_handshakes) = default_budgets(fd_limit);
+        let max_clients = args.max_clients.unwrap_or(def_clients);
+        let max_handshakes = args.max_handshakes.unwrap_or(def_handshakes);
+        for (flag, v) in [
+            ("--max-clients", max_clients),
+            ("--max-handshakes", max_handshakes),
+            (
+                "--max-handshakes-per-source",
+                args.max_handshakes_per_source,
+            ),
+        ] {
+            if v == 0 {
+                bail!("{flag} must be at least 1");
+            }
         }
         // Safe by default: an open proxy on a reachable address is the most
         // common SOCKS misconfiguration.
@@ -83,12 +115,22 @@ impl Config {
             listen: args.listen.clone(),
             users,
             rules,
-            max_clients: args.max_clients,
+            max_clients,
+            max_handshakes,
+            max_handshakes_per_source: args.max_handshakes_per_source,
             handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
             bind_timeout: Duration::from_secs(args.bind_timeout.max(1)),
+            stop: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Completes once the server is shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        // Err: the sender is gone, which also means the server is going away.
+        let _ = rx.wait_for(|&stop| stop).await;
     }
 
     pub fn auth_required(&self) -> bool {
@@ -135,10 +177,11 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let cfg = Arc::new(Config::from_args(&args)?);
-    if let Err(e) = crate::net::raise_fd_limit() {
-        debug!("could not raise the open-file limit: {e}");
-    }
+    let fd_limit = crate::net::raise_fd_limit().unwrap_or_else(|e| {
+        warn!("could not raise the open-file limit: {e}");
+        crate::net::fd_limit()
+    });
+    let cfg = Arc::new(Config::from_args(&args, fd_limit)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -155,25 +198,46 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
         info!(
-            "listening on {} (auth {}, max {} clients)",
+            "listening on {} (auth {}, max {} clients, {} handshakes, {} per address)",
             l.local_addr().unwrap_or(addr),
             if cfg.auth_required() {
                 "required"
             } else {
                 "none"
             },
-            cfg.max_clients
+            cfg.max_clients,
+            cfg.max_handshakes,
+            cfg.max_handshakes_per_source,
         );
         listeners.push(l);
     }
-    let slots = Arc::new(Semaphore::new(cfg.max_clients));
-    // Refusing over the limit costs a task each; bound those too.
-    let refusers = Arc::new(Semaphore::new(64));
-    for l in listeners {
-        tokio::spawn(accept_loop(l, cfg.clone(), slots.clone(), refusers.clone()));
-    }
+    let gate = Arc::new(Gate {
+        slots: Arc::new(Semaphore::new(cfg.max_clients)),
+        // Refusing over the limit costs a task each; bound those too.
+        refusers: Arc::new(Semaphore::new(64)),
+        admission: admit::Admission::new(
+            cfg.max_handshakes,
+            cfg.max_handshakes_per_source,
+            STALL.min(cfg.handshake_timeout),
+        ),
+        turned_away: Default::default(),
+        live: tokio::sync::watch::Sender::new(0),
+    });
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
+        .collect();
     shutdown_signal().await;
-    info!("shutting down");
+    let open = *gate.live.borrow();
+    info!("shutting down: ending {open} open session(s)");
+    for l in loops {
+        l.abort();
+    }
+    cfg.stop.send_replace(true);
+    // Every session logs its line (outcome=shutdown, with its byte counts)
+    // before the runtime goes; one stuck in a name lookup is not waited for.
+    let mut live = gate.live.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|&n| n == 0)).await;
     Ok(())
 }
 
@@ -192,12 +256,68 @@ async fn shutdown_signal() {
     }
 }
 
-async fn accept_loop(
-    l: TcpListener,
-    cfg: Arc<Config>,
-    slots: Arc<Semaphore>,
+/// A handshake this old may be evicted when a budget is full: a live client
+/// finishes greeting, authentication and request in a few round trips.
+const STALL: Duration = Duration::from_secs(1);
+
+/// What the accept loops share: the sessions' slots and the handshake budget.
+pub(crate) struct Gate {
+    /// One per relaying session, taken once its request is read.
+    pub slots: Arc<Semaphore>,
     refusers: Arc<Semaphore>,
-) {
+    admission: Arc<admit::Admission>,
+    turned_away: Mutex<TurnedAway>,
+    /// Sessions running (handshake included), so shutdown can wait for them.
+    pub live: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts a session as live while it exists.
+pub(crate) struct Live(Arc<Gate>);
+
+impl Live {
+    pub fn new(gate: Arc<Gate>) -> Live {
+        gate.live.send_modify(|n| *n += 1);
+        Live(gate)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Connections the handshake budget turned away, logged as one line at most
+/// every 10 s rather than one each (a flood would flood the log too).
+#[derive(Default)]
+struct TurnedAway {
+    count: u64,
+    since: Option<std::time::Instant>,
+}
+
+impl Gate {
+    fn turned_away(&self, peer: SocketAddr, why: admit::Refused) {
+        debug!(client = %peer, "handshake budget full ({why:?}): closed at once");
+        let mut t = self.turned_away.lock().unwrap_or_else(|e| e.into_inner());
+        t.count += 1;
+        let now = std::time::Instant::now();
+        if t.since
+            .map_or(true, |s| now.duration_since(s) >= Duration::from_secs(10))
+        {
+            warn!(
+                "handshake budget full: {} connection(s) closed at once since the last report, latest from {} \
+                 ({} handshakes running; --max-handshakes / --max-handshakes-per-source)",
+                t.count,
+                peer.ip(),
+                self.admission.len()
+            );
+            t.count = 0;
+            t.since = Some(now);
+        }
+    }
+}
+
+async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
@@ -213,25 +333,31 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let cfg = cfg.clone();
-                tokio::spawn(async move {
-                    session::handle(cfg, stream, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => match refusers.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(async move {
-                        refuse_busy(stream).await;
-                        info!(client = %peer, outcome = "refused: too many clients", "session");
-                        drop(permit);
-                    });
-                }
-                Err(_) => debug!(client = %peer, "refused: too many clients (closed at once)"),
-            },
+        if gate.slots.available_permits() == 0 {
+            refuse_over_limit(&gate, stream, peer);
+            continue;
         }
+        match gate.admission.admit(peer.ip()) {
+            Ok(hs) => {
+                let (cfg, gate) = (cfg.clone(), gate.clone());
+                tokio::spawn(async move { session::handle(cfg, gate, stream, peer, hs).await });
+            }
+            Err(why) => gate.turned_away(peer, why),
+        }
+    }
+}
+
+/// Every session slot is taken: a well-formed refusal, from a bounded pool.
+fn refuse_over_limit(gate: &Gate, stream: TcpStream, peer: SocketAddr) {
+    match gate.refusers.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                refuse_busy(stream).await;
+                info!(client = %peer, outcome = "refused: too many clients", "session");
+                drop(permit);
+            });
+        }
+        Err(_) => debug!(client = %peer, "refused: too many clients (closed at once)"),
     }
 }
 
@@ -269,23 +395,23 @@ mod tests {
 
     #[test]
     fn open_proxy_refused_unless_asked_for() {
-        let e = Config::from_args(&args(&["--listen", "0.0.0.0:1080"]))
+        let e = Config::from_args(&args(&["--listen", "0.0.0.0:1080"]), 1024)
             .err()
             .unwrap();
         assert!(e.to_string().contains("--allow-client 0.0.0.0/0"), "{e}");
-        assert!(Config::from_args(&args(&["--listen", "[::]:1080"])).is_err());
+        assert!(Config::from_args(&args(&["--listen", "[::]:1080"]), 1024).is_err());
         assert!(
-            Config::from_args(&args(&[])).is_ok(),
+            Config::from_args(&args(&[]), 1024).is_ok(),
             "loopback default must start"
         );
-        assert!(Config::from_args(&args(&["--listen", "[::1]:1080"])).is_ok());
-        assert!(Config::from_args(&args(&["--listen", "0.0.0.0:1080", "--user", "a:b"])).is_ok());
-        assert!(Config::from_args(&args(&[
-            "--listen",
-            "0.0.0.0:1080",
-            "--allow-client",
-            "10.0.0.0/8"
-        ]))
+        assert!(Config::from_args(&args(&["--listen", "[::1]:1080"]), 1024).is_ok());
+        assert!(
+            Config::from_args(&args(&["--listen", "0.0.0.0:1080", "--user", "a:b"]), 1024).is_ok()
+        );
+        assert!(Config::from_args(
+            &args(&["--listen", "0.0.0.0:1080", "--allow-client", "10.0.0.0/8"]),
+            1024
+        )
         .is_ok());
     }
 
@@ -297,12 +423,15 @@ mod tests {
             "# comment\n\n  # indented comment\nerin:pa:ss\r\nfrank:\n",
         )
         .unwrap();
-        let c = Config::from_args(&args(&[
-            "--user",
-            "alice:s3cret",
-            "--users-file",
-            f.to_str().unwrap(),
-        ]))
+        let c = Config::from_args(
+            &args(&[
+                "--user",
+                "alice:s3cret",
+                "--users-file",
+                f.to_str().unwrap(),
+            ]),
+            1024,
+        )
         .unwrap();
         let _ = std::fs::remove_file(&f);
         assert!(c.auth_required());
@@ -317,9 +446,24 @@ mod tests {
         assert!(c.check_password("frank", b""));
         assert!(!c.check_password("nobody", b""));
         for bad in ["nocolon", ":nouser"] {
-            assert!(Config::from_args(&args(&["--user", bad])).is_err(), "{bad}");
+            assert!(
+                Config::from_args(&args(&["--user", bad]), 1024).is_err(),
+                "{bad}"
+            );
         }
-        assert!(Config::from_args(&args(&["--allow-dest", "not-a-cidr"])).is_err());
-        assert!(Config::from_args(&args(&["--max-clients", "0"])).is_err());
+        assert!(Config::from_args(&args(&["--allow-dest", "not-a-cidr"]), 1024).is_err());
+        assert!(Config::from_args(&args(&["--max-clients", "0"]), 1024).is_err());
+        assert!(Config::from_args(&args(&["--max-handshakes", "0"]), 1024).is_err());
+    }
+
+    #[test]
+    fn budgets_follow_the_descriptor_limit() {
+        let c = Config::from_args(&args(&[]), 20_000).unwrap();
+        assert_eq!((c.max_clients, c.max_handshakes), (8860, 2215));
+        // Sessions (2 descriptors), handshakes (1) and the reserve fit.
+        assert!(2 * c.max_clients + c.max_handshakes + FD_RESERVE as usize <= 20_000);
+        let c = Config::from_args(&args(&["--max-clients", "0x10"]), 1024).unwrap();
+        assert_eq!((c.max_clients, c.max_handshakes), (16, 426 / 4));
+        assert_eq!(default_budgets(0), (16, 16));
     }
 }

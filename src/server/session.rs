@@ -2,7 +2,8 @@
 //! handshake timeout), authentication, dispatch to the command, and the
 //! session's single info log line.
 
-use super::{bind, connect, udp, Config};
+use super::admit::Ticket;
+use super::{bind, connect, udp, Config, Gate};
 use crate::socks::codec::{self, cmd, method, rep4, rep5, CodecError, Parsed};
 use crate::socks::TargetAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -10,7 +11,18 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::info;
+use tokio::sync::oneshot;
+use tracing::{debug, info};
+
+/// The outcome of a client that greeted (and authenticated) and closed
+/// cleanly without a request: a health check such as `sockstun tun`'s probe
+/// of its upstream. Logged at debug, as it is no error.
+const PROBE: &str = "probe: closed cleanly after the greeting";
+/// A TCP health check: connected and closed without a byte.
+const PROBE_BARE: &str = "probe: closed cleanly before a greeting";
+const CLOSED_IN_HANDSHAKE: &str = "client closed during handshake";
+/// Evicted by a newer connection while the handshake budget was full.
+const EVICTED: &str = "evicted: handshake stalled while the handshake budget was full";
 
 /// The dialect a client spoke, which decides the shape of every reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +79,12 @@ pub(super) struct SessionLog {
 /// bytes the client pipelined behind its request, then relay until both sides
 /// are done. Returns the outcome for the log line.
 pub(super) async fn reply_and_relay(
+    cfg: &Config,
     mut client: tokio::net::TcpStream,
     mut other: tokio::net::TcpStream,
     reply: &[u8],
     early: &[u8],
     log: &mut SessionLog,
-    idle: std::time::Duration,
     other_name: &str,
 ) -> String {
     use tokio::io::AsyncWriteExt;
@@ -85,7 +97,8 @@ pub(super) async fn reply_and_relay(
         }
         log.up += early.len() as u64;
     }
-    let st = crate::relay::tcp::relay(client, other, Some(idle)).await;
+    let idle = Some(cfg.idle_timeout);
+    let st = crate::relay::tcp::relay_until(client, other, idle, cfg.stopped()).await;
     log.up += st.a_to_b;
     log.down += st.b_to_a;
     st.outcome.describe("client", other_name)
@@ -111,12 +124,21 @@ impl HsBuf {
             return Err("handshake message too long".into());
         }
         match s.read(&mut self.b[self.len..]).await {
-            Ok(0) => Err("client closed during handshake".into()),
+            Ok(0) => Err(CLOSED_IN_HANDSHAKE.into()),
             Ok(n) => {
                 self.len += n;
                 Ok(())
             }
             Err(e) => Err(format!("client error during handshake: {e}")),
+        }
+    }
+
+    /// Wait for the client's next bytes: true if it closed cleanly instead.
+    async fn at_eof(&mut self, s: &mut TcpStream) -> Result<bool, String> {
+        match self.fill(s).await {
+            Ok(()) => Ok(false),
+            Err(e) if self.len == 0 && e == CLOSED_IN_HANDSHAKE => Ok(true),
+            Err(e) => Err(e),
         }
     }
 
@@ -144,7 +166,13 @@ impl HsBuf {
     }
 }
 
-pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(
+    cfg: Arc<Config>,
+    gate: Arc<Gate>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    (ticket, evicted): (Ticket, oneshot::Receiver<()>),
+) {
     let start = Instant::now();
     let local = client.local_addr().ok();
     let mut log = SessionLog {
@@ -156,35 +184,42 @@ pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: Socket
         up: 0,
         down: 0,
     };
-    let hs = tokio::time::timeout(
-        cfg.handshake_timeout,
-        handshake(&cfg, &mut client, &mut log),
-    )
-    .await;
-    let outcome = match hs {
-        Err(_) => {
-            close_gently(client).await;
-            "handshake timeout".to_string()
-        }
-        Ok(Err(why)) => {
-            close_gently(client).await;
-            why
-        }
-        Ok(Ok((req, early))) => {
-            log.cmd = match req.cmd {
-                cmd::CONNECT => "connect",
-                cmd::BIND => "bind",
-                _ => "udp-associate",
-            };
-            log.dest = Some(req.dest.clone());
-            let server_ip = local.map(|l| l.ip());
-            match req.cmd {
-                cmd::CONNECT => connect::run(&cfg, client, early, &req, server_ip, &mut log).await,
-                cmd::BIND => bind::run(&cfg, client, early, &req, local, &mut log).await,
-                _ => udp::run(&cfg, client, &req, peer, local, &mut log).await,
+    let _live = super::Live::new(gate.clone());
+    let body = async {
+        let hs = tokio::select! {
+            r = tokio::time::timeout(cfg.handshake_timeout, handshake(&cfg, &mut client, &mut log)) => {
+                r.unwrap_or_else(|_| Err("handshake timeout".to_string()))
             }
+            _ = evicted => Err(EVICTED.to_string()),
+        };
+        drop(ticket);
+        match hs {
+            Err(why) => {
+                close_gently(client).await;
+                why
+            }
+            Ok((req, early)) => match gate.slots.clone().try_acquire_owned() {
+                // Only relaying sessions hold a slot: a flood of handshakes
+                // cannot take them.
+                Err(_) => {
+                    let rep = rep5::GENERAL_FAILURE;
+                    refuse(client, req.proto, rep, "refused: too many clients".into()).await
+                }
+                Ok(_slot) => dispatch(&cfg, client, early, req, peer, local, &mut log).await,
+            },
         }
     };
+    // A relaying session sees the stop itself and returns its byte counts;
+    // this catches the others (handshake, dial, BIND wait).
+    let outcome = tokio::select! {
+        biased;
+        o = body => o,
+        _ = cfg.stopped() => "shutdown".to_string(),
+    };
+    if [PROBE, PROBE_BARE, EVICTED].contains(&outcome.as_str()) {
+        debug!(client = %peer, proto = %log.proto, outcome, "session");
+        return;
+    }
     let dest = log
         .dest
         .as_ref()
@@ -205,6 +240,30 @@ pub(super) async fn handle(cfg: Arc<Config>, mut client: TcpStream, peer: Socket
         outcome = %Escaped(&outcome),
         "session"
     );
+}
+
+/// Run the command of an admitted request; returns the outcome.
+async fn dispatch(
+    cfg: &Config,
+    client: TcpStream,
+    early: Vec<u8>,
+    req: Request,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    log: &mut SessionLog,
+) -> String {
+    log.cmd = match req.cmd {
+        cmd::CONNECT => "connect",
+        cmd::BIND => "bind",
+        _ => "udp-associate",
+    };
+    log.dest = Some(req.dest.clone());
+    let server_ip = local.map(|l| l.ip());
+    match req.cmd {
+        cmd::CONNECT => connect::run(cfg, client, early, &req, server_ip, log).await,
+        cmd::BIND => bind::run(cfg, client, early, &req, local, log).await,
+        _ => udp::run(cfg, client, &req, peer, local, log).await,
+    }
 }
 
 /// Send `reply`, then close without resetting: unread request bytes left in
@@ -255,7 +314,9 @@ async fn handshake_in(
     buf: &mut HsBuf,
     log: &mut SessionLog,
 ) -> Result<Request, String> {
-    buf.fill(client).await?;
+    if buf.at_eof(client).await? {
+        return Err(PROBE_BARE.into());
+    }
     match buf.b[0] {
         codec::SOCKS4_VERSION => {
             log.proto = "socks4";
@@ -324,6 +385,9 @@ async fn handshake_in(
                 if !ok {
                     return Err("refused: authentication failed".into());
                 }
+            }
+            if buf.len == 0 && buf.at_eof(client).await? {
+                return Err(PROBE.into());
             }
             let req = match buf.message(client, codec::parse_socks5_request).await? {
                 Ok(r) => r,

@@ -103,8 +103,11 @@ pub(super) async fn run(
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
 
+    let stop = cfg.stopped();
+    tokio::pin!(stop);
     let why = loop {
         tokio::select! {
+            _ = &mut stop => break "shutdown".to_string(),
             r = control.read(&mut ctl) => match r {
                 Ok(0) => break "control connection closed".to_string(),
                 Err(e) => break format!("control connection error: {e}"),

@@ -505,6 +505,20 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         let bound = handshake_pipelined(s, &mut r, up, command, dest).await?;
         return Ok((bound, r.rest()));
     }
+    greet(s, &mut r, up).await?;
+    let req =
+        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
+    s.write_all(&req).await.map_err(read_err)?;
+    let bound = read_socks5_reply(s, &mut r).await?;
+    Ok((bound, r.rest()))
+}
+
+/// The SOCKS5 greeting and, when the proxy asks for it, authentication.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    r: &mut Replies,
+    up: &Upstream,
+) -> Result<(), DialError> {
     let methods: &[u8] = if up.auth.is_some() {
         &[method::NO_AUTH, method::USER_PASS]
     } else {
@@ -532,11 +546,21 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             )))
         }
     }
-    let req =
-        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
-    s.write_all(&req).await.map_err(read_err)?;
-    let bound = read_socks5_reply(s, &mut r).await?;
-    Ok((bound, r.rest()))
+    Ok(())
+}
+
+/// Check that the proxy answers and takes our credentials: connect, greet
+/// and authenticate (SOCKS5; SOCKS4 has no greeting: connect only), then
+/// close cleanly, which servers log as a probe rather than an error.
+pub async fn probe(up: &Upstream) -> Result<(), DialError> {
+    let mut s = connect_proxy(up).await?;
+    if up.kind.is_socks5() {
+        let mut r = Replies::new(true);
+        greet(&mut s, &mut r, up).await?;
+    }
+    // All the proxy sent was read, so closing sends a FIN, not a reset.
+    let _ = s.shutdown().await;
+    Ok(())
 }
 
 /// The SOCKS5 handshake with everything sent up front: the greeting offers

@@ -1,6 +1,7 @@
 //! The TUN device: create or open it (the only code that uses the `tun`
 //! crate), configure it, and expose it as the stack's packet source and sink.
 
+use super::ifstate::{self, Undo};
 use super::vnet;
 use crate::stack::{PacketBatch, PacketSink, PacketSource};
 use anyhow::{bail, Context as _};
@@ -8,7 +9,6 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -22,9 +22,14 @@ const TXQUEUELEN: u32 = 4000;
 pub struct DeviceSpec<'a> {
     pub name: &'a str,
     pub fd: Option<i32>,
+    /// Set on a device sockstun creates; on an existing one only when
+    /// `explicit` (then added beside what is there, and removed at exit).
     pub ipv4: Option<Ipv4Network>,
     pub ipv6: Option<Ipv6Network>,
     pub mtu: u16,
+    /// Which of `ipv4` and `mtu` the operator gave (`ipv6` always is).
+    pub explicit_ipv4: bool,
+    pub explicit_mtu: bool,
     /// Ask for checksum and segmentation offload (virtio-net headers).
     pub offload: bool,
 }
@@ -39,6 +44,12 @@ pub struct TunDevice {
     pub name: String,
     fd: Arc<AsyncFd<File>>,
     pub created: bool,
+    /// The MTU in force on the device, which the stack must follow.
+    pub mtu: u16,
+    /// What was changed on a device sockstun did not create, undone on drop.
+    undo: Vec<Undo>,
+    /// Turn the device's offloads off again on drop (we turned them on).
+    reset_offload: bool,
     pub write_drops: Arc<AtomicU64>,
     /// Packets carry a virtio-net header (`IFF_VNET_HDR`) and the kernel may
     /// hand us TSO segments and unfinished checksums (see `vnet`).
@@ -46,8 +57,8 @@ pub struct TunDevice {
     pub malformed: Arc<AtomicU64>,
 }
 
-/// The device's `IFF_*` flags (TUNGETIFF).
-fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
+/// The device's name and `IFF_*` flags (TUNGETIFF).
+fn tun_flags(fd: RawFd) -> io::Result<(String, libc::c_short)> {
     // SAFETY: an all-zero ifreq is a valid value; TUNGETIFF fills it.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is an open descriptor and `req` a writable ifreq of the
@@ -55,8 +66,15 @@ fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
     if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    let name: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     // SAFETY: TUNGETIFF sets the flags member of the union.
-    Ok(unsafe { req.ifr_ifru.ifru_flags })
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    Ok((String::from_utf8_lossy(&name).into_owned(), flags))
 }
 
 /// Turn on checksum offload and TSO for IPv4 and IPv6 on a descriptor with
@@ -84,21 +102,6 @@ fn set_vnet_hdr_size(fd: RawFd) -> io::Result<()> {
     // valid for the call; `fd` is open.
     if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &size) } < 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running `ip {}` (is iproute2 installed?)", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
     }
     Ok(())
 }
@@ -132,83 +135,150 @@ fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
     }
 }
 
+fn tun_error(e: tun::Error, what: String) -> anyhow::Error {
+    let hint = privilege_hint(&e);
+    let e = anyhow::Error::new(e).context(what);
+    match hint {
+        Some(h) => e.context(h),
+        None => e,
+    }
+}
+
+fn adopt(fd: i32) -> anyhow::Result<tun::Device> {
+    if fd < 0 {
+        bail!("--fd {fd}: not a file descriptor");
+    }
+    let mut cfg = tun::Configuration::default();
+    cfg.raw_fd(fd).close_fd_on_drop(true);
+    tun::create(&cfg).with_context(|| format!("adopting TUN fd {fd}"))
+}
+
+/// Create the device and give it everything `spec` says.
+fn create(spec: &DeviceSpec<'_>) -> anyhow::Result<tun::Device> {
+    let mut cfg = tun::Configuration::default();
+    cfg.tun_name(spec.name).mtu(spec.mtu).up();
+    cfg.platform_config(|p| {
+        p.vnet_hdr(spec.offload);
+    });
+    if let Some(v4) = spec.ipv4 {
+        cfg.address(v4.ip()).netmask(v4.mask());
+    }
+    let dev = tun::create(&cfg)
+        .map_err(|e| tun_error(e, format!("creating TUN device {}", spec.name)))?;
+    let name = spec.name;
+    quiet_ipv6(name);
+    if let Some(v6) = spec.ipv6 {
+        // The tun crate configures IPv4 only on Linux.
+        let cidr = v6.to_string();
+        ifstate::ip_cmd(&["-6", "addr", "replace", &cidr, "dev", name, "nodad"])
+            .with_context(|| format!("adding {cidr} to {name}"))?;
+    }
+    let qlen = TXQUEUELEN.to_string();
+    if let Err(e) = ifstate::ip_cmd(&["link", "set", "dev", name, "txqueuelen", &qlen]) {
+        tracing::warn!("could not lengthen the queue of {name}: {e:#}");
+    }
+    Ok(dev)
+}
+
+/// Attach to a device someone else made (`ip tuntap add`, systemd-networkd,
+/// a container runtime): its addresses, routes, MTU and queue are theirs.
+fn open_existing(spec: &DeviceSpec<'_>, undo: &mut Vec<Undo>) -> anyhow::Result<tun::Device> {
+    let name = spec.name;
+    let mut cfg = tun::Configuration::default();
+    cfg.tun_name(name);
+    cfg.platform_config(|p| {
+        p.vnet_hdr(spec.offload);
+    });
+    let dev = tun::create(&cfg)
+        .map_err(|e| tun_error(e, format!("opening the existing TUN device {name}")))?;
+    let found = ifstate::read(name);
+    tracing::info!("opened existing TUN device {name}: {found}; its settings are kept");
+    if spec.explicit_mtu {
+        ifstate::set_mtu(name, &found, spec.mtu, undo)?;
+    }
+    if let (true, Some(v4)) = (spec.explicit_ipv4, spec.ipv4) {
+        ifstate::add_addr(name, &found, &v4.to_string(), undo)?;
+    }
+    if let Some(v6) = spec.ipv6 {
+        ifstate::add_addr(name, &found, &v6.to_string(), undo)?;
+    }
+    ifstate::bring_up(name, &found, undo)?;
+    if found.qlen.is_some_and(|q| q < TXQUEUELEN) {
+        tracing::info!(
+            "{name}: queue length {} left as it is (sockstun uses {TXQUEUELEN} on devices it creates: \
+             `ip link set dev {name} txqueuelen {TXQUEUELEN}` for fewer drops under load)",
+            found.qlen.unwrap_or(0)
+        );
+    }
+    Ok(dev)
+}
+
+impl Drop for TunDevice {
+    fn drop(&mut self) {
+        if self.reset_offload {
+            if let Err(e) = set_offload(self.fd.as_raw_fd(), false) {
+                tracing::warn!("{}: could not turn its offloads off again: {e}", self.name);
+            }
+        }
+        ifstate::undo_all(&self.name, &self.undo);
+    }
+}
+
 impl TunDevice {
     /// Create (or open, if persistent) the named device and configure it, or
     /// adopt an already open descriptor. Must run inside a tokio runtime.
+    ///
+    /// A device sockstun creates gets the addresses, MTU, queue length and
+    /// IPv6 knobs of `spec`. A device that exists already is the operator's:
+    /// it is left as it is, except what a flag asked for explicitly (an
+    /// address added, the MTU), and a down device is brought up; each change
+    /// is undone when the `TunDevice` is dropped.
     pub fn open(spec: &DeviceSpec<'_>) -> anyhow::Result<TunDevice> {
-        let mut cfg = tun::Configuration::default();
-        let (name, created, dev) = if let Some(fd) = spec.fd {
-            if fd < 0 {
-                bail!("--fd {fd}: not a file descriptor");
-            }
-            cfg.raw_fd(fd).close_fd_on_drop(true);
-            let dev = tun::create(&cfg).with_context(|| format!("adopting TUN fd {fd}"))?;
-            (format!("fd {fd}"), false, dev)
-        } else {
-            let existed = std::path::Path::new("/sys/class/net")
-                .join(spec.name)
-                .exists();
-            cfg.tun_name(spec.name).mtu(spec.mtu).up();
-            if spec.offload {
-                cfg.platform_config(|p| {
-                    p.vnet_hdr(true);
-                });
-            }
-            if let Some(v4) = spec.ipv4 {
-                cfg.address(v4.ip()).netmask(v4.mask());
-            }
-            let dev = tun::create(&cfg).map_err(|e| {
-                let hint = privilege_hint(&e);
-                let e = anyhow::Error::new(e).context(format!("creating TUN device {}", spec.name));
-                match hint {
-                    Some(h) => e.context(h),
-                    None => e,
-                }
-            })?;
-            (spec.name.to_string(), !existed, dev)
+        let mut undo = Vec::new();
+        let (dev, created) = match spec.fd {
+            Some(fd) => (adopt(fd)?, false),
+            None => match ifstate::exists(spec.name) {
+                Some(false) => bail!(
+                    "--device {}: a network device of that name exists and is not a TUN device",
+                    spec.name
+                ),
+                Some(true) => (open_existing(spec, &mut undo)?, false),
+                None => (create(spec)?, true),
+            },
         };
         dev.set_nonblock()
             .context("making the TUN descriptor non-blocking")?;
         // An adopted descriptor has whatever flags its opener chose: with
         // virtio-net headers every packet carries one, asked for or not.
-        let offload = match tun_flags(dev.as_raw_fd()) {
-            Ok(f) => f & libc::IFF_VNET_HDR as libc::c_short != 0,
+        let (kname, flags) = match tun_flags(dev.as_raw_fd()) {
+            Ok((n, f)) => (Some(n), Some(f)),
             Err(e) if spec.fd.is_some() => {
                 return Err(anyhow::Error::new(e).context("reading the adopted TUN's flags"))
             }
-            Err(_) => spec.offload,
+            Err(_) => (None, None),
         };
+        let offload = flags.map_or(spec.offload, |f| {
+            f & libc::IFF_VNET_HDR as libc::c_short != 0
+        });
+        let mut offload_set = false;
         if offload {
             set_vnet_hdr_size(dev.as_raw_fd())
                 .context("setting the TUN's virtio-net header size")?;
             // An adopted descriptor with headers is read with them either
             // way; --no-offload then only turns the offloads off.
-            if let Err(e) = set_offload(dev.as_raw_fd(), spec.offload) {
+            match set_offload(dev.as_raw_fd(), spec.offload) {
+                Ok(()) => offload_set = spec.offload,
                 // Headers without offloads still work: plain packets, each
                 // with an all-zero header.
-                tracing::warn!("TUN offload not available ({e}): one packet per MTU");
+                Err(e) => tracing::warn!("TUN offload not available ({e}): one packet per MTU"),
             }
         }
-        if spec.fd.is_none() {
-            quiet_ipv6(&name);
-            if let Some(v6) = spec.ipv6 {
-                // The tun crate configures IPv4 only on Linux.
-                let cidr = v6.to_string();
-                if let Err(e) = ip_cmd(&["-6", "addr", "replace", &cidr, "dev", &name, "nodad"]) {
-                    return Err(e.context(format!("adding {cidr} to {name}")));
-                }
-            }
-            if let Err(e) = ip_cmd(&[
-                "link",
-                "set",
-                "dev",
-                &name,
-                "txqueuelen",
-                &TXQUEUELEN.to_string(),
-            ]) {
-                tracing::warn!("could not lengthen the queue of {name}: {e:#}");
-            }
-        }
+        let name = match spec.fd {
+            Some(fd) => format!("fd {fd}"),
+            None => spec.name.to_string(),
+        };
+        // The stack follows the device's MTU, whoever set it.
+        let mtu = kname.as_deref().and_then(ifstate::mtu).unwrap_or(spec.mtu);
         // SAFETY: into_raw_fd hands us sole ownership of an open descriptor;
         // File closes it exactly once.
         let file = unsafe { File::from_raw_fd(dev.into_raw_fd()) };
@@ -220,6 +290,11 @@ impl TunDevice {
             name,
             fd: Arc::new(fd),
             created,
+            mtu,
+            undo,
+            // A device that outlives us must not keep offloads that only a
+            // reader with virtio-net headers can take.
+            reset_offload: offload_set && !created && spec.fd.is_none(),
             write_drops: Arc::new(AtomicU64::new(0)),
             offload,
             malformed: Arc::new(AtomicU64::new(0)),

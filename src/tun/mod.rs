@@ -6,6 +6,7 @@
 //! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
 
 pub mod device;
+mod ifstate;
 pub mod vnet;
 
 pub use device::{DeviceSpec, TunDevice, TunSink, TunSource};
@@ -38,6 +39,9 @@ impl Dialer for SocksDialer {
     }
 }
 
+const DEFAULT_IPV4: &str = "198.18.0.1/15";
+const DEFAULT_MTU: u16 = 65000;
+
 /// Everything `run` needs, validated.
 pub struct TunConfig {
     pub upstream: Upstream,
@@ -45,7 +49,11 @@ pub struct TunConfig {
     pub fd: Option<i32>,
     pub ipv4: Option<Ipv4Network>,
     pub ipv6: Option<Ipv6Network>,
+    /// Used on a device sockstun creates; on an existing device only when
+    /// given explicitly (see `DeviceSpec`).
     pub mtu: u16,
+    pub explicit_ipv4: bool,
+    pub explicit_mtu: bool,
     /// Ask the device for checksum and segmentation offload.
     pub offload: bool,
     pub stack: StackConfig,
@@ -59,14 +67,12 @@ impl TunConfig {
         upstream.opts.bind_interface = args.bind_interface.clone();
         upstream.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
         upstream.pipeline = args.socks_pipeline;
-        let ipv4 = if args.ipv4.is_empty() || args.ipv4 == "none" {
-            None
-        } else {
-            Some(
-                args.ipv4
-                    .parse::<Ipv4Network>()
-                    .map_err(|e| anyhow!("--ipv4 {}: {e}", args.ipv4))?,
-            )
+        let ipv4 = match args.ipv4.as_deref().unwrap_or(DEFAULT_IPV4) {
+            "" | "none" => None,
+            s => Some(
+                s.parse::<Ipv4Network>()
+                    .map_err(|e| anyhow!("--ipv4 {s}: {e}"))?,
+            ),
         };
         let ipv6 = match &args.ipv6 {
             None => None,
@@ -75,12 +81,10 @@ impl TunConfig {
                     .map_err(|e| anyhow!("--ipv6 {s}: {e}"))?,
             ),
         };
+        let mtu = args.mtu.unwrap_or(DEFAULT_MTU);
         // 1280 is the IPv6 minimum (RFC 8200 5); below it v6 cannot work.
-        if args.mtu < 1280 {
-            bail!(
-                "--mtu {}: at least 1280 is needed (the IPv6 minimum)",
-                args.mtu
-            );
+        if mtu < 1280 {
+            bail!("--mtu {mtu}: at least 1280 is needed (the IPv6 minimum)");
         }
         if args.device.is_empty() || args.device.len() > 15 {
             bail!(
@@ -89,7 +93,7 @@ impl TunConfig {
             );
         }
         let stack = StackConfig {
-            mtu: args.mtu as usize,
+            mtu: mtu as usize,
             max_flows: args.max_tcp_flows.max(1),
             connect_timeout: upstream.connect_timeout + Duration::from_secs(1),
             ..StackConfig::default()
@@ -100,7 +104,9 @@ impl TunConfig {
             fd: args.fd,
             ipv4,
             ipv6,
-            mtu: args.mtu,
+            mtu,
+            explicit_ipv4: args.ipv4.is_some(),
+            explicit_mtu: args.mtu.is_some(),
             offload: !args.no_offload,
             stack,
         })
@@ -137,15 +143,15 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let udp_dns = crate::dns::UdpDnsConfig::from_args(&args, cfg.ipv4, cfg.ipv6)?;
-    let res = rt.block_on(run_async(cfg, move |up, dialer, w| {
-        udp_dns.build(up, dialer, w)
+    let res = rt.block_on(run_async(cfg, move |up, dialer, w, mtu| {
+        udp_dns.build(up, dialer, w, mtu)
     }));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
 /// Run TUN mode inside a runtime. `extend` gets the upstream, the default
-/// SOCKS dialer and the device's writer, and returns the dialer to use (DNS
+/// SOCKS dialer, the device's writer and its MTU, and returns the dialer to use (DNS
 /// in front of the default) and the UDP handler.
 pub async fn run_async(
     cfg: TunConfig,
@@ -153,6 +159,7 @@ pub async fn run_async(
         Arc<Upstream>,
         Arc<dyn Dialer>,
         TunWriter,
+        usize,
     ) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -164,15 +171,15 @@ pub async fn run_async(
         ipv4: cfg.ipv4,
         ipv6: cfg.ipv6,
         mtu: cfg.mtu,
+        explicit_ipv4: cfg.explicit_ipv4,
+        explicit_mtu: cfg.explicit_mtu,
         offload: cfg.offload,
     })?;
     info!(
         device = %dev.name,
         created = dev.created,
-        mtu = cfg.mtu,
+        mtu = dev.mtu,
         offload = dev.offload,
-        ipv4 = ?cfg.ipv4.map(|n| n.to_string()),
-        ipv6 = ?cfg.ipv6.map(|n| n.to_string()),
         "TUN device up"
     );
     let upstream = Arc::new(cfg.upstream);
@@ -182,8 +189,10 @@ pub async fn run_async(
         upstream.clone(),
         Arc::new(SocksDialer { upstream }),
         sink.clone(),
+        dev.mtu as usize,
     );
     let mut stack_cfg = cfg.stack;
+    stack_cfg.mtu = dev.mtu as usize;
     if dev.offload {
         // Headers are on (asked for, or set by whoever opened an adopted
         // descriptor): every read has one, and with offloads a 64 KB segment.
@@ -233,10 +242,15 @@ fn fixed_mmap_threshold() {
     }
 }
 
-/// Say early, once, when the proxy does not answer; keep running either way.
+/// Say early, once, when the proxy does not answer or refuses our
+/// credentials; keep running either way. The probe greets and closes
+/// cleanly, so the proxy has no error to log.
 async fn probe(up: Arc<Upstream>) {
-    match tokio::time::timeout(Duration::from_secs(3), client::connect_proxy(&up)).await {
-        Ok(Ok(_)) => info!("upstream {up} answers"),
+    match tokio::time::timeout(Duration::from_secs(3), client::probe(&up)).await {
+        Ok(Ok(())) => info!("upstream {up} answers"),
+        Ok(Err(client::DialError::AuthFailed)) => {
+            warn!("upstream {up} refuses our credentials (or offers no method we can use); flows will fail")
+        }
         Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),
         Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
     }
