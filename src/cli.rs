@@ -55,9 +55,10 @@ pub struct ServerArgs {
     /// apart from --max-clients) [default: a quarter of --max-clients, at least 256].
     #[arg(long = "max-handshakes", value_parser = number::<usize>)]
     pub max_handshakes: Option<usize>,
-    /// Connections still in the SOCKS handshake from one client address.
-    #[arg(long = "max-handshakes-per-source", default_value_t = 256, value_parser = number::<usize>)]
-    pub max_handshakes_per_source: usize,
+    /// Connections still in the SOCKS handshake from one client address
+    /// [default: half of --max-handshakes].
+    #[arg(long = "max-handshakes-per-source", value_parser = number::<usize>)]
+    pub max_handshakes_per_source: Option<usize>,
     /// Seconds a client has to complete the SOCKS handshake.
     #[arg(long = "handshake-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub handshake_timeout: u64,

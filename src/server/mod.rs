@@ -84,13 +84,14 @@ impl Config {
         let (def_clients, def_handshakes) = default_budgets(fd_limit);
         let max_clients = args.max_clients.unwrap_or(def_clients);
         let max_handshakes = args.max_handshakes.unwrap_or(def_handshakes);
+        // Half: one address can never hold more than the rest of the world.
+        let per_source = args
+            .max_handshakes_per_source
+            .unwrap_or((max_handshakes / 2).max(1));
         for (flag, v) in [
             ("--max-clients", max_clients),
             ("--max-handshakes", max_handshakes),
-            (
-                "--max-handshakes-per-source",
-                args.max_handshakes_per_source,
-            ),
+            ("--max-handshakes-per-source", per_source),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
@@ -117,7 +118,7 @@ impl Config {
             rules,
             max_clients,
             max_handshakes,
-            max_handshakes_per_source: args.max_handshakes_per_source,
+            max_handshakes_per_source: per_source,
             handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
@@ -171,7 +172,9 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    // Up to net.core.somaxconn (4096 by default): a burst of connections
+    // waits in the kernel rather than having its SYNs dropped.
+    s.listen(4096)?;
     TcpListener::from_std(s.into())
 }
 
@@ -460,6 +463,7 @@ mod tests {
     fn budgets_follow_the_descriptor_limit() {
         let c = Config::from_args(&args(&[]), 20_000).unwrap();
         assert_eq!((c.max_clients, c.max_handshakes), (8860, 2215));
+        assert_eq!(c.max_handshakes_per_source, 1107);
         // Sessions (2 descriptors), handshakes (1) and the reserve fit.
         assert!(2 * c.max_clients + c.max_handshakes + FD_RESERVE as usize <= 20_000);
         let c = Config::from_args(&args(&["--max-clients", "0x10"]), 1024).unwrap();

@@ -6,6 +6,8 @@
 //! never share a namespace, device or address space.
 #![allow(dead_code)]
 
+pub mod tun_rig;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;

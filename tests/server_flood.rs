@@ -1,0 +1,236 @@
+//! `sockstun server` under a flood of stalled handshakes, and under a crowd of
+//! real clients: the first must not lock the second out.
+mod common;
+#[path = "support/server_lab.rs"]
+mod lab;
+
+use common::*;
+use lab::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+const ECHO_PORT: u16 = 17;
+const T: Duration = Duration::from_secs(30);
+
+/// Raise this process's descriptor limit: the test holds thousands of sockets.
+fn raise_fd_limit(need: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_cur >= need,
+        "this test needs {need} descriptors; the hard limit is {}",
+        lim.rlim_cur
+    );
+}
+
+async fn echo_server(l: TcpListener) {
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+/// A SOCKS5 CONNECT from `src` through `proxy` to the echo target, then one
+/// echo of `msg`; the stream is returned open.
+async fn connect_echo(src: &str, proxy: SocketAddr, msg: &[u8]) -> Result<TcpStream, String> {
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(format!("{src}:0").parse().unwrap())
+        .map_err(|e| e.to_string())?;
+    let mut s = sock
+        .connect(proxy)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend_from_slice(&T4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    req.extend_from_slice(&ECHO_PORT.to_be_bytes());
+    s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
+    let mut rep = [0u8; 12];
+    s.read_exact(&mut rep)
+        .await
+        .map_err(|e| format!("reply: {e}"))?;
+    if rep[..4] != [5, 0, 5, 0] {
+        return Err(format!("reply {rep:?}"));
+    }
+    s.write_all(msg).await.map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)
+        .await
+        .map_err(|e| format!("echo: {e}"))?;
+    if back != msg {
+        return Err("wrong echo".into());
+    }
+    Ok(s)
+}
+
+async fn served(src: &str, proxy: SocketAddr) -> Result<(), String> {
+    match timeout(T, connect_echo(src, proxy, b"ping")).await {
+        Ok(r) => r.map(drop),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// 2,000 connections from one address send one greeting byte and stall.
+/// Meanwhile a client from another address connects every 100 ms, and every
+/// one of its connections is served; a client behind the flooding address
+/// gets in too, once the flood's handshakes are old enough to be evicted.
+#[test]
+fn stalled_handshake_flood_locks_nobody_out() {
+    if !require_root("stalled_handshake_flood_locks_nobody_out") {
+        return;
+    }
+    raise_fd_limit(4_000);
+    let lab = Lab::new("sfl");
+    // The handshake budget as small as --max-clients used to be, so that the
+    // flood is larger than it.
+    let srv = lab.server(&["--max-handshakes", "1024"]);
+    let proxy: SocketAddr = PROXY.parse().unwrap();
+    let res = lab.ns.run_in(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind((T4, ECHO_PORT)).await.unwrap();
+            tokio::spawn(echo_server(l));
+            let mut flood = Vec::new();
+            for _ in 0..2000 {
+                let sock = TcpSocket::new_v4().unwrap();
+                sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+                let mut s = sock.connect(proxy).await.unwrap();
+                let _ = s.write_all(&[5]).await;
+                flood.push(s);
+            }
+            let mut failures = Vec::new();
+            for i in 0..30 {
+                if let Err(e) = served("127.0.0.2", proxy).await {
+                    failures.push(format!("#{i}: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Behind the flooding address: in once the flood has stalled.
+            let mut same = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+            while same < 10 && tokio::time::Instant::now() < deadline {
+                if served("127.0.0.3", proxy).await.is_ok() {
+                    same += 1;
+                }
+            }
+            // Most of the flood was closed at once, not left hanging.
+            let mut closed = 0;
+            for s in &mut flood {
+                let mut b = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(1), s.read(&mut b)).await
+                {
+                    closed += 1;
+                }
+            }
+            (failures, same, closed)
+        })
+    });
+    let (failures, same, closed) = res;
+    assert!(
+        failures.is_empty(),
+        "{} of 30 legitimate connections failed: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        srv.log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(same, 10, "the flooding address's own clients never got in");
+    assert!(
+        closed >= 2000 - 1024,
+        "only {closed} flood connections closed"
+    );
+    assert!(srv.log().contains("handshake budget full"), "{}", srv.log());
+}
+
+/// With default limits, 5,000 clients connecting at once are all served and
+/// held open together, and each echoes.
+#[test]
+fn five_thousand_concurrent_connects_by_default() {
+    if !require_root("five_thousand_concurrent_connects_by_default") {
+        return;
+    }
+    const N: usize = 5000;
+    raise_fd_limit(2 * N as u64 + 200);
+    let lab = Lab::new("sfc");
+    let srv = lab.server(&[]);
+    let proxy: SocketAddr = PROXY.parse().unwrap();
+    let res = lab.ns.run_in(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind((T4, ECHO_PORT)).await.unwrap();
+            tokio::spawn(echo_server(l));
+            let tasks: Vec<_> = (0..N)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        let msg = format!("client {i}");
+                        match timeout(T * 2, connect_echo("127.0.0.1", proxy, msg.as_bytes())).await
+                        {
+                            Ok(r) => r.map_err(|e| format!("{i}: {e}")),
+                            Err(_) => Err(format!("{i}: timed out")),
+                        }
+                    })
+                })
+                .collect();
+            let mut open = Vec::new();
+            let mut failures = Vec::new();
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(s) => open.push(s),
+                    Err(e) => failures.push(e),
+                }
+            }
+            // All held at once: each still echoes.
+            for (i, s) in open.iter_mut().enumerate() {
+                let msg = format!("again {i}");
+                let r = async {
+                    s.write_all(msg.as_bytes()).await?;
+                    let mut back = vec![0u8; msg.len()];
+                    s.read_exact(&mut back).await?;
+                    Ok::<_, std::io::Error>(back == msg.as_bytes())
+                };
+                match timeout(T, r).await {
+                    Ok(Ok(true)) => {}
+                    other => failures.push(format!("held {i}: {other:?}")),
+                }
+            }
+            (open.len(), failures)
+        })
+    });
+    let (held, failures) = res;
+    assert!(
+        failures.is_empty(),
+        "{} of {N} failed: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        srv.log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(held, N);
+}

@@ -1,0 +1,145 @@
+//! A TUN device the operator made before sockstun ran (`ip tuntap add`,
+//! systemd-networkd, a container runtime) is theirs: sockstun opens it and
+//! leaves its addresses, MTU and routes alone, unless a flag asks for a
+//! change, which it undoes at exit.
+
+mod common;
+
+use common::tun_rig::*;
+use common::*;
+use std::time::Duration;
+
+/// What the operator configured on `dev`: addresses, MTU, and the default
+/// routes of both families. Left out: what the kernel changes by itself when
+/// a reader attaches (the carrier comes up: the IPv6 link-local address, the
+/// routes' `linkdown` mark).
+fn snapshot(ns: &Netns, dev: &str) -> (Vec<String>, String, String, String) {
+    let addrs = String::from_utf8_lossy(&ns.ip(&["-o", "addr", "show", "dev", dev]).stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|&t| t == "inet" || t == "inet6")?;
+            w.next().map(str::to_string)
+        })
+        .filter(|a: &String| !a.starts_with("fe80:"))
+        .collect();
+    let mtu = String::from_utf8_lossy(
+        &ns.exec(&["cat", &format!("/sys/class/net/{dev}/mtu")])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let route = |fam: &str| {
+        let out = ns.ip(&[fam, "route", "show", "default"]);
+        String::from_utf8_lossy(&out.stdout).replace(" linkdown", "")
+    };
+    let (r4, r6) = (route("-4"), route("-6"));
+    (addrs, mtu, r4, r6)
+}
+
+fn stop(tun: &mut Proc) {
+    tun.signal(libc::SIGTERM);
+    let st = tun
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit on SIGTERM");
+    assert!(st.success(), "exit status {st:?}\n{}", tun.log());
+}
+
+#[test]
+fn tun_existing_device_keeps_what_the_operator_set() {
+    if !require_root("tun_existing_device_keeps_what_the_operator_set") {
+        return;
+    }
+    let topo = Topology::new("te");
+    let dir = TempDir::new("stunx");
+    let dante = start_dante(&topo, &dir);
+    start_servers(&topo);
+    let url = format!("socks5://{PROXY_V4}:{DANTE_PORT}");
+    let dev = uniq("stpx");
+    let c = &topo.client;
+    // The operator's persistent device: a /30, MTU 1500, default routes of
+    // both families through it.
+    c.ip(&["tuntap", "add", "dev", &dev, "mode", "tun"]);
+    c.ip(&["addr", "add", "198.18.0.1/30", "dev", &dev]);
+    c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
+    topo.route_default_via_tun(&dev);
+    let before = snapshot(c, &dev);
+    assert!(
+        before.2.contains(&dev) && before.3.contains(&dev),
+        "{before:?}"
+    );
+
+    // Opened with no address or MTU flag: nothing changes, flows work.
+    let tun = start_tun_on(&topo, &url, &dev, &[]);
+    let mut r = Rig {
+        tun,
+        dev: dev.clone(),
+        upstream: Some(dante),
+        _dir: dir,
+        topo,
+    };
+    assert_eq!(
+        snapshot(&r.topo.client, &dev),
+        before,
+        "changed while running\n{}",
+        r.tun.log()
+    );
+    assert!(
+        r.tun.log().contains("opened existing TUN device"),
+        "{}",
+        r.tun.log()
+    );
+    for v6 in [false, true] {
+        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
+    }
+    stop(&mut r.tun);
+    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+
+    // Explicit flags: the address is added beside the operator's (whose
+    // routes stay), the MTU set; both are undone at exit.
+    r.tun = start_tun_on(
+        &r.topo,
+        &url,
+        &dev,
+        &[
+            "--ipv4",
+            "198.18.0.5/30",
+            "--ipv6",
+            "2001:db8:ff::1/64",
+            "--mtu",
+            "0x578",
+        ],
+    );
+    let during = snapshot(&r.topo.client, &dev);
+    for a in ["198.18.0.1/30", "198.18.0.5/30", "2001:db8:ff::1/64"] {
+        assert!(during.0.iter().any(|x| x == a), "{a} missing: {during:?}");
+    }
+    assert_eq!(during.1, "1400");
+    assert_eq!(
+        (&during.2, &during.3),
+        (&before.2, &before.3),
+        "routes changed"
+    );
+    for v6 in [false, true] {
+        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
+    }
+    stop(&mut r.tun);
+    assert_eq!(snapshot(&r.topo.client, &dev), before, "not undone at exit");
+
+    // A device left down is brought up for the run and down again after.
+    r.topo.client.ip(&["link", "set", "dev", &dev, "down"]);
+    let is_up = |r: &Rig| {
+        let out = r
+            .topo
+            .client
+            .exec(&["cat", &format!("/sys/class/net/{dev}/flags")]);
+        let f = String::from_utf8_lossy(&out.stdout);
+        u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).unwrap() & 1 == 1
+    };
+    r.tun = start_tun_on(&r.topo, &url, &dev, &[]);
+    assert!(is_up(&r), "{}", r.tun.log());
+    stop(&mut r.tun);
+    assert!(!is_up(&r), "left up");
+    let exists = r.topo.client.exec(&["ip", "link", "show", "dev", &dev]);
+    assert!(exists.status.success(), "the operator's device was removed");
+}
