@@ -51,14 +51,11 @@ pub struct ServerArgs {
     /// limit, which is raised to its hard limit at start].
     #[arg(long = "max-clients", value_parser = number::<usize>)]
     pub max_clients: Option<usize>,
-    /// Connections still in the SOCKS handshake, all sources together (a budget
-    /// apart from --max-clients) [default: a quarter of --max-clients, at least 256].
+    /// Connections still in the SOCKS handshake (a budget apart from
+    /// --max-clients; when it is full, a stalled handshake of the address
+    /// holding the most makes room) [default: a quarter of --max-clients].
     #[arg(long = "max-handshakes", value_parser = number::<usize>)]
     pub max_handshakes: Option<usize>,
-    /// Connections still in the SOCKS handshake from one client address
-    /// [default: half of --max-handshakes].
-    #[arg(long = "max-handshakes-per-source", value_parser = number::<usize>)]
-    pub max_handshakes_per_source: Option<usize>,
     /// Seconds a client has to complete the SOCKS handshake.
     #[arg(long = "handshake-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub handshake_timeout: u64,

@@ -33,9 +33,8 @@ pub struct Config {
     pub rules: Rules,
     /// Relaying sessions (after the handshake).
     pub max_clients: usize,
-    /// Connections in their handshake, in all and from one address.
+    /// Connections in their handshake (admit.rs).
     pub max_handshakes: usize,
-    pub max_handshakes_per_source: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
@@ -84,14 +83,9 @@ impl Config {
         let (def_clients, def_handshakes) = default_budgets(fd_limit);
         let max_clients = args.max_clients.unwrap_or(def_clients);
         let max_handshakes = args.max_handshakes.unwrap_or(def_handshakes);
-        // Half: one address can never hold more than the rest of the world.
-        let per_source = args
-            .max_handshakes_per_source
-            .unwrap_or((max_handshakes / 2).max(1));
         for (flag, v) in [
             ("--max-clients", max_clients),
             ("--max-handshakes", max_handshakes),
-            ("--max-handshakes-per-source", per_source),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
@@ -118,7 +112,6 @@ impl Config {
             rules,
             max_clients,
             max_handshakes,
-            max_handshakes_per_source: per_source,
             handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
@@ -201,7 +194,7 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
         info!(
-            "listening on {} (auth {}, max {} clients, {} handshakes, {} per address)",
+            "listening on {} (auth {}, max {} clients, {} handshakes)",
             l.local_addr().unwrap_or(addr),
             if cfg.auth_required() {
                 "required"
@@ -210,7 +203,6 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             },
             cfg.max_clients,
             cfg.max_handshakes,
-            cfg.max_handshakes_per_source,
         );
         listeners.push(l);
     }
@@ -218,12 +210,8 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         slots: Arc::new(Semaphore::new(cfg.max_clients)),
         // Refusing over the limit costs a task each; bound those too.
         refusers: Arc::new(Semaphore::new(64)),
-        admission: admit::Admission::new(
-            cfg.max_handshakes,
-            cfg.max_handshakes_per_source,
-            STALL.min(cfg.handshake_timeout),
-        ),
-        turned_away: Default::default(),
+        admission: admit::Admission::new(cfg.max_handshakes, STALL.min(cfg.handshake_timeout)),
+        evictions: Default::default(),
         live: tokio::sync::watch::Sender::new(0),
     });
     let loops: Vec<_> = listeners
@@ -269,7 +257,7 @@ pub(crate) struct Gate {
     pub slots: Arc<Semaphore>,
     refusers: Arc<Semaphore>,
     admission: Arc<admit::Admission>,
-    turned_away: Mutex<TurnedAway>,
+    evictions: Mutex<Evictions>,
     /// Sessions running (handshake included), so shutdown can wait for them.
     pub live: tokio::sync::watch::Sender<usize>,
 }
@@ -290,26 +278,25 @@ impl Drop for Live {
     }
 }
 
-/// Connections the handshake budget turned away, logged as one line at most
+/// Stalled handshakes evicted to make room, logged as one line at most
 /// every 10 s rather than one each (a flood would flood the log too).
 #[derive(Default)]
-struct TurnedAway {
+struct Evictions {
     count: u64,
     since: Option<std::time::Instant>,
 }
 
 impl Gate {
-    fn turned_away(&self, peer: SocketAddr, why: admit::Refused) {
-        debug!(client = %peer, "handshake budget full ({why:?}): closed at once");
-        let mut t = self.turned_away.lock().unwrap_or_else(|e| e.into_inner());
+    fn evicted_for(&self, peer: SocketAddr) {
+        let mut t = self.evictions.lock().unwrap_or_else(|e| e.into_inner());
         t.count += 1;
         let now = std::time::Instant::now();
         if t.since
             .map_or(true, |s| now.duration_since(s) >= Duration::from_secs(10))
         {
             warn!(
-                "handshake budget full: {} connection(s) closed at once since the last report, latest from {} \
-                 ({} handshakes running; --max-handshakes / --max-handshakes-per-source)",
+                "handshake budget: {} stalled handshake(s) evicted since the last report to make room, \
+                 latest for {} ({} handshakes running; --max-handshakes)",
                 t.count,
                 peer.ip(),
                 self.admission.len()
@@ -322,6 +309,9 @@ impl Gate {
 
 async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
     loop {
+        // A full handshake budget with nothing stalled: newcomers wait in
+        // the listen backlog (see admit.rs).
+        gate.admission.room().await;
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -340,13 +330,12 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
             refuse_over_limit(&gate, stream, peer);
             continue;
         }
-        match gate.admission.admit(peer.ip()) {
-            Ok(hs) => {
-                let (cfg, gate) = (cfg.clone(), gate.clone());
-                tokio::spawn(async move { session::handle(cfg, gate, stream, peer, hs).await });
-            }
-            Err(why) => gate.turned_away(peer, why),
+        let hs = gate.admission.admit(peer.ip());
+        if hs.evicted_one {
+            gate.evicted_for(peer);
         }
+        let (cfg, gate) = (cfg.clone(), gate.clone());
+        tokio::spawn(async move { session::handle(cfg, gate, stream, peer, hs).await });
     }
 }
 
@@ -463,7 +452,6 @@ mod tests {
     fn budgets_follow_the_descriptor_limit() {
         let c = Config::from_args(&args(&[]), 20_000).unwrap();
         assert_eq!((c.max_clients, c.max_handshakes), (8860, 2215));
-        assert_eq!(c.max_handshakes_per_source, 1107);
         // Sessions (2 descriptors), handshakes (1) and the reserve fit.
         assert!(2 * c.max_clients + c.max_handshakes + FD_RESERVE as usize <= 20_000);
         let c = Config::from_args(&args(&["--max-clients", "0x10"]), 1024).unwrap();

@@ -2,7 +2,7 @@
 //! handshake timeout), authentication, dispatch to the command, and the
 //! session's single info log line.
 
-use super::admit::Ticket;
+use super::admit::Admitted;
 use super::{bind, connect, udp, Config, Gate};
 use crate::socks::codec::{self, cmd, method, rep4, rep5, CodecError, Parsed};
 use crate::socks::TargetAddr;
@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 /// The outcome of a client that greeted (and authenticated) and closed
@@ -21,8 +20,8 @@ const PROBE: &str = "probe: closed cleanly after the greeting";
 /// A TCP health check: connected and closed without a byte.
 const PROBE_BARE: &str = "probe: closed cleanly before a greeting";
 const CLOSED_IN_HANDSHAKE: &str = "client closed during handshake";
-/// Evicted by a newer connection while the handshake budget was full.
-const EVICTED: &str = "evicted: handshake stalled while the handshake budget was full";
+/// Evicted, stalled, to make room for a newer connection.
+const EVICTED: &str = "evicted: handshake stalled while others waited";
 
 /// The dialect a client spoke, which decides the shape of every reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +170,7 @@ pub(super) async fn handle(
     gate: Arc<Gate>,
     mut client: TcpStream,
     peer: SocketAddr,
-    (ticket, evicted): (Ticket, oneshot::Receiver<()>),
+    hs: Admitted,
 ) {
     let start = Instant::now();
     let local = client.local_addr().ok();
@@ -186,6 +185,9 @@ pub(super) async fn handle(
     };
     let _live = super::Live::new(gate.clone());
     let body = async {
+        let Admitted {
+            ticket, evicted, ..
+        } = hs;
         let hs = tokio::select! {
             r = tokio::time::timeout(cfg.handshake_timeout, handshake(&cfg, &mut client, &mut log)) => {
                 r.unwrap_or_else(|_| Err("handshake timeout".to_string()))
