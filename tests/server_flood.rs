@@ -160,7 +160,11 @@ fn stalled_handshake_flood_locks_nobody_out() {
         closed >= 2000 - 1024,
         "only {closed} flood connections closed"
     );
-    assert!(srv.log().contains("stalled handshake(s) evicted"), "{}", srv.log());
+    assert!(
+        srv.log().contains("stalled handshake(s) evicted"),
+        "{}",
+        srv.log()
+    );
 }
 
 /// With default limits, 5,000 clients connecting at once are all served and
