@@ -20,6 +20,9 @@ use std::process::Output;
 use std::time::Duration;
 
 const FWMARK: &str = "1080";
+/// The same mark as `ip rule` prints it; scripts/sockstun.service passes one
+/// value to both sockstun and route-up, so both must take this form too.
+const FWMARK_HEX: &str = "0x438";
 const BODY: &str = "hello from the target, through the tunnel\n";
 const BIG: usize = 4 << 20;
 
@@ -383,14 +386,14 @@ fn machine_mode_proxy_inside_routed_range_uses_fwmark() {
     let m = &net.m;
     let state = net.tmp.join("route.state");
     let st = state.to_str().unwrap();
-    let (tun, dev) = net.sockstun("socks5://198.51.100.200:1080", &["--fwmark", FWMARK]);
+    let (tun, dev) = net.sockstun("socks5://198.51.100.200:1080", &["--fwmark", FWMARK_HEX]);
     let before = snapshot(m, None);
     // No --proxy: only the mark keeps sockstun's connection out of the TUN.
     ok_script(
         m,
         "route-up",
         &[
-            "--device", &dev, "--fwmark", FWMARK, "--no-dns", "--state", st,
+            "--device", &dev, "--fwmark", FWMARK_HEX, "--no-dns", "--state", st,
         ],
     );
     let unmarked = stdout(m, "ip route get 198.51.100.200");
@@ -398,7 +401,7 @@ fn machine_mode_proxy_inside_routed_range_uses_fwmark() {
         unmarked.contains(&format!("dev {dev}")),
         "proxy not in the routed range: {unmarked}"
     );
-    let marked = stdout(m, &format!("ip route get 198.51.100.200 mark {FWMARK}"));
+    let marked = stdout(m, &format!("ip route get 198.51.100.200 mark {FWMARK_HEX}"));
     assert!(marked.contains("dev up0"), "{marked}");
     assert_through(&net, m, "http://203.0.113.2/", "198.51.100.200.1080", &tun);
     assert_through(&net, m, "http://[2001:db8:2::2]/", "2001:db8:2::2.80", &tun);
