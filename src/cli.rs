@@ -75,7 +75,11 @@ pub struct TunArgs {
     /// Upstream proxy: socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://.
     #[arg(long = "proxy")]
     pub proxy: String,
-    /// TUN device name to create or open.
+    /// TUN device to create, or to open if it exists. A created device gets
+    /// --ipv4/--ipv6/--mtu (or their defaults) and is removed at exit; an
+    /// existing one keeps its addresses, MTU, queue and routes, and only
+    /// what a flag names is changed (addresses added, not replaced), then
+    /// undone at exit.
     #[arg(long = "device", default_value = "sockstun0", conflicts_with = "fd")]
     pub device: String,
     /// Adopt an already open TUN file descriptor.
