@@ -143,3 +143,57 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     let exists = r.topo.client.exec(&["ip", "link", "show", "dev", &dev]);
     assert!(exists.status.success(), "the operator's device was removed");
 }
+
+/// An unprivileged user runs sockstun on a persistent device made for it
+/// (`ip tuntap add ... user nobody`): no capability is needed to open it and
+/// nothing is configured, so flows work and the exit is clean.
+#[test]
+fn tun_unprivileged_user_on_its_own_device() {
+    if !require_root("tun_unprivileged_user_on_its_own_device") {
+        return;
+    }
+    let topo = Topology::new("tq");
+    let dir = TempDir::new("stunq");
+    let dante = start_dante(&topo, &dir);
+    start_servers(&topo);
+    let dev = uniq("stpq");
+    let c = &topo.client;
+    c.ip(&["tuntap", "add", "dev", &dev, "mode", "tun", "user", "65534"]);
+    c.ip(&["addr", "add", "198.18.0.1/30", "dev", &dev]);
+    c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
+    topo.route_default_via_tun(&dev);
+    let before = snapshot(c, &dev);
+    // Debian makes /dev/net/tun 0666; a hardened host may not. Give this
+    // run's mount namespace (private to `ip netns exec`) a node that is, so
+    // the test does not depend on the host's choice and changes nothing of it.
+    let node = dir.file("tun");
+    let dir_path = dir.file("");
+    let bin = sockstun_bin();
+    let script = format!(
+        "mknod -m 0666 {node} c 10 200 && mount --bind {node} /dev/net/tun && chmod 0700 {dir} && exec setpriv \
+         --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all {} --log debug \
+         tun --proxy socks5://{PROXY_V4}:{DANTE_PORT} --device {dev}",
+        bin.display(),
+        dir = dir_path,
+    );
+    let tun = c.spawn(&["sh", "-c", &script]);
+    assert!(
+        wait_until(Duration::from_secs(10), || tun
+            .log()
+            .contains("TUN device up")),
+        "{}",
+        tun.log()
+    );
+    let mut r = Rig {
+        tun,
+        dev: dev.clone(),
+        upstream: Some(dante),
+        _dir: dir,
+        topo,
+    };
+    for v6 in [false, true] {
+        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
+    }
+    stop(&mut r.tun);
+    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+}

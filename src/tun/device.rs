@@ -124,9 +124,15 @@ fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
         _ => return None,
     };
     match io.kind() {
+        // EACCES: /dev/net/tun itself is not readable and writable for us.
+        io::ErrorKind::PermissionDenied if io.raw_os_error() == Some(libc::EACCES) => Some(
+            "/dev/net/tun is not open to this user: it needs read and write access to it (mode 0666 \
+             is the usual), then CAP_NET_ADMIN or a device it owns",
+        ),
         io::ErrorKind::PermissionDenied => Some(
             "creating or configuring a TUN device needs CAP_NET_ADMIN: run as root, or grant it \
-             (setcap cap_net_admin+ep on the binary)",
+             (setcap cap_net_admin+ep on the binary); an unprivileged user can open a persistent \
+             device made for it (ip tuntap add dev NAME mode tun user USER)",
         ),
         io::ErrorKind::NotFound => {
             Some("/dev/net/tun is missing: load the tun module (modprobe tun)")
