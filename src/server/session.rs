@@ -310,6 +310,39 @@ async fn handshake(
     Ok((req, buf.b[..buf.len].to_vec()))
 }
 
+/// The rest of a SOCKS4/4a handshake: one request, no authentication.
+async fn socks4_request(
+    cfg: &Config,
+    client: &mut TcpStream,
+    buf: &mut HsBuf,
+    log: &mut SessionLog,
+) -> Result<Request, String> {
+    log.proto = "socks4";
+    let req = match buf.message(client, codec::parse_socks4_request).await? {
+        Ok(r) => r,
+        Err(e) => {
+            send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
+            return Err(format!("bad request: {e}"));
+        }
+    };
+    if req.socks4a {
+        log.proto = "socks4a";
+    }
+    if !req.user_id.is_empty() {
+        log.user = Some(String::from_utf8_lossy(&req.user_id).into_owned());
+    }
+    log.dest = Some(req.dest.clone());
+    if cfg.auth_required() {
+        send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
+        return Err("refused: SOCKS4 carries no password and users are configured".into());
+    }
+    Ok(Request {
+        proto: Proto::V4,
+        cmd: req.cmd,
+        dest: req.dest,
+    })
+}
+
 async fn handshake_in(
     cfg: &Config,
     client: &mut TcpStream,
@@ -320,32 +353,7 @@ async fn handshake_in(
         return Err(PROBE_BARE.into());
     }
     match buf.b[0] {
-        codec::SOCKS4_VERSION => {
-            log.proto = "socks4";
-            let req = match buf.message(client, codec::parse_socks4_request).await? {
-                Ok(r) => r,
-                Err(e) => {
-                    send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
-                    return Err(format!("bad request: {e}"));
-                }
-            };
-            if req.socks4a {
-                log.proto = "socks4a";
-            }
-            if !req.user_id.is_empty() {
-                log.user = Some(String::from_utf8_lossy(&req.user_id).into_owned());
-            }
-            log.dest = Some(req.dest.clone());
-            if cfg.auth_required() {
-                send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
-                return Err("refused: SOCKS4 carries no password and users are configured".into());
-            }
-            Ok(Request {
-                proto: Proto::V4,
-                cmd: req.cmd,
-                dest: req.dest,
-            })
-        }
+        codec::SOCKS4_VERSION => socks4_request(cfg, client, buf, log).await,
         codec::SOCKS5_VERSION => {
             log.proto = "socks5";
             let methods = match buf.message(client, codec::parse_greeting).await? {
