@@ -544,7 +544,7 @@ rss-after;RSS idle after load MB
 hold;HOLDN held, alive after
 hold-rss;RSS HOLDN held MB
 hold-closed-rss;RSS after close MB
-hold2;HOLDN held (2nd), alive after
+hold2;HOLDN held (2nd), alive
 hold2-rss;RSS HOLDN held (2nd) MB
 hold2-closed-rss;RSS after close (2nd) MB"
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'; }
