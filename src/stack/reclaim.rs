@@ -148,35 +148,40 @@ impl Engine {
     /// or a heap to trim. Three comparisons, on wake-ups that find no sweep
     /// armed.
     fn reclaim_due(&self) -> bool {
-        shrunk_capacity(self.flows.len(), self.flows.capacity()).is_some()
-            || shrunk_capacity(self.resident.len(), self.resident.capacity()).is_some()
-            || shrunk_capacity(self.touched.len(), self.touched.capacity()).is_some()
-            || trim_due(self.peak_flows, self.flows.len())
+        let n = self.flows.len();
+        shrunk_capacity(n, self.flows.capacity()).is_some()
+            || shrunk_capacity(n, self.resident.capacity()).is_some()
+            || shrunk_capacity(n, self.touched.capacity()).is_some()
+            || trim_due(self.peak_flows, n)
     }
 
     /// After a drop from many flows to few: shrink what grew with them, then
-    /// give the allocator's free memory back.
+    /// give the allocator's free memory back. The lists are sized by the
+    /// number of flows, which bounds what they can hold, not by what they
+    /// hold now: the egress's list is always empty here, and must not be
+    /// shrunk every second under a steady load only to grow again.
     fn reclaim(&mut self) {
         let mut shrank = false;
-        if let Some(c) = shrunk_capacity(self.flows.len(), self.flows.capacity()) {
+        let n = self.flows.len();
+        if let Some(c) = shrunk_capacity(n, self.flows.capacity()) {
             self.flows.shrink_to(c);
             self.stats
                 .table_capacity
                 .store(self.flows.capacity() as u64, Ordering::Relaxed);
             shrank = true;
         }
-        if let Some(c) = shrunk_capacity(self.resident.len(), self.resident.capacity()) {
+        if let Some(c) = shrunk_capacity(n, self.resident.capacity()) {
             self.resident.shrink_to(c);
             shrank = true;
         }
-        if let Some(c) = shrunk_capacity(self.touched.len(), self.touched.capacity()) {
+        if let Some(c) = shrunk_capacity(n, self.touched.capacity()) {
             self.touched.shrink_to(c);
             shrank = true;
         }
-        if shrank || trim_due(self.peak_flows, self.flows.len()) {
-            // Thousands of flows have ended: hand the heap memory their state
-            // used back to the system, or RSS stays at its peak for good.
-            self.peak_flows = self.flows.len();
+        if shrank || trim_due(self.peak_flows, n) {
+            // Many flows have ended: hand the heap memory their state used
+            // back to the system, or RSS stays at its peak for good.
+            self.peak_flows = n;
             trim_heap();
             bump(&self.stats.heap_trims);
         }
