@@ -29,8 +29,8 @@ const TRIM_AFTER_HALF: usize = 64;
 /// Entries a table keeps room for however few it holds.
 const KEEP: usize = 64;
 
-/// The capacity a collection that grew to `cap` and holds `len` should be
-/// shrunk to, if it should: twice what it holds (and at least `KEEP`), once
+/// The capacity a collection that grew to `cap` and must hold up to `len`
+/// should be shrunk to, if it should: twice that (and at least `KEEP`), once
 /// it has four times that. Shrinking moves every entry, so it waits for a
 /// large drop, and what it leaves cannot ask to shrink again before the
 /// count falls further: there is no back and forth.
@@ -145,7 +145,7 @@ impl Engine {
     }
 
     /// Memory left over from more flows than there are now: tables to shrink
-    /// or a heap to trim. Three comparisons, on wake-ups that find no sweep
+    /// or a heap to trim. A few comparisons, on wake-ups that find no sweep
     /// armed.
     fn reclaim_due(&self) -> bool {
         let n = self.flows.len();
