@@ -41,9 +41,12 @@
 #   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
 #   during tcp-up-1, tcp-down-1, rr, crr and udp into DIR/perf-SCENARIO.data (read with
 #   `perf report -i`), and its syscall and context-switch counts into DIR/stat-SCENARIO.txt.
+#   hold runs twice through sockstun (in one process life), with its RSS once the
+#   connections are closed and it has settled (back to its descriptors, a quiet second).
 #   --sockstun-args "ARGS": extra options for `sockstun tun` (e.g. "--mtu 65000"), for A/B runs.
 #   --save FILE: write every figure to FILE; --compare FILE: also print this run's sockstun
 #   column against a saved run (figures and ratios to socks-only, before and now).
+#   Binaries are built and taken from $CARGO_TARGET_DIR (default target/).
 #   Exit status: 0 when every measurement ran, 1 when one failed, 2 when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,8 +124,9 @@ fi
 if [ "$BUILD" = 1 ]; then
   cargo build --release --locked --bins --example netbench >&2
 fi
-SOCKSTUN=$ROOT/target/release/sockstun
-NB=$ROOT/target/release/examples/netbench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SOCKSTUN=$TARGET_DIR/release/sockstun
+NB=$TARGET_DIR/release/examples/netbench
 for b in "$SOCKSTUN" "$NB"; do
   [ -x "$b" ] || { echo "bench.sh: $b not built (run without --no-build)" >&2; exit 2; }
 done
@@ -419,15 +423,38 @@ rounds() {
   done
 }
 
+# Open descriptors of PID and its children.
+fds() { local p s=0; for p in $(tree "$1"); do s=$((s + $(ls "/proc/$p/fd" 2>/dev/null | wc -l))); done; echo "$s"; }
+
+# settle_closed PID FDS: wait (30 s at most) until PID is back to FDS open descriptors
+# (every upstream connection of the closed flows is gone) and then stays quiet for a
+# whole second (no wake-up: the flows are out of the table and the once-a-second
+# sweep that gives their memory back has run and disarmed itself). Prints the seconds.
+settle_closed() {
+  local pid=$1 base=$2 t0 w0 w1
+  t0=$(date +%s)
+  while [ $(($(date +%s) - t0)) -lt 30 ]; do
+    if [ "$(fds "$pid")" -le "$base" ]; then
+      w0=$(wakeups "$pid"); sleep 1; w1=$(wakeups "$pid")
+      [ $((w1 - w0)) = 0 ] && break
+    else
+      sleep 0.2
+    fi
+  done
+  echo $(($(date +%s) - t0))
+}
+
 # hold_conns ROW N KEY: hold N connections through ROW; when the row has a process,
 # sample its RSS while they are held: R[row|KEY-rss] (MB), R[row|KEY-per] (KB each),
 # right after every connection was proven end to end, and for KEY mem again after
 # they have all been idle IDLE_HOLD seconds: R[row|mem-idle-rss], R[row|mem-idle-per].
+# For KEY hold*, also once they are closed and the process has settled (settle_closed):
+# R[row|KEY-closed-rss].
 hold_conns() {
   local row=$1 n=$2 key=$3 who=${CPUW[$1]:-} log="$WORK/hold-$1-$3.out" before=0 after=0 hp r
-  local idle_after="" secs=2
+  local idle_after="" secs=2 fd0=0 closed="" settled
   [ "$key" = mem ] && secs=$((IDLE_HOLD + 2))
-  [ -n "$who" ] && before=$(rss_kb "$who")
+  [ -n "$who" ] && before=$(rss_kb "$who") && fd0=$(fds "$who")
   NBNS=${CLIENTNS[$row]:-$NSC}
   # shellcheck disable=SC2086
   ip netns exec "$NBNS" timeout 180 "$NB" hold ${ARGS[$row]} --conns "$n" --workers 16 \
@@ -444,6 +471,11 @@ hold_conns() {
     idle_after=$(rss_kb "$who")
   fi
   wait "$hp" || true
+  if [ "$MODE" = tun ] && [ -n "$who" ] && [[ "$key" == hold* ]] && kill -0 "$who" 2>/dev/null; then
+    settled=$(settle_closed "$who" "$fd0")
+    closed=$(rss_kb "$who")
+    R["$row|$key-closed-rss"]=$(mb "$closed")
+  fi
   r=$(grep '^RESULT' "$log" | head -1) || true
   if [ -z "$r" ]; then fail "$row" "$key"; return; fi
   R["$row|$key"]="$(kv "$r" alive_after_hold)/$n"
@@ -458,7 +490,7 @@ hold_conns() {
       R["$row|$key-idle-per"]=$(awk -v a="$idle_after" -v b="$before" -v n="$n" 'BEGIN {printf "%.1f", (a - b) * 1.024 / n}')
     fi
   fi
-  say "  $row hold $n: ${R[$row|$key]} alive; $(grep '^ESTABLISHED' "$log" | head -1)${who:+; RSS $(mb "$before") -> $(mb "$after") MB}${idle_after:+, $(mb "$idle_after") MB after ${IDLE_HOLD} s idle}"
+  say "  $row hold $n: ${R[$row|$key]} alive; $(grep '^ESTABLISHED' "$log" | head -1)${who:+; RSS $(mb "$before") -> $(mb "$after") MB}${idle_after:+, $(mb "$idle_after") MB after ${IDLE_HOLD} s idle}${closed:+, $(mb "$closed") MB after close (settled in ${settled} s)}"
 }
 
 pick_upstream() {
@@ -510,7 +542,11 @@ idle;wake-ups in idle window
 idle-after;wake-ups idle after load
 rss-after;RSS idle after load MB
 hold;HOLDN held, alive after
-hold-rss;RSS HOLDN held MB"
+hold-rss;RSS HOLDN held MB
+hold-closed-rss;RSS after close MB
+hold2;HOLDN held (2nd), alive
+hold2-rss;RSS HOLDN held (2nd) MB
+hold2-closed-rss;RSS after close (2nd) MB"
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'; }
 print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW2
   local a=$1 b=$2 c=$3 key label va vb vc
@@ -518,7 +554,7 @@ print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW
   printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------------:" "-------------:" \
     "-------------:" "-----------:" "-----------:"
   while IFS=';' read -r key label; do
-    local noratio=""; [[ "$key" == udp-loss || "$key" == hold ]] && noratio=1
+    local noratio=""; [[ "$key" == udp-loss || "$key" == hold || "$key" == hold2 ]] && noratio=1
     va=${R[$a|$key]:--}; vb=${R[$b|$key]:--}; vc=${R[$c|$key]:--}
     [ "$va$vb$vc" = "---" ] && continue
     label=${label/MEMN/$MEM_CONNS}; label=${label/HOLDN/$HOLD_CONNS}; label=${label/IH/$IDLE_HOLD}
@@ -603,7 +639,7 @@ run_tun() {
   done
   if [ -n "$pid" ]; then
     sleep 1
-    want memory && R[sockstun|rss-idle]=$(mb "$(rss_kb "$pid")")
+    { want memory || want hold; } && R[sockstun|rss-idle]=$(mb "$(rss_kb "$pid")")
     if want idle; then
       local w0 w1
       w0=$(wakeups "$pid"); sleep "$IDLE_SECS"; w1=$(wakeups "$pid")
@@ -633,6 +669,9 @@ run_tun() {
       [ "$row" = redsocks ] && continue
       [ -n "${ARGS[$row]:-}" ] && hold_conns "$row" "$HOLD_CONNS" hold
     done
+    # A second hold in the same process life: memory given back after the first
+    # must be reusable, not ratchet up.
+    [ -n "$pid" ] && hold_conns sockstun "$HOLD_CONNS" hold2
   fi
   if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
     say "sockstun tun died during the run:"; tail -5 "$WORK/sockstun-tun.log" >&2

@@ -36,6 +36,7 @@
 mod device;
 pub mod flow;
 pub mod mem;
+mod reclaim;
 pub mod ring;
 pub mod wire;
 
@@ -291,6 +292,11 @@ pub struct StackStats {
     pub rings_released: AtomicU64,
     /// Release sweeps run.
     pub sweeps: AtomicU64,
+    /// Entries the flow table has room for (it grows with the flows and is
+    /// shrunk by the sweep once they are gone).
+    pub table_capacity: AtomicU64,
+    /// Times the sweep gave the allocator's free memory back.
+    pub heap_trims: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -307,20 +313,6 @@ const OFFLOAD_ACK_DELAY: Option<smoltcp::time::Duration> = None;
 /// The smallest application MSS worth segmentation offload (RFC 9293's
 /// IPv4 default).
 const MIN_GSO_MSS: u16 = 536;
-
-/// After this many more flows were open at once than are open now, the
-/// sweep trims the heap.
-const TRIM_AFTER_CLOSED: usize = 1024;
-
-/// Return the allocator's free memory to the system.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory; it is safe to call
-    // at any time from any thread.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Ring mappings kept for reuse: enough for bursts of short connections, few
 /// enough that their resident first pages do not matter.
@@ -800,6 +792,9 @@ impl Engine {
         self.stats
             .tcp_active
             .store(self.flows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .table_capacity
+            .store(self.flows.capacity() as u64, Ordering::Relaxed);
         let dial = self.dialer.dial(key.src, key.dst);
         let (ct, idle) = (self.cfg.connect_timeout, self.cfg.idle_timeout);
         tokio::spawn(flow_task(shared, dial, ct, idle));
@@ -986,87 +981,6 @@ impl Engine {
                 flow.timer = Some(w);
             }
         }
-    }
-
-    /// Give back the ring pages of flows that stayed idle. A flow on the
-    /// `resident` list that moved no data since the previous sweep and has
-    /// both rings empty is released; one that moved data is looked at again
-    /// next time. So a flow is released one to two `release_idle` periods
-    /// after its last byte, and a stack whose flows are all released (or
-    /// closed) has no sweep armed and sleeps.
-    fn sweep(&mut self) {
-        let now = self.now().total_micros();
-        match self.sweep_at {
-            None if self.resident.is_empty() && self.pool.is_empty() => return,
-            None => {
-                self.sweep_at = Some(now + self.cfg.release_idle.as_micros() as i64);
-                return;
-            }
-            Some(t) if t > now => return,
-            Some(_) => {}
-        }
-        bump(&self.stats.sweeps);
-        let mut list = std::mem::take(&mut self.resident);
-        let mut released = 0;
-        list.retain(|(key, id)| {
-            let Some(flow) = self.flows.get_mut(key) else {
-                return false;
-            };
-            if flow.shared.id != *id {
-                return false;
-            }
-            if std::mem::take(&mut flow.busy) {
-                return true;
-            }
-            let set = flow.shared.lock();
-            let sock = set.get::<tcp::Socket>(flow.shared.handle);
-            // Both queues empty, and no data beyond a gap waiting in the
-            // receive ring: everything the application sent up to its
-            // furthest byte was delivered in order (read by the relay or
-            // queued). Otherwise leave the pages; the flow is listed again
-            // when data moves.
-            let read = flow.shared.app_read.load(Ordering::Relaxed);
-            let in_order = flow.rx_isn.is_some_and(|isn| {
-                let next = isn
-                    .wrapping_add(1)
-                    .wrapping_add(read as u32)
-                    .wrapping_add(sock.recv_queue() as u32);
-                !seq_after(flow.rx_end, next)
-            });
-            if sock.recv_queue() > 0 || sock.send_queue() > 0 || !in_order {
-                drop(set);
-                flow.resident = false;
-                return false;
-            }
-            if let Some(mem) = &flow.shared.mem {
-                // SAFETY: both rings hold no data (queues empty, nothing
-                // out of order) and we hold the flow's lock, so nothing reads
-                // or writes them during the call (RingMem::release).
-                unsafe { mem.release() };
-            }
-            drop(set);
-            flow.resident = false;
-            released += 1;
-            false
-        });
-        self.resident = list;
-        if released > 0 {
-            self.stats
-                .rings_released
-                .fetch_add(released, Ordering::Relaxed);
-        }
-        let pooled = self.pool.sweep();
-        if self.peak_flows >= self.flows.len() + TRIM_AFTER_CLOSED {
-            // Thousands of flows have ended: hand the heap memory their state
-            // used back to the system, or RSS stays at its peak for good.
-            self.peak_flows = self.flows.len();
-            trim_heap();
-        }
-        self.sweep_at = if self.resident.is_empty() && !pooled {
-            None
-        } else {
-            Some(now + self.cfg.release_idle.as_micros() as i64)
-        };
     }
 
     fn shutdown(&mut self) {

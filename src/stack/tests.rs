@@ -127,7 +127,7 @@ fn ip(a: SocketAddr) -> IpAddress {
 }
 
 /// Build an IP+TCP packet from the application.
-fn seg(
+pub(super) fn seg(
     src: SocketAddr,
     dst: SocketAddr,
     control: TcpControl,
