@@ -35,6 +35,11 @@ impl Drop for TempDir {
 
 /// dante-server in the proxy namespace, no authentication, both families.
 pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
+    start_dante_n(topo, dir, 1)
+}
+
+/// `start_dante` with `n` mother processes (more for thousands of clients).
+pub fn start_dante_n(topo: &Topology, dir: &TempDir, n: u32) -> Proc {
     let conf = dir.file("danted.conf");
     std::fs::write(
         &conf,
@@ -52,7 +57,9 @@ pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
         ),
     )
     .unwrap();
-    let p = topo.proxy.spawn(&["danted", "-f", &conf, "-N", "1"]);
+    let p = topo
+        .proxy
+        .spawn(&["danted", "-f", &conf, "-N", &n.to_string()]);
     let addr: SocketAddr = format!("{PROXY_V4}:{DANTE_PORT}").parse().unwrap();
     assert!(
         wait_listening(&topo.proxy, addr),
