@@ -51,11 +51,16 @@ pub struct ServerArgs {
     /// limit, which is raised to its hard limit at start].
     #[arg(long = "max-clients", value_parser = number::<usize>)]
     pub max_clients: Option<usize>,
-    /// Connections still in the SOCKS handshake (a budget apart from
-    /// --max-clients; when it is full, a stalled handshake of the address
-    /// holding the most makes room) [default: a quarter of --max-clients].
+    /// Connections still in the SOCKS handshake: a budget apart from
+    /// --max-clients [default: a quarter of --max-clients].
     #[arg(long = "max-handshakes", value_parser = number::<usize>)]
     pub max_handshakes: Option<usize>,
+    /// One client address's (IPv4, or IPv6 /64) share of --max-handshakes:
+    /// when the budget is full, an address holding more makes room for
+    /// others at once, and its own newcomers are closed until its
+    /// handshakes stall [default: half of --max-handshakes].
+    #[arg(long = "max-handshakes-per-source", value_parser = number::<usize>)]
+    pub max_handshakes_per_source: Option<usize>,
     /// Seconds a client has to complete the SOCKS handshake.
     #[arg(long = "handshake-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub handshake_timeout: u64,
@@ -153,6 +158,12 @@ pub fn number<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return Err(format!("{s:?} is not a number (decimal, or hex as 0x1f)"));
     }
+    // `ip` (strtoul, base 0) reads a leading 0 as octal: refuse the ambiguity.
+    if radix == 10 && digits.len() > 1 && digits.starts_with('0') {
+        return Err(format!(
+            "{s:?}: a leading 0 reads as octal to `ip`; write it without, or in hex (0x...)"
+        ));
+    }
     let v = u64::from_str_radix(digits, radix).map_err(|_| format!("{s:?} is too large"))?;
     T::try_from(v).map_err(|_| format!("{s:?} is out of range"))
 }
@@ -179,7 +190,11 @@ mod tests {
         assert!(number::<u32>("0x1_0000_0000").is_err());
         assert!(number::<u32>("0x100000000").is_err());
         assert!(number::<u16>("65536").is_err());
-        for bad in ["", "0x", "-1", "+1", "1e3", "0x-1", "12a", "0b101"] {
+        assert_eq!(number::<u32>("0"), Ok(0));
+        assert_eq!(number::<u32>("0x0438"), Ok(0x438));
+        for bad in [
+            "", "0x", "-1", "+1", "1e3", "0x-1", "12a", "0b101", "010", "00",
+        ] {
             assert!(number::<u32>(bad).is_err(), "{bad:?}");
         }
         assert_eq!(number::<i32>("0x7fffffff"), Ok(i32::MAX));

@@ -9,8 +9,8 @@ use common::tun_rig::*;
 use common::*;
 use std::time::Duration;
 
-/// What the operator configured on `dev`: addresses, MTU, and the default
-/// routes of both families. Left out: what the kernel changes by itself when
+/// What the operator configured on `dev`: addresses, MTU and queue length,
+/// and the default routes of both families. Left out: what the kernel changes by itself when
 /// a reader attaches (the carrier comes up: the IPv6 link-local address, the
 /// routes' `linkdown` mark).
 fn snapshot(ns: &Netns, dev: &str) -> (Vec<String>, String, String, String) {
@@ -23,12 +23,11 @@ fn snapshot(ns: &Netns, dev: &str) -> (Vec<String>, String, String, String) {
         })
         .filter(|a: &String| !a.starts_with("fe80:"))
         .collect();
-    let mtu = String::from_utf8_lossy(
-        &ns.exec(&["cat", &format!("/sys/class/net/{dev}/mtu")])
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let sys = |attr: &str| {
+        let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/{attr}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mtu = format!("mtu {} qlen {}", sys("mtu"), sys("tx_queue_len"));
     let route = |fam: &str| {
         let out = ns.ip(&[fam, "route", "show", "default"]);
         String::from_utf8_lossy(&out.stdout).replace(" linkdown", "")
@@ -114,7 +113,7 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     for a in ["198.18.0.1/30", "198.18.0.5/30", "2001:db8:ff::1/64"] {
         assert!(during.0.iter().any(|x| x == a), "{a} missing: {during:?}");
     }
-    assert_eq!(during.1, "1400");
+    assert_eq!(during.1, "mtu 1400 qlen 500");
     assert_eq!(
         (&during.2, &during.3),
         (&before.2, &before.3),
@@ -125,6 +124,34 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     }
     stop(&mut r.tun);
     assert_eq!(snapshot(&r.topo.client, &dev), before, "not undone at exit");
+
+    // A start that fails half-way undoes what it did: the MTU is set, then
+    // the IPv6 address cannot be added (IPv6 is off on the device).
+    let c = &r.topo.client;
+    c.sh(&format!("sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1"));
+    let bin = sockstun_bin();
+    let url2 = url.clone();
+    let out = c.exec(&[
+        bin.to_str().unwrap(),
+        "tun",
+        "--proxy",
+        &url2,
+        "--device",
+        &dev,
+        "--mtu",
+        "1400",
+        "--ipv6",
+        "2001:db8:ff::1/64",
+    ]);
+    assert!(!out.status.success(), "started with IPv6 off on the device");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2001:db8:ff::1/64"), "{err}");
+    assert_eq!(
+        snapshot(c, &dev).1,
+        before.1,
+        "MTU left changed after a failed start\n{err}"
+    );
+    c.sh(&format!("sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=0"));
 
     // A device left down is brought up for the run and down again after.
     r.topo.client.ip(&["link", "set", "dev", &dev, "down"]);

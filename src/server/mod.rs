@@ -2,6 +2,7 @@
 //!
 //! - `mod.rs`: configuration, listeners, the accept loop and the client limit;
 //! - `admit.rs`: the handshake budget (floods of stalled handshakes);
+//! - `stop.rs`: the shutdown signal every session awaits;
 //! - `session.rs`: one client: handshake, authentication, dispatch, log line;
 //! - `rules.rs`: who may connect and where to;
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands.
@@ -11,6 +12,7 @@ mod bind;
 mod connect;
 pub mod rules;
 mod session;
+mod stop;
 mod udp;
 
 use crate::cli::ServerArgs;
@@ -33,25 +35,29 @@ pub struct Config {
     pub rules: Rules,
     /// Relaying sessions (after the handshake).
     pub max_clients: usize,
-    /// Connections in their handshake (admit.rs).
+    /// Connections in their handshake, and one source's share of them
+    /// (admit.rs).
     pub max_handshakes: usize,
+    pub max_handshakes_per_source: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub bind_timeout: Duration,
     /// Set once at SIGINT/SIGTERM: every session ends and logs its line.
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: stop::Stop,
 }
 
-/// Descriptors kept aside for listeners, logs, name lookups and the runtime.
-const FD_RESERVE: u64 = 64;
+/// Descriptors kept aside for listeners, logs, name lookups, the runtime and
+/// the pool of tasks that refuse clients over the limit (64).
+const FD_RESERVE: u64 = 128;
 
-/// Budgets that fit `fd_limit` descriptors: a relaying session holds two
-/// (client and destination), a handshake one, and handshakes get a quarter of
-/// the sessions' count: 2C + C/4 = 9C/4.
-fn default_budgets(fd_limit: u64) -> (usize, usize) {
-    let clients = (fd_limit.saturating_sub(FD_RESERVE) * 4 / 9).max(16) as usize;
-    (clients, (clients / 4).max(16))
+/// The default number of relaying sessions for `fd_limit` descriptors: a
+/// CONNECT session holds two (client and destination), a handshake one, and
+/// handshakes get a quarter of the sessions' count: 2C + C/4 = 9C/4. (A UDP
+/// association holds up to four, a BIND three while it waits: a server full
+/// of those meets the descriptor limit first, and accept backs off.)
+fn default_clients(fd_limit: u64) -> usize {
+    (fd_limit.saturating_sub(FD_RESERVE) * 4 / 9).max(16) as usize
 }
 
 impl Config {
@@ -80,12 +86,26 @@ impl Config {
         if args.listen.is_empty() {
             bail!("no --listen address");
         }
-        let (def_clients, def_handshakes) = default_budgets(fd_limit);
-        let max_clients = args.max_clients.unwrap_or(def_clients);
-        let max_handshakes = args.max_handshakes.unwrap_or(def_handshakes);
+        let max_clients = args
+            .max_clients
+            .unwrap_or_else(|| default_clients(fd_limit));
+        let max_handshakes = args.max_handshakes.unwrap_or((max_clients / 4).max(16));
+        // Half: when the budget is full, one address never holds more than
+        // the rest of the world.
+        let per_source = args
+            .max_handshakes_per_source
+            .unwrap_or((max_handshakes / 2).max(1));
+        let need = 2 * max_clients as u64 + max_handshakes as u64 + FD_RESERVE;
+        if need > fd_limit {
+            warn!(
+                "--max-clients {max_clients} and --max-handshakes {max_handshakes} need about {need} \
+                 descriptors; the limit is {fd_limit}: past it, accept waits for descriptors to free"
+            );
+        }
         for (flag, v) in [
             ("--max-clients", max_clients),
             ("--max-handshakes", max_handshakes),
+            ("--max-handshakes-per-source", per_source),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
@@ -112,19 +132,18 @@ impl Config {
             rules,
             max_clients,
             max_handshakes,
+            max_handshakes_per_source: per_source,
             handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
             bind_timeout: Duration::from_secs(args.bind_timeout.max(1)),
-            stop: tokio::sync::watch::Sender::new(false),
+            stop: stop::Stop::default(),
         })
     }
 
     /// Completes once the server is shutting down.
-    pub async fn stopped(&self) {
-        let mut rx = self.stop.subscribe();
-        // Err: the sender is gone, which also means the server is going away.
-        let _ = rx.wait_for(|&stop| stop).await;
+    pub fn stopped(&self) -> stop::StopWait<'_> {
+        self.stop.wait()
     }
 
     pub fn auth_required(&self) -> bool {
@@ -210,7 +229,11 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         slots: Arc::new(Semaphore::new(cfg.max_clients)),
         // Refusing over the limit costs a task each; bound those too.
         refusers: Arc::new(Semaphore::new(64)),
-        admission: admit::Admission::new(cfg.max_handshakes, STALL.min(cfg.handshake_timeout)),
+        admission: admit::Admission::new(
+            cfg.max_handshakes,
+            cfg.max_handshakes_per_source,
+            STALL.min(cfg.handshake_timeout),
+        ),
         evictions: Default::default(),
         live: tokio::sync::watch::Sender::new(0),
     });
@@ -220,11 +243,12 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         .collect();
     shutdown_signal().await;
     let open = *gate.live.borrow();
+    gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");
     for l in loops {
         l.abort();
     }
-    cfg.stop.send_replace(true);
+    cfg.stop.set();
     // Every session logs its line (outcome=shutdown, with its byte counts)
     // before the runtime goes; one stuck in a name lookup is not waited for.
     let mut live = gate.live.subscribe();
@@ -263,7 +287,7 @@ pub(crate) struct Gate {
 }
 
 /// Counts a session as live while it exists.
-pub(crate) struct Live(Arc<Gate>);
+pub(crate) struct Live(pub Arc<Gate>);
 
 impl Live {
     pub fn new(gate: Arc<Gate>) -> Live {
@@ -278,32 +302,53 @@ impl Drop for Live {
     }
 }
 
-/// Stalled handshakes evicted to make room, logged as one line at most
-/// every 10 s rather than one each (a flood would flood the log too).
+/// Handshakes evicted or refused by the handshake budget, logged as one line
+/// at most every 10 s rather than one each (a flood would flood the log too).
 #[derive(Default)]
 struct Evictions {
-    count: u64,
+    evicted: u64,
+    refused: u64,
+    /// The source that paid last: where the flood comes from.
+    last: Option<admit::Source>,
     since: Option<std::time::Instant>,
 }
 
 impl Gate {
-    fn evicted_for(&self, peer: SocketAddr) {
-        let mut t = self.evictions.lock().unwrap_or_else(|e| e.into_inner());
-        t.count += 1;
-        let now = std::time::Instant::now();
-        if t.since
-            .map_or(true, |s| now.duration_since(s) >= Duration::from_secs(10))
+    fn budget_paid(&self, source: admit::Source, refused: bool) {
         {
-            warn!(
-                "handshake budget: {} stalled handshake(s) evicted since the last report to make room, \
-                 latest for {} ({} handshakes running; --max-handshakes)",
-                t.count,
-                peer.ip(),
-                self.admission.len()
-            );
-            t.count = 0;
-            t.since = Some(now);
+            let mut t = self.evictions.lock().unwrap_or_else(|e| e.into_inner());
+            if refused {
+                t.refused += 1;
+            } else {
+                t.evicted += 1;
+            }
+            t.last = Some(source);
         }
+        self.report_evictions(false);
+    }
+
+    /// Log what the budget did since the last report: at most every 10 s,
+    /// or whatever is left when `now` (at shutdown).
+    fn report_evictions(&self, now: bool) {
+        let mut t = self.evictions.lock().unwrap_or_else(|e| e.into_inner());
+        let at = std::time::Instant::now();
+        let due = t
+            .since
+            .map_or(true, |s| at.duration_since(s) >= Duration::from_secs(10));
+        if t.evicted + t.refused == 0 || !(due || now) {
+            return;
+        }
+        warn!(
+            "handshake budget full: {} handshake(s) evicted and {} refused since the last report, \
+             most recently from {} ({} handshakes running; --max-handshakes, --max-handshakes-per-source)",
+            t.evicted,
+            t.refused,
+            t.last.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            self.admission.len()
+        );
+        t.evicted = 0;
+        t.refused = 0;
+        t.since = Some(at);
     }
 }
 
@@ -330,12 +375,21 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
             refuse_over_limit(&gate, stream, peer);
             continue;
         }
-        let hs = gate.admission.admit(peer.ip());
-        if hs.evicted_one {
-            gate.evicted_for(peer);
+        let hs = match gate.admission.admit(peer.ip()) {
+            Ok(hs) => hs,
+            Err(source) => {
+                debug!(client = %peer, "handshake budget: over its share, closed at once");
+                gate.budget_paid(source, true);
+                continue;
+            }
+        };
+        if let Some(source) = hs.evicted_from {
+            gate.budget_paid(source, false);
         }
-        let (cfg, gate) = (cfg.clone(), gate.clone());
-        tokio::spawn(async move { session::handle(cfg, gate, stream, peer, hs).await });
+        // Counted before the task runs, so a shutdown right now waits for it.
+        let live = Live::new(gate.clone());
+        let cfg = cfg.clone();
+        tokio::spawn(async move { session::handle(cfg, live, stream, peer, hs).await });
     }
 }
 
@@ -451,11 +505,13 @@ mod tests {
     #[test]
     fn budgets_follow_the_descriptor_limit() {
         let c = Config::from_args(&args(&[]), 20_000).unwrap();
-        assert_eq!((c.max_clients, c.max_handshakes), (8860, 2215));
+        assert_eq!((c.max_clients, c.max_handshakes), (8832, 2208));
+        assert_eq!(c.max_handshakes_per_source, 1104);
         // Sessions (2 descriptors), handshakes (1) and the reserve fit.
         assert!(2 * c.max_clients + c.max_handshakes + FD_RESERVE as usize <= 20_000);
-        let c = Config::from_args(&args(&["--max-clients", "0x10"]), 1024).unwrap();
-        assert_eq!((c.max_clients, c.max_handshakes), (16, 426 / 4));
-        assert_eq!(default_budgets(0), (16, 16));
+        // A quarter of the sessions given, as --help says.
+        let c = Config::from_args(&args(&["--max-clients", "0x400"]), 1024).unwrap();
+        assert_eq!((c.max_clients, c.max_handshakes), (1024, 256));
+        assert_eq!(default_clients(0), 16);
     }
 }

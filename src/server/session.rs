@@ -3,7 +3,7 @@
 //! session's single info log line.
 
 use super::admit::Admitted;
-use super::{bind, connect, udp, Config, Gate};
+use super::{bind, connect, udp, Config};
 use crate::socks::codec::{self, cmd, method, rep4, rep5, CodecError, Parsed};
 use crate::socks::TargetAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -167,7 +167,7 @@ impl HsBuf {
 
 pub(super) async fn handle(
     cfg: Arc<Config>,
-    gate: Arc<Gate>,
+    live: super::Live,
     mut client: TcpStream,
     peer: SocketAddr,
     hs: Admitted,
@@ -183,7 +183,7 @@ pub(super) async fn handle(
         up: 0,
         down: 0,
     };
-    let _live = super::Live::new(gate.clone());
+    let gate = live.0.clone();
     let body = async {
         let Admitted {
             ticket, evicted, ..

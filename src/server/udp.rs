@@ -97,7 +97,9 @@ pub(super) async fn run(
     let mut ctl = [0u8; 256];
     let mut names = NameCache::default();
     let mut hosts: HashMap<IpAddr, bool> = HashMap::new();
-    let (mut sent, mut received, mut dropped) = (0u64, 0u64, 0u64);
+    // Bytes go straight into the log line, so a shutdown that drops this
+    // future mid-way still reports them.
+    let mut dropped = 0u64;
     let idle = cfg.idle_timeout;
     let mut last = Instant::now();
     let sleep = tokio::time::sleep(idle);
@@ -149,7 +151,7 @@ pub(super) async fn run(
                 }
                 let Some(sock) = slot.as_ref() else { continue };
                 match sock.send_to(&buf[h.header_len..n], dest).await {
-                    Ok(m) => { sent += m as u64; last = Instant::now(); }
+                    Ok(m) => { log.up += m as u64; last = Instant::now(); }
                     Err(e) => { debug!(%dest, "udp send: {e}"); dropped += 1; }
                 }
             },
@@ -157,7 +159,7 @@ pub(super) async fn run(
                 if r.is_ok() {
                     if let Some(s) = out4.as_ref() {
                         relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
-                                   &mut received, &mut dropped, &mut last).await;
+                                   &mut log.down, &mut dropped, &mut last).await;
                     }
                 }
             },
@@ -165,7 +167,7 @@ pub(super) async fn run(
                 if r.is_ok() {
                     if let Some(s) = out6.as_ref() {
                         relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
-                                   &mut received, &mut dropped, &mut last).await;
+                                   &mut log.down, &mut dropped, &mut last).await;
                     }
                 }
             },
@@ -178,8 +180,6 @@ pub(super) async fn run(
             }
         }
     };
-    log.up = sent;
-    log.down = received;
     if dropped > 0 {
         format!("{why} ({dropped} datagrams dropped)")
     } else {

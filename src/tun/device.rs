@@ -47,7 +47,7 @@ pub struct TunDevice {
     /// The MTU in force on the device, which the stack must follow.
     pub mtu: u16,
     /// What was changed on a device sockstun did not create, undone on drop.
-    undo: Vec<Undo>,
+    _changes: ifstate::Changes,
     /// Turn the device's offloads off again on drop (we turned them on).
     reset_offload: bool,
     pub write_drops: Arc<AtomicU64>,
@@ -57,8 +57,8 @@ pub struct TunDevice {
     pub malformed: Arc<AtomicU64>,
 }
 
-/// The device's name and `IFF_*` flags (TUNGETIFF).
-fn tun_flags(fd: RawFd) -> io::Result<(String, libc::c_short)> {
+/// The device's `IFF_*` flags (TUNGETIFF).
+fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
     // SAFETY: an all-zero ifreq is a valid value; TUNGETIFF fills it.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is an open descriptor and `req` a writable ifreq of the
@@ -66,15 +66,8 @@ fn tun_flags(fd: RawFd) -> io::Result<(String, libc::c_short)> {
     if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let name: Vec<u8> = req
-        .ifr_name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
     // SAFETY: TUNGETIFF sets the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    Ok((String::from_utf8_lossy(&name).into_owned(), flags))
+    Ok(unsafe { req.ifr_ifru.ifru_flags })
 }
 
 /// Turn on checksum offload and TSO for IPv4 and IPv6 on a descriptor with
@@ -226,7 +219,6 @@ impl Drop for TunDevice {
                 tracing::warn!("{}: could not turn its offloads off again: {e}", self.name);
             }
         }
-        ifstate::undo_all(&self.name, &self.undo);
     }
 }
 
@@ -240,28 +232,34 @@ impl TunDevice {
     /// address added, the MTU), and a down device is brought up; each change
     /// is undone when the `TunDevice` is dropped.
     pub fn open(spec: &DeviceSpec<'_>) -> anyhow::Result<TunDevice> {
-        let mut undo = Vec::new();
+        // Undone when dropped: on any error below, as at exit.
+        let mut changes = ifstate::Changes::new(spec.name);
         let (dev, created) = match spec.fd {
             Some(fd) => (adopt(fd)?, false),
-            None => match ifstate::exists(spec.name) {
-                Some(false) => bail!(
+            None => match ifstate::kind(spec.name) {
+                ifstate::Kind::Missing => (create(spec)?, true),
+                ifstate::Kind::Tun => (open_existing(spec, &mut changes.list)?, false),
+                ifstate::Kind::Tap => bail!(
+                    "--device {}: that is a TAP device (Ethernet frames); sockstun needs a TUN device \
+                     (ip tuntap add dev NAME mode tun)",
+                    spec.name
+                ),
+                ifstate::Kind::Other => bail!(
                     "--device {}: a network device of that name exists and is not a TUN device",
                     spec.name
                 ),
-                Some(true) => (open_existing(spec, &mut undo)?, false),
-                None => (create(spec)?, true),
             },
         };
         dev.set_nonblock()
             .context("making the TUN descriptor non-blocking")?;
         // An adopted descriptor has whatever flags its opener chose: with
         // virtio-net headers every packet carries one, asked for or not.
-        let (kname, flags) = match tun_flags(dev.as_raw_fd()) {
-            Ok((n, f)) => (Some(n), Some(f)),
+        let flags = match tun_flags(dev.as_raw_fd()) {
+            Ok(f) => Some(f),
             Err(e) if spec.fd.is_some() => {
                 return Err(anyhow::Error::new(e).context("reading the adopted TUN's flags"))
             }
-            Err(_) => (None, None),
+            Err(_) => None,
         };
         let offload = flags.map_or(spec.offload, |f| {
             f & libc::IFF_VNET_HDR as libc::c_short != 0
@@ -283,8 +281,13 @@ impl TunDevice {
             Some(fd) => format!("fd {fd}"),
             None => spec.name.to_string(),
         };
-        // The stack follows the device's MTU, whoever set it.
-        let mtu = kname.as_deref().and_then(ifstate::mtu).unwrap_or(spec.mtu);
+        // The stack follows the device's MTU, whoever set it. An adopted
+        // descriptor's device may live in another namespace, where a device
+        // of the same name here is not it: --mtu (or its default) then.
+        let mtu = match spec.fd {
+            None => ifstate::mtu(spec.name).unwrap_or(spec.mtu),
+            Some(_) => spec.mtu,
+        };
         // SAFETY: into_raw_fd hands us sole ownership of an open descriptor;
         // File closes it exactly once.
         let file = unsafe { File::from_raw_fd(dev.into_raw_fd()) };
@@ -297,7 +300,7 @@ impl TunDevice {
             fd: Arc::new(fd),
             created,
             mtu,
-            undo,
+            _changes: changes,
             // A device that outlives us must not keep offloads that only a
             // reader with virtio-net headers can take.
             reset_offload: offload_set && !created && spec.fd.is_none(),

@@ -46,10 +46,52 @@ fn sys(name: &str, attr: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Whether `name` exists in this namespace, and whether it is a TUN/TAP device.
-pub fn exists(name: &str) -> Option<bool> {
-    let dir = std::path::Path::new("/sys/class/net").join(name);
-    dir.exists().then(|| dir.join("tun_flags").exists())
+/// What a network device of some name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    Tun,
+    /// A TAP device (Ethernet frames), which sockstun cannot read.
+    Tap,
+    /// Not made by the tun driver at all.
+    Other,
+}
+
+/// What `name` is in this namespace.
+pub fn kind(name: &str) -> Kind {
+    if !std::path::Path::new("/sys/class/net").join(name).exists() {
+        return Kind::Missing;
+    }
+    // IFF_TUN 0x0001, IFF_TAP 0x0002 (<linux/if_tun.h>).
+    match sys(name, "tun_flags")
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+    {
+        None => Kind::Other,
+        Some(f) if f & 0x0002 != 0 => Kind::Tap,
+        Some(_) => Kind::Tun,
+    }
+}
+
+/// The changes made to a device sockstun did not create; dropping this
+/// undoes them, so they are undone also when start-up fails half-way.
+pub struct Changes {
+    name: String,
+    pub list: Vec<Undo>,
+}
+
+impl Changes {
+    pub fn new(name: &str) -> Changes {
+        Changes {
+            name: name.to_string(),
+            list: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        undo_all(&self.name, &self.list);
+    }
 }
 
 /// The device's MTU, from sysfs.
