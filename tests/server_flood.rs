@@ -43,6 +43,26 @@ async fn echo_server(l: TcpListener) {
     }
 }
 
+/// Run `f` on a two-thread runtime inside the lab's namespace, with the echo
+/// target listening.
+fn with_echo<T: Send + 'static>(
+    lab: &Lab,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    lab.ns.run_in(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind((T4, ECHO_PORT)).await.unwrap();
+            tokio::spawn(echo_server(l));
+            f.await
+        })
+    })
+}
+
 /// A SOCKS5 CONNECT from `src` through `proxy` to the echo target, then one
 /// echo of `msg`; the stream is returned open.
 async fn connect_echo(src: &str, proxy: SocketAddr, msg: &[u8]) -> Result<TcpStream, String> {
@@ -100,62 +120,52 @@ fn stalled_handshake_flood_locks_nobody_out() {
     // the flood's slots.
     let srv = lab.server(&["--max-handshakes", "64", "--handshake-timeout", "60"]);
     let proxy: SocketAddr = PROXY.parse().unwrap();
-    let res = lab.ns.run_in(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::bind((T4, ECHO_PORT)).await.unwrap();
-            tokio::spawn(echo_server(l));
-            let (stop_tx, stop) = tokio::sync::watch::channel(false);
-            let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
-            let flood = tokio::spawn(async move {
-                let mut held = Vec::new();
-                while !*stop.borrow() && held.len() < FLOOD_MAX {
-                    let sock = TcpSocket::new_v4().unwrap();
-                    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-                    if let Ok(Ok(mut s)) = timeout(T, sock.connect(proxy)).await {
-                        let _ = s.write_all(&[5]).await;
-                        held.push(s);
-                        count_tx.send_replace(held.len());
-                    }
-                }
-                held
-            });
-            // Well past the budget before the first real client.
-            let _ = count.wait_for(|&n| n >= 1_000).await;
-            let mut failures = Vec::new();
-            for i in 0..30 {
-                if let Err(e) = served("127.0.0.2", proxy).await {
-                    failures.push(format!("#{i}: {e}"));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Behind the flooding address, while it floods: in whenever its
-            // oldest handshake has stalled.
-            let mut same = 0;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while same < 10 && tokio::time::Instant::now() < deadline {
-                if served("127.0.0.3", proxy).await.is_ok() {
-                    same += 1;
+    let res = with_echo(&lab, async move {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+        let flood = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while !*stop.borrow() && held.len() < FLOOD_MAX {
+                let sock = TcpSocket::new_v4().unwrap();
+                sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+                if let Ok(Ok(mut s)) = timeout(T, sock.connect(proxy)).await {
+                    let _ = s.write_all(&[5]).await;
+                    held.push(s);
+                    count_tx.send_replace(held.len());
                 }
             }
-            stop_tx.send_replace(true);
-            let mut flood = flood.await.unwrap();
-            let opened = flood.len();
-            // The flood was closed (evicted or refused), not left hanging.
-            let mut closed = 0;
-            for s in &mut flood {
-                let mut b = [0u8; 1];
-                if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(1), s.read(&mut b)).await
-                {
-                    closed += 1;
-                }
+            held
+        });
+        // Well past the budget before the first real client.
+        let _ = count.wait_for(|&n| n >= 1_000).await;
+        let mut failures = Vec::new();
+        for i in 0..30 {
+            if let Err(e) = served("127.0.0.2", proxy).await {
+                failures.push(format!("#{i}: {e}"));
             }
-            (failures, same, opened, closed)
-        })
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Behind the flooding address, while it floods: in whenever its
+        // oldest handshake has stalled.
+        let mut same = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while same < 10 && tokio::time::Instant::now() < deadline {
+            if served("127.0.0.3", proxy).await.is_ok() {
+                same += 1;
+            }
+        }
+        stop_tx.send_replace(true);
+        let mut flood = flood.await.unwrap();
+        let opened = flood.len();
+        // The flood was closed (evicted or refused), not left hanging.
+        let mut closed = 0;
+        for s in &mut flood {
+            let mut b = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(1), s.read(&mut b)).await {
+                closed += 1;
+            }
+        }
+        (failures, same, opened, closed)
     });
     let (failures, same, opened, closed) = res;
     let tail = || {
@@ -201,51 +211,41 @@ fn five_thousand_concurrent_connects_by_default() {
     let lab = Lab::new("sfc");
     let srv = lab.server(&[]);
     let proxy: SocketAddr = PROXY.parse().unwrap();
-    let res = lab.ns.run_in(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::bind((T4, ECHO_PORT)).await.unwrap();
-            tokio::spawn(echo_server(l));
-            let tasks: Vec<_> = (0..N)
-                .map(|i| {
-                    tokio::spawn(async move {
-                        let msg = format!("client {i}");
-                        match timeout(T * 2, connect_echo("127.0.0.1", proxy, msg.as_bytes())).await
-                        {
-                            Ok(r) => r.map_err(|e| format!("{i}: {e}")),
-                            Err(_) => Err(format!("{i}: timed out")),
-                        }
-                    })
+    let res = with_echo(&lab, async move {
+        let tasks: Vec<_> = (0..N)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let msg = format!("client {i}");
+                    match timeout(T * 2, connect_echo("127.0.0.1", proxy, msg.as_bytes())).await {
+                        Ok(r) => r.map_err(|e| format!("{i}: {e}")),
+                        Err(_) => Err(format!("{i}: timed out")),
+                    }
                 })
-                .collect();
-            let mut open = Vec::new();
-            let mut failures = Vec::new();
-            for t in tasks {
-                match t.await.unwrap() {
-                    Ok(s) => open.push(s),
-                    Err(e) => failures.push(e),
-                }
+            })
+            .collect();
+        let mut open = Vec::new();
+        let mut failures = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(s) => open.push(s),
+                Err(e) => failures.push(e),
             }
-            // All held at once: each still echoes.
-            for (i, s) in open.iter_mut().enumerate() {
-                let msg = format!("again {i}");
-                let r = async {
-                    s.write_all(msg.as_bytes()).await?;
-                    let mut back = vec![0u8; msg.len()];
-                    s.read_exact(&mut back).await?;
-                    Ok::<_, std::io::Error>(back == msg.as_bytes())
-                };
-                match timeout(T, r).await {
-                    Ok(Ok(true)) => {}
-                    other => failures.push(format!("held {i}: {other:?}")),
-                }
+        }
+        // All held at once: each still echoes.
+        for (i, s) in open.iter_mut().enumerate() {
+            let msg = format!("again {i}");
+            let r = async {
+                s.write_all(msg.as_bytes()).await?;
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).await?;
+                Ok::<_, std::io::Error>(back == msg.as_bytes())
+            };
+            match timeout(T, r).await {
+                Ok(Ok(true)) => {}
+                other => failures.push(format!("held {i}: {other:?}")),
             }
-            (open.len(), failures)
-        })
+        }
+        (open.len(), failures)
     });
     let (held, failures) = res;
     assert!(

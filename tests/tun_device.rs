@@ -36,6 +36,25 @@ fn snapshot(ns: &Netns, dev: &str) -> (Vec<String>, String, String, String) {
     (addrs, mtu, r4, r6)
 }
 
+/// The rig with the operator's persistent device in the client namespace: a
+/// /30, MTU 1500, default routes of both families through it (`owner`: more
+/// words for `ip tuntap add`).
+fn operator_rig(tag: &str, owner: &[&str]) -> (Topology, TempDir, Proc, String) {
+    let topo = Topology::new(tag);
+    let dir = TempDir::new("stunx");
+    let dante = start_dante(&topo, &dir);
+    start_servers(&topo);
+    let dev = uniq("stpx");
+    let c = &topo.client;
+    let mut add = vec!["tuntap", "add", "dev", &dev, "mode", "tun"];
+    add.extend_from_slice(owner);
+    c.ip(&add);
+    c.ip(&["addr", "add", "198.18.0.1/30", "dev", &dev]);
+    c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
+    topo.route_default_via_tun(&dev);
+    (topo, dir, dante, dev)
+}
+
 fn stop(tun: &mut Proc) {
     tun.signal(libc::SIGTERM);
     let st = tun
@@ -49,19 +68,9 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     if !require_root("tun_existing_device_keeps_what_the_operator_set") {
         return;
     }
-    let topo = Topology::new("te");
-    let dir = TempDir::new("stunx");
-    let dante = start_dante(&topo, &dir);
-    start_servers(&topo);
+    let (topo, dir, dante, dev) = operator_rig("te", &[]);
     let url = format!("socks5://{PROXY_V4}:{DANTE_PORT}");
-    let dev = uniq("stpx");
     let c = &topo.client;
-    // The operator's persistent device: a /30, MTU 1500, default routes of
-    // both families through it.
-    c.ip(&["tuntap", "add", "dev", &dev, "mode", "tun"]);
-    c.ip(&["addr", "add", "198.18.0.1/30", "dev", &dev]);
-    c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
-    topo.route_default_via_tun(&dev);
     let before = snapshot(c, &dev);
     assert!(
         before.2.contains(&dev) && before.3.contains(&dev),
@@ -179,16 +188,8 @@ fn tun_unprivileged_user_on_its_own_device() {
     if !require_root("tun_unprivileged_user_on_its_own_device") {
         return;
     }
-    let topo = Topology::new("tq");
-    let dir = TempDir::new("stunq");
-    let dante = start_dante(&topo, &dir);
-    start_servers(&topo);
-    let dev = uniq("stpq");
+    let (topo, dir, dante, dev) = operator_rig("tq", &["user", "65534"]);
     let c = &topo.client;
-    c.ip(&["tuntap", "add", "dev", &dev, "mode", "tun", "user", "65534"]);
-    c.ip(&["addr", "add", "198.18.0.1/30", "dev", &dev]);
-    c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
-    topo.route_default_via_tun(&dev);
     let before = snapshot(c, &dev);
     // Debian makes /dev/net/tun 0666; a hardened host may not. Give this
     // run's mount namespace (private to `ip netns exec`) a node that is, so
