@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod dns;
+pub mod mem;
 pub mod net;
 pub mod relay;
 pub mod server;

@@ -235,14 +235,14 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             STALL.min(cfg.handshake_timeout),
         ),
         evictions: Default::default(),
-        live: tokio::sync::watch::Sender::new(0),
+        live: tokio::sync::watch::Sender::new(Open::default()),
     });
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
         .collect();
     shutdown_signal().await;
-    let open = *gate.live.borrow();
+    let open = gate.live.borrow().now;
     gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");
     for l in loops {
@@ -252,7 +252,7 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     // Every session logs its line (outcome=shutdown, with its byte counts)
     // before the runtime goes; one stuck in a name lookup is not waited for.
     let mut live = gate.live.subscribe();
-    let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|&n| n == 0)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|o| o.now == 0)).await;
     Ok(())
 }
 
@@ -283,7 +283,15 @@ pub(crate) struct Gate {
     admission: Arc<admit::Admission>,
     evictions: Mutex<Evictions>,
     /// Sessions running (handshake included), so shutdown can wait for them.
-    pub live: tokio::sync::watch::Sender<usize>,
+    pub live: tokio::sync::watch::Sender<Open>,
+}
+
+/// Sessions open now, and the most open at once since the heap was last
+/// trimmed.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Open {
+    pub now: usize,
+    peak: usize,
 }
 
 /// Counts a session as live while it exists.
@@ -291,14 +299,29 @@ pub(crate) struct Live(pub Arc<Gate>);
 
 impl Live {
     pub fn new(gate: Arc<Gate>) -> Live {
-        gate.live.send_modify(|n| *n += 1);
+        gate.live.send_modify(|o| {
+            o.now += 1;
+            o.peak = o.peak.max(o.now);
+        });
         Live(gate)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.live.send_modify(|n| *n -= 1);
+        let mut trim = false;
+        self.0.live.send_modify(|o| {
+            o.now -= 1;
+            if crate::mem::trim_due(o.peak, o.now) {
+                o.peak = o.now;
+                trim = true;
+            }
+        });
+        // After a burst the sessions' buffers are free but kept by the
+        // allocator: give them back, once per burst.
+        if trim {
+            crate::mem::trim_heap();
+        }
     }
 }
 
@@ -353,6 +376,7 @@ impl Gate {
 }
 
 async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
+    let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
         // the listen backlog (see admit.rs).
@@ -360,8 +384,18 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!("accept: {e}");
+                // EMFILE and friends: back off instead of spinning, and say
+                // so once every 10 s, not at every retry.
+                let now = std::time::Instant::now();
+                if last_warn.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    warn!(
+                        "accept: {e} (retrying every 100 ms; {quiet} more since the last report)"
+                    );
+                    last_warn = Some(now);
+                    quiet = 0;
+                } else {
+                    quiet += 1;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

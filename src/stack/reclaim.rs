@@ -19,13 +19,6 @@ use super::{bump, seq_after, Engine};
 use smoltcp::socket::tcp;
 use std::sync::atomic::Ordering;
 
-/// Once this many more flows were open at once than are open now, the sweep
-/// trims the heap...
-const TRIM_AFTER_CLOSED: usize = 1024;
-/// ... or once at least this many closed, when that is half of the peak or
-/// more (a drop from many flows to few).
-const TRIM_AFTER_HALF: usize = 64;
-
 /// Entries a table keeps room for however few it holds.
 const KEEP: usize = 64;
 
@@ -37,23 +30,6 @@ const KEEP: usize = 64;
 pub(super) fn shrunk_capacity(len: usize, cap: usize) -> Option<usize> {
     let want = len.saturating_mul(2).max(KEEP);
     (cap >= want.saturating_mul(4)).then_some(want)
-}
-
-/// The heap is worth trimming: `peak` flows were open at once since the last
-/// trim, `now` are.
-fn trim_due(peak: usize, now: usize) -> bool {
-    let closed = peak.saturating_sub(now);
-    closed >= TRIM_AFTER_CLOSED || (closed >= TRIM_AFTER_HALF && closed * 2 >= peak)
-}
-
-/// Return the allocator's free memory to the system.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory; it is safe to call
-    // at any time from any thread.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 impl Engine {
@@ -152,7 +128,7 @@ impl Engine {
         shrunk_capacity(n, self.flows.capacity()).is_some()
             || shrunk_capacity(n, self.resident.capacity()).is_some()
             || shrunk_capacity(n, self.touched.capacity()).is_some()
-            || trim_due(self.peak_flows, n)
+            || crate::mem::trim_due(self.peak_flows, n)
     }
 
     /// After a drop from many flows to few: shrink what grew with them, then
@@ -178,11 +154,11 @@ impl Engine {
             self.touched.shrink_to(c);
             shrank = true;
         }
-        if shrank || trim_due(self.peak_flows, n) {
+        if shrank || crate::mem::trim_due(self.peak_flows, n) {
             // Many flows have ended: hand the heap memory their state used
             // back to the system, or RSS stays at its peak for good.
             self.peak_flows = n;
-            trim_heap();
+            crate::mem::trim_heap();
             bump(&self.stats.heap_trims);
         }
     }
@@ -288,15 +264,5 @@ mod tests {
                 assert_eq!(shrunk_capacity(len, m.capacity()), None, "len {len}");
             }
         }
-    }
-
-    #[test]
-    fn trim_after_many_closed_or_a_drop_to_half() {
-        assert!(trim_due(10_000, 8_976));
-        assert!(trim_due(1_000, 0), "1,000 flows closed, none left");
-        assert!(trim_due(200, 100));
-        assert!(!trim_due(200, 150), "a quarter of a small peak");
-        assert!(!trim_due(40, 0), "a few short connections");
-        assert!(!trim_due(5_000, 4_000));
     }
 }
