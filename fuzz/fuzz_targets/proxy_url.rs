@@ -5,14 +5,18 @@
 //!   nowhere else in the URL shows in the error text (without '@' the text
 //!   after the first ':' may be `user:password`, so it counts as one too);
 //! - an accepted URL gives a usable upstream (a host, a port that is not 0,
-//!   the address filled in exactly when the host is an IP literal), and its
-//!   `Display` form does not show the password;
+//!   the address filled in exactly when the host is an IP literal,
+//!   credentials its dialect can send: RFC 1929 for SOCKS5, a user id without
+//!   NUL for SOCKS4), its escapes are '%' and two hex digits and its port is
+//!   digits (RFC 3986), and its `Display` form does not show the password;
 //! - parse, write back (percent-encoding the credentials), parse again: the
 //!   same upstream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sockstun::socks::client::Upstream;
+use sockstun::socks::codec::{self, cmd};
+use sockstun::socks::TargetAddr;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -33,6 +37,21 @@ fn telltales<'a>(url: &'a str, secret: &'a str) -> impl Iterator<Item = char> + 
     secret
         .chars()
         .filter(move |c| !c.is_ascii() && !c.is_control() && url.matches(*c).count() == 1)
+}
+
+/// The userinfo and the port text of a URL `from_url` accepted.
+fn syntax(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").unwrap().1;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (userinfo, hostport) = match rest.rfind('@') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => ("", rest),
+    };
+    let port = match hostport.strip_prefix('[') {
+        Some(r) => r.split_once(']').unwrap().1.trim_start_matches(':'),
+        None => hostport.split_once(':').map_or("", |(_, p)| p),
+    };
+    (userinfo, port)
 }
 
 fn enc(s: &str) -> String {
@@ -63,6 +82,33 @@ fn check_ok(url: &str, u: &Upstream) {
             );
         }
     }
+    if let Some((user, pass)) = &u.auth {
+        // Credentials the dialect cannot send would fail every connection
+        // later, with a misleading error: they must be refused here.
+        let sendable = if u.kind.is_socks5() {
+            codec::encode_auth_request(user, pass).is_ok()
+        } else {
+            let dest = TargetAddr::Ip("192.0.2.1:80".parse().unwrap());
+            codec::encode_socks4_request(cmd::CONNECT, &dest, user.as_bytes()).is_ok()
+        };
+        assert!(
+            sendable,
+            "{url}: accepted credentials {} cannot send",
+            u.kind.scheme()
+        );
+    }
+    let (userinfo, port) = syntax(url);
+    // RFC 3986 §2.1 and §3.2.3: an escape is '%' and two hex digits, a port
+    // is digits.
+    let mut escapes = userinfo.split('%').skip(1);
+    assert!(
+        escapes.all(|e| e.len() >= 2 && e.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit)),
+        "{url}: accepted a bad percent-escape"
+    );
+    assert!(
+        port.bytes().all(|b| b.is_ascii_digit()),
+        "{url}: accepted port {port:?}"
+    );
     let host = if u.host.contains(':') {
         format!("[{}]", u.host)
     } else {
