@@ -108,6 +108,10 @@ pub enum UrlError {
     BadEscape,
     /// A username or password longer than 255 bytes (RFC 1929 limit).
     CredentialsTooLong,
+    /// Credentials the dialect cannot carry: an empty SOCKS5 username (RFC
+    /// 1929 needs 1 to 255 bytes), a NUL in a SOCKS4 user id (it ends the
+    /// field). Refused here rather than failing every connection later.
+    UnusableCredentials(&'static str),
 }
 
 impl fmt::Display for UrlError {
@@ -132,6 +136,7 @@ impl fmt::Display for UrlError {
             }
             UrlError::BadEscape => write!(f, "bad percent-escape in user:password"),
             UrlError::CredentialsTooLong => write!(f, "username or password longer than 255 bytes"),
+            UrlError::UnusableCredentials(why) => write!(f, "unusable credentials: {why}"),
         }
     }
 }
@@ -146,7 +151,12 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(UrlError::BadEscape)?;
+            // Two hex digits (RFC 3986 §2.1); from_str_radix alone would
+            // also take a sign ("%+1").
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .ok_or(UrlError::BadEscape)?;
             let hex = std::str::from_utf8(hex).map_err(|_| UrlError::BadEscape)?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| UrlError::BadEscape)?);
             i += 3;
@@ -196,6 +206,16 @@ impl Upstream {
                 if u.len() > 255 || p.len() > 255 {
                     return Err(UrlError::CredentialsTooLong);
                 }
+                if kind.is_socks5() && u.is_empty() {
+                    return Err(UrlError::UnusableCredentials(
+                        "a SOCKS5 username must not be empty",
+                    ));
+                }
+                if !kind.is_socks5() && u.contains('\0') {
+                    return Err(UrlError::UnusableCredentials(
+                        "a SOCKS4 user id cannot hold a NUL byte",
+                    ));
+                }
                 Some((u, p))
             }
         };
@@ -226,8 +246,9 @@ impl Upstream {
         }
         let port = match port {
             None => 1080,
+            // Digits only (RFC 3986 §3.2.3): parse() would also take "+80".
             Some(p) => match p.parse::<u16>() {
-                Ok(n) if n != 0 => n,
+                Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
                 _ => return Err(UrlError::BadPort((!secret).then(|| p.to_string()))),
             },
         };
@@ -870,6 +891,29 @@ mod tests {
         // With '@' the authority holds no credentials: its text helps.
         let e = Upstream::from_url("socks5://a:b@h:port").err().unwrap();
         assert!(e.to_string().contains("\"port\""), "{e}");
+    }
+
+    /// Found by fuzz/fuzz_targets/proxy_url.rs: URLs that parsed although
+    /// their credentials cannot be sent (every connection would then fail
+    /// with a misleading error) or their syntax is not RFC 3986's.
+    #[test]
+    fn url_fuzz_findings_are_refused() {
+        for url in [
+            // The fuzzer's input: a NUL in a SOCKS4 user id.
+            "socks4://198\0\x11\0\x001CCAFCCCCC00>1:@1080",
+            "socks4a://u%00x@h:1",
+            // RFC 1929: ULEN is at least 1.
+            "socks5://:pw@h",
+            "socks5h://@h:1",
+            // An escape is two hex digits, a port only digits.
+            "socks5://u:%+1@h",
+            "socks5://h:+80",
+        ] {
+            assert!(Upstream::from_url(url).is_err(), "{url:?} accepted");
+        }
+        // What stays valid: an empty SOCKS4 user id, an empty SOCKS5 password.
+        assert!(Upstream::from_url("socks4://@h:1").is_ok());
+        assert!(Upstream::from_url("socks5://u:@h:1").is_ok());
     }
 
     #[test]

@@ -545,7 +545,7 @@ impl Engine {
             .routes_mut()
             .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
         let pool = Arc::new(ring::RingPool::new(
-            s.cfg.rx_buffer,
+            ring::rx_ring_len(s.cfg.rx_buffer),
             s.cfg.tx_buffer,
             RING_POOL,
         ));

@@ -46,6 +46,28 @@ unsafe impl Send for RingMem {}
 // whose caller must uphold its contract.
 unsafe impl Sync for RingMem {}
 
+/// The receive ring length to build a flow with, for a wanted `len`: the
+/// largest at most `len` for which smoltcp's window arithmetic stays inside
+/// the ring. smoltcp (0.14) scales the windows it advertises by a shift taken
+/// from the ring's bit length (`bits - 16`), but reads the window of its
+/// SYN-ACK back as if it were scaled, although a SYN's window is sent
+/// unscaled (RFC 7323 §2.2, at most 65535). Until the flow sends its next
+/// segment, data that far ahead counts as inside the window: with a 256 KiB
+/// ring (shift 3), up to 512 KiB ahead. Bytes past the ring's end are then
+/// recorded as received without being written (a `debug_assert` in smoltcp,
+/// a panic of the stack task in debug builds; stale bytes handed on in
+/// release builds). With `65535 << shift <= len` that window ends inside the
+/// ring. Found by fuzz/fuzz_targets/stack_ingress.rs.
+pub fn rx_ring_len(len: usize) -> usize {
+    let bits = usize::BITS - len.leading_zeros();
+    if len <= 0xffff || 0xffff << (bits - 16) <= len {
+        return len;
+    }
+    // The top of the next shorter bit length: one shift less, and
+    // 0xffff << (bits - 17) is below it.
+    (1 << (bits - 1)) - 1
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -262,6 +284,28 @@ impl Drop for RingMem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rx_ring_holds_the_synack_window_read_back_scaled() {
+        let shift = |n: usize| (usize::BITS - n.leading_zeros()).saturating_sub(16);
+        for want in [
+            4096,
+            65535,
+            65536,
+            100_000,
+            131_071,
+            256 * 1024,
+            1 << 20,
+            (1 << 20) - 17,
+        ] {
+            let n = rx_ring_len(want);
+            assert!(n <= want && n >= want / 2, "{want} -> {n}");
+            assert!(0xffff.min(n) << shift(n) <= n, "{want} -> {n}");
+        }
+        // The default loses one byte, not its window: 65535 << 2.
+        assert_eq!(rx_ring_len(256 * 1024), 256 * 1024 - 1);
+        assert_eq!(rx_ring_len(4096), 4096);
+    }
 
     #[test]
     fn rings_are_separate_zeroed_and_released() {

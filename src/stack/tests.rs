@@ -753,3 +753,50 @@ async fn garbage_never_hurts_a_live_flow() {
     assert!(h.stats.malformed.load(Ordering::Relaxed) > 100);
     let _ = cseq;
 }
+
+/// Found by fuzz/fuzz_targets/stack_ingress.rs, whose packets these are: a
+/// SYN (window scale offered) and, once the SYN-ACK is out, an ACK whose
+/// five bytes lie 384 KiB ahead, beyond the 256 KiB receive ring. smoltcp
+/// read its unscaled SYN-ACK window back as scaled (see
+/// `ring::rx_ring_len`), took the bytes as inside the window and recorded
+/// them without writing them: the stack task panicked (debug builds). They
+/// must be refused, and the flow must carry data as usual afterwards.
+#[tokio::test]
+async fn data_beyond_the_ring_before_our_first_ack_is_refused() {
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+    let mut h = start();
+    let syn = hex(concat!(
+        "60000000001c0640fd00000000000000000000000000000120010db800020000",
+        "00000000000000029c400050000003e8000000007002ffffb8e1000002040",
+        "5b401030311"
+    ));
+    // The fuzzer's ACK number is relative to the stack's ISN: filled in below.
+    let mut ahead = hex(concat!(
+        "6000000000190640fd00000000000000000000000000000120010db800020000",
+        "00000000000000029c400050000603e9000000015018ffffa0bc000068756c6c",
+        "6f"
+    ));
+    let (c, s): (SocketAddr, SocketAddr) = (CLIENT6.parse().unwrap(), SERVER6.parse().unwrap());
+    h.send(syn);
+    h.verdict.take().unwrap().send(Ok(())).unwrap();
+    let sa = h.next().await;
+    assert!(sa.syn && sa.ack, "{sa:?}");
+    ahead[48..52].copy_from_slice(&(sa.seq + 1).to_be_bytes());
+    h.send(ahead);
+    h.send(seg(c, s, TcpControl::Psh, 1001, Some(sa.seq + 1), b"hello"));
+    let mut far = timeout(Duration::from_secs(5), h.far.take().unwrap())
+        .await
+        .expect("the flow never opened")
+        .unwrap();
+    let mut buf = [0u8; 5];
+    timeout(Duration::from_secs(5), far.read_exact(&mut buf))
+        .await
+        .expect("the stack stopped")
+        .unwrap();
+    assert_eq!(&buf, b"hello");
+}
