@@ -9,7 +9,7 @@
 # "up" is the upstream of sockstun tun and is restarted every --restart-every seconds
 # (SIGTERM and SIGKILL in turn). "direct" is never restarted: SOCKS clients use it
 # directly, so the server's memory is watched over the whole run too. The load
-# (examples/soakgen.rs unless said otherwise; see docs/testing-soak.md):
+# (examples/soakgen.rs unless said otherwise; see docs/testing.md):
 #   through the TUN: short HTTP (paced, with bursts), idle connections held in batches,
 #     long paced transfers up and down, a client that resets (SO_LINGER 0) mid-transfer,
 #     UDP echo (UDP ASSOCIATE) to a name, HTTP to IPv4, IPv6 and names (virtual DNS),
@@ -422,7 +422,7 @@ NFAILED=$(wc -l <"$WORK/failures.txt")
 [ "$NFAILED" = 0 ] || PROBLEMS+=("$NFAILED requests failed outside the restart windows (failures.txt)")
 
 # Growth: mean of the last third against the first third of the samples taken
-# between the warm-up and the end of the load (docs/testing-soak.md says why).
+# between the warm-up and the end of the load (docs/testing.md says why).
 RSS_FACTOR=1.25; RSS_SLACK_KB=2048; FDS_FACTOR=1.25; FDS_SLACK=20
 awk -F, -v w="$WARMUP" -v d="$DUR" -v step="$SAMPLE_SECS" -v rf="$RSS_FACTOR" -v rs="$RSS_SLACK_KB" -v ff="$FDS_FACTOR" -v fs="$FDS_SLACK" '
   NR > 1 && $1 >= w && $1 <= d { n++; for (c = 2; c <= 7; c++) v[n, c] = $c }
