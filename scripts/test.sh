@@ -29,6 +29,18 @@ log=$(mktemp /tmp/sockstun-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --locked "$@" 2>&1 | tee "$log" || status=$?
+# In CI (or with SOCKSTUN_FUZZ_SMOKE=1): every fuzz target for 20 s, a smoke
+# that the targets build and hold on their seeds (docs/testing.md). It needs
+# the nightly toolchain; without it the smoke is skipped, loudly.
+if [ "${CI:-}" = true ] || [ "${SOCKSTUN_FUZZ_SMOKE:-}" = 1 ]; then
+  fuzz_rc=0
+  scripts/fuzz.sh 20 || fuzz_rc=$?
+  case $fuzz_rc in
+    0) ;;
+    2) echo "test.sh: *** fuzz smoke NOT RUN: a tool is missing (see above) ***" >&2 ;;
+    *) status=$fuzz_rc ;;
+  esac
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 exit "$status"
