@@ -39,47 +39,12 @@ use sockstun::stack::{mem, DialFuture, Dialer, Stack, StackConfig, StackStats};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MAX_PACKETS: usize = 64;
-
-/// The far side of a flow: an in-memory pipe.
-struct Pipe(DuplexStream);
-
-impl tokio::io::AsyncRead for Pipe {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Pipe {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl RelayStream for Pipe {
-    fn reset(&mut self) {}
-}
 
 /// Answers every dial at once: an echoing far side that greets first, or a
 /// refusal of the configured kind.
@@ -105,7 +70,7 @@ impl Dialer for FuzzDialer {
                     }
                 }
             });
-            Ok(Box::new(Pipe(a)) as Box<dyn RelayStream>)
+            Ok(Box::new(a) as Box<dyn RelayStream>)
         })
     }
 }
