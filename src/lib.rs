@@ -2,7 +2,7 @@
 //!
 //! Data path (TUN mode): `tun` (device) → `stack` (smoltcp, per-flow demux) →
 //! `relay` (copy both ways) → `socks::client` (dial upstream). The `server`
-//! mode reuses `socks::codec` and `relay::tcp`.
+//! mode reuses `socks::codec` and `relay`.
 
 pub mod cli;
 pub mod dns;

@@ -1,4 +1,4 @@
-//! The proxy URL parser (`Upstream::from_url`, the `--proxy` option).
+//! The proxy URL parser (`Proxy::from_url`, the `--proxy` option).
 //!
 //! Invariants:
 //! - an error never echoes the password: no character of it that appears
@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockstun::socks::client::Upstream;
+use sockstun::socks::client::Proxy;
 use sockstun::socks::codec::{self, cmd};
 use sockstun::socks::TargetAddr;
 use std::fmt::Write;
@@ -62,7 +62,7 @@ fn enc(s: &str) -> String {
     o
 }
 
-fn check_ok(url: &str, u: &Upstream) {
+fn check_ok(url: &str, u: &Proxy) {
     assert!(!u.host.is_empty(), "{url}: empty host");
     assert_ne!(u.port, 0, "{url}: port 0");
     match u.host.parse::<IpAddr>() {
@@ -119,7 +119,7 @@ fn check_ok(url: &str, u: &Upstream) {
         None => String::new(),
     };
     let again = format!("{}://{auth}{host}:{}", u.kind.scheme(), u.port);
-    let v = Upstream::from_url(&again)
+    let v = Proxy::from_url(&again)
         .unwrap_or_else(|e| panic!("{url}: written back as {again}: {e}"));
     assert_eq!(
         (v.kind, &v.host, v.port, &v.addrs, &v.auth),
@@ -132,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(url) = std::str::from_utf8(data) else {
         return;
     };
-    match Upstream::from_url(url) {
+    match Proxy::from_url(url) {
         Ok(u) => check_ok(url, &u),
         Err(e) => {
             let text = e.to_string();

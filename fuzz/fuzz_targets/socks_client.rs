@@ -20,7 +20,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockstun::socks::client::{handshake, Upstream};
+use sockstun::socks::client::{handshake, Proxy};
 use sockstun::socks::codec::{self, cmd, method};
 use sockstun::socks::TargetAddr;
 use std::future::Future;
@@ -81,7 +81,7 @@ struct Outcome {
     after: Option<Vec<u8>>,
 }
 
-fn run(up: &Upstream, command: u8, dest: &TargetAddr, script: &[u8], piece: usize) -> Outcome {
+fn run(up: &Proxy, command: u8, dest: &TargetAddr, script: &[u8], piece: usize) -> Outcome {
     let mut s = Liar {
         script,
         at: 0,
@@ -110,7 +110,7 @@ fn run(up: &Upstream, command: u8, dest: &TargetAddr, script: &[u8], piece: usiz
 }
 
 /// What the server's parsers make of what the client wrote.
-fn check_written(up: &Upstream, command: u8, dest: &TargetAddr, w: &[u8]) {
+fn check_written(up: &Proxy, command: u8, dest: &TargetAddr, w: &[u8]) {
     if !up.kind.is_socks5() {
         let (req, n) = codec::parse_socks4_request(w)
             .expect("a SOCKS4 request")
@@ -159,7 +159,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         String::new()
     };
-    let mut up = Upstream::from_url(&format!("{scheme}://{auth}127.0.0.1:1")).unwrap();
+    let mut up = Proxy::from_url(&format!("{scheme}://{auth}127.0.0.1:1")).unwrap();
     up.pipeline = cfg & 8 != 0;
     let dest = match (cfg >> 4) & 3 {
         0 => TargetAddr::Ip("203.0.113.2:80".parse().unwrap()),

@@ -30,8 +30,8 @@ use smoltcp::wire::{
 };
 use sockstun::dns::pool::FakePool;
 use sockstun::dns::service::{BoxFuture, BoxStream, Connector, Dns, DnsMode};
-use sockstun::relay::tcp::RelayStream;
-use sockstun::relay::udp::{AssociateError, Association, Associator, UdpConfig, UdpRelay};
+use sockstun::relay::RelayStream;
+use sockstun::tun::udp::{AssociateError, Association, Associator, UdpConfig, UdpRelay};
 use sockstun::socks::client::DialError;
 use sockstun::socks::TargetAddr;
 use sockstun::stack::wire::{self, Class};

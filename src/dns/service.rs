@@ -76,7 +76,7 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// SOCKS CONNECT through the configured upstream (`crate::socks::client`).
-pub struct SocksConnector(pub Arc<crate::socks::client::Upstream>);
+pub struct SocksConnector(pub Arc<crate::socks::client::Proxy>);
 
 impl Connector for SocksConnector {
     fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {

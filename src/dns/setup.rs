@@ -5,10 +5,10 @@
 use super::pool::{FakePool, PoolPin};
 use super::service::{parse_upstream, Dns, DnsMode, SocksConnector, TcpRoute};
 use crate::cli::TunArgs;
-use crate::relay::tcp::RelayStream;
-use crate::relay::udp::{SocksAssociator, UdpConfig, UdpRelay};
-use crate::socks::client::{self, DialError, Upstream};
+use crate::relay::RelayStream;
+use crate::socks::client::{self, DialError, Proxy};
 use crate::stack::{DialFuture, Dialer, TunWriter, UdpHandler};
+use crate::tun::udp::{SocksAssociator, UdpConfig, UdpRelay};
 use anyhow::{anyhow, bail};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::io;
@@ -85,7 +85,7 @@ impl UdpDnsConfig {
     /// UDP handler for a device of `mtu`. Call inside the runtime.
     pub fn build(
         mut self,
-        upstream: Arc<Upstream>,
+        upstream: Arc<Proxy>,
         inner: Arc<dyn Dialer>,
         tun: TunWriter,
         mtu: usize,
@@ -136,7 +136,7 @@ impl UdpDnsConfig {
 pub struct DnsDialer {
     inner: Arc<dyn Dialer>,
     dns: Arc<Dns>,
-    upstream: Arc<Upstream>,
+    upstream: Arc<Proxy>,
 }
 
 /// Size of the in-memory pipe of a DNS-over-TCP flow (one message fits).

@@ -5,7 +5,7 @@ use super::connect::resolve;
 use super::rules::{is_host_address, route_source};
 use super::session::{refuse, reply_and_relay, Proto, Request, SessionLog};
 use super::Config;
-use crate::relay::tcp::RelayStream;
+use crate::relay::RelayStream;
 use crate::socks::codec::{rep5, unmap};
 use crate::socks::TargetAddr;
 use std::net::{IpAddr, SocketAddr};

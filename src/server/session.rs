@@ -97,7 +97,7 @@ pub(super) async fn reply_and_relay(
         log.up += early.len() as u64;
     }
     let idle = Some(cfg.idle_timeout);
-    let st = crate::relay::tcp::relay_until(client, other, idle, cfg.stopped()).await;
+    let st = crate::relay::relay_until(client, other, idle, cfg.stopped()).await;
     log.up += st.a_to_b;
     log.down += st.b_to_a;
     st.outcome.describe("client", other_name)

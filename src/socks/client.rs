@@ -4,7 +4,7 @@
 //! (that would leak the name to the local resolver): SOCKS4a and SOCKS5 carry
 //! the name to the proxy, plain SOCKS4 refuses it.
 //!
-//! Every socket towards the proxy is made with `Upstream::opts` (fwmark,
+//! Every socket towards the proxy is made with `Proxy::opts` (fwmark,
 //! bind-interface), so policy routing can keep sockstun's own traffic out of
 //! the TUN.
 
@@ -52,7 +52,7 @@ impl ProxyKind {
 /// An upstream SOCKS server. Deliberately no `Debug` derive: `auth` holds a
 /// password. Use `Display` (no password) for logs.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Proxy {
     pub kind: ProxyKind,
     pub host: String,
     pub port: u16,
@@ -74,7 +74,7 @@ pub struct Upstream {
     pub pipeline: bool,
 }
 
-impl fmt::Display for Upstream {
+impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://", self.kind.scheme())?;
         if let Some((u, _)) = &self.auth {
@@ -168,11 +168,11 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::BadEscape)
 }
 
-impl Upstream {
+impl Proxy {
     /// Parse `scheme://[user[:password]@]host[:port][/]`; the port defaults to
     /// 1080. The host is not resolved here (see `resolve`), except that an IP
     /// literal fills `addrs` at once.
-    pub fn from_url(url: &str) -> Result<Upstream, UrlError> {
+    pub fn from_url(url: &str) -> Result<Proxy, UrlError> {
         let (scheme, rest) = url.split_once("://").ok_or(UrlError::MissingScheme)?;
         let kind = match scheme.to_ascii_lowercase().as_str() {
             "socks4" => ProxyKind::Socks4,
@@ -256,7 +256,7 @@ impl Upstream {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => Vec::new(),
         };
-        Ok(Upstream {
+        Ok(Proxy {
             kind,
             host,
             port,
@@ -394,7 +394,7 @@ fn read_err(e: io::Error) -> DialError {
 }
 
 /// Open a TCP connection to the first of the proxy's addresses that answers.
-pub async fn connect_proxy(up: &Upstream) -> Result<TcpStream, DialError> {
+pub async fn connect_proxy(up: &Proxy) -> Result<TcpStream, DialError> {
     // Built only on failure: an `io::Error` with a message allocates, and this
     // runs once per connection.
     let mut last = None;
@@ -503,7 +503,7 @@ impl Replies {
 /// the stream.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-    up: &Upstream,
+    up: &Proxy,
     command: u8,
     dest: &TargetAddr,
 ) -> Result<(TargetAddr, Vec<u8>), DialError> {
@@ -538,7 +538,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     r: &mut Replies,
-    up: &Upstream,
+    up: &Proxy,
 ) -> Result<(), DialError> {
     let methods: &[u8] = if up.auth.is_some() {
         &[method::NO_AUTH, method::USER_PASS]
@@ -573,7 +573,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
 /// Check that the proxy answers and takes our credentials: connect, greet
 /// and authenticate (SOCKS5; SOCKS4 has no greeting: connect only), then
 /// close cleanly, which servers log as a probe rather than an error.
-pub async fn probe(up: &Upstream) -> Result<(), DialError> {
+pub async fn probe(up: &Proxy) -> Result<(), DialError> {
     let mut s = connect_proxy(up).await?;
     if up.kind.is_socks5() {
         let mut r = Replies::new(true);
@@ -590,7 +590,7 @@ pub async fn probe(up: &Upstream) -> Result<(), DialError> {
 async fn handshake_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     r: &mut Replies,
-    up: &Upstream,
+    up: &Proxy,
     command: u8,
     dest: &TargetAddr,
 ) -> Result<TargetAddr, DialError> {
@@ -704,14 +704,14 @@ impl AsyncWrite for ProxyStream {
     }
 }
 
-impl crate::relay::tcp::RelayStream for ProxyStream {
+impl crate::relay::RelayStream for ProxyStream {
     fn reset(&mut self) {
         self.io.reset()
     }
 }
 
 /// CONNECT to `dest` through the proxy.
-pub async fn connect(up: &Upstream, dest: &TargetAddr) -> Result<ProxyStream, DialError> {
+pub async fn connect(up: &Proxy, dest: &TargetAddr) -> Result<ProxyStream, DialError> {
     check_carriable(up.kind, dest)?;
     let mut s = connect_proxy(up).await?;
     match tokio::time::timeout(
@@ -761,7 +761,7 @@ fn relay_addr(bound: TargetAddr, proxy_ip: IpAddr) -> SocketAddr {
 }
 
 /// UDP ASSOCIATE through a SOCKS5 proxy.
-pub async fn udp_associate(up: &Upstream) -> Result<UdpAssociation, DialError> {
+pub async fn udp_associate(up: &Proxy) -> Result<UdpAssociation, DialError> {
     if !up.kind.is_socks5() {
         return Err(DialError::CommandNotSupported);
     }
@@ -809,7 +809,7 @@ mod tests {
 
     #[test]
     fn urls() {
-        let u = Upstream::from_url("socks5://198.51.100.1:1080").unwrap();
+        let u = Proxy::from_url("socks5://198.51.100.1:1080").unwrap();
         assert_eq!(
             (u.kind, u.host.as_str(), u.port),
             (ProxyKind::Socks5, "198.51.100.1", 1080)
@@ -817,18 +817,18 @@ mod tests {
         assert_eq!(u.addrs, vec!["198.51.100.1:1080".parse().unwrap()]);
         assert!(u.auth.is_none());
 
-        let u = Upstream::from_url("socks5h://us%40er:p%3Aa%20ss@[2001:db8::1]:9050/").unwrap();
+        let u = Proxy::from_url("socks5h://us%40er:p%3Aa%20ss@[2001:db8::1]:9050/").unwrap();
         assert_eq!(u.kind, ProxyKind::Socks5h);
         assert_eq!(u.host, "2001:db8::1");
         assert_eq!(u.port, 9050);
         assert_eq!(u.auth, Some(("us@er".into(), "p:a ss".into())));
         assert_eq!(u.to_string(), "socks5h://us@er:***@[2001:db8::1]:9050");
 
-        let u = Upstream::from_url("SOCKS4a://proxy.test").unwrap();
+        let u = Proxy::from_url("SOCKS4a://proxy.test").unwrap();
         assert_eq!((u.kind, u.port), (ProxyKind::Socks4a, 1080));
         assert!(u.addrs.is_empty());
         assert_eq!(
-            Upstream::from_url("socks4://u@h:1").unwrap().auth,
+            Proxy::from_url("socks4://u@h:1").unwrap().auth,
             Some(("u".into(), "".into()))
         );
 
@@ -844,7 +844,7 @@ mod tests {
             "socks5://h:1/path",
             "socks5://u:%zz@h:1",
         ] {
-            assert!(Upstream::from_url(bad).is_err(), "{bad} accepted");
+            assert!(Proxy::from_url(bad).is_err(), "{bad} accepted");
         }
     }
 
@@ -885,11 +885,11 @@ mod tests {
             "socks5://[::1]s3cret",
             "socks5://[::1]:s3cret",
         ] {
-            let e = Upstream::from_url(url).err().expect(url).to_string();
+            let e = Proxy::from_url(url).err().expect(url).to_string();
             assert!(!e.contains("s3c"), "{url}: {e}");
         }
         // With '@' the authority holds no credentials: its text helps.
-        let e = Upstream::from_url("socks5://a:b@h:port").err().unwrap();
+        let e = Proxy::from_url("socks5://a:b@h:port").err().unwrap();
         assert!(e.to_string().contains("\"port\""), "{e}");
     }
 
@@ -909,11 +909,11 @@ mod tests {
             "socks5://u:%+1@h",
             "socks5://h:+80",
         ] {
-            assert!(Upstream::from_url(url).is_err(), "{url:?} accepted");
+            assert!(Proxy::from_url(url).is_err(), "{url:?} accepted");
         }
         // What stays valid: an empty SOCKS4 user id, an empty SOCKS5 password.
-        assert!(Upstream::from_url("socks4://@h:1").is_ok());
-        assert!(Upstream::from_url("socks5://u:@h:1").is_ok());
+        assert!(Proxy::from_url("socks4://@h:1").is_ok());
+        assert!(Proxy::from_url("socks5://u:@h:1").is_ok());
     }
 
     #[test]
@@ -947,7 +947,7 @@ mod tests {
     /// the reply is followed by target data that must not be lost.
     #[tokio::test]
     async fn socks5_handshake_with_auth_keeps_the_bytes_after_the_reply() {
-        let mut up = Upstream::from_url("socks5://alice:pw@127.0.0.1:1").unwrap();
+        let mut up = Proxy::from_url("socks5://alice:pw@127.0.0.1:1").unwrap();
         up.connect_timeout = Duration::from_secs(5);
         let (mut c, mut s) = tokio::io::duplex(1024);
         let server = tokio::spawn(async move {
@@ -990,7 +990,7 @@ mod tests {
             } else {
                 "socks5://127.0.0.1:1"
             };
-            let mut up = Upstream::from_url(url).unwrap();
+            let mut up = Proxy::from_url(url).unwrap();
             up.pipeline = true;
             let (mut c, mut s) = tokio::io::duplex(1024);
             let server = tokio::spawn(async move {
@@ -1029,7 +1029,7 @@ mod tests {
     /// Pipelined, a proxy that picks another method fails the dial cleanly.
     #[tokio::test]
     async fn socks5_pipelined_refused_method_is_an_error() {
-        let mut up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        let mut up = Proxy::from_url("socks5://127.0.0.1:1").unwrap();
         up.pipeline = true;
         let (mut c, mut s) = tokio::io::duplex(1024);
         tokio::spawn(async move {
@@ -1061,7 +1061,7 @@ mod tests {
 
     #[tokio::test]
     async fn reply_codes_map_to_errors() {
-        let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        let up = Proxy::from_url("socks5://127.0.0.1:1").unwrap();
         for (code, want) in [
             (5u8, "connection refused"),
             (3, "network unreachable"),
@@ -1094,7 +1094,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let up = Upstream::from_url(&format!("socks5://127.0.0.1:{port}")).unwrap();
+        let up = Proxy::from_url(&format!("socks5://127.0.0.1:{port}")).unwrap();
         let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
         assert!(matches!(
             connect(&up, &dest).await,
@@ -1116,7 +1116,7 @@ mod tests {
             ("socks5://127.0.0.1:1", socks5),
             ("socks4://127.0.0.1:1", socks4),
         ] {
-            let up = Upstream::from_url(url).unwrap();
+            let up = Proxy::from_url(url).unwrap();
             // A one-byte pipe: every read gets at most one byte.
             let (mut c, mut s) = tokio::io::duplex(1);
             let server = tokio::spawn(async move {
@@ -1144,7 +1144,7 @@ mod tests {
     /// together and the rest later: the partial reply is kept and completed.
     #[tokio::test]
     async fn pipelined_reply_split_after_the_method_choice() {
-        let mut up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        let mut up = Proxy::from_url("socks5://127.0.0.1:1").unwrap();
         up.pipeline = true;
         // Six bytes at a time: [5 0 | 5 0 0 1], [198 51 100 1 4 0], [H I].
         let (mut c, mut s) = tokio::io::duplex(6);
@@ -1168,7 +1168,7 @@ mod tests {
     #[tokio::test]
     async fn connect_delivers_target_bytes_that_came_with_the_reply() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Upstream::from_url(&format!("socks5://{}", l.local_addr().unwrap())).unwrap();
+        let up = Proxy::from_url(&format!("socks5://{}", l.local_addr().unwrap())).unwrap();
         let proxy = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut b = [0u8; 3];
@@ -1204,7 +1204,7 @@ mod tests {
     /// code is still reported, not "closed during the handshake".
     #[tokio::test]
     async fn a_truncated_failure_reply_still_gives_its_code() {
-        let up = Upstream::from_url("socks5://127.0.0.1:1").unwrap();
+        let up = Proxy::from_url("socks5://127.0.0.1:1").unwrap();
         let mut c = proxy_answering(vec![5, 5]);
         let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
         let e = handshake(&mut c, &up, cmd::CONNECT, &dest)
@@ -1219,7 +1219,7 @@ mod tests {
         assert!(e.to_string().contains("closed the connection"), "{e}");
         // Over SOCKS4 the same bytes are no failure code: a SOCKS5-only
         // server answering a SOCKS4 request is a proxy that hung up.
-        let up4 = Upstream::from_url("socks4://127.0.0.1:1").unwrap();
+        let up4 = Proxy::from_url("socks4://127.0.0.1:1").unwrap();
         let (mut c, mut s) = tokio::io::duplex(1024);
         tokio::spawn(async move {
             let mut b = [0u8; 9];
@@ -1241,10 +1241,10 @@ mod tests {
         let dest = TargetAddr::Ip("203.0.113.2:80".parse().unwrap());
         let name = TargetAddr::Domain("example.org".into(), 443);
         let ups = [
-            Upstream::from_url("socks5://127.0.0.1:1").unwrap(),
-            Upstream::from_url("socks5://user:secret@127.0.0.1:1").unwrap(),
-            Upstream::from_url("socks4://127.0.0.1:1").unwrap(),
-            Upstream::from_url("socks4a://127.0.0.1:1").unwrap(),
+            Proxy::from_url("socks5://127.0.0.1:1").unwrap(),
+            Proxy::from_url("socks5://user:secret@127.0.0.1:1").unwrap(),
+            Proxy::from_url("socks4://127.0.0.1:1").unwrap(),
+            Proxy::from_url("socks4a://127.0.0.1:1").unwrap(),
         ];
         let honest: [Vec<u8>; 4] = [
             [

@@ -7,7 +7,7 @@
 
 use super::ring::{RingMem, RingPool};
 use super::wire::FlowKey;
-use crate::relay::tcp::{InPlace, RelayStream};
+use crate::relay::{InPlace, RelayStream};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, SendError, State};
 use std::io;

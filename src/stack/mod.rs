@@ -43,7 +43,7 @@ pub mod wire;
 pub use flow::TunStream;
 pub use wire::{FlowKey, Unreachable};
 
-use crate::relay::tcp::RelayStream;
+use crate::relay::RelayStream;
 use crate::socks::client::DialError;
 use flow::{Cmd, FlowShared};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -1038,7 +1038,7 @@ async fn flow_task(
         Ok(upstream) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
             let tun = TunStream::new(shared);
-            let st = crate::relay::tcp::relay(tun, upstream, idle).await;
+            let st = crate::relay::relay(tun, upstream, idle).await;
             info!(
                 src = %key.src, dst = %key.dst,
                 up = st.a_to_b, down = st.b_to_a,

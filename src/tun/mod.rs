@@ -7,13 +7,14 @@
 
 pub mod device;
 mod ifstate;
+pub mod udp;
 pub mod vnet;
 
 pub use device::{DeviceSpec, TunDevice, TunSink, TunSource};
 
 use crate::cli::TunArgs;
-use crate::relay::tcp::RelayStream;
-use crate::socks::client::{self, Upstream};
+use crate::relay::RelayStream;
+use crate::socks::client::{self, Proxy};
 use crate::socks::TargetAddr;
 use crate::stack::{DialFuture, Dialer, Stack, StackConfig, TunWriter, UdpHandler};
 use anyhow::{anyhow, bail, Context as _};
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 /// The default dialer: a SOCKS CONNECT to the destination address.
 pub struct SocksDialer {
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<Proxy>,
 }
 
 impl Dialer for SocksDialer {
@@ -44,7 +45,7 @@ const DEFAULT_MTU: u16 = 65000;
 
 /// Everything `run` needs, validated.
 pub struct TunConfig {
-    pub upstream: Upstream,
+    pub upstream: Proxy,
     pub device: String,
     pub fd: Option<i32>,
     pub ipv4: Option<Ipv4Network>,
@@ -62,7 +63,7 @@ pub struct TunConfig {
 impl TunConfig {
     pub fn from_args(args: &TunArgs) -> anyhow::Result<TunConfig> {
         // The URL error never echoes the URL: it may hold a password.
-        let mut upstream = Upstream::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
+        let mut upstream = Proxy::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
         upstream.opts.fwmark = args.fwmark;
         upstream.opts.bind_interface = args.bind_interface.clone();
         upstream.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
@@ -156,7 +157,7 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 pub async fn run_async(
     cfg: TunConfig,
     extend: impl FnOnce(
-        Arc<Upstream>,
+        Arc<Proxy>,
         Arc<dyn Dialer>,
         TunWriter,
         usize,
@@ -245,7 +246,7 @@ fn fixed_mmap_threshold() {
 /// Say early, once, when the proxy does not answer or refuses our
 /// credentials; keep running either way. The probe greets and closes
 /// cleanly, so the proxy has no error to log.
-async fn probe(up: Arc<Upstream>) {
+async fn probe(up: Arc<Proxy>) {
     match tokio::time::timeout(Duration::from_secs(3), client::probe(&up)).await {
         Ok(Ok(())) => info!("upstream {up} answers"),
         Ok(Err(client::DialError::AuthFailed)) => {

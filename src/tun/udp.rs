@@ -247,7 +247,7 @@ pub trait Associator: Send + Sync + 'static {
 }
 
 /// UDP ASSOCIATE at the configured upstream (`crate::socks::client`).
-pub struct SocksAssociator(pub Arc<crate::socks::client::Upstream>);
+pub struct SocksAssociator(pub Arc<crate::socks::client::Proxy>);
 
 impl Associator for SocksAssociator {
     fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
@@ -1540,13 +1540,13 @@ mod table_tests {
     #[tokio::test]
     async fn socks_associator_fixes_unspecified_relay_and_maps_0x07() {
         let addr = socks5_udp_server(0, 4242).await;
-        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        let up = crate::socks::client::Proxy::from_url(&format!("socks5://{addr}")).unwrap();
         let a = SocksAssociator(Arc::new(up)).associate().await.unwrap();
         // BND.ADDR 0.0.0.0: the relay is at the proxy's own address.
         assert_eq!(a.relay, sa("127.0.0.1:4242"));
 
         let addr = socks5_udp_server(7, 0).await;
-        let up = crate::socks::client::Upstream::from_url(&format!("socks5://{addr}")).unwrap();
+        let up = crate::socks::client::Proxy::from_url(&format!("socks5://{addr}")).unwrap();
         match SocksAssociator(Arc::new(up)).associate().await {
             Err(AssociateError::Unsupported) => {}
             Err(e) => panic!("0x07 not recognised: {e:?}"),
