@@ -13,6 +13,7 @@ pub mod server;
 pub mod socks;
 pub mod stack;
 pub mod tun;
+pub mod upstream;
 
 #[cfg(test)]
 pub(crate) mod test_rng;

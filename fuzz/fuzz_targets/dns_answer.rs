@@ -23,8 +23,11 @@
 use libfuzzer_sys::fuzz_target;
 use sockstun::dns::message::{self, Query, TYPE_A, TYPE_AAAA};
 use sockstun::dns::pool::{FakePool, PoolPin};
-use sockstun::dns::service::{BoxFuture, BoxStream, Connector, Dns, DnsMode, TcpRoute, FAKE_TTL};
+use sockstun::dns::service::{Dns, DnsMode, TcpRoute, FAKE_TTL};
+use sockstun::relay::RelayStream;
 use sockstun::socks::TargetAddr;
+use sockstun::upstream::{self, Association, BoxFuture, Stream, Upstream};
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -85,15 +88,28 @@ impl AsyncWrite for Script {
     }
 }
 
+impl RelayStream for Script {
+    fn reset(&mut self) {}
+}
+
 /// The upstream DNS server reached through the proxy: every connection
 /// answers with the same script.
-struct Upstream {
+struct Resolver {
     script: Arc<Vec<u8>>,
     behaviour: Behaviour,
 }
 
-impl Connector for Upstream {
-    fn connect(&self, _target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
+impl fmt::Display for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fuzz: scripted resolver")
+    }
+}
+
+impl Upstream for Resolver {
+    fn connect<'a>(
+        &'a self,
+        _target: &'a TargetAddr,
+    ) -> BoxFuture<'a, Result<Stream, upstream::Error>> {
         let s = Script {
             script: self.script.clone(),
             at: 0,
@@ -103,10 +119,22 @@ impl Connector for Upstream {
         let refuse = self.behaviour == Behaviour::Refuse;
         Box::pin(async move {
             if refuse {
-                return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+                return Err(upstream::Error::Refused);
             }
-            Ok(Box::new(s) as BoxStream)
+            Ok(Box::new(s) as Stream)
         })
+    }
+
+    fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
+        Box::pin(async { Err(upstream::Error::CommandNotSupported) })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), upstream::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn carries_names(&self) -> bool {
+        true
     }
 }
 
@@ -203,7 +231,7 @@ fn setup(cfg: u8, script: Arc<Vec<u8>>) -> Setup {
         2 => (DnsMode::Tcp, Some("192.0.2.53:53".parse().unwrap())),
         _ => (DnsMode::Virtual, None),
     };
-    let up = Arc::new(Upstream { script, behaviour });
+    let up = Arc::new(Resolver { script, behaviour });
     let dns = Dns::new(mode, upstream, Some(pool.clone()), up).unwrap();
     Setup {
         dns,

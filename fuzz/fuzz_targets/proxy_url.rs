@@ -119,8 +119,8 @@ fn check_ok(url: &str, u: &Proxy) {
         None => String::new(),
     };
     let again = format!("{}://{auth}{host}:{}", u.kind.scheme(), u.port);
-    let v = Proxy::from_url(&again)
-        .unwrap_or_else(|e| panic!("{url}: written back as {again}: {e}"));
+    let v =
+        Proxy::from_url(&again).unwrap_or_else(|e| panic!("{url}: written back as {again}: {e}"));
     assert_eq!(
         (v.kind, &v.host, v.port, &v.addrs, &v.auth),
         (u.kind, &u.host, u.port, &u.addrs, &u.auth),

@@ -29,15 +29,17 @@ use smoltcp::wire::{
     Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 use sockstun::dns::pool::FakePool;
-use sockstun::dns::service::{BoxFuture, BoxStream, Connector, Dns, DnsMode};
+use sockstun::dns::service::{Dns, DnsMode};
 use sockstun::relay::RelayStream;
-use sockstun::tun::udp::{AssociateError, Association, Associator, UdpConfig, UdpRelay};
-use sockstun::socks::client::DialError;
 use sockstun::socks::TargetAddr;
-use sockstun::stack::wire::{self, Class};
-use sockstun::stack::{mem, DialFuture, Dialer, Stack, StackConfig, StackStats};
+use sockstun::stack::wire::{self, Class, Unreachable};
+use sockstun::stack::{
+    phy, DialFailed, DialFuture, Dialer, Refusal, Stack, StackConfig, StackStats,
+};
+use sockstun::tun::udp::{UdpConfig, UdpRelay};
+use sockstun::upstream::{self, Association, BoxFuture, Upstream};
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,9 +58,15 @@ impl Dialer for FuzzDialer {
         Box::pin(async move {
             match verdict {
                 0 => {}
-                1 => return Err(DialError::Refused),
-                2 => return Err(DialError::HostUnreachable),
-                _ => return Err(DialError::NotAllowed),
+                1 => return Err(DialFailed::new(Refusal::Reset, "fuzz: refused")),
+                2 => {
+                    let host = Refusal::Unreachable(Unreachable::Host);
+                    return Err(DialFailed::new(host, "fuzz: host unreachable"));
+                }
+                _ => {
+                    let no = Refusal::Unreachable(Unreachable::Prohibited);
+                    return Err(DialFailed::new(no, "fuzz: not allowed"));
+                }
             }
             let (a, mut b) = tokio::io::duplex(4096);
             tokio::spawn(async move {
@@ -75,28 +83,41 @@ impl Dialer for FuzzDialer {
     }
 }
 
-/// A proxy without UDP ASSOCIATE, or one that is down.
-struct NoAssociate(bool);
+/// A proxy without UDP ASSOCIATE, or one that is down; no DNS resolver
+/// reachable through it (only non-address queries would use one).
+struct NoProxy(bool);
 
-impl Associator for NoAssociate {
-    fn associate(&self) -> BoxFuture<'_, Result<Association, AssociateError>> {
-        let unsupported = self.0;
-        Box::pin(async move {
-            if unsupported {
-                Err(AssociateError::Unsupported)
-            } else {
-                Err(AssociateError::Failed("fuzz: no proxy".into()))
-            }
-        })
+impl fmt::Display for NoProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fuzz: no proxy")
     }
 }
 
-/// No DNS upstream reachable (only non-address queries would use it).
-struct NoUpstream;
+impl Upstream for NoProxy {
+    fn connect<'a>(
+        &'a self,
+        _t: &'a TargetAddr,
+    ) -> BoxFuture<'a, Result<upstream::Stream, upstream::Error>> {
+        Box::pin(async { Err(upstream::Error::Refused) })
+    }
 
-impl Connector for NoUpstream {
-    fn connect(&self, _t: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
-        Box::pin(async { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) })
+    fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
+        let unsupported = self.0;
+        Box::pin(async move {
+            if unsupported {
+                Err(upstream::Error::CommandNotSupported)
+            } else {
+                Err(upstream::Error::Protocol("fuzz: no proxy".into()))
+            }
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), upstream::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn carries_names(&self) -> bool {
+        true
     }
 }
 
@@ -339,27 +360,21 @@ fn stack_config(cfg: u8) -> StackConfig {
 async fn run(cfg: u8, packets: Vec<Vec<u8>>, tally: &Tally) {
     let scfg = stack_config(cfg);
     let (mtu, offload, max_flows) = (scfg.mtu, scfg.segment_offload, scfg.max_flows);
-    let (src, sink, inject, mut out) = mem::pair();
+    let (src, sink, inject, mut out) = phy::pair();
     let pool = FakePool::new(
         "198.19.0.0/24".parse().unwrap(),
         Some("fc00:5::/120".parse().unwrap()),
         &[],
     )
     .unwrap();
-    let dns = Dns::new(
-        DnsMode::Virtual,
-        None,
-        Some(Arc::new(pool)),
-        Arc::new(NoUpstream),
-    )
-    .unwrap();
+    let proxy = Arc::new(NoProxy(cfg & 0x40 != 0));
+    let dns = Dns::new(DnsMode::Virtual, None, Some(Arc::new(pool)), proxy.clone()).unwrap();
     let udp_cfg = UdpConfig {
         timeout: Duration::from_secs(60),
         max_flows: 4,
         mtu,
     };
-    let assoc = Arc::new(NoAssociate(cfg & 0x40 != 0));
-    let udp = UdpRelay::new(udp_cfg, Some(Arc::new(dns)), assoc, sink.clone());
+    let udp = UdpRelay::new(udp_cfg, Some(Arc::new(dns)), proxy, sink.clone());
     let stack = Stack::new(
         scfg,
         Arc::new(FuzzDialer((cfg >> 1) & 3)),

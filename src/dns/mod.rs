@@ -1,10 +1,8 @@
-//! Virtual DNS: the fake pool, the answers, forwarding over TCP. (issue 4)
+//! Virtual DNS: the fake pool, the answers, forwarding over TCP through the
+//! upstream. Set up by `crate::tun`.
 
 pub mod message;
 pub mod pool;
 pub mod service;
 
 pub use service::{Dns, DnsMode, TcpRoute};
-pub mod setup;
-
-pub use setup::UdpDnsConfig;

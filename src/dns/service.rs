@@ -6,11 +6,10 @@
 use super::message::{self, Answer, Query, Rcode, CLASS_IN, HEADER_LEN, TYPE_A, TYPE_AAAA};
 use super::pool::{FakePool, PoolPin};
 use crate::socks::TargetAddr;
+use crate::upstream::{Stream, Upstream};
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,37 +55,13 @@ impl fmt::Display for DnsMode {
 }
 
 /// Parse `--dns-upstream`: ADDR or ADDR:PORT (port 53 by default; IPv6 as [ADDR]:PORT).
-pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
         .map_err(|_| format!("--dns-upstream {s:?}: expected ADDR or ADDR:PORT"))
-}
-
-pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
-pub type BoxStream = Box<dyn AsyncStream>;
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Opens a TCP stream to a target through the proxy (SOCKS CONNECT).
-pub trait Connector: Send + Sync + 'static {
-    fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>>;
-}
-
-/// SOCKS CONNECT through the configured upstream (`crate::socks::client`).
-pub struct SocksConnector(pub Arc<crate::socks::client::Proxy>);
-
-impl Connector for SocksConnector {
-    fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
-        Box::pin(async move {
-            crate::socks::client::connect(&self.0, &target)
-                .await
-                .map(|s| Box::new(s) as BoxStream)
-                .map_err(|e| io::Error::other(e.to_string()))
-        })
-    }
 }
 
 /// Where a TCP flow from the TUN goes, as far as DNS is concerned.
@@ -103,12 +78,12 @@ pub enum TcpRoute {
 
 pub struct Dns {
     mode: DnsMode,
-    upstream: Option<SocketAddr>,
+    resolver: Option<SocketAddr>,
     pool: Option<Arc<FakePool>>,
-    connector: Arc<dyn Connector>,
+    proxy: Arc<dyn Upstream>,
     /// Connections to the upstream kept after an answer (RFC 7766 §6.2.1:
     /// reuse them), so a query need not pay for a new proxy connection.
-    idle: std::sync::Mutex<Vec<(BoxStream, tokio::time::Instant)>>,
+    idle: std::sync::Mutex<Vec<(Stream, tokio::time::Instant)>>,
 }
 
 /// Kept upstream connections, at most, and for how long.
@@ -120,15 +95,15 @@ const IDLE_UPSTREAM_KEEP: Duration = Duration::from_secs(10);
 const KEPT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Dns {
-    /// `pool` must be Some in virtual mode; `upstream` must be Some in tcp mode.
+    /// `pool` must be Some in virtual mode; `resolver` must be Some in tcp mode.
     pub fn new(
         mode: DnsMode,
-        upstream: Option<SocketAddr>,
+        resolver: Option<SocketAddr>,
         pool: Option<Arc<FakePool>>,
-        connector: Arc<dyn Connector>,
+        proxy: Arc<dyn Upstream>,
     ) -> Result<Dns, String> {
         match mode {
-            DnsMode::Tcp if upstream.is_none() => {
+            DnsMode::Tcp if resolver.is_none() => {
                 return Err("--dns tcp needs --dns-upstream ADDR".into())
             }
             DnsMode::Virtual if pool.is_none() => {
@@ -140,9 +115,9 @@ impl Dns {
         Ok(Dns {
             idle: std::sync::Mutex::new(Vec::new()),
             mode,
-            upstream,
+            resolver,
             pool,
-            connector,
+            proxy,
         })
     }
 
@@ -203,7 +178,7 @@ impl Dns {
     async fn answer_virtual(&self, q: &Query, msg: &[u8]) -> Vec<u8> {
         let is_addr = q.qclass == CLASS_IN && (q.qtype == TYPE_A || q.qtype == TYPE_AAAA);
         if !is_addr {
-            if self.upstream.is_some() {
+            if self.resolver.is_some() {
                 return self.forward_or_fail(q, msg).await;
             }
             // No upstream for other types: a correct empty answer (NODATA).
@@ -237,7 +212,7 @@ impl Dns {
     }
 
     async fn forward_or_fail(&self, q: &Query, msg: &[u8]) -> Vec<u8> {
-        let Some(up) = self.upstream else {
+        let Some(up) = self.resolver else {
             return q.respond_empty(Rcode::ServFail);
         };
         match tokio::time::timeout(FORWARD_TIMEOUT, self.forward(up, msg)).await {
@@ -279,11 +254,15 @@ impl Dns {
                 ),
             }
         }
-        let s = self.connector.connect(TargetAddr::Ip(up)).await?;
+        let s = self
+            .proxy
+            .connect(&TargetAddr::Ip(up))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
         self.exchange(s, &out).await
     }
 
-    async fn exchange(&self, mut s: BoxStream, framed: &[u8]) -> io::Result<Vec<u8>> {
+    async fn exchange(&self, mut s: Stream, framed: &[u8]) -> io::Result<Vec<u8>> {
         s.write_all(framed).await?;
         s.flush().await?;
         let r = read_framed(&mut s)
@@ -299,7 +278,7 @@ impl Dns {
         Ok(r)
     }
 
-    fn take_idle(&self) -> Option<BoxStream> {
+    fn take_idle(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|(_, since)| since.elapsed() < IDLE_UPSTREAM_KEEP);
         idle.pop().map(|(s, _)| s)
@@ -377,6 +356,7 @@ pub fn edns_udp_size(msg: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::dns::message::tests::query;
+    use crate::upstream::{self, BoxFuture};
     use std::sync::Mutex;
 
     /// A connector that answers DNS-over-TCP in memory with a canned TXT-ish
@@ -390,13 +370,22 @@ mod tests {
         silent: bool,
     }
 
-    impl Connector for FakeUpstream {
-        fn connect(&self, target: TargetAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
-            self.dialed.lock().unwrap().push(target);
+    impl fmt::Display for FakeUpstream {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("fake")
+        }
+    }
+
+    impl Upstream for FakeUpstream {
+        fn connect<'a>(
+            &'a self,
+            target: &'a TargetAddr,
+        ) -> BoxFuture<'a, Result<Stream, upstream::Error>> {
+            self.dialed.lock().unwrap().push(target.clone());
             let (fail, keep, silent) = (self.fail, self.keep, self.silent);
             Box::pin(async move {
                 if fail {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+                    return Err(upstream::Error::Refused);
                 }
                 let (a, mut b) = tokio::io::duplex(4096);
                 tokio::spawn(async move {
@@ -423,8 +412,20 @@ mod tests {
                         }
                     }
                 });
-                Ok(Box::new(a) as BoxStream)
+                Ok(Box::new(a) as Stream)
             })
+        }
+
+        fn associate(&self) -> BoxFuture<'_, Result<upstream::Association, upstream::Error>> {
+            Box::pin(async { Err(upstream::Error::CommandNotSupported) })
+        }
+
+        fn probe(&self) -> BoxFuture<'_, Result<(), upstream::Error>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn carries_names(&self) -> bool {
+            true
         }
     }
 
@@ -464,7 +465,7 @@ mod tests {
         );
         let d = Dns::new(
             mode,
-            upstream.map(|u| parse_upstream(u).unwrap()),
+            upstream.map(|u| parse_resolver(u).unwrap()),
             Some(pool),
             up.clone(),
         )
@@ -656,7 +657,7 @@ mod tests {
         assert_eq!(edns_udp_size(&plain), None);
         assert_eq!("virtual".parse::<DnsMode>(), Ok(DnsMode::Virtual));
         assert!("doh".parse::<DnsMode>().is_err());
-        assert_eq!(parse_upstream("[::1]:5353").unwrap().port(), 5353);
-        assert!(parse_upstream("x").is_err());
+        assert_eq!(parse_resolver("[::1]:5353").unwrap().port(), 5353);
+        assert!(parse_resolver("x").is_err());
     }
 }

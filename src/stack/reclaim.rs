@@ -15,7 +15,8 @@
 //!
 //! [`ring::RingMem::release`]: super::ring::RingMem::release
 
-use super::{bump, seq_after, Engine};
+use super::bump;
+use super::engine::{seq_after, Engine};
 use smoltcp::socket::tcp;
 use std::sync::atomic::Ordering;
 
@@ -166,8 +167,9 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::NoUdp;
     use super::super::{
-        mem, DialError, DialFuture, Dialer, DropUdp, Stack, StackConfig, StackStats,
+        phy, DialFailed, DialFuture, Dialer, Refusal, Stack, StackConfig, StackStats,
     };
     use super::*;
     use smoltcp::wire::TcpControl;
@@ -184,7 +186,7 @@ mod tests {
             let mut open = self.0.clone();
             Box::pin(async move {
                 let _ = open.wait_for(|o| *o).await;
-                Err(DialError::General)
+                Err(DialFailed::new(Refusal::Reset, "refused by the test"))
             })
         }
     }
@@ -206,17 +208,12 @@ mod tests {
     async fn the_flow_table_shrinks_once_its_flows_are_gone() {
         const N: u16 = 3_000;
         let (gate, open) = watch::channel(false);
-        let (src, sink, inject, _out) = mem::pair();
+        let (src, sink, inject, _out) = phy::pair();
         let cfg = StackConfig {
             release_idle: Duration::from_millis(20),
             ..StackConfig::default()
         };
-        let stack = Stack::new(
-            cfg,
-            Arc::new(Gate(open)),
-            Arc::new(DropUdp::default()),
-            sink,
-        );
+        let stack = Stack::new(cfg, Arc::new(Gate(open)), Arc::new(NoUdp), sink);
         let stats = stack.stats();
         let (_stop, stop) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(stack.run(src, async move {

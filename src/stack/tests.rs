@@ -8,14 +8,22 @@ use smoltcp::wire::{
     TcpSeqNumber,
 };
 use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+/// UDP is not under test here: dropped.
+pub(super) struct NoUdp;
+
+impl UdpHandler for NoUdp {
+    fn on_packet(&self, _packet: &[u8]) {}
+}
+
 /// Dials by handing the test the far end of a pipe, after the test says go.
 struct FakeDialer {
     dials: AtomicUsize,
-    verdict: Mutex<Option<oneshot::Receiver<Result<(), DialError>>>>,
+    verdict: Mutex<Option<oneshot::Receiver<Result<(), Refusal>>>>,
     far: Mutex<Option<oneshot::Sender<DuplexStream>>>,
 }
 
@@ -26,10 +34,10 @@ impl Dialer for FakeDialer {
         let far = self.far.lock().unwrap().take();
         Box::pin(async move {
             let v = match verdict {
-                Some(rx) => rx.await.unwrap_or(Err(DialError::General)),
-                None => Err(DialError::General),
+                Some(rx) => rx.await.unwrap_or(Err(Refusal::Reset)),
+                None => Err(Refusal::Reset),
             };
-            v?;
+            v.map_err(|answer| DialFailed::new(answer, "refused by the test"))?;
             let (a, b) = tokio::io::duplex(1 << 16);
             if let Some(far) = far {
                 let _ = far.send(b);
@@ -43,11 +51,11 @@ struct Harness {
     inject: mpsc::UnboundedSender<Vec<u8>>,
     out: mpsc::UnboundedReceiver<Vec<u8>>,
     dialer: Arc<FakeDialer>,
-    verdict: Option<oneshot::Sender<Result<(), DialError>>>,
+    verdict: Option<oneshot::Sender<Result<(), Refusal>>>,
     far: Option<oneshot::Receiver<DuplexStream>>,
     _stop: oneshot::Sender<()>,
     stats: Arc<StackStats>,
-    sink: Arc<mem::MemSink>,
+    sink: Arc<phy::MemSink>,
 }
 
 fn start() -> Harness {
@@ -62,13 +70,8 @@ fn start_with(cfg: StackConfig) -> Harness {
         verdict: Mutex::new(Some(vrx)),
         far: Mutex::new(Some(ftx)),
     });
-    let (src, sink, inject, out) = mem::pair();
-    let stack = Stack::new(
-        cfg,
-        dialer.clone(),
-        Arc::new(DropUdp::default()),
-        sink.clone(),
-    );
+    let (src, sink, inject, out) = phy::pair();
+    let stack = Stack::new(cfg, dialer.clone(), Arc::new(NoUdp), sink.clone());
     let stats = stack.stats();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(stack.run(src, async move {
@@ -321,11 +324,7 @@ async fn refusal_is_rst() {
     let (c, s): (SocketAddr, SocketAddr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
     h.send(seg(c, s, TcpControl::Syn, 5000, None, &[]));
     assert!(h.quiet().await);
-    h.verdict
-        .take()
-        .unwrap()
-        .send(Err(DialError::Refused))
-        .unwrap();
+    h.verdict.take().unwrap().send(Err(Refusal::Reset)).unwrap();
     let o = h.next().await;
     assert!(o.rst && o.ack && !o.syn, "{o:?}");
     assert_eq!((o.src, o.dst, o.ackn), (s, c, 5001));
@@ -340,7 +339,7 @@ async fn unreachable_is_icmp_v4() {
     h.verdict
         .take()
         .unwrap()
-        .send(Err(DialError::HostUnreachable))
+        .send(Err(Refusal::Unreachable(Unreachable::Host)))
         .unwrap();
     let o = h.next().await;
     assert_eq!(o.proto, IpProtocol::Icmp);
@@ -357,7 +356,7 @@ async fn unreachable_is_icmp_v6() {
     h.verdict
         .take()
         .unwrap()
-        .send(Err(DialError::NotAllowed))
+        .send(Err(Refusal::Unreachable(Unreachable::Prohibited)))
         .unwrap();
     let o = h.next().await;
     assert_eq!(o.proto, IpProtocol::Icmpv6);

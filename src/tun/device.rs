@@ -310,16 +310,16 @@ impl TunDevice {
         })
     }
 
-    pub fn source(&self) -> TunSource {
-        TunSource {
+    pub fn source(&self) -> DeviceSource {
+        DeviceSource {
             fd: self.fd.clone(),
             offload: self.offload,
             malformed: self.malformed.clone(),
         }
     }
 
-    pub fn sink(&self) -> Arc<TunSink> {
-        Arc::new(TunSink {
+    pub fn sink(&self) -> Arc<DeviceSink> {
+        Arc::new(DeviceSink {
             fd: self.fd.clone(),
             drops: self.write_drops.clone(),
             offload: self.offload,
@@ -327,13 +327,13 @@ impl TunDevice {
     }
 }
 
-pub struct TunSource {
+pub struct DeviceSource {
     fd: Arc<AsyncFd<File>>,
     offload: bool,
     malformed: Arc<AtomicU64>,
 }
 
-impl PacketSource for TunSource {
+impl PacketSource for DeviceSource {
     fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
@@ -374,13 +374,13 @@ impl PacketSource for TunSource {
 /// Writes whole packets to the device; usable from any thread (one write(2)
 /// is one packet). A full device queue drops the packet: TCP retransmits, and
 /// blocking the stack on one slow reader would stall every flow.
-pub struct TunSink {
+pub struct DeviceSink {
     fd: Arc<AsyncFd<File>>,
     drops: Arc<AtomicU64>,
     offload: bool,
 }
 
-impl TunSink {
+impl DeviceSink {
     /// One packet in one write(2), or header and packet in one writev(2) (no
     /// copy to prepend the header). A packet the kernel does not take is
     /// dropped and counted.
@@ -409,7 +409,7 @@ impl TunSink {
     }
 }
 
-impl PacketSink for TunSink {
+impl PacketSink for DeviceSink {
     fn send(&self, packet: &[u8]) {
         if self.offload {
             self.write(Some(&vnet::VnetHdr::default()), packet);

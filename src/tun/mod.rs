@@ -5,114 +5,28 @@
 //! that fails), warns if the proxy does not answer (and keeps running: flows
 //! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
 
+pub mod config;
 pub mod device;
+mod dialer;
 mod ifstate;
+pub mod stats;
 pub mod udp;
 pub mod vnet;
 
-pub use device::{DeviceSpec, TunDevice, TunSink, TunSource};
+pub use config::TunConfig;
+pub use device::{DeviceSink, DeviceSource, DeviceSpec, TunDevice};
 
 use crate::cli::TunArgs;
-use crate::relay::RelayStream;
-use crate::socks::client::{self, Proxy};
-use crate::socks::TargetAddr;
-use crate::stack::{DialFuture, Dialer, Stack, StackConfig, TunWriter, UdpHandler};
-use anyhow::{anyhow, bail, Context as _};
-use ipnetwork::{Ipv4Network, Ipv6Network};
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use crate::dns::{Dns, DnsMode};
+use crate::stack::{PacketSink, Stack};
+use crate::upstream::{self, Upstream};
+use anyhow::Context as _;
+use dialer::FlowDialer;
+use stats::Stats;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
-
-/// The default dialer: a SOCKS CONNECT to the destination address.
-pub struct SocksDialer {
-    pub upstream: Arc<Proxy>,
-}
-
-impl Dialer for SocksDialer {
-    fn dial(&self, _src: SocketAddr, dst: SocketAddr) -> DialFuture {
-        let up = self.upstream.clone();
-        Box::pin(async move {
-            let s = client::connect(&up, &TargetAddr::Ip(dst)).await?;
-            Ok(Box::new(s) as Box<dyn RelayStream>)
-        })
-    }
-}
-
-const DEFAULT_IPV4: &str = "198.18.0.1/15";
-const DEFAULT_MTU: u16 = 65000;
-
-/// Everything `run` needs, validated.
-pub struct TunConfig {
-    pub upstream: Proxy,
-    pub device: String,
-    pub fd: Option<i32>,
-    pub ipv4: Option<Ipv4Network>,
-    pub ipv6: Option<Ipv6Network>,
-    /// Used on a device sockstun creates; on an existing device only when
-    /// given explicitly (see `DeviceSpec`).
-    pub mtu: u16,
-    pub explicit_ipv4: bool,
-    pub explicit_mtu: bool,
-    /// Ask the device for checksum and segmentation offload.
-    pub offload: bool,
-    pub stack: StackConfig,
-}
-
-impl TunConfig {
-    pub fn from_args(args: &TunArgs) -> anyhow::Result<TunConfig> {
-        // The URL error never echoes the URL: it may hold a password.
-        let mut upstream = Proxy::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
-        upstream.opts.fwmark = args.fwmark;
-        upstream.opts.bind_interface = args.bind_interface.clone();
-        upstream.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-        upstream.pipeline = args.socks_pipeline;
-        let ipv4 = match args.ipv4.as_deref().unwrap_or(DEFAULT_IPV4) {
-            "" | "none" => None,
-            s => Some(
-                s.parse::<Ipv4Network>()
-                    .map_err(|e| anyhow!("--ipv4 {s}: {e}"))?,
-            ),
-        };
-        let ipv6 = match &args.ipv6 {
-            None => None,
-            Some(s) => Some(
-                s.parse::<Ipv6Network>()
-                    .map_err(|e| anyhow!("--ipv6 {s}: {e}"))?,
-            ),
-        };
-        let mtu = args.mtu.unwrap_or(DEFAULT_MTU);
-        // 1280 is the IPv6 minimum (RFC 8200 5); below it v6 cannot work.
-        if mtu < 1280 {
-            bail!("--mtu {mtu}: at least 1280 is needed (the IPv6 minimum)");
-        }
-        if args.device.is_empty() || args.device.len() > 15 {
-            bail!(
-                "--device {:?}: a name of 1 to 15 bytes is needed",
-                args.device
-            );
-        }
-        let stack = StackConfig {
-            mtu: mtu as usize,
-            max_flows: args.max_tcp_flows.max(1),
-            connect_timeout: upstream.connect_timeout + Duration::from_secs(1),
-            ..StackConfig::default()
-        };
-        Ok(TunConfig {
-            upstream,
-            device: args.device.clone(),
-            fd: args.fd,
-            ipv4,
-            ipv6,
-            mtu,
-            explicit_ipv4: args.ipv4.is_some(),
-            explicit_mtu: args.mtu.is_some(),
-            offload: !args.no_offload,
-            stack,
-        })
-    }
-}
+use udp::UdpRelay;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
@@ -121,13 +35,13 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
     if let Err(e) = crate::net::raise_fd_limit() {
         warn!("could not raise the descriptor limit: {e}");
     }
-    cfg.upstream
+    cfg.proxy
         .resolve()
-        .with_context(|| format!("resolving the proxy host {:?}", cfg.upstream.host))?;
+        .with_context(|| format!("resolving the proxy host {:?}", cfg.proxy.host))?;
     info!(
         "upstream {} at {}",
-        cfg.upstream,
-        cfg.upstream
+        cfg.proxy,
+        cfg.proxy
             .addrs
             .iter()
             .map(|a| a.to_string())
@@ -143,26 +57,14 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let udp_dns = crate::dns::UdpDnsConfig::from_args(&args, cfg.ipv4, cfg.ipv6)?;
-    let res = rt.block_on(run_async(cfg, move |up, dialer, w, mtu| {
-        udp_dns.build(up, dialer, w, mtu)
-    }));
+    let res = rt.block_on(run_async(cfg));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
-/// Run TUN mode inside a runtime. `extend` gets the upstream, the default
-/// SOCKS dialer, the device's writer and its MTU, and returns the dialer to use (DNS
-/// in front of the default) and the UDP handler.
-pub async fn run_async(
-    cfg: TunConfig,
-    extend: impl FnOnce(
-        Arc<Proxy>,
-        Arc<dyn Dialer>,
-        TunWriter,
-        usize,
-    ) -> (Arc<dyn Dialer>, Arc<dyn UdpHandler>),
-) -> anyhow::Result<()> {
+/// Run TUN mode inside a runtime: open the device, wire the upstream, DNS,
+/// the UDP table and the stack together, run until SIGINT or SIGTERM.
+pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -183,15 +85,14 @@ pub async fn run_async(
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream = Arc::new(cfg.upstream);
+    let upstream: Arc<dyn Upstream> = Arc::new(upstream::Socks(cfg.proxy));
     tokio::spawn(probe(upstream.clone()));
-    let sink: TunWriter = dev.sink();
-    let (dialer, udp) = extend(
-        upstream.clone(),
-        Arc::new(SocksDialer { upstream }),
-        sink.clone(),
-        dev.mtu as usize,
-    );
+    let sink: Arc<dyn PacketSink> = dev.sink();
+    let dns = dns_service(cfg.dns, &upstream);
+    let mut udp_cfg = cfg.udp;
+    udp_cfg.mtu = dev.mtu as usize;
+    let udp = UdpRelay::new(udp_cfg, Some(dns.clone()), upstream.clone(), sink.clone());
+    let dialer = Arc::new(FlowDialer { upstream, dns });
     let mut stack_cfg = cfg.stack;
     stack_cfg.mtu = dev.mtu as usize;
     if dev.offload {
@@ -202,8 +103,14 @@ pub async fn run_async(
         // smoltcp keeps to the MTU and nothing is cut for it.
         stack_cfg.segment_offload = cfg.offload;
     }
-    let stack = Stack::new(stack_cfg, dialer, udp, sink);
-    let stats = stack.stats();
+    let udp_stats = udp.stats_handle();
+    let stack = Stack::new(stack_cfg, dialer, Arc::new(udp), sink);
+    let stats = Stats {
+        stack: stack.stats(),
+        udp: udp_stats,
+        device_write_drops: dev.write_drops.clone(),
+        device_malformed: dev.malformed.clone(),
+    };
     let shutdown = async move {
         tokio::select! {
             _ = sigint.recv() => info!("SIGINT: stopping"),
@@ -211,15 +118,7 @@ pub async fn run_async(
         }
     };
     let res = stack.run(dev.source(), shutdown).await;
-    info!(
-        tcp_opened = stats.tcp_opened.load(Ordering::Relaxed),
-        tcp_refused = stats.tcp_refused.load(Ordering::Relaxed),
-        udp_packets = stats.udp_packets.load(Ordering::Relaxed),
-        other_dropped = stats.other_dropped.load(Ordering::Relaxed),
-        malformed = stats.malformed.load(Ordering::Relaxed) + dev.malformed.load(Ordering::Relaxed),
-        write_drops = dev.write_drops.load(Ordering::Relaxed),
-        "stopped"
-    );
+    stats.log_totals();
     let name = dev.name.clone();
     let created = dev.created;
     drop(dev);
@@ -227,6 +126,34 @@ pub async fn run_async(
         info!("removed TUN device {name}");
     }
     res.context("reading the TUN device")
+}
+
+/// The DNS service over `upstream`, logged as configured.
+fn dns_service(cfg: config::DnsConfig, upstream: &Arc<dyn Upstream>) -> Arc<Dns> {
+    let pool = cfg
+        .pool
+        .as_ref()
+        .map(|p| format!(", fake pool {}", p.describe()))
+        .unwrap_or_default();
+    info!(
+        "dns: {} mode{pool}{}",
+        cfg.mode,
+        match cfg.resolver {
+            Some(u) => format!(", upstream {u} over TCP through the proxy"),
+            None => String::new(),
+        }
+    );
+    if cfg.mode == DnsMode::Virtual && !upstream.carries_names() {
+        warn!(
+            "dns: virtual mode dials fake addresses by name, which a socks4:// upstream cannot carry: \
+             use socks4a:// or socks5://, or --dns tcp"
+        );
+    }
+    match Dns::new(cfg.mode, cfg.resolver, cfg.pool, upstream.clone()) {
+        Ok(d) => Arc::new(d),
+        // TunConfig::from_args checked what `Dns::new` needs.
+        Err(e) => unreachable!("{e}"),
+    }
 }
 
 /// Large allocations (a relay direction's 64 KiB buffer, kept while its
@@ -246,10 +173,10 @@ fn fixed_mmap_threshold() {
 /// Say early, once, when the proxy does not answer or refuses our
 /// credentials; keep running either way. The probe greets and closes
 /// cleanly, so the proxy has no error to log.
-async fn probe(up: Arc<Proxy>) {
-    match tokio::time::timeout(Duration::from_secs(3), client::probe(&up)).await {
+async fn probe(up: Arc<dyn Upstream>) {
+    match tokio::time::timeout(Duration::from_secs(3), up.probe()).await {
         Ok(Ok(())) => info!("upstream {up} answers"),
-        Ok(Err(client::DialError::AuthFailed)) => {
+        Ok(Err(upstream::Error::AuthFailed)) => {
             warn!("upstream {up} refuses our credentials (or offers no method we can use); flows will fail")
         }
         Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),

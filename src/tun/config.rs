@@ -1,0 +1,158 @@
+//! The options of TUN mode, validated in one place before anything touches
+//! the system: a bad value is an error naming its flag.
+
+use super::udp::UdpConfig;
+use crate::cli::TunArgs;
+use crate::dns::pool::FakePool;
+use crate::dns::service::parse_resolver;
+use crate::dns::DnsMode;
+use crate::socks::client::Proxy;
+use crate::stack::StackConfig;
+use anyhow::{anyhow, bail};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_IPV4: &str = "198.18.0.1/15";
+const DEFAULT_MTU: u16 = 65000;
+
+/// Everything `run` needs, validated.
+pub struct TunConfig {
+    /// The proxy, its host name not yet resolved.
+    pub proxy: Proxy,
+    pub device: String,
+    pub fd: Option<i32>,
+    pub ipv4: Option<Ipv4Network>,
+    pub ipv6: Option<Ipv6Network>,
+    /// Used on a device sockstun creates; on an existing device only when
+    /// given explicitly (see `DeviceSpec`).
+    pub mtu: u16,
+    pub explicit_ipv4: bool,
+    pub explicit_mtu: bool,
+    /// Ask the device for checksum and segmentation offload.
+    pub offload: bool,
+    pub stack: StackConfig,
+    pub dns: DnsConfig,
+    /// `mtu` is the device's, known once it is open.
+    pub udp: UdpConfig,
+}
+
+/// Validated DNS options.
+pub struct DnsConfig {
+    pub mode: DnsMode,
+    /// `--dns-upstream`: the resolver queries are forwarded to, through the proxy.
+    pub resolver: Option<SocketAddr>,
+    pub pool: Option<Arc<FakePool>>,
+}
+
+impl TunConfig {
+    pub fn from_args(args: &TunArgs) -> anyhow::Result<TunConfig> {
+        // The URL error never echoes the URL: it may hold a password.
+        let mut proxy = Proxy::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
+        proxy.opts.fwmark = args.fwmark;
+        proxy.opts.bind_interface = args.bind_interface.clone();
+        proxy.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+        proxy.pipeline = args.socks_pipeline;
+        let ipv4 = match args.ipv4.as_deref().unwrap_or(DEFAULT_IPV4) {
+            "" | "none" => None,
+            s => Some(
+                s.parse::<Ipv4Network>()
+                    .map_err(|e| anyhow!("--ipv4 {s}: {e}"))?,
+            ),
+        };
+        let ipv6 = match &args.ipv6 {
+            None => None,
+            Some(s) => Some(
+                s.parse::<Ipv6Network>()
+                    .map_err(|e| anyhow!("--ipv6 {s}: {e}"))?,
+            ),
+        };
+        let mtu = args.mtu.unwrap_or(DEFAULT_MTU);
+        // 1280 is the IPv6 minimum (RFC 8200 5); below it v6 cannot work.
+        if mtu < 1280 {
+            bail!("--mtu {mtu}: at least 1280 is needed (the IPv6 minimum)");
+        }
+        if args.device.is_empty() || args.device.len() > 15 {
+            bail!(
+                "--device {:?}: a name of 1 to 15 bytes is needed",
+                args.device
+            );
+        }
+        let stack = StackConfig {
+            mtu: mtu as usize,
+            max_flows: args.max_tcp_flows.max(1),
+            connect_timeout: proxy.connect_timeout + Duration::from_secs(1),
+            ..StackConfig::default()
+        };
+        let dns = DnsConfig::from_args(args, ipv4, ipv6)?;
+        if args.udp_timeout == 0 {
+            bail!("--udp-timeout must be at least 1 second");
+        }
+        if args.max_udp_flows == 0 {
+            bail!("--max-udp-flows must be at least 1");
+        }
+        let udp = UdpConfig {
+            timeout: Duration::from_secs(args.udp_timeout),
+            max_flows: args.max_udp_flows,
+            mtu: 0,
+        };
+        Ok(TunConfig {
+            proxy,
+            device: args.device.clone(),
+            fd: args.fd,
+            ipv4,
+            ipv6,
+            mtu,
+            explicit_ipv4: args.ipv4.is_some(),
+            explicit_mtu: args.mtu.is_some(),
+            offload: !args.no_offload,
+            stack,
+            dns,
+            udp,
+        })
+    }
+}
+
+impl DnsConfig {
+    /// `tun_v4`/`tun_v6` are the device's own addresses: never handed out.
+    fn from_args(
+        args: &TunArgs,
+        tun_v4: Option<Ipv4Network>,
+        tun_v6: Option<Ipv6Network>,
+    ) -> anyhow::Result<DnsConfig> {
+        let mode: DnsMode = args.dns.parse().map_err(|e| anyhow!("--dns: {e}"))?;
+        let resolver = match &args.dns_upstream {
+            Some(s) => Some(parse_resolver(s).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
+        if mode == DnsMode::Tcp && resolver.is_none() {
+            bail!("--dns tcp carries every query to --dns-upstream: set it (e.g. --dns-upstream 1.1.1.1)");
+        }
+        let pool = if mode == DnsMode::Virtual {
+            let p4: Ipv4Network = args
+                .dns_pool4
+                .parse()
+                .map_err(|e| anyhow!("--dns-pool4 {}: {e}", args.dns_pool4))?;
+            let p6: Option<Ipv6Network> = match args.dns_pool6.as_str() {
+                "" | "none" => None,
+                s => Some(s.parse().map_err(|e| anyhow!("--dns-pool6 {s}: {e}"))?),
+            };
+            let exclude: Vec<IpAddr> = tun_v4
+                .map(|n| IpAddr::V4(n.ip()))
+                .into_iter()
+                .chain(tun_v6.map(|n| IpAddr::V6(n.ip())))
+                .collect();
+            Some(Arc::new(
+                FakePool::new(p4, p6, &exclude).map_err(|e| anyhow!("{e}"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(DnsConfig {
+            mode,
+            resolver,
+            pool,
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! The task of one association: takes its local endpoint's datagrams from
+//! the table's queue, opens the UDP ASSOCIATE when the first one comes (and
+//! again after the control connection died), sends them to the relay, and
+//! writes the relay's replies back to the TUN with the source the
+//! application expects (`reply::reply_source`).
+
+use super::packet::{build_udp, BuildError};
+use super::reply::{reply_source, FakeDest};
+use super::{inc, FlowState, Out, Shared, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS};
+use crate::socks::{codec, TargetAddr};
+use crate::upstream;
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// The relay socket of a live association and the relay's address.
+struct Live {
+    relay: SocketAddr,
+    socket: UdpSocket,
+}
+
+/// What the task of one association gets from the table.
+pub(super) struct Flow {
+    pub local: SocketAddr,
+    pub id: u64,
+    pub rx: mpsc::UnboundedReceiver<Out>,
+    pub evicted: oneshot::Receiver<()>,
+    pub state: Arc<FlowState>,
+}
+
+/// Gives the queue room of the datagrams still queued back when the task
+/// ends, however it ends.
+struct QueueGuard {
+    sh: Arc<Shared>,
+    state: Arc<FlowState>,
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let left = self.state.queued.swap(0, Ordering::Relaxed);
+        self.sh.queued.fetch_sub(left, Ordering::Relaxed);
+    }
+}
+
+enum Ev {
+    Out(Option<Out>),
+    In(io::Result<(usize, SocketAddr)>),
+    Ctrl(io::Result<usize>),
+    Idle,
+}
+
+/// One association's state, owned by its task.
+struct Assoc {
+    sh: Arc<Shared>,
+    local: SocketAddr,
+    state: Arc<FlowState>,
+    /// Both Some while associated; the control connection is apart so both
+    /// can be awaited at once.
+    live: Option<Live>,
+    control: Option<TcpStream>,
+    fakes: Vec<FakeDest>,
+    /// Unmapped, as the proxy's replies are compared.
+    ip_dsts: HashSet<SocketAddr>,
+    dns_only: bool,
+    n_out: u64,
+    b_out: u64,
+    n_in: u64,
+    b_in: u64,
+    /// For the log line: the first destination and how many others (up to a cap).
+    first_dst: Option<TargetAddr>,
+    other_dsts: Vec<TargetAddr>,
+    /// Room for the largest SOCKS header (domain: 3 + 1 + 1 + 255 + 2) and an
+    /// MTU's worth of payload, plus one byte to tell a datagram that did not fit.
+    buf: Vec<u8>,
+    pkt: Vec<u8>,
+    last_activity: Instant,
+}
+
+pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
+    let Flow {
+        local,
+        id,
+        mut rx,
+        mut evicted,
+        state,
+    } = flow;
+    let _guard = QueueGuard {
+        sh: sh.clone(),
+        state: state.clone(),
+    };
+    let started = Instant::now();
+    let mut a = Assoc {
+        buf: vec![0u8; sh.cfg.mtu + 263],
+        pkt: Vec::with_capacity(sh.cfg.mtu + 263),
+        sh: sh.clone(),
+        local,
+        state,
+        live: None,
+        control: None,
+        fakes: Vec::new(),
+        ip_dsts: HashSet::new(),
+        dns_only: true,
+        n_out: 0,
+        b_out: 0,
+        n_in: 0,
+        b_in: 0,
+        first_dst: None,
+        other_dsts: Vec::new(),
+        last_activity: Instant::now(),
+    };
+    let outcome: String = loop {
+        match a.next_event(&mut rx, &mut evicted).await {
+            Ev::Idle => break "idle".into(),
+            Ev::Out(None) => break "evicted".into(),
+            Ev::Ctrl(Ok(n)) if n > 0 => {} // nothing is expected; ignore
+            Ev::Ctrl(r) => a.control_ended(r),
+            Ev::Out(Some(o)) => {
+                if let Err(end) = a.send(o, &mut rx, &mut evicted).await {
+                    break end;
+                }
+            }
+            Ev::In(Err(e)) => {
+                // ICMP errors from the relay (port unreachable) land here.
+                tracing::debug!("udp {local}: relay socket: {e}");
+            }
+            Ev::In(Ok((n, from))) => a.reply(n, from),
+        }
+    };
+    {
+        let mut t = sh.table();
+        if t.flows.get(&local).is_some_and(|h| h.id == id) {
+            t.flows.remove(&local);
+        }
+    }
+    a.log(started, &outcome);
+}
+
+impl Assoc {
+    async fn next_event(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Out>,
+        evicted: &mut oneshot::Receiver<()>,
+    ) -> Ev {
+        let idle = if self.dns_only {
+            self.sh.cfg.timeout.min(DNS_UDP_TIMEOUT)
+        } else {
+            self.sh.cfg.timeout
+        };
+        let (live, buf, control) = (&self.live, &mut self.buf, &mut self.control);
+        let recv = async {
+            match live {
+                Some(l) => l.socket.recv_from(buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut probe = [0u8; 64];
+        let ctrl = async {
+            match control.as_mut() {
+                Some(c) => c.read(&mut probe).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = evicted => Ev::Out(None),
+            o = rx.recv() => Ev::Out(o),
+            r = recv => Ev::In(r),
+            c = ctrl => Ev::Ctrl(c),
+            _ = tokio::time::sleep_until(self.last_activity + idle) => Ev::Idle,
+        }
+    }
+
+    fn control_ended(&mut self, r: io::Result<usize>) {
+        let local = self.local;
+        tracing::debug!(
+            "udp {local}: control connection ended ({r:?}); re-established on the next datagram"
+        );
+        self.live = None;
+        self.control = None;
+        self.state.live.store(false, Ordering::Relaxed);
+    }
+
+    /// Remember where a datagram goes: replies are matched against it.
+    fn note_destination(&mut self, o: &mut Out) {
+        if o.dst.port() != 53 {
+            self.dns_only = false;
+        }
+        match &o.target {
+            TargetAddr::Ip(a) => {
+                let a = SocketAddr::new(codec::unmap(a.ip()), a.port());
+                if self.ip_dsts.len() >= MAX_IP_DESTS && !self.ip_dsts.contains(&a) {
+                    if let Some(old) = self.ip_dsts.iter().next().copied() {
+                        self.ip_dsts.remove(&old);
+                    }
+                }
+                self.ip_dsts.insert(a);
+            }
+            TargetAddr::Domain(name, port) => {
+                if !self.fakes.iter().any(|f| f.fake == o.dst) {
+                    if self.fakes.len() >= MAX_FAKE_DESTS {
+                        self.fakes.remove(0);
+                    }
+                    self.fakes.push(FakeDest {
+                        fake: o.dst,
+                        name: name.clone(),
+                        port: *port,
+                        resolved: None,
+                        _pin: o.pin.take(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Open the association. Err ends the task with that outcome.
+    async fn associate(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Out>,
+        evicted: &mut oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        let (sh, local) = (&self.sh, self.local);
+        // Evicted while the proxy is still answering: give the slot up at once.
+        let assoc = tokio::select! {
+            a = sh.upstream.associate() => a,
+            _ = evicted => return Err("evicted".into()),
+        };
+        match assoc {
+            Ok(a) => {
+                tracing::debug!("udp {local}: associated, relay {}", a.relay);
+                sh.mark_associated();
+                self.state.live.store(true, Ordering::Relaxed);
+                self.live = Some(Live {
+                    relay: a.relay,
+                    socket: a.socket,
+                });
+                self.control = Some(a.control);
+                Ok(())
+            }
+            Err(upstream::Error::CommandNotSupported) => {
+                inc(&sh.stats.dropped_unsupported);
+                sh.mark_unsupported();
+                Err("proxy has no UDP ASSOCIATE".into())
+            }
+            Err(e) => {
+                // The task ends and its queue goes with it: what arrives
+                // during the backoff is dropped up front.
+                let backoff = sh.mark_failed();
+                inc(&sh.stats.dropped_backoff);
+                let mut n = 0;
+                while rx.try_recv().is_ok() {
+                    inc(&sh.stats.dropped_backoff);
+                    n += 1;
+                }
+                tracing::debug!("udp {local}: UDP ASSOCIATE failed: {e}; {n} queued datagrams dropped, none tried for {backoff:?}");
+                Err(format!("UDP ASSOCIATE failed: {e}"))
+            }
+        }
+    }
+
+    /// A datagram from the application, towards the relay (associating
+    /// first if needed). Err ends the task with that outcome.
+    async fn send(
+        &mut self,
+        mut o: Out,
+        rx: &mut mpsc::UnboundedReceiver<Out>,
+        evicted: &mut oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        self.sh.release(&self.state, o.cost());
+        self.last_activity = Instant::now();
+        self.note_destination(&mut o);
+        if self.live.is_none() {
+            self.associate(rx, evicted).await?;
+        }
+        let Some(l) = &self.live else { return Ok(()) };
+        let sh = &self.sh;
+        self.pkt.clear();
+        if codec::encode_udp_header(&o.target, &mut self.pkt).is_err() {
+            inc(&sh.stats.dropped_other);
+            return Ok(());
+        }
+        self.pkt.extend_from_slice(&o.payload);
+        match l.socket.send_to(&self.pkt, l.relay).await {
+            Ok(_) => {
+                self.n_out += 1;
+                self.b_out += o.payload.len() as u64;
+                inc(&sh.stats.datagrams_out);
+                match &self.first_dst {
+                    None => self.first_dst = Some(o.target),
+                    Some(f) if *f != o.target && self.other_dsts.len() < MAX_FAKE_DESTS => {
+                        if !self.other_dsts.contains(&o.target) {
+                            self.other_dsts.push(o.target);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(e) => {
+                inc(&sh.stats.dropped_other);
+                tracing::debug!("udp {}: send to relay {}: {e}", self.local, l.relay);
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` bytes from `from` in `buf`: a reply to pass back to the application.
+    fn reply(&mut self, n: usize, from: SocketAddr) {
+        let Some(l) = &self.live else { return };
+        let (sh, local) = (&self.sh, self.local);
+        if codec::unmap(from.ip()) != codec::unmap(l.relay.ip()) || from.port() != l.relay.port() {
+            inc(&sh.stats.dropped_other);
+            return;
+        }
+        let hdr = match codec::parse_udp_header(&self.buf[..n]) {
+            Ok(h) if h.frag == 0 => h,
+            _ => {
+                // RFC 1928 §7: fragments we do not reassemble are dropped.
+                inc(&sh.stats.dropped_other);
+                return;
+            }
+        };
+        let payload_len = n - hdr.header_len;
+        if n == self.buf.len() {
+            sh.drop_oversize("from the proxy", payload_len);
+            return;
+        }
+        let Some(src) = reply_source(&hdr.addr, &mut self.fakes, &self.ip_dsts, local) else {
+            inc(&sh.stats.dropped_other);
+            tracing::debug!("udp {local}: reply from {} dropped: no name it answers for, or several names on that port wait for an address", hdr.addr);
+            return;
+        };
+        self.last_activity = Instant::now();
+        self.state.last_used.store(sh.now_ms(), Ordering::Relaxed);
+        match build_udp(src, local, &self.buf[hdr.header_len..n], sh.cfg.mtu) {
+            Ok(p) => {
+                self.n_in += 1;
+                self.b_in += payload_len as u64;
+                inc(&sh.stats.datagrams_in);
+                sh.tun.send(&p);
+            }
+            Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", payload_len),
+            Err(BuildError::FamilyMismatch) => {
+                inc(&sh.stats.dropped_other);
+            }
+        }
+    }
+
+    fn log(&self, started: Instant, outcome: &str) {
+        let to = match (&self.first_dst, self.other_dsts.len()) {
+            (None, _) => "-".to_string(),
+            (Some(f), 0) => f.to_string(),
+            (Some(f), n) => format!("{f} (+{n} more)"),
+        };
+        tracing::info!(
+            "udp {} -> {to}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
+            self.local,
+            self.n_out,
+            self.b_out,
+            self.n_in,
+            self.b_in,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}

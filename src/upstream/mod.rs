@@ -1,0 +1,51 @@
+//! The one seam between TUN mode and a proxy: [`Upstream`] gives a stream to
+//! a target (TCP flows, DNS forwarding) and a UDP association (UDP flows).
+//!
+//! Everything above it (the dialer of TCP flows, the UDP table, the DNS
+//! forwarder) holds an `Arc<dyn Upstream>` and knows no proxy protocol; each
+//! protocol is one implementation beside this file ([`socks`] today).
+
+pub mod socks;
+
+pub use self::socks::Socks;
+
+use crate::relay::RelayStream;
+use crate::socks::TargetAddr;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A connection to a target through the proxy, ready for the relay.
+pub type Stream = Box<dyn RelayStream>;
+
+/// Why the proxy gave no stream or association. The SOCKS client's failures
+/// name the cases every proxy protocol has (the target refused or could not
+/// be reached, the proxy's rules, our credentials, the proxy itself down or
+/// broken), at the finest grain any of them reports (RFC 1928's reply
+/// codes): another protocol maps its answers onto them.
+pub use crate::socks::client::DialError as Error;
+
+/// A live UDP association: datagrams go to its relay address framed as RFC
+/// 1928 section 7 says (the one UDP framing proxies speak); it lasts while
+/// its control connection is open.
+pub use crate::socks::client::UdpAssociation as Association;
+
+/// A proxy, seen from TUN mode.
+pub trait Upstream: fmt::Display + Send + Sync + 'static {
+    /// A stream to `target` (a CONNECT), within the proxy's connect timeout.
+    fn connect<'a>(&'a self, target: &'a TargetAddr) -> BoxFuture<'a, Result<Stream, Error>>;
+
+    /// A UDP association. `Error::CommandNotSupported` when the proxy (or
+    /// its protocol) has none.
+    fn associate(&self) -> BoxFuture<'_, Result<Association, Error>>;
+
+    /// Reach the proxy and present our credentials, then close cleanly: a
+    /// start-up check that carries no traffic.
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Whether a target can be sent by name (virtual DNS dials fake
+    /// addresses by name).
+    fn carries_names(&self) -> bool;
+}
