@@ -288,28 +288,7 @@ impl Dir {
         // the other through a context made of it.
         let waker = cx.waker();
         let got = r.as_mut().get_mut().poll_read_in_place(waker, &mut |data| {
-            let mut off = 0;
-            while off < data.len() {
-                match w
-                    .as_mut()
-                    .poll_write(&mut Context::from_waker(waker), &data[off..])
-                {
-                    Poll::Ready(Ok(0)) => {
-                        err = Some(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
-                        break;
-                    }
-                    Poll::Ready(Ok(m)) => off += m,
-                    Poll::Ready(Err(e)) => {
-                        err = Some(e);
-                        break;
-                    }
-                    Poll::Pending => {
-                        blocked = true;
-                        break;
-                    }
-                }
-            }
-            off
+            write_now(w, waker, data, &mut err, &mut blocked)
         });
         if let Some(got) = got {
             return Some(match got {
@@ -339,25 +318,7 @@ impl Dir {
             .as_mut()
             .get_mut()
             .poll_write_in_place(waker, &mut |room| {
-                let mut rb = ReadBuf::new(room);
-                match r
-                    .as_mut()
-                    .poll_read(&mut Context::from_waker(waker), &mut rb)
-                {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        eof = n == 0;
-                        n
-                    }
-                    Poll::Ready(Err(e)) => {
-                        err = Some(e);
-                        0
-                    }
-                    Poll::Pending => {
-                        blocked = true;
-                        0
-                    }
-                }
+                read_now(r, waker, room, &mut eof, &mut err, &mut blocked)
             })?;
         Some(match put {
             Poll::Pending => Poll::Pending,
@@ -559,6 +520,72 @@ pub async fn relay_until<A: RelayStream, B: RelayStream>(
         a_to_b: ab.amt,
         b_to_a: ba.amt,
         outcome,
+    }
+}
+
+/// Write as much of `data` as `w` takes now. An error or a writer that is
+/// full (its waker then registered) is noted for the caller.
+#[inline]
+fn write_now<W: RelayStream + ?Sized>(
+    w: &mut Pin<&mut W>,
+    waker: &Waker,
+    data: &[u8],
+    err: &mut Option<io::Error>,
+    blocked: &mut bool,
+) -> usize {
+    let mut off = 0;
+    while off < data.len() {
+        match w
+            .as_mut()
+            .poll_write(&mut Context::from_waker(waker), &data[off..])
+        {
+            Poll::Ready(Ok(0)) => {
+                *err = Some(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+                break;
+            }
+            Poll::Ready(Ok(m)) => off += m,
+            Poll::Ready(Err(e)) => {
+                *err = Some(e);
+                break;
+            }
+            Poll::Pending => {
+                *blocked = true;
+                break;
+            }
+        }
+    }
+    off
+}
+
+/// Read what `r` has now into `room`. End of stream, an error or nothing to
+/// read (its waker then registered) is noted for the caller.
+#[inline]
+fn read_now<R: RelayStream + ?Sized>(
+    r: &mut Pin<&mut R>,
+    waker: &Waker,
+    room: &mut [u8],
+    eof: &mut bool,
+    err: &mut Option<io::Error>,
+    blocked: &mut bool,
+) -> usize {
+    let mut rb = ReadBuf::new(room);
+    match r
+        .as_mut()
+        .poll_read(&mut Context::from_waker(waker), &mut rb)
+    {
+        Poll::Ready(Ok(())) => {
+            let n = rb.filled().len();
+            *eof = n == 0;
+            n
+        }
+        Poll::Ready(Err(e)) => {
+            *err = Some(e);
+            0
+        }
+        Poll::Pending => {
+            *blocked = true;
+            0
+        }
     }
 }
 

@@ -243,41 +243,7 @@ impl Engine {
                 flow
             }
         };
-        // Track how far the application's data reaches in sequence space:
-        // segments beyond a gap sit in the receive ring without showing in
-        // `recv_queue`, and such a ring must not be released. The first SYN
-        // fixes the ISN and the MSS; a later SYN with another ISN is dropped
-        // by smoltcp and must not move them either.
-        let (seq, len) = seg;
-        if syn {
-            if flow.rx_isn.is_none() {
-                flow.rx_isn = Some(seq);
-                flow.rx_end = seq.wrapping_add(1).wrapping_add(len);
-                flow.gso_mss = real_mss;
-                if real_mss.is_some() {
-                    // smoltcp acknowledges at once only after more than its
-                    // idea of the peer's MSS is unacknowledged, and that is
-                    // now 64 KB: a sender limited by its window (slow start,
-                    // our first window of 64 KB) would wait out the 10 ms
-                    // delayed-ACK timer each round (200 KB uploads took 12 ms
-                    // instead of 1). So every segment is acknowledged at once:
-                    // with TSO a segment is up to 64 KB, so that is still few
-                    // acknowledgements, and a 1 ms delay measured worse (4 ms).
-                    let mut set = flow.shared.lock();
-                    set.get_mut::<tcp::Socket>(flow.shared.handle)
-                        .set_ack_delay(OFFLOAD_ACK_DELAY);
-                }
-            }
-        } else if len > 0 {
-            let end = seq.wrapping_add(len);
-            // Only as far as a receive window reaches: smoltcp drops the rest,
-            // and a wild sequence number must not wrap the comparison.
-            let in_window =
-                flow.rx_isn.is_some() && end.wrapping_sub(flow.rx_end) <= self.cfg.rx_buffer as u32;
-            if in_window && seq_after(end, flow.rx_end) {
-                flow.rx_end = end;
-            }
-        }
+        track_rx(flow, syn, seg, real_mss, self.cfg.rx_buffer);
         {
             let mut set = flow.shared.lock();
             let mut dev = oneshot::OneShot {
@@ -602,6 +568,44 @@ impl Engine {
                 let _ = self.iface.poll_egress(now, &mut dev, &mut set);
             }
             self.remove(&key);
+        }
+    }
+}
+
+/// Track how far the application's data reaches in sequence space:
+/// segments beyond a gap sit in the receive ring without showing in
+/// `recv_queue`, and such a ring must not be released. The first SYN
+/// fixes the ISN and the MSS; a later SYN with another ISN is dropped
+/// by smoltcp and must not move them either.
+#[inline]
+fn track_rx(flow: &mut Flow, syn: bool, seg: (u32, u32), real_mss: Option<u16>, rx_buffer: usize) {
+    let (seq, len) = seg;
+    if syn {
+        if flow.rx_isn.is_none() {
+            flow.rx_isn = Some(seq);
+            flow.rx_end = seq.wrapping_add(1).wrapping_add(len);
+            flow.gso_mss = real_mss;
+            if real_mss.is_some() {
+                // smoltcp acknowledges at once only after more than its
+                // idea of the peer's MSS is unacknowledged, and that is
+                // now 64 KB: a sender limited by its window (slow start,
+                // our first window of 64 KB) would wait out the 10 ms
+                // delayed-ACK timer each round (200 KB uploads took 12 ms
+                // instead of 1). So every segment is acknowledged at once:
+                // with TSO a segment is up to 64 KB, so that is still few
+                // acknowledgements, and a 1 ms delay measured worse (4 ms).
+                let mut set = flow.shared.lock();
+                set.get_mut::<tcp::Socket>(flow.shared.handle)
+                    .set_ack_delay(OFFLOAD_ACK_DELAY);
+            }
+        }
+    } else if len > 0 {
+        let end = seq.wrapping_add(len);
+        // Only as far as a receive window reaches: smoltcp drops the rest,
+        // and a wild sequence number must not wrap the comparison.
+        let in_window = flow.rx_isn.is_some() && end.wrapping_sub(flow.rx_end) <= rx_buffer as u32;
+        if in_window && seq_after(end, flow.rx_end) {
+            flow.rx_end = end;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! through the interface) and the relay task (which reads and writes its
 //! buffers through `TunStream`). The lock is per flow, so the two contend only
 //! over the same connection. The relay moves data between the socket's own
-//! rings and the upstream socket directly (`RelayStream`'s in-place reads and
+//! rings and the far side's socket directly (`RelayStream`'s in-place reads and
 //! writes): no copy of its own in between.
 
 use super::ring::{RingMem, RingPool};
@@ -23,7 +23,7 @@ pub(crate) enum Cmd {
     /// The flow's buffers changed (data queued, window opened, close or
     /// abort requested): poll it for egress.
     Poll(FlowKey, u64),
-    /// The SOCKS dial finished.
+    /// The dial finished.
     Dialed(FlowKey, u64, Result<(), super::Refusal>),
     /// A closed flow's ring memory went into an empty pool: arm the sweep
     /// that unmaps it if no flow takes it.
@@ -201,7 +201,7 @@ impl RelayStream for TunStream {
     }
 
     /// The application's bytes straight out of the receive ring. The taker
-    /// writes them to the upstream socket while the flow is locked; TUN mode
+    /// writes them to the far side's socket while the flow is locked; TUN mode
     /// runs the stack and every flow task on one thread, so nothing waits for
     /// the lock (on a multi-threaded runtime the stack would wait out that
     /// system call when it polls this flow).
@@ -244,7 +244,7 @@ impl RelayStream for TunStream {
         })
     }
 
-    /// Upstream bytes read straight into the transmit ring.
+    /// The far side's bytes read straight into the transmit ring.
     fn poll_write_in_place(
         &mut self,
         waker: &Waker,

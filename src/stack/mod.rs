@@ -25,13 +25,14 @@
 //! task (once, deduplicated) to poll that flow. The stack task sleeps until a
 //! packet, a request, or the earliest smoltcp `poll_at` of any flow.
 //!
-//! # Seams (kept stable for the UDP/DNS code)
-//! - [`Dialer`]: how a new TCP flow reaches its destination. The default, in
-//!   `crate::tun`, is a SOCKS CONNECT to the destination address; a wrapper can
-//!   answer some destinations in-process (DNS over TCP to port 53) or dial others
-//!   by name (fake-pool addresses).
+//! # Seams
+//! The stack knows IP and TCP, not proxies or DNS; whoever builds it (TUN
+//! mode) plugs in:
+//! - [`PacketSource`] / [`PacketSink`] ([`phy`]): where packets come from and
+//!   go to (the device, or memory in tests); a sink is shared, from any thread.
+//! - [`Dialer`]: how a new TCP flow reaches its destination, and the
+//!   [`Refusal`] the application gets when it cannot.
 //! - [`UdpHandler`]: receives every inbound UDP packet (whole IPv4/IPv6 packet).
-//! - [`Arc<dyn PacketSink>`]: writes whole IP packets back to the device, from any thread.
 
 mod engine;
 pub mod flow;
@@ -129,7 +130,7 @@ pub struct StackConfig {
     /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
     pub rx_buffer: usize,
     pub tx_buffer: usize,
-    /// Limit on one dial (SOCKS connect and handshake).
+    /// Limit on one dial (through the proxy: connect and handshake).
     pub connect_timeout: Duration,
     /// Relayed flows idle this long are closed. None (the default): like a
     /// direct connection, a quiet flow lives until an end closes it (an idle
@@ -335,10 +336,10 @@ async fn flow_task(
         )),
     };
     match res {
-        Ok(upstream) => {
+        Ok(far) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
             let tun = TunStream::new(shared);
-            let st = crate::relay::relay(tun, upstream, idle).await;
+            let st = crate::relay::relay(tun, far, idle).await;
             info!(
                 src = %key.src, dst = %key.dst,
                 up = st.a_to_b, down = st.b_to_a,
