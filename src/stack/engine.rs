@@ -1,11 +1,14 @@
 //! The stack task's state and work: ingress (a packet from the source into
 //! its flow), egress (what smoltcp sends back), flow set-up and teardown, timers.
 
+use super::config::{bump, StackConfig, StackStats};
+use super::flow::flow_task;
 use super::flow::{Cmd, FlowShared};
-use super::{
-    bump, flow_task, oneshot, random_seed, ring, wire, Dialer, FlowKey, PacketSink, Refusal, Stack,
-    StackConfig, StackStats, UdpHandler,
-};
+use super::oneshot;
+use super::phy::PacketSink;
+use super::ring;
+use super::seam::{Dialer, Refusal, UdpHandler};
+use super::wire::{self, FlowKey};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
@@ -95,20 +98,22 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub(super) fn new(s: Stack, cmd_tx: mpsc::UnboundedSender<Cmd>) -> Engine {
+    pub(super) fn new(
+        cfg: StackConfig,
+        dialer: Arc<dyn Dialer>,
+        udp: Arc<dyn UdpHandler>,
+        sink: Arc<dyn PacketSink>,
+        stats: Arc<StackStats>,
+        cmd_tx: mpsc::UnboundedSender<Cmd>,
+    ) -> Engine {
         // smoltcp's MTU: the device's, or with segment offload the largest IP
         // packet, cut to the application's MSS by the sink.
-        let mtu = if s.cfg.segment_offload {
-            65535
-        } else {
-            s.cfg.mtu
-        };
-        let sink = s.sink.clone();
+        let mtu = if cfg.segment_offload { 65535 } else { cfg.mtu };
         let mut txbuf = vec![0u8; mtu];
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_seed();
         let epoch = std::time::Instant::now();
-        let syn_mtu = s.cfg.segment_offload.then_some(s.cfg.mtu);
+        let syn_mtu = cfg.segment_offload.then_some(cfg.mtu);
         // smoltcp keeps the capabilities it is shown here (checksums
         // included), so this device must be configured like the later ones.
         let mut iface = {
@@ -138,16 +143,16 @@ impl Engine {
             .routes_mut()
             .add_default_ipv6_route(Ipv6Address::new(0, 0, 0, 0, 0, 0, 0, 1));
         let pool = Arc::new(ring::RingPool::new(
-            ring::rx_ring_len(s.cfg.rx_buffer),
-            s.cfg.tx_buffer,
+            ring::rx_ring_len(cfg.rx_buffer),
+            cfg.tx_buffer,
             RING_POOL,
         ));
         Engine {
-            cfg: s.cfg,
-            dialer: s.dialer,
-            udp: s.udp,
+            cfg,
+            dialer,
+            udp,
             sink,
-            stats: s.stats,
+            stats,
             iface,
             flows: HashMap::new(),
             timers: BTreeMap::new(),
@@ -623,4 +628,18 @@ fn note_data(flow: &mut Flow, key: FlowKey, resident: &mut Vec<(FlowKey, u64)>) 
         flow.resident = true;
         resident.push((key, flow.shared.id));
     }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; the seed feeds smoltcp's initial
+    // sequence numbers, which must not be predictable (RFC 6528).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

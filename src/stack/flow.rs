@@ -6,7 +6,8 @@
 //! writes): no copy of its own in between.
 
 use super::ring::{RingMem, RingPool};
-use super::wire::FlowKey;
+use super::seam::{DialFailed, DialFuture, Refusal};
+use super::wire::{FlowKey, Unreachable};
 use crate::relay::{InPlace, RelayStream};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, SendError, State};
@@ -15,8 +16,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::info;
 
 /// Messages from flow tasks to the stack task.
 pub(crate) enum Cmd {
@@ -24,7 +27,7 @@ pub(crate) enum Cmd {
     /// abort requested): poll it for egress.
     Poll(FlowKey, u64),
     /// The dial finished.
-    Dialed(FlowKey, u64, Result<(), super::Refusal>),
+    Dialed(FlowKey, u64, Result<(), Refusal>),
     /// A closed flow's ring memory went into an empty pool: arm the sweep
     /// that unmaps it if no flow takes it.
     Pooled,
@@ -304,5 +307,50 @@ impl Drop for TunStream {
         }
         shared.detached.store(true, Ordering::Release);
         shared.kick();
+    }
+}
+
+/// One flow's life outside the stack task: dial, report, relay, log.
+pub(super) async fn flow_task(
+    shared: Arc<FlowShared>,
+    dial: DialFuture,
+    connect_timeout: Duration,
+    idle: Option<Duration>,
+) {
+    let (key, id) = (shared.key, shared.id);
+    let started = std::time::Instant::now();
+    let res = match tokio::time::timeout(connect_timeout, dial).await {
+        Ok(r) => r,
+        // As a proxy that timed out answers: the host did not answer.
+        Err(_) => Err(DialFailed::new(
+            Refusal::Unreachable(Unreachable::Host),
+            "timed out",
+        )),
+    };
+    match res {
+        Ok(far) => {
+            let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
+            let tun = TunStream::new(shared);
+            let st = crate::relay::relay(tun, far, idle).await;
+            info!(
+                src = %key.src, dst = %key.dst,
+                up = st.a_to_b, down = st.b_to_a,
+                ms = started.elapsed().as_millis() as u64,
+                "tcp flow {}", st.outcome.describe("app", "proxy")
+            );
+        }
+        Err(e) => {
+            let refusal = e.answer;
+            let _ = shared.cmds.send(Cmd::Dialed(key, id, Err(refusal)));
+            let answer = match refusal {
+                Refusal::Reset => "RST".to_string(),
+                Refusal::Unreachable(u) => format!("ICMP {u:?} unreachable"),
+            };
+            info!(
+                src = %key.src, dst = %key.dst,
+                ms = started.elapsed().as_millis() as u64,
+                "tcp flow refused: {e} (answered with {answer})"
+            );
+        }
     }
 }

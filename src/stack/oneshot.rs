@@ -3,7 +3,7 @@
 //! straight into the packet sink from one reusable buffer (no allocation per
 //! packet).
 
-use super::PacketSink;
+use super::phy::PacketSink;
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 

@@ -15,7 +15,7 @@
 //!
 //! [`ring::RingMem::release`]: super::ring::RingMem::release
 
-use super::bump;
+use super::config::bump;
 use super::engine::{seq_after, Engine};
 use smoltcp::socket::tcp;
 use std::sync::atomic::Ordering;

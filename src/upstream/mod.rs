@@ -7,8 +7,6 @@
 
 pub mod socks;
 
-pub use self::socks::Socks;
-
 use crate::relay::RelayStream;
 use crate::socks::TargetAddr;
 use std::fmt;

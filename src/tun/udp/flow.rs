@@ -6,7 +6,7 @@
 
 use super::packet::{build_udp, BuildError};
 use super::reply::{reply_source, FakeDest};
-use super::{inc, FlowState, Out, Shared, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS};
+use super::shared::{inc, FlowState, Out, Shared, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS};
 use crate::socks::{codec, TargetAddr};
 use crate::upstream;
 use std::collections::HashSet;

@@ -1,6 +1,5 @@
 //! UDP in IP: parse what the TUN gives, build what goes back.
 
-use super::{IPV4_HEADER, IPV6_HEADER, UDP_HEADER};
 use crate::socks::codec;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -8,6 +7,10 @@ use smoltcp::wire::{
 };
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+
+pub(super) const IPV4_HEADER: usize = 20;
+pub(super) const IPV6_HEADER: usize = 40;
+pub(super) const UDP_HEADER: usize = 8;
 
 /// One UDP datagram read from the TUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

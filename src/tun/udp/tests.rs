@@ -1,3 +1,4 @@
+use super::shared::*;
 use super::*;
 use crate::dns::pool::FakePool;
 use crate::dns::DnsMode;
@@ -5,6 +6,7 @@ use crate::stack::PacketSink;
 use crate::upstream::{self, Association, BoxFuture, Stream};
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -301,13 +303,13 @@ async fn socks5_udp_server(rep: u8, port: u16) -> SocketAddr {
 #[tokio::test]
 async fn socks_associator_fixes_unspecified_relay_and_maps_0x07() {
     let addr = socks5_udp_server(0, 4242).await;
-    let up = upstream::Socks::from_url(&format!("socks5://{addr}")).unwrap();
+    let up = upstream::socks::Socks::from_url(&format!("socks5://{addr}")).unwrap();
     let a = up.associate().await.unwrap();
     // BND.ADDR 0.0.0.0: the relay is at the proxy's own address.
     assert_eq!(a.relay, sa("127.0.0.1:4242"));
 
     let addr = socks5_udp_server(7, 0).await;
-    let up = upstream::Socks::from_url(&format!("socks5://{addr}")).unwrap();
+    let up = upstream::socks::Socks::from_url(&format!("socks5://{addr}")).unwrap();
     match up.associate().await {
         Err(upstream::Error::CommandNotSupported) => {}
         Err(e) => panic!("0x07 not recognised: {e:?}"),
