@@ -1,8 +1,10 @@
 //! sockstun: a TUN-to-SOCKS socksifier and a SOCKS4/4a/5 server.
 //!
-//! Data path (TUN mode): `tun` (device) → `stack` (smoltcp, per-flow demux) →
-//! `relay` (copy both ways) → `socks::client` (dial upstream). The `server`
-//! mode reuses `socks::codec` and `relay`.
+//! Data path (TUN mode): `tun::device` → `stack` (smoltcp, per-flow demux) →
+//! `relay` (copy both ways) → `upstream` (the one seam to a proxy; SOCKS
+//! through `socks::client`). `tun` assembles them, with `dns` and the UDP
+//! table `tun::udp`. The `server` mode reuses `socks` and `relay`.
+//! docs/architecture.md draws it.
 
 pub mod cli;
 pub mod dns;
