@@ -1,11 +1,9 @@
 //! `sockstun server` under a flood of stalled handshakes, and under a crowd of
 //! real clients: the first must not lock the second out.
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,11 +1,9 @@
 //! `sockstun server`, one raw-byte test per protocol rule, plus limits and
-//! timeouts. Each test runs in its own namespace (see support/server_lab.rs).
+//! timeouts. Each test runs in its own namespace (see common/server_lab.rs).
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;

@@ -6,7 +6,9 @@
 //! never share a namespace, device or address space.
 #![allow(dead_code)]
 
+pub mod server_lab;
 pub mod tun_rig;
+pub mod udp_rig;
 
 use std::fs::File;
 use std::io::Read;

@@ -6,7 +6,7 @@
 //! `web.test` resolves to the target through /etc/netns/<ns>/hosts.
 #![allow(dead_code)]
 
-use crate::common::*;
+use super::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! the target's side, UDP echo servers, and `sockstun tun` in the client.
 #![allow(dead_code)]
 
-use crate::common::*;
+use super::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
