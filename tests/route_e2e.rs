@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{require_root, sockstun_bin, uniq, veth, wait_until, Netns, Proc};
+use common::{require_root, sockstun_bin, uniq, veth, wait_until, EtcNetns, Netns, Proc, TempDir};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -78,45 +78,16 @@ fn settle(ns: &Netns, ifaces: &[&str]) {
     }
 }
 
-/// Files under /etc/netns/NAME/, which `ip netns exec NAME` bind-mounts over
-/// /etc/: a resolver or hosts file for one test namespace only.
-struct EtcNetns(PathBuf);
-
-impl EtcNetns {
-    fn new(ns: &Netns) -> EtcNetns {
-        let dir = PathBuf::from(format!("/etc/netns/{}", ns.name));
-        std::fs::create_dir_all(&dir).expect("create /etc/netns dir");
-        EtcNetns(dir)
-    }
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, content).expect("write /etc/netns file");
-        p
-    }
-}
-
-impl Drop for EtcNetns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Net {
     m: Netns,
     isp: Netns,
     _target: Netns,
     lan: Option<Netns>,
     _etc: Vec<EtcNetns>,
-    tmp: PathBuf,
+    tmp: TempDir,
     dante: Proc,
     _http: Proc,
     _udp_echo: Proc,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
-    }
 }
 
 impl Net {
@@ -161,8 +132,7 @@ impl Net {
         });
         settle(&m, if with_lan { &["up0", "lan0"] } else { &["up0"] });
 
-        let tmp = std::env::temp_dir().join(uniq("st-route-e2e-"));
-        std::fs::create_dir_all(&tmp).unwrap();
+        let tmp = TempDir::new("route-e2e");
         // The proxy resolves the names it is asked for from its own hosts file.
         let etc_isp = EtcNetns::new(&isp);
         etc_isp.file("hosts", "127.0.0.1 localhost\n203.0.113.2 target.test\n");

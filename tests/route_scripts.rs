@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{require_root, uniq, veth, wait_until, Netns};
+use common::{require_root, uniq, veth, wait_until, EtcNetns, Netns, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Output;
@@ -88,7 +88,7 @@ fn settle(ns: &Netns, ifaces: &[&str]) {
 struct Machine {
     m: Netns,
     _isp: Netns,
-    tmp: Vec<PathBuf>,
+    tmp: TempDir,
 }
 
 impl Machine {
@@ -109,7 +109,7 @@ impl Machine {
         Machine {
             m,
             _isp: isp,
-            tmp: Vec::new(),
+            tmp: TempDir::new("routes"),
         }
     }
 
@@ -122,24 +122,15 @@ impl Machine {
         self.m.ip(&["link", "set", name, "mtu", mtu, "up"]);
     }
 
-    fn temp(&mut self, tag: &str, content: Option<&str>) -> PathBuf {
-        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
+    /// A file of the machine's temporary directory (which also takes what
+    /// the scripts put beside it: locks, the saved resolver), with `content`
+    /// if given.
+    fn temp(&self, name: &str, content: Option<&str>) -> PathBuf {
+        let p = self.tmp.join(name);
         if let Some(c) = content {
             std::fs::write(&p, c).expect("write temp file");
         }
-        self.tmp.push(p.clone());
         p
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        for p in &self.tmp {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(p.with_extension("lock"));
-            let _ = std::fs::remove_file(format!("{}.lock", p.display()));
-            let _ = std::fs::remove_file(format!("{}.resolv", p.display()));
-        }
     }
 }
 
@@ -159,7 +150,7 @@ fn route_up_down_restores_exactly() {
     if !require_root("route_up_down_restores_exactly") {
         return;
     }
-    let mut mc = Machine::new("ru");
+    let mc = Machine::new("ru");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let resolv = mc.temp("resolv", Some(RESOLV));
@@ -276,7 +267,7 @@ fn route_down_after_tun_vanished() {
         return;
     }
     // sockstun creates its device; SIGKILLed, the device and its routes vanish.
-    let mut mc = Machine::new("rk");
+    let mc = Machine::new("rk");
     let resolv = mc.temp("resolv", Some(RESOLV));
     let state = mc.temp("state", None);
     let m = &mc.m;
@@ -326,7 +317,7 @@ fn route_up_refuses_bad_settings_and_rolls_back() {
     if !require_root("route_up_refuses_bad_settings_and_rolls_back") {
         return;
     }
-    let mut mc = Machine::new("rb");
+    let mc = Machine::new("rb");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let resolv = mc.temp("resolv", Some(RESOLV));
@@ -457,7 +448,7 @@ fn gateway_up_down_restores_exactly() {
     if !require_root("gateway_up_down_restores_exactly") {
         return;
     }
-    let (mut mc, _lan, tun) = gateway("gu", "1280");
+    let (mc, _lan, tun) = gateway("gu", "1280");
     let state = mc.temp("state", None);
     let st = state.to_str().unwrap();
     let m = &mc.m;
@@ -541,7 +532,7 @@ fn gateway_down_after_tun_vanished() {
     if !require_root("gateway_down_after_tun_vanished") {
         return;
     }
-    let (mut mc, _lan, tun) = gateway("gk", "1500");
+    let (mc, _lan, tun) = gateway("gk", "1500");
     let state = mc.temp("state", None);
     let st = state.to_str().unwrap();
     let m = &mc.m;
@@ -597,12 +588,11 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     if !require_root("route_up_uses_systemd_resolved_when_it_manages_dns") {
         return;
     }
-    let mut mc = Machine::new("rr");
+    let mc = Machine::new("rr");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let state = mc.temp("state", None);
-    let bin = std::env::temp_dir().join(uniq("st-fakebin-"));
-    std::fs::create_dir_all(&bin).unwrap();
+    let bin = TempDir::new("fakebin");
     let calls = bin.join("calls");
     let fake = bin.join("resolvectl");
     std::fs::write(
@@ -611,11 +601,13 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let etc = PathBuf::from(format!("/etc/netns/{}", mc.m.name));
-    std::fs::create_dir_all(&etc).unwrap();
+    let etc = EtcNetns::new(&mc.m);
     let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
-    std::fs::write(etc.join("resolv.conf"), stub).unwrap();
-    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let stub_file = etc.file("resolv.conf", stub);
+    let path = format!(
+        "PATH={}:/usr/sbin:/usr/bin:/sbin:/bin",
+        bin.path().display()
+    );
     let st = state.to_str().unwrap();
     let m = &mc.m;
     let before = snapshot(m, None);
@@ -634,12 +626,10 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     ]);
     let down = script("route-down");
     let calls_up = std::fs::read_to_string(&calls).unwrap_or_default();
-    let stub_after_up = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
+    let stub_after_up = std::fs::read_to_string(&stub_file).unwrap();
     let out2 = m.exec(&["env", &path, &down, "--state", st]);
     let calls_all = std::fs::read_to_string(&calls).unwrap_or_default();
     let after = snapshot(m, None);
-    let _ = std::fs::remove_dir_all(&etc);
-    let _ = std::fs::remove_dir_all(&bin);
 
     assert!(out.status.success(), "route-up: {}", text(&out));
     assert!(out2.status.success(), "route-down: {}", text(&out2));

@@ -691,9 +691,10 @@ fn ipv6_listener_users_file_and_sigterm() {
         return;
     }
     let lab = Lab::new("sr6");
-    let users = std::env::temp_dir().join(format!("{}.users", uniq("st-users")));
+    let dir = TempDir::new("users");
+    let users = dir.file("users");
     std::fs::write(&users, "# test users\n\nerin:pa:ss\nfrank:x\n").unwrap();
-    let mut srv = lab.server_on("[::1]:1080", &["--users-file", users.to_str().unwrap()]);
+    let mut srv = lab.server_on("[::1]:1080", &["--users-file", &users]);
     let out =
         lab.sh("curl -sS --max-time 15 -x 'socks5h://[::1]:1080' -U 'erin:pa:ss' http://web.test/");
     assert_eq!(String::from_utf8_lossy(&out.stdout), HTTP_BODY, "{out:?}");
@@ -712,7 +713,6 @@ fn ipv6_listener_users_file_and_sigterm() {
         let (n, _) = d.recv_from(&mut b).unwrap();
         assert_eq!(&b[..n], b"v6 control");
     });
-    let _ = std::fs::remove_file(&users);
     srv.signal(libc::SIGTERM);
     let st = srv
         .wait_exit(Duration::from_secs(10))

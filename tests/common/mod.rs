@@ -1,5 +1,5 @@
-//! Shared harness for the namespace tests: namespaces and processes that are
-//! removed on drop (also when a test fails), waiting on conditions with a
+//! Shared harness for the namespace tests: namespaces, processes and files
+//! that are removed on drop (also when a test fails), waiting on conditions with a
 //! deadline, and the standard client / proxy / target topology.
 //!
 //! Every name is unique per test process and call, so cargo's parallel tests
@@ -13,7 +13,7 @@ pub mod udp_rig;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -359,4 +359,73 @@ pub fn read_to_string(path: &str) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
+}
+
+/// A temporary directory, `st-<tag>-<unique>` under the system's temporary
+/// directory, removed with everything in it on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
+        std::fs::create_dir_all(&p).expect("mkdir temp");
+        TempDir(p)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` in the directory (the directory itself for "").
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `join` as a string, for command lines.
+    pub fn file(&self, name: &str) -> String {
+        self.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Files under /etc/netns/<ns>/, which `ip netns exec <ns>` bind-mounts over
+/// /etc/<file> for the processes of that namespace only (a resolver, a hosts
+/// file); the directory is removed on drop.
+pub struct EtcNetns(PathBuf);
+
+impl EtcNetns {
+    pub fn new(ns: &Netns) -> EtcNetns {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
+        EtcNetns(dir)
+    }
+
+    /// Write /etc/netns/<ns>/<name>; returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).expect("write /etc/netns file");
+        p
+    }
+
+    /// A resolver file for `ns` naming `nameserver` only.
+    pub fn resolv_conf(ns: &Netns, nameserver: &str) -> EtcNetns {
+        let etc = EtcNetns::new(ns);
+        etc.file(
+            "resolv.conf",
+            &format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+        );
+        etc
+    }
+}
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

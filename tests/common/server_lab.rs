@@ -25,14 +25,8 @@ pub const RESET: u16 = 9;
 pub const CLOSED: u16 = 81;
 
 pub struct Lab {
+    _hosts: EtcNetns,
     pub ns: Netns,
-    hosts_dir: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.hosts_dir);
-    }
 }
 
 fn serve_tcp(l: TcpListener, f: fn(TcpStream)) {
@@ -112,14 +106,12 @@ impl Lab {
             "lo",
             "nodad",
         ]);
-        let hosts_dir = format!("/etc/netns/{}", ns.name);
-        std::fs::create_dir_all(&hosts_dir).expect("mkdir /etc/netns/NS");
-        std::fs::write(
-            format!("{hosts_dir}/hosts"),
-            format!("127.0.0.1 localhost\n::1 localhost\n{T4} web.test\n{T6} web6.test\n"),
-        )
-        .expect("write hosts");
-        let lab = Lab { ns, hosts_dir };
+        let hosts = EtcNetns::new(&ns);
+        hosts.file(
+            "hosts",
+            &format!("127.0.0.1 localhost\n::1 localhost\n{T4} web.test\n{T6} web6.test\n"),
+        );
+        let lab = Lab { _hosts: hosts, ns };
         for ip in [T4, T6] {
             let bind = |port: u16| SocketAddr::new(ip.parse().unwrap(), port);
             let (h, e, r, u) = lab.ns.run_in(move || {

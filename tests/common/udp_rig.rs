@@ -5,7 +5,6 @@
 
 use super::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,51 +21,6 @@ pub enum Upstream {
     Dante,
     Sockstun,
     Microsocks,
-}
-
-/// A file under /etc/netns/<ns>/, which `ip netns exec` bind-mounts over
-/// /etc/<file> for processes of that namespace; removed on drop.
-pub struct EtcNetns {
-    dir: PathBuf,
-}
-
-impl EtcNetns {
-    pub fn resolv_conf(ns: &Netns, nameserver: &str) -> EtcNetns {
-        let dir = PathBuf::from("/etc/netns").join(&ns.name);
-        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
-        )
-        .expect("write resolv.conf");
-        EtcNetns { dir }
-    }
-}
-
-impl Drop for EtcNetns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
-        std::fs::create_dir_all(&p).expect("mkdir temp");
-        TempDir(p)
-    }
-    pub fn path(&self, f: &str) -> String {
-        self.0.join(f).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Listening TCP sockets on `port` in `ns` (any address).
@@ -192,7 +146,7 @@ pub struct Env {
 }
 
 pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
-    let pid = dir.path("dnsmasq.pid");
+    let pid = dir.file("dnsmasq.pid");
     let p = ns.spawn(&[
         "dnsmasq",
         // Not --no-daemon: that mode serves TCP in the main process and
@@ -226,7 +180,7 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
 pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
     let p = match kind {
         Upstream::Dante => {
-            let conf = dir.path("danted.conf");
+            let conf = dir.file("danted.conf");
             std::fs::write(
                 &conf,
                 format!(
@@ -239,11 +193,11 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
                      user.privileged: root\nuser.unprivileged: nobody\n\
                      client pass {{\n from: 0/0 to: 0/0\n}}\n\
                      socks pass {{\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n",
-                    log = dir.path("danted.log")
+                    log = dir.file("danted.log")
                 ),
             )
             .unwrap();
-            ns.spawn(&["danted", "-f", &conf, "-p", &dir.path("danted.pid")])
+            ns.spawn(&["danted", "-f", &conf, "-p", &dir.file("danted.pid")])
         }
         Upstream::Sockstun => {
             let bin = sockstun_bin();
@@ -273,7 +227,7 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
 
 /// The upstream's log (dante writes its own file; the others log to the Proc's).
 pub fn upstream_log(env: &Env) -> String {
-    let dante = read_to_string(&env.dir.path("danted.log"));
+    let dante = read_to_string(&env.dir.file("danted.log"));
     dante + &env.upstream.log()
 }
 
@@ -421,7 +375,7 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(env: &Env) -> Capture {
-        let file = env.dir.path("c0.pcap");
+        let file = env.dir.file("c0.pcap");
         let proc = env.topo.client.spawn(&[
             "tcpdump",
             "-i",
