@@ -14,7 +14,10 @@
 
 mod common;
 
-use common::{require_root, sockstun_bin, uniq, veth, wait_until, EtcNetns, Netns, Proc, TempDir};
+use common::{
+    http_dir_server, require_root, sockstun_bin, uniq, veth, wait_until, EtcNetns, Netns, Proc,
+    TempDir,
+};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -158,16 +161,7 @@ impl Net {
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), BODY).unwrap();
         std::fs::write(www.join("big.bin"), vec![b'x'; BIG]).unwrap();
-        let http = target.spawn(&[
-            "python3",
-            "-m",
-            "http.server",
-            "80",
-            "--bind",
-            "::",
-            "--directory",
-            www.to_str().unwrap(),
-        ]);
+        let http = http_dir_server(&target, 80, www.to_str().unwrap());
         // UDP echo on both families, for the UDP relay through the proxy.
         let udp_echo = target.spawn(&[
             "python3",

@@ -282,7 +282,7 @@ fn host_addresses_on_other_interfaces_refused_unless_allowed() {
     let u = lab
         .ns
         .run_in(|| std::net::UdpSocket::bind("0.0.0.0:2222").expect("udp bind 0.0.0.0"));
-    udp_echo_on(u);
+    let _echo = UdpEcho::on(u);
     let srv = lab.server(&[]);
     let mut s = lab.tcp(PROXY);
     assert_eq!(

@@ -7,8 +7,11 @@
 #![allow(dead_code)]
 
 pub mod server_lab;
+pub mod servers;
 pub mod tun_rig;
 pub mod udp_rig;
+
+pub use servers::*;
 
 use std::fs::File;
 use std::io::Read;

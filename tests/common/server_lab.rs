@@ -8,7 +8,7 @@
 
 use super::*;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
 use std::time::Duration;
 
@@ -26,70 +26,8 @@ pub const CLOSED: u16 = 81;
 
 pub struct Lab {
     _hosts: EtcNetns,
+    _udp_echo: Vec<UdpEcho>,
     pub ns: Netns,
-}
-
-fn serve_tcp(l: TcpListener, f: fn(TcpStream)) {
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || f(s));
-        }
-    });
-}
-
-fn http(mut s: TcpStream) {
-    let mut req = Vec::new();
-    let mut b = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&b[..n]),
-        }
-    }
-    let _ = write!(
-        s,
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
-        HTTP_BODY.len()
-    );
-}
-
-/// Echo until EOF, then pass the EOF back (half-close aware).
-fn echo(mut s: TcpStream) {
-    let mut b = [0u8; 65536];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => {
-                let _ = s.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if s.write_all(&b[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Read one chunk, then abort the connection (RST).
-fn reset(mut s: TcpStream) {
-    let mut b = [0u8; 64];
-    let _ = s.read(&mut b);
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-}
-
-pub fn udp_echo_on(s: UdpSocket) {
-    udp_echo(s)
-}
-
-fn udp_echo(s: UdpSocket) {
-    std::thread::spawn(move || {
-        let mut b = [0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut b) {
-            let _ = s.send_to(&b[..n], from);
-        }
-    });
 }
 
 impl Lab {
@@ -111,7 +49,11 @@ impl Lab {
             "hosts",
             &format!("127.0.0.1 localhost\n::1 localhost\n{T4} web.test\n{T6} web6.test\n"),
         );
-        let lab = Lab { _hosts: hosts, ns };
+        let mut lab = Lab {
+            _hosts: hosts,
+            _udp_echo: Vec::new(),
+            ns,
+        };
         for ip in [T4, T6] {
             let bind = |port: u16| SocketAddr::new(ip.parse().unwrap(), port);
             let (h, e, r, u) = lab.ns.run_in(move || {
@@ -122,10 +64,10 @@ impl Lab {
                     UdpSocket::bind(bind(ECHO)).expect("bind udp echo"),
                 )
             });
-            serve_tcp(h, http);
-            serve_tcp(e, echo);
-            serve_tcp(r, reset);
-            udp_echo(u);
+            serve_tcp(h, |mut s| http_reply(&mut s, HTTP_BODY));
+            serve_tcp(e, echo_stream);
+            serve_tcp(r, reset_stream);
+            lab._udp_echo.push(UdpEcho::on(u));
         }
         lab
     }

@@ -48,19 +48,6 @@ pub fn start_dante_n(topo: &Topology, dir: &TempDir, n: u32) -> Proc {
     p
 }
 
-/// True once something accepts TCP connections at `addr` inside `ns`.
-pub fn wait_listening(ns: &Netns, addr: SocketAddr) -> bool {
-    let name = ns.name.clone();
-    let ns2 = Netns { name };
-    let ok = ns2.run_in(move || {
-        wait_until(Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        })
-    });
-    std::mem::forget(ns2);
-    ok
-}
-
 /// `sockstun tun` in the client namespace (with `extra` options), on a device
 /// it creates with the rig's addresses, and routes into it.
 pub fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, String) {
@@ -100,8 +87,8 @@ pub fn start_tun_on(topo: &Topology, proxy_url: &str, dev: &str, extra: &[&str])
 /// Servers in the target namespace, on both families:
 /// - 8000: reads until EOF, answers the 8-byte checksum of what it read, then
 ///   `BULK` bytes of a known pattern, then closes.
-/// - 8001: reads one byte, then resets the connection.
-/// - 8002: echo.
+/// - 8001: reads one chunk, then resets the connection.
+/// - 8002: echo (half-close aware).
 /// - 8004: speaks first (a banner, as SMTP, SSH and FTP servers do), then echo.
 ///
 /// Port 8003 stays closed.
@@ -145,38 +132,24 @@ impl Sum {
 pub fn serve(l: TcpListener, port: u16) {
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            match port {
-                8000 => {
-                    let mut sum = Sum::new();
-                    loop {
-                        match c.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => sum.add(&buf[..n]),
-                            Err(_) => return,
-                        }
-                    }
-                    let _ = c.write_all(&sum.0.to_be_bytes());
-                    let data: Vec<u8> = pattern(7, BULK).collect();
-                    let _ = c.write_all(&data);
-                }
-                8001 => {
-                    let _ = c.read(&mut buf[..1]);
-                    let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
-                }
-                8004 if c.write_all(BANNER).is_err() => {}
-                _ => loop {
+        std::thread::spawn(move || match port {
+            8000 => {
+                let mut buf = vec![0u8; 65536];
+                let mut sum = Sum::new();
+                loop {
                     match c.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if c.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
+                        Ok(0) => break,
+                        Ok(n) => sum.add(&buf[..n]),
+                        Err(_) => return,
                     }
-                },
+                }
+                let _ = c.write_all(&sum.0.to_be_bytes());
+                let data: Vec<u8> = pattern(7, BULK).collect();
+                let _ = c.write_all(&data);
             }
+            8001 => reset_stream(c),
+            8004 if c.write_all(BANNER).is_err() => {}
+            _ => echo_stream(c),
         });
     }
 }

@@ -5,8 +5,6 @@
 
 use super::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const TUN_V4: &str = "198.18.0.1/15";
@@ -21,114 +19,6 @@ pub enum Upstream {
     Dante,
     Sockstun,
     Microsocks,
-}
-
-/// Listening TCP sockets on `port` in `ns` (any address).
-pub fn tcp_listening(ns: &Netns, port: u16) -> bool {
-    let out = ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]);
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-/// Established TCP connections in `ns` towards remote port `port`.
-pub fn tcp_established_to(ns: &Netns, port: u16) -> usize {
-    let out = ns.exec(&[
-        "ss",
-        "-Htn",
-        "state",
-        "established",
-        &format!("dport = :{port}"),
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
-}
-
-/// A UDP echo server in `ns` on `addr`, stopped on drop.
-pub struct UdpEcho {
-    stop: Arc<AtomicBool>,
-}
-
-impl UdpEcho {
-    pub fn start(ns: &Netns, addr: &str) -> UdpEcho {
-        let addr: SocketAddr = addr.parse().expect("echo addr");
-        let sock = ns.run_in(move || UdpSocket::bind(addr).expect("bind echo"));
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    // "BIG:<n>" asks for an n-byte answer (oversize tests).
-                    if let Some(len) = std::str::from_utf8(&buf[..n])
-                        .ok()
-                        .and_then(|s| s.strip_prefix("BIG:"))
-                        .and_then(|s| s.parse::<usize>().ok())
-                    {
-                        let _ = sock.send_to(&vec![b'x'; len.min(65000)], from);
-                    } else {
-                        let _ = sock.send_to(&buf[..n], from);
-                    }
-                }
-            }
-        });
-        UdpEcho { stop }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A one-shot HTTP server in `ns`: answers every request with `body`.
-pub struct Http {
-    stop: Arc<AtomicBool>,
-}
-
-impl Http {
-    pub fn start(ns: &Netns, addr: &str, body: &'static str) -> Http {
-        let addr: SocketAddr = addr.parse().expect("http addr");
-        let l = ns.run_in(move || std::net::TcpListener::bind(addr).expect("bind http"));
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            while !s2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut req = Vec::new();
-                        let mut b = [0u8; 1024];
-                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match c.read(&mut b) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => req.extend_from_slice(&b[..n]),
-                            }
-                        }
-                        let _ = write!(
-                            c,
-                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Http { stop }
-    }
-}
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Everything a UDP/DNS end-to-end test runs in. Field order is drop order:
