@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    http_dir_server, require_root, sockstun_bin, uniq, veth, wait_until, EtcNetns, Netns, Proc,
-    TempDir,
+    http_dir_server, require_root, sockstun_bin, uniq, veth, wait_until, Dante, EtcNetns, Netns,
+    Proc, TempDir, DANTE_UDP,
 };
 use std::path::PathBuf;
 use std::process::Output;
@@ -140,23 +140,15 @@ impl Net {
         let etc_isp = EtcNetns::new(&isp);
         etc_isp.file("hosts", "127.0.0.1 localhost\n203.0.113.2 target.test\n");
 
-        let conf = tmp.join("danted.conf");
-        std::fs::write(
-            &conf,
-            "logoutput: stderr\n\
-             internal: 198.51.100.1 port = 1080\n\
-             internal: 2001:db8:1::1 port = 1080\n\
-             internal: 198.51.100.200 port = 1080\n\
-             external: p1\n\
-             socksmethod: none\n\
-             clientmethod: none\n\
-             user.privileged: root\n\
-             user.unprivileged: nobody\n\
-             client pass { from: 0/0 to: 0/0 log: connect error }\n\
-             socks pass {\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect error\n}\n",
-        )
-        .unwrap();
-        let dante = isp.spawn(&["danted", "-f", conf.to_str().unwrap(), "-N", "1"]);
+        let dante = Dante {
+            internal: &["198.51.100.1", "2001:db8:1::1", "198.51.100.200"],
+            external: &["p1"],
+            client_rule: &["log: connect error"],
+            socks_rule: &[DANTE_UDP, "log: connect error"],
+            log_file: false,
+            mothers: Some(1),
+        }
+        .start(&isp, &tmp);
         let www = tmp.join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), BODY).unwrap();
@@ -172,17 +164,12 @@ impl Net {
              s.bind(('::', 7007))\n\
              while True:\n    d, a = s.recvfrom(4096)\n    s.sendto(d, a)\n",
         ]);
-        for (ns, addr) in [
-            (&isp, "src = 198.51.100.1:1080"),
-            (&isp, "src = 198.51.100.200:1080"),
-            (&target, "sport = :80"),
-            (&target, "sport = :7007"),
-        ] {
+        for addr in ["sport = :80", "sport = :7007"] {
             let ok = wait_until(Duration::from_secs(10), || {
-                let out = ns.exec(&["ss", "-Hln", addr]);
+                let out = target.exec(&["ss", "-Hln", addr]);
                 !String::from_utf8_lossy(&out.stdout).trim().is_empty()
             });
-            assert!(ok, "nothing listens on {addr}:\n{}", dante.log());
+            assert!(ok, "nothing listens on {addr}");
         }
         Net {
             m,

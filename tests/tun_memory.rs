@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::tun_rig::{start_dante_n, DANTE_PORT};
+use common::tun_rig::start_dante_n;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,11 +6,13 @@
 //! never share a namespace, device or address space.
 #![allow(dead_code)]
 
+pub mod dante;
 pub mod server_lab;
 pub mod servers;
 pub mod tun_rig;
 pub mod udp_rig;
 
+pub use dante::*;
 pub use servers::*;
 
 use std::fs::File;

@@ -9,7 +9,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-pub const DANTE_PORT: u16 = 1080;
 pub const TUN_V6: &str = "2001:db8:ff::1/64";
 
 /// dante-server in the proxy namespace, no authentication, both families.
@@ -19,33 +18,15 @@ pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
 
 /// `start_dante` with `n` mother processes (more for thousands of clients).
 pub fn start_dante_n(topo: &Topology, dir: &TempDir, n: u32) -> Proc {
-    let conf = dir.file("danted.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "logoutput: stderr\n\
-             internal: {PROXY_V4} port = {DANTE_PORT}\n\
-             internal: {PROXY_V6} port = {DANTE_PORT}\n\
-             external: p1\n\
-             socksmethod: none\n\
-             clientmethod: none\n\
-             user.privileged: root\n\
-             user.unprivileged: nobody\n\
-             client pass {{ from: 0/0 to: 0/0 }}\n\
-             socks pass {{ from: 0/0 to: 0/0 }}\n"
-        ),
-    )
-    .unwrap();
-    let p = topo
-        .proxy
-        .spawn(&["danted", "-f", &conf, "-N", &n.to_string()]);
-    let addr: SocketAddr = format!("{PROXY_V4}:{DANTE_PORT}").parse().unwrap();
-    assert!(
-        wait_listening(&topo.proxy, addr),
-        "dante did not start:\n{}",
-        p.log()
-    );
-    p
+    Dante {
+        internal: &[PROXY_V4, PROXY_V6],
+        external: &["p1"],
+        client_rule: &[],
+        socks_rule: &[],
+        log_file: false,
+        mothers: Some(n),
+    }
+    .start(&topo.proxy, dir)
 }
 
 /// `sockstun tun` in the client namespace (with `extra` options), on a device

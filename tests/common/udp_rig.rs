@@ -69,26 +69,15 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
 
 pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
     let p = match kind {
-        Upstream::Dante => {
-            let conf = dir.file("danted.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "logoutput: {log}\n\
-                     internal: {PROXY_V4} port = 1080\n\
-                     internal: {PROXY_V6} port = 1080\n\
-                     external: {PROXY_TARGET_SIDE_V4}\n\
-                     external: 2001:db8:2::1\n\
-                     socksmethod: none\nclientmethod: none\n\
-                     user.privileged: root\nuser.unprivileged: nobody\n\
-                     client pass {{\n from: 0/0 to: 0/0\n}}\n\
-                     socks pass {{\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n",
-                    log = dir.file("danted.log")
-                ),
-            )
-            .unwrap();
-            ns.spawn(&["danted", "-f", &conf, "-p", &dir.file("danted.pid")])
+        Upstream::Dante => Dante {
+            internal: &[PROXY_V4, PROXY_V6],
+            external: &[PROXY_TARGET_SIDE_V4, "2001:db8:2::1"],
+            client_rule: &[],
+            socks_rule: &[DANTE_UDP, "log: connect disconnect"],
+            log_file: true,
+            mothers: None,
         }
+        .start(ns, dir),
         Upstream::Sockstun => {
             let bin = sockstun_bin();
             ns.spawn(&[
