@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    http_dir_server, require_root, sockstun_bin, uniq, veth, wait_until, Dante, EtcNetns, Netns,
-    Proc, TempDir, DANTE_UDP,
+    http_dir_server, require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc,
+    TempDir, DANTE_UDP, TUN_V4, TUN_V6,
 };
 use std::path::PathBuf;
 use std::process::Output;
@@ -187,25 +187,9 @@ impl Net {
     /// `sockstun tun` in the machine namespace; returns once its device is up.
     fn sockstun(&self, proxy: &str, extra: &[&str]) -> (Proc, String) {
         let dev = uniq("stun");
-        let bin = sockstun_bin();
-        let mut cmd = vec![
-            bin.to_str().unwrap(),
-            "--log",
-            "debug,smoltcp=info",
-            "tun",
-            "--proxy",
-            proxy,
-            "--device",
-            &dev,
-            "--ipv4",
-            "198.18.0.1/15",
-            "--ipv6",
-            "2001:db8:ff::1/64",
-            "--connect-timeout",
-            "3",
-        ];
-        cmd.extend_from_slice(extra);
-        let p = self.m.spawn(&cmd);
+        let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--connect-timeout", "3"];
+        args.extend_from_slice(extra);
+        let p = spawn_tun(&self.m, "debug,smoltcp=info", proxy, &dev, &args);
         let up = wait_until(Duration::from_secs(10), || {
             let out = self.m.exec(&["ip", "-o", "link", "show", "dev", &dev]);
             let s = String::from_utf8_lossy(&out.stdout);

@@ -130,20 +130,14 @@ fn tun_memory_goes_back_after_thousands_of_connections() {
     let _dante = start_dante_n(&topo, &dir, 2);
     let far = start_holder(&topo);
     let dev = uniq("tmem");
-    let bin = sockstun_bin();
     let url = format!("socks5://{PROXY_V4}:{DANTE_PORT}");
-    let p = topo.client.spawn(&[
-        bin.to_str().unwrap(),
-        "--log",
+    let p = spawn_tun(
+        &topo.client,
         "warn,sockstun::tun=info",
-        "tun",
-        "--proxy",
         &url,
-        "--device",
         &dev,
-        "--ipv4",
-        "198.18.0.1/15",
-    ]);
+        &["--ipv4", TUN_V4],
+    );
     let pid = p.child.id();
     // Idle means started and done with its one probe of the upstream.
     let up = wait_until(Duration::from_secs(10), || p.log().contains("answers"));

@@ -7,12 +7,14 @@
 #![allow(dead_code)]
 
 pub mod dante;
+pub mod launch;
 pub mod server_lab;
 pub mod servers;
 pub mod tun_rig;
 pub mod udp_rig;
 
 pub use dante::*;
+pub use launch::*;
 pub use servers::*;
 
 use std::fs::File;

@@ -77,8 +77,7 @@ impl Lab {
     /// here, refused by default: they are allowed unless ARGS set their own
     /// `--allow-dest` / `--deny-dest`.
     pub fn server_on(&self, listen: &str, args: &[&str]) -> Proc {
-        let bin = sockstun_bin();
-        let mut cmd = vec![bin.to_str().unwrap(), "server", "--listen", listen];
+        let mut cmd = vec!["--listen", listen];
         cmd.extend_from_slice(args);
         if !args
             .iter()
@@ -88,12 +87,7 @@ impl Lab {
                 cmd.extend_from_slice(&["--allow-dest", t]);
             }
         }
-        let mut p = self.ns.spawn(&cmd);
-        let ok = wait_until(Duration::from_secs(20), || {
-            p.log().contains("listening on") || !p.is_running()
-        });
-        assert!(ok && p.is_running(), "server did not start: {}", p.log());
-        p
+        start_server(&self.ns, None, &cmd)
     }
 
     pub fn server(&self, args: &[&str]) -> Proc {

@@ -9,8 +9,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-pub const TUN_V6: &str = "2001:db8:ff::1/64";
-
 /// dante-server in the proxy namespace, no authentication, both families.
 pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
     start_dante_n(topo, dir, 1)
@@ -33,7 +31,7 @@ pub fn start_dante_n(topo: &Topology, dir: &TempDir, n: u32) -> Proc {
 /// it creates with the rig's addresses, and routes into it.
 pub fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, String) {
     let dev = uniq("stun");
-    let mut args = vec!["--ipv4", "198.18.0.1/15", "--ipv6", TUN_V6];
+    let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6];
     args.extend_from_slice(extra);
     let p = start_tun_on(topo, proxy_url, &dev, &args);
     topo.route_default_via_tun(&dev);
@@ -43,26 +41,9 @@ pub fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc
 /// `sockstun tun --device dev` in the client namespace with `extra` options
 /// (no address or MTU of its own), once it says the device is up.
 pub fn start_tun_on(topo: &Topology, proxy_url: &str, dev: &str, extra: &[&str]) -> Proc {
-    let bin = sockstun_bin();
-    let mut args = vec![
-        bin.to_str().unwrap(),
-        "--log",
-        "debug,smoltcp=info",
-        "tun",
-        "--proxy",
-        proxy_url,
-        "--device",
-        dev,
-        "--connect-timeout",
-        "3",
-    ];
+    let mut args = vec!["--connect-timeout", "3"];
     args.extend_from_slice(extra);
-    let p = topo.client.spawn(&args);
-    let up = wait_until(Duration::from_secs(10), || {
-        p.log().contains("TUN device up")
-    });
-    assert!(up, "sockstun tun did not start:\n{}", p.log());
-    p
+    start_tun(&topo.client, "debug,smoltcp=info", proxy_url, dev, &args)
 }
 
 /// Servers in the target namespace, on both families:
@@ -146,35 +127,21 @@ pub struct Rig {
 
 /// `sockstun server` in the proxy namespace, optionally with a user.
 pub fn start_sockstun_server(topo: &Topology, user: Option<&str>) -> Proc {
-    let bin = sockstun_bin();
     let v4 = format!("{PROXY_V4}:{DANTE_PORT}");
     let v6 = format!("[{PROXY_V6}]:{DANTE_PORT}");
-    let mut cmd = vec![
-        bin.to_str().unwrap(),
-        "server",
-        "--listen",
-        &v4,
-        "--listen",
-        &v6,
-    ];
+    let mut args = vec!["--listen", &v4, "--listen", &v6];
     match user {
-        Some(u) => cmd.extend_from_slice(&["--user", u]),
-        None => cmd.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
+        Some(u) => args.extend_from_slice(&["--user", u]),
+        None => args.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
     }
     // A destination the proxy's rules refuse (SOCKS5 reply 0x02).
-    cmd.extend_from_slice(&[
+    args.extend_from_slice(&[
         "--deny-dest",
         "203.0.113.99/32",
         "--deny-dest",
         "2001:db8:2::99/128",
     ]);
-    let p = topo.proxy.spawn(&cmd);
-    assert!(
-        wait_listening(&topo.proxy, v4.parse().unwrap()),
-        "sockstun server did not start:\n{}",
-        p.log()
-    );
-    p
+    start_server(&topo.proxy, None, &args)
 }
 
 pub enum Up {

@@ -7,8 +7,6 @@ use super::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-pub const TUN_V4: &str = "198.18.0.1/15";
-pub const TUN_V6: &str = "2001:db8:ff::1/64";
 /// The resolver every client uses: dnsmasq on the target, reachable only
 /// through the proxy (and answered in-process by sockstun in virtual mode).
 pub const RESOLVER: &str = TARGET_V4;
@@ -78,13 +76,10 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
             mothers: None,
         }
         .start(ns, dir),
-        Upstream::Sockstun => {
-            let bin = sockstun_bin();
-            ns.spawn(&[
-                bin.to_str().unwrap(),
-                "--log",
-                "debug",
-                "server",
+        Upstream::Sockstun => start_server(
+            ns,
+            Some("debug"),
+            &[
                 "--listen",
                 &format!("{PROXY_V4}:1080"),
                 "--listen",
@@ -93,8 +88,8 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
                 "198.51.100.0/24",
                 "--allow-client",
                 "2001:db8:1::/64",
-            ])
-        }
+            ],
+        ),
         Upstream::Microsocks => ns.spawn(&["microsocks", "-i", PROXY_V4, "-p", "1080"]),
     };
     assert!(
@@ -108,43 +103,6 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
 pub fn upstream_log(env: &Env) -> String {
     let dante = read_to_string(&env.dir.file("danted.log"));
     dante + &env.upstream.log()
-}
-
-/// `sockstun tun` in the client namespace with default routes into it.
-pub fn start_tun(topo: &Topology, dev: &str, extra: &[&str]) -> Proc {
-    let bin = sockstun_bin();
-    let proxy = format!("socks5://{PROXY_V4}:1080");
-    let mut cmd = vec![
-        bin.to_str().unwrap().to_string(),
-        "--log".into(),
-        "info,sockstun=debug".into(),
-        "tun".into(),
-        "--proxy".into(),
-        proxy,
-        "--device".into(),
-        dev.into(),
-        "--ipv4".into(),
-        TUN_V4.into(),
-        "--ipv6".into(),
-        TUN_V6.into(),
-        "--mtu".into(),
-        TUN_MTU.into(),
-    ];
-    cmd.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
-    let mut p = topo.client.spawn(&refs);
-    let up = wait_until(Duration::from_secs(10), || {
-        p.log().contains("TUN device up")
-    });
-    if !up {
-        panic!(
-            "TUN {dev} did not come up (running: {}):\n{}",
-            p.is_running(),
-            p.log()
-        );
-    }
-    topo.route_default_via_tun(dev);
-    p
 }
 
 /// The whole environment: topology, dnsmasq, echo servers on ports 7 and 9
@@ -176,7 +134,12 @@ pub fn env(tag: &str, kind: Upstream, tun_args: &[&str]) -> Env {
     ];
     let upstream = start_upstream(kind, &topo.proxy, &dir);
     let dev = uniq("tu");
-    let tun = start_tun(&topo, &dev, tun_args);
+    // `sockstun tun` in the client namespace with default routes into it.
+    let proxy = format!("socks5://{PROXY_V4}:1080");
+    let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--mtu", TUN_MTU];
+    args.extend_from_slice(tun_args);
+    let tun = start_tun(&topo.client, "info,sockstun=debug", &proxy, &dev, &args);
+    topo.route_default_via_tun(&dev);
     Env {
         tun,
         upstream,
