@@ -14,12 +14,11 @@
 
 mod common;
 
+use common::routes::*;
 use common::{
     http_dir_server, require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc,
     TempDir, DANTE_UDP, TUN_V4, TUN_V6,
 };
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 const FWMARK: &str = "1080";
@@ -28,58 +27,6 @@ const FWMARK: &str = "1080";
 const FWMARK_HEX: &str = "0x438";
 const BODY: &str = "hello from the target, through the tunnel\n";
 const BIG: usize = 4 << 20;
-
-fn script(name: &str) -> String {
-    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok_script(ns: &Netns, name: &str, args: &[&str]) {
-    let path = script(name);
-    let mut cmd = vec![path.as_str()];
-    cmd.extend_from_slice(args);
-    let out = ns.exec(&cmd);
-    assert!(out.status.success(), "{name} {args:?}: {}", text(&out));
-}
-
-fn stdout(ns: &Netns, script: &str) -> String {
-    String::from_utf8_lossy(&ns.sh(script).stdout).into_owned()
-}
-
-/// Routes of every table, rules, nftables, forwarding/rp_filter sysctls and
-/// the resolver file.
-fn snapshot(ns: &Netns, resolv: Option<&PathBuf>) -> String {
-    let mut s = stdout(
-        ns,
-        "echo '## ip route'; ip route show table all; echo '## ip -6 route'; ip -6 route show table all; \
-         echo '## ip rule'; ip rule; echo '## ip -6 rule'; ip -6 rule; echo '## nft'; nft list ruleset; \
-         echo '## sysctl'; grep -r . /proc/sys/net/ipv4/conf/*/forwarding /proc/sys/net/ipv4/conf/*/rp_filter \
-            /proc/sys/net/ipv6/conf/*/forwarding",
-    );
-    if let Some(p) = resolv {
-        s.push_str("## resolver\n");
-        s.push_str(&std::fs::read_to_string(p).expect("resolver file"));
-    }
-    s
-}
-
-fn settle(ns: &Netns, ifaces: &[&str]) {
-    for i in ifaces {
-        let ok = wait_until(Duration::from_secs(10), || {
-            let out = ns.exec(&["ip", "-6", "addr", "show", "dev", i, "scope", "link"]);
-            String::from_utf8_lossy(&out.stdout).contains("fe80")
-        });
-        assert!(ok, "{i}: no link-local address after 10 s");
-    }
-}
 
 struct Net {
     m: Netns,
@@ -95,17 +42,8 @@ struct Net {
 
 impl Net {
     fn new(tag: &str, with_lan: bool) -> Net {
-        let m = Netns::new(&format!("{tag}m"));
-        let isp = Netns::new(&format!("{tag}i"));
+        let (m, isp) = uplinked_machine(tag);
         let target = Netns::new(&format!("{tag}t"));
-        veth(
-            &m,
-            "up0",
-            &["198.51.100.2/25", "2001:db8:1::2/64"],
-            &isp,
-            "isp0",
-            &["198.51.100.1/25", "2001:db8:1::1/64"],
-        );
         veth(
             &isp,
             "p1",
@@ -117,23 +55,7 @@ impl Net {
         isp.ip(&["addr", "add", "198.51.100.200/32", "dev", "lo"]);
         isp.ip(&["addr", "add", "2001:db8:1:ff::1/128", "dev", "lo"]);
         isp.sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
-        m.ip(&["route", "add", "default", "via", "198.51.100.1"]);
-        m.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        let lan = with_lan.then(|| {
-            let lan = Netns::new(&format!("{tag}l"));
-            veth(
-                &m,
-                "lan0",
-                &["198.51.100.129/25", "2001:db8:3::1/64"],
-                &lan,
-                "eth0",
-                &["198.51.100.130/25", "2001:db8:3::2/64"],
-            );
-            lan.ip(&["route", "add", "default", "via", "198.51.100.129"]);
-            lan.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"]);
-            lan
-        });
-        settle(&m, if with_lan { &["up0", "lan0"] } else { &["up0"] });
+        let lan = with_lan.then(|| lan_behind(tag, &m));
 
         let tmp = TempDir::new("route-e2e");
         // The proxy resolves the names it is asked for from its own hosts file.

@@ -7,82 +7,10 @@
 
 mod common;
 
-use common::{require_root, uniq, veth, wait_until, EtcNetns, Netns, TempDir};
+use common::routes::*;
+use common::{require_root, uniq, EtcNetns, Netns, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Output;
-use std::time::Duration;
-
-fn script(name: &str) -> String {
-    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run a script inside the namespace; the output, whatever the status.
-fn run_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
-    let path = script(name);
-    let mut cmd = vec![path.as_str()];
-    cmd.extend_from_slice(args);
-    ns.exec(&cmd)
-}
-
-fn ok_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
-    let out = run_script(ns, name, args);
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}",
-        text(&out)
-    );
-    out
-}
-
-fn stdout(ns: &Netns, script: &str) -> String {
-    String::from_utf8_lossy(&ns.sh(script).stdout).into_owned()
-}
-
-/// Everything the scripts may touch, as text: routes of every table, rules,
-/// the nftables ruleset, forwarding and rp_filter sysctls, the resolver file
-/// (bytes and inode).
-fn snapshot(ns: &Netns, resolv: Option<&PathBuf>) -> String {
-    let mut s = stdout(
-        ns,
-        "echo '## ip route'; ip route show table all; echo '## ip -6 route'; ip -6 route show table all; \
-         echo '## ip rule'; ip rule; echo '## ip -6 rule'; ip -6 rule; \
-         echo '## nft'; nft list ruleset; \
-         echo '## sysctl'; grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding \
-            /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv6/conf/*/forwarding",
-    );
-    if let Some(p) = resolv {
-        let meta = std::fs::metadata(p).expect("resolver file");
-        s.push_str(&format!(
-            "## resolver (inode {})\n{}",
-            meta.ino(),
-            std::fs::read_to_string(p).expect("read resolver")
-        ));
-    }
-    s
-}
-
-/// Wait until the kernel has finished configuring `ifaces` (their IPv6
-/// link-local address appears once the carrier is up), so that a snapshot
-/// taken now does not change later on its own.
-fn settle(ns: &Netns, ifaces: &[&str]) {
-    for i in ifaces {
-        let ok = wait_until(Duration::from_secs(10), || {
-            let out = ns.exec(&["ip", "-6", "addr", "show", "dev", i, "scope", "link"]);
-            String::from_utf8_lossy(&out.stdout).contains("fe80")
-        });
-        assert!(ok, "{i}: no link-local address after 10 s");
-    }
-}
 
 /// A machine with an uplink to an "isp" namespace and default routes through it.
 struct Machine {
@@ -93,19 +21,7 @@ struct Machine {
 
 impl Machine {
     fn new(tag: &str) -> Machine {
-        let m = Netns::new(&format!("{tag}m"));
-        let isp = Netns::new(&format!("{tag}i"));
-        veth(
-            &m,
-            "up0",
-            &["198.51.100.2/25", "2001:db8:1::2/64"],
-            &isp,
-            "isp0",
-            &["198.51.100.1/25", "2001:db8:1::1/64"],
-        );
-        m.ip(&["route", "add", "default", "via", "198.51.100.1"]);
-        m.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        settle(&m, &["up0"]);
+        let (m, isp) = uplinked_machine(tag);
         Machine {
             m,
             _isp: isp,
@@ -424,18 +340,7 @@ fn route_up_refuses_bad_settings_and_rolls_back() {
 /// Gateway with an uplink, a LAN link to a client namespace and a TUN stand-in.
 fn gateway(tag: &str, mtu: &str) -> (Machine, Netns, String) {
     let mc = Machine::new(tag);
-    let lan = Netns::new(&format!("{tag}l"));
-    veth(
-        &mc.m,
-        "lan0",
-        &["198.51.100.129/25", "2001:db8:3::1/64"],
-        &lan,
-        "eth0",
-        &["198.51.100.130/25", "2001:db8:3::2/64"],
-    );
-    lan.ip(&["route", "add", "default", "via", "198.51.100.129"]);
-    lan.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"]);
-    settle(&mc.m, &["lan0"]);
+    let lan = lan_behind(tag, &mc.m);
     // As a hardened host has it: strict reverse-path filtering.
     mc.m.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
     let tun = uniq("gt");

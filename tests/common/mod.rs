@@ -8,6 +8,7 @@
 
 pub mod dante;
 pub mod launch;
+pub mod routes;
 pub mod server_lab;
 pub mod servers;
 pub mod tun_rig;
