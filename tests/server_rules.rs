@@ -607,15 +607,6 @@ fn udp_associate_dst_port_does_not_lock_the_source_port() {
     assert_eq!(&b[..n], &d[..]);
 }
 
-fn socks5_connect_cmd(s: &mut TcpStream, cmd: u8, dest: &[u8]) -> Vec<u8> {
-    s.write_all(&[5, 1, 0]).unwrap();
-    assert_eq!(read_n(s, 2), [5, 0]);
-    let mut req = vec![5, cmd, 0];
-    req.extend_from_slice(dest);
-    s.write_all(&req).unwrap();
-    socks5_reply(s)
-}
-
 #[test]
 fn open_proxy_needs_to_be_asked_for() {
     if !require_root("open_proxy_needs_to_be_asked_for") {

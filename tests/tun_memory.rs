@@ -24,33 +24,9 @@ const PORT: u16 = 9100;
 /// sweep's lists 3.8 MB: kept, they fail the test.
 const SLACK_KB: u64 = 2_048;
 
-/// Raise this process's open-files limit to its hard limit.
-fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        lim.rlim_cur
-    }
-}
-
 /// (VmRSS, RssAnon) of `pid` in KB.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = read_to_string(&format!("/proc/{pid}/status"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    (status_kb(pid, "VmRSS:"), status_kb(pid, "RssAnon:"))
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -1,9 +1,25 @@
 //! Shared harness for the namespace tests: namespaces, processes and files
-//! that are removed on drop (also when a test fails), waiting on conditions with a
-//! deadline, and the standard client / proxy / target topology.
+//! that are removed on drop (also when a test fails), waiting on conditions
+//! with a deadline, and the standard client / proxy / target topology.
 //!
 //! Every name is unique per test process and call, so cargo's parallel tests
 //! never share a namespace, device or address space.
+//!
+//! Every fixture that more than one test file needs lives here, once:
+//! - this file: processes, namespaces, veth pairs, `Topology`, `TempDir`,
+//!   `EtcNetns`, process limits and memory;
+//! - `launch.rs`: starting `sockstun tun` and `sockstun server`;
+//! - `dante.rs`: dante-server, its configuration written from one template;
+//! - `servers.rs`: targets (TCP echo, reset, HTTP, UDP echo) and waiters on
+//!   sockets;
+//! - `routes.rs`: the routing scripts, the state snapshot, the machine / LAN
+//!   namespaces they run in (route_scripts, route_e2e);
+//! - `tun_rig.rs`: the TCP rig of the TUN tests (tun_tcp, tun_device, tun_memory);
+//! - `udp_rig.rs`: the UDP / DNS rig of the TUN tests (udp_tun, dns_tun);
+//! - `server_lab.rs`: the one-namespace lab of the server tests (server_*).
+//!
+//! `launch`, `dante` and `servers` are re-exported here (`use common::*`);
+//! `routes` and the rigs are imported by name (`use common::tun_rig::*`).
 #![allow(dead_code)]
 
 pub mod dante;
@@ -113,16 +129,12 @@ impl Proc {
 
     /// Wait for exit up to `timeout`; returns the exit status if it exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 }
 
@@ -233,17 +245,9 @@ impl Netns {
     /// Run `f` on a thread that has entered this namespace. Sockets created by
     /// `f` stay in the namespace and may be used from any thread afterwards.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on a valid namespace fd affects only this thread,
-            // which is dedicated to `f` and ends with it.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in namespace panicked")
+        self.spawn_in(f)
+            .join()
+            .expect("thread in namespace panicked")
     }
 
     /// Like `run_in` but does not wait: for servers that live in the namespace.
@@ -254,7 +258,8 @@ impl Netns {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = File::open(&path).expect("open netns");
-            // SAFETY: as in `run_in`.
+            // SAFETY: setns on a valid namespace fd affects only this thread,
+            // which is dedicated to `f` and ends with it.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()
@@ -436,4 +441,30 @@ impl Drop for EtcNetns {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Raise this process's open-files limit to its hard limit; returns the new
+/// limit. (The tests that hold thousands of sockets need it.)
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+/// A field of /proc/<pid>/status in KB (`"VmRSS:"`, `"RssAnon:"`); 0 when
+/// missing.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    read_to_string(&format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -144,10 +144,16 @@ pub fn closed(s: &mut TcpStream) -> bool {
 
 /// SOCKS5 no-auth greeting + CONNECT request; returns the 10/22-byte reply.
 pub fn socks5_connect(s: &mut TcpStream, req_addr: &[u8]) -> Vec<u8> {
+    socks5_connect_cmd(s, 1, req_addr)
+}
+
+/// SOCKS5 no-auth greeting + a request with command `cmd` (1 CONNECT,
+/// 2 BIND, 3 UDP ASSOCIATE); returns the first reply.
+pub fn socks5_connect_cmd(s: &mut TcpStream, cmd: u8, dest: &[u8]) -> Vec<u8> {
     s.write_all(&[5, 1, 0]).unwrap();
     assert_eq!(read_n(s, 2), [5, 0]);
-    let mut req = vec![5, 1, 0];
-    req.extend_from_slice(req_addr);
+    let mut req = vec![5, cmd, 0];
+    req.extend_from_slice(dest);
     s.write_all(&req).unwrap();
     socks5_reply(s)
 }
