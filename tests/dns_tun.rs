@@ -4,12 +4,10 @@
 //! DNS leaves the client namespace outside the proxy connection.
 
 mod common;
-#[path = "udp_fixtures/mod.rs"]
-mod udp_fixtures;
 
+use common::udp_rig::*;
 use common::*;
 use std::time::Duration;
-use udp_fixtures::*;
 
 /// Stop the capture and check it: no packet to or from port 53 on the
 /// client's veth, but the proxy connection was seen (the capture works).

@@ -14,9 +14,11 @@
 
 mod common;
 
-use common::{require_root, sockstun_bin, uniq, veth, wait_until, Netns, Proc};
-use std::path::PathBuf;
-use std::process::Output;
+use common::routes::*;
+use common::{
+    http_dir_server, require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc,
+    TempDir, DANTE_UDP, TUN_V4, TUN_V6,
+};
 use std::time::Duration;
 
 const FWMARK: &str = "1080";
@@ -26,112 +28,22 @@ const FWMARK_HEX: &str = "0x438";
 const BODY: &str = "hello from the target, through the tunnel\n";
 const BIG: usize = 4 << 20;
 
-fn script(name: &str) -> String {
-    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok_script(ns: &Netns, name: &str, args: &[&str]) {
-    let path = script(name);
-    let mut cmd = vec![path.as_str()];
-    cmd.extend_from_slice(args);
-    let out = ns.exec(&cmd);
-    assert!(out.status.success(), "{name} {args:?}: {}", text(&out));
-}
-
-fn stdout(ns: &Netns, script: &str) -> String {
-    String::from_utf8_lossy(&ns.sh(script).stdout).into_owned()
-}
-
-/// Routes of every table, rules, nftables, forwarding/rp_filter sysctls and
-/// the resolver file.
-fn snapshot(ns: &Netns, resolv: Option<&PathBuf>) -> String {
-    let mut s = stdout(
-        ns,
-        "echo '## ip route'; ip route show table all; echo '## ip -6 route'; ip -6 route show table all; \
-         echo '## ip rule'; ip rule; echo '## ip -6 rule'; ip -6 rule; echo '## nft'; nft list ruleset; \
-         echo '## sysctl'; grep -r . /proc/sys/net/ipv4/conf/*/forwarding /proc/sys/net/ipv4/conf/*/rp_filter \
-            /proc/sys/net/ipv6/conf/*/forwarding",
-    );
-    if let Some(p) = resolv {
-        s.push_str("## resolver\n");
-        s.push_str(&std::fs::read_to_string(p).expect("resolver file"));
-    }
-    s
-}
-
-fn settle(ns: &Netns, ifaces: &[&str]) {
-    for i in ifaces {
-        let ok = wait_until(Duration::from_secs(10), || {
-            let out = ns.exec(&["ip", "-6", "addr", "show", "dev", i, "scope", "link"]);
-            String::from_utf8_lossy(&out.stdout).contains("fe80")
-        });
-        assert!(ok, "{i}: no link-local address after 10 s");
-    }
-}
-
-/// Files under /etc/netns/NAME/, which `ip netns exec NAME` bind-mounts over
-/// /etc/: a resolver or hosts file for one test namespace only.
-struct EtcNetns(PathBuf);
-
-impl EtcNetns {
-    fn new(ns: &Netns) -> EtcNetns {
-        let dir = PathBuf::from(format!("/etc/netns/{}", ns.name));
-        std::fs::create_dir_all(&dir).expect("create /etc/netns dir");
-        EtcNetns(dir)
-    }
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, content).expect("write /etc/netns file");
-        p
-    }
-}
-
-impl Drop for EtcNetns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Net {
     m: Netns,
     isp: Netns,
     _target: Netns,
     lan: Option<Netns>,
     _etc: Vec<EtcNetns>,
-    tmp: PathBuf,
+    tmp: TempDir,
     dante: Proc,
     _http: Proc,
     _udp_echo: Proc,
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
-    }
-}
-
 impl Net {
     fn new(tag: &str, with_lan: bool) -> Net {
-        let m = Netns::new(&format!("{tag}m"));
-        let isp = Netns::new(&format!("{tag}i"));
+        let (m, isp) = uplinked_machine(tag);
         let target = Netns::new(&format!("{tag}t"));
-        veth(
-            &m,
-            "up0",
-            &["198.51.100.2/25", "2001:db8:1::2/64"],
-            &isp,
-            "isp0",
-            &["198.51.100.1/25", "2001:db8:1::1/64"],
-        );
         veth(
             &isp,
             "p1",
@@ -143,61 +55,27 @@ impl Net {
         isp.ip(&["addr", "add", "198.51.100.200/32", "dev", "lo"]);
         isp.ip(&["addr", "add", "2001:db8:1:ff::1/128", "dev", "lo"]);
         isp.sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
-        m.ip(&["route", "add", "default", "via", "198.51.100.1"]);
-        m.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        let lan = with_lan.then(|| {
-            let lan = Netns::new(&format!("{tag}l"));
-            veth(
-                &m,
-                "lan0",
-                &["198.51.100.129/25", "2001:db8:3::1/64"],
-                &lan,
-                "eth0",
-                &["198.51.100.130/25", "2001:db8:3::2/64"],
-            );
-            lan.ip(&["route", "add", "default", "via", "198.51.100.129"]);
-            lan.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"]);
-            lan
-        });
-        settle(&m, if with_lan { &["up0", "lan0"] } else { &["up0"] });
+        let lan = with_lan.then(|| lan_behind(tag, &m));
 
-        let tmp = std::env::temp_dir().join(uniq("st-route-e2e-"));
-        std::fs::create_dir_all(&tmp).unwrap();
+        let tmp = TempDir::new("route-e2e");
         // The proxy resolves the names it is asked for from its own hosts file.
         let etc_isp = EtcNetns::new(&isp);
         etc_isp.file("hosts", "127.0.0.1 localhost\n203.0.113.2 target.test\n");
 
-        let conf = tmp.join("danted.conf");
-        std::fs::write(
-            &conf,
-            "logoutput: stderr\n\
-             internal: 198.51.100.1 port = 1080\n\
-             internal: 2001:db8:1::1 port = 1080\n\
-             internal: 198.51.100.200 port = 1080\n\
-             external: p1\n\
-             socksmethod: none\n\
-             clientmethod: none\n\
-             user.privileged: root\n\
-             user.unprivileged: nobody\n\
-             client pass { from: 0/0 to: 0/0 log: connect error }\n\
-             socks pass {\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect error\n}\n",
-        )
-        .unwrap();
-        let dante = isp.spawn(&["danted", "-f", conf.to_str().unwrap(), "-N", "1"]);
+        let dante = Dante {
+            internal: &["198.51.100.1", "2001:db8:1::1", "198.51.100.200"],
+            external: &["p1"],
+            client_rule: &["log: connect error"],
+            socks_rule: &[DANTE_UDP, "log: connect error"],
+            log_file: false,
+            mothers: Some(1),
+        }
+        .start(&isp, &tmp);
         let www = tmp.join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), BODY).unwrap();
         std::fs::write(www.join("big.bin"), vec![b'x'; BIG]).unwrap();
-        let http = target.spawn(&[
-            "python3",
-            "-m",
-            "http.server",
-            "80",
-            "--bind",
-            "::",
-            "--directory",
-            www.to_str().unwrap(),
-        ]);
+        let http = http_dir_server(&target, 80, www.to_str().unwrap());
         // UDP echo on both families, for the UDP relay through the proxy.
         let udp_echo = target.spawn(&[
             "python3",
@@ -208,17 +86,12 @@ impl Net {
              s.bind(('::', 7007))\n\
              while True:\n    d, a = s.recvfrom(4096)\n    s.sendto(d, a)\n",
         ]);
-        for (ns, addr) in [
-            (&isp, "src = 198.51.100.1:1080"),
-            (&isp, "src = 198.51.100.200:1080"),
-            (&target, "sport = :80"),
-            (&target, "sport = :7007"),
-        ] {
+        for addr in ["sport = :80", "sport = :7007"] {
             let ok = wait_until(Duration::from_secs(10), || {
-                let out = ns.exec(&["ss", "-Hln", addr]);
+                let out = target.exec(&["ss", "-Hln", addr]);
                 !String::from_utf8_lossy(&out.stdout).trim().is_empty()
             });
-            assert!(ok, "nothing listens on {addr}:\n{}", dante.log());
+            assert!(ok, "nothing listens on {addr}");
         }
         Net {
             m,
@@ -236,25 +109,9 @@ impl Net {
     /// `sockstun tun` in the machine namespace; returns once its device is up.
     fn sockstun(&self, proxy: &str, extra: &[&str]) -> (Proc, String) {
         let dev = uniq("stun");
-        let bin = sockstun_bin();
-        let mut cmd = vec![
-            bin.to_str().unwrap(),
-            "--log",
-            "debug,smoltcp=info",
-            "tun",
-            "--proxy",
-            proxy,
-            "--device",
-            &dev,
-            "--ipv4",
-            "198.18.0.1/15",
-            "--ipv6",
-            "2001:db8:ff::1/64",
-            "--connect-timeout",
-            "3",
-        ];
-        cmd.extend_from_slice(extra);
-        let p = self.m.spawn(&cmd);
+        let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--connect-timeout", "3"];
+        args.extend_from_slice(extra);
+        let p = spawn_tun(&self.m, "debug,smoltcp=info", proxy, &dev, &args);
         let up = wait_until(Duration::from_secs(10), || {
             let out = self.m.exec(&["ip", "-o", "link", "show", "dev", &dev]);
             let s = String::from_utf8_lossy(&out.stdout);

@@ -7,109 +7,25 @@
 
 mod common;
 
-use common::{require_root, uniq, veth, wait_until, Netns};
+use common::routes::*;
+use common::{require_root, uniq, EtcNetns, Netns, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Output;
-use std::time::Duration;
-
-fn script(name: &str) -> String {
-    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run a script inside the namespace; the output, whatever the status.
-fn run_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
-    let path = script(name);
-    let mut cmd = vec![path.as_str()];
-    cmd.extend_from_slice(args);
-    ns.exec(&cmd)
-}
-
-fn ok_script(ns: &Netns, name: &str, args: &[&str]) -> Output {
-    let out = run_script(ns, name, args);
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}",
-        text(&out)
-    );
-    out
-}
-
-fn stdout(ns: &Netns, script: &str) -> String {
-    String::from_utf8_lossy(&ns.sh(script).stdout).into_owned()
-}
-
-/// Everything the scripts may touch, as text: routes of every table, rules,
-/// the nftables ruleset, forwarding and rp_filter sysctls, the resolver file
-/// (bytes and inode).
-fn snapshot(ns: &Netns, resolv: Option<&PathBuf>) -> String {
-    let mut s = stdout(
-        ns,
-        "echo '## ip route'; ip route show table all; echo '## ip -6 route'; ip -6 route show table all; \
-         echo '## ip rule'; ip rule; echo '## ip -6 rule'; ip -6 rule; \
-         echo '## nft'; nft list ruleset; \
-         echo '## sysctl'; grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding \
-            /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv6/conf/*/forwarding",
-    );
-    if let Some(p) = resolv {
-        let meta = std::fs::metadata(p).expect("resolver file");
-        s.push_str(&format!(
-            "## resolver (inode {})\n{}",
-            meta.ino(),
-            std::fs::read_to_string(p).expect("read resolver")
-        ));
-    }
-    s
-}
-
-/// Wait until the kernel has finished configuring `ifaces` (their IPv6
-/// link-local address appears once the carrier is up), so that a snapshot
-/// taken now does not change later on its own.
-fn settle(ns: &Netns, ifaces: &[&str]) {
-    for i in ifaces {
-        let ok = wait_until(Duration::from_secs(10), || {
-            let out = ns.exec(&["ip", "-6", "addr", "show", "dev", i, "scope", "link"]);
-            String::from_utf8_lossy(&out.stdout).contains("fe80")
-        });
-        assert!(ok, "{i}: no link-local address after 10 s");
-    }
-}
 
 /// A machine with an uplink to an "isp" namespace and default routes through it.
 struct Machine {
     m: Netns,
     _isp: Netns,
-    tmp: Vec<PathBuf>,
+    tmp: TempDir,
 }
 
 impl Machine {
     fn new(tag: &str) -> Machine {
-        let m = Netns::new(&format!("{tag}m"));
-        let isp = Netns::new(&format!("{tag}i"));
-        veth(
-            &m,
-            "up0",
-            &["198.51.100.2/25", "2001:db8:1::2/64"],
-            &isp,
-            "isp0",
-            &["198.51.100.1/25", "2001:db8:1::1/64"],
-        );
-        m.ip(&["route", "add", "default", "via", "198.51.100.1"]);
-        m.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        settle(&m, &["up0"]);
+        let (m, isp) = uplinked_machine(tag);
         Machine {
             m,
             _isp: isp,
-            tmp: Vec::new(),
+            tmp: TempDir::new("routes"),
         }
     }
 
@@ -122,24 +38,15 @@ impl Machine {
         self.m.ip(&["link", "set", name, "mtu", mtu, "up"]);
     }
 
-    fn temp(&mut self, tag: &str, content: Option<&str>) -> PathBuf {
-        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
+    /// A file of the machine's temporary directory (which also takes what
+    /// the scripts put beside it: locks, the saved resolver), with `content`
+    /// if given.
+    fn temp(&self, name: &str, content: Option<&str>) -> PathBuf {
+        let p = self.tmp.join(name);
         if let Some(c) = content {
             std::fs::write(&p, c).expect("write temp file");
         }
-        self.tmp.push(p.clone());
         p
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        for p in &self.tmp {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(p.with_extension("lock"));
-            let _ = std::fs::remove_file(format!("{}.lock", p.display()));
-            let _ = std::fs::remove_file(format!("{}.resolv", p.display()));
-        }
     }
 }
 
@@ -159,7 +66,7 @@ fn route_up_down_restores_exactly() {
     if !require_root("route_up_down_restores_exactly") {
         return;
     }
-    let mut mc = Machine::new("ru");
+    let mc = Machine::new("ru");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let resolv = mc.temp("resolv", Some(RESOLV));
@@ -276,7 +183,7 @@ fn route_down_after_tun_vanished() {
         return;
     }
     // sockstun creates its device; SIGKILLed, the device and its routes vanish.
-    let mut mc = Machine::new("rk");
+    let mc = Machine::new("rk");
     let resolv = mc.temp("resolv", Some(RESOLV));
     let state = mc.temp("state", None);
     let m = &mc.m;
@@ -326,7 +233,7 @@ fn route_up_refuses_bad_settings_and_rolls_back() {
     if !require_root("route_up_refuses_bad_settings_and_rolls_back") {
         return;
     }
-    let mut mc = Machine::new("rb");
+    let mc = Machine::new("rb");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let resolv = mc.temp("resolv", Some(RESOLV));
@@ -433,18 +340,7 @@ fn route_up_refuses_bad_settings_and_rolls_back() {
 /// Gateway with an uplink, a LAN link to a client namespace and a TUN stand-in.
 fn gateway(tag: &str, mtu: &str) -> (Machine, Netns, String) {
     let mc = Machine::new(tag);
-    let lan = Netns::new(&format!("{tag}l"));
-    veth(
-        &mc.m,
-        "lan0",
-        &["198.51.100.129/25", "2001:db8:3::1/64"],
-        &lan,
-        "eth0",
-        &["198.51.100.130/25", "2001:db8:3::2/64"],
-    );
-    lan.ip(&["route", "add", "default", "via", "198.51.100.129"]);
-    lan.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"]);
-    settle(&mc.m, &["lan0"]);
+    let lan = lan_behind(tag, &mc.m);
     // As a hardened host has it: strict reverse-path filtering.
     mc.m.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
     let tun = uniq("gt");
@@ -457,7 +353,7 @@ fn gateway_up_down_restores_exactly() {
     if !require_root("gateway_up_down_restores_exactly") {
         return;
     }
-    let (mut mc, _lan, tun) = gateway("gu", "1280");
+    let (mc, _lan, tun) = gateway("gu", "1280");
     let state = mc.temp("state", None);
     let st = state.to_str().unwrap();
     let m = &mc.m;
@@ -541,7 +437,7 @@ fn gateway_down_after_tun_vanished() {
     if !require_root("gateway_down_after_tun_vanished") {
         return;
     }
-    let (mut mc, _lan, tun) = gateway("gk", "1500");
+    let (mc, _lan, tun) = gateway("gk", "1500");
     let state = mc.temp("state", None);
     let st = state.to_str().unwrap();
     let m = &mc.m;
@@ -597,12 +493,11 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     if !require_root("route_up_uses_systemd_resolved_when_it_manages_dns") {
         return;
     }
-    let mut mc = Machine::new("rr");
+    let mc = Machine::new("rr");
     let tun = uniq("rt");
     mc.tun(&tun, "1500");
     let state = mc.temp("state", None);
-    let bin = std::env::temp_dir().join(uniq("st-fakebin-"));
-    std::fs::create_dir_all(&bin).unwrap();
+    let bin = TempDir::new("fakebin");
     let calls = bin.join("calls");
     let fake = bin.join("resolvectl");
     std::fs::write(
@@ -611,11 +506,13 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let etc = PathBuf::from(format!("/etc/netns/{}", mc.m.name));
-    std::fs::create_dir_all(&etc).unwrap();
+    let etc = EtcNetns::new(&mc.m);
     let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
-    std::fs::write(etc.join("resolv.conf"), stub).unwrap();
-    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let stub_file = etc.file("resolv.conf", stub);
+    let path = format!(
+        "PATH={}:/usr/sbin:/usr/bin:/sbin:/bin",
+        bin.path().display()
+    );
     let st = state.to_str().unwrap();
     let m = &mc.m;
     let before = snapshot(m, None);
@@ -634,12 +531,10 @@ fn route_up_uses_systemd_resolved_when_it_manages_dns() {
     ]);
     let down = script("route-down");
     let calls_up = std::fs::read_to_string(&calls).unwrap_or_default();
-    let stub_after_up = std::fs::read_to_string(etc.join("resolv.conf")).unwrap();
+    let stub_after_up = std::fs::read_to_string(&stub_file).unwrap();
     let out2 = m.exec(&["env", &path, &down, "--state", st]);
     let calls_all = std::fs::read_to_string(&calls).unwrap_or_default();
     let after = snapshot(m, None);
-    let _ = std::fs::remove_dir_all(&etc);
-    let _ = std::fs::remove_dir_all(&bin);
 
     assert!(out.status.success(), "route-up: {}", text(&out));
     assert!(out2.status.success(), "route-down: {}", text(&out2));

@@ -1,11 +1,9 @@
 //! `sockstun server` against real clients: curl, ncat, and the `socks` crate
 //! (UDP ASSOCIATE, BIND v4 and v5). Each test runs in its own namespace.
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

@@ -1,11 +1,9 @@
 //! `sockstun server` under a flood of stalled handshakes, and under a crowd of
 //! real clients: the first must not lock the second out.
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,30 +15,16 @@ const T: Duration = Duration::from_secs(30);
 
 /// Raise this process's descriptor limit: the test holds thousands of sockets.
 fn raise_fd_limit(need: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    let limit = raise_nofile();
     assert!(
-        lim.rlim_cur >= need,
-        "this test needs {need} descriptors; the hard limit is {}",
-        lim.rlim_cur
+        limit >= need,
+        "this test needs {need} descriptors; the hard limit is {limit}"
     );
 }
 
 /// VmRSS of `pid` in KB.
 fn rss_kb(pid: u32) -> u64 {
-    read_to_string(&format!("/proc/{pid}/status"))
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    status_kb(pid, "VmRSS:")
 }
 
 async fn echo_server(l: TcpListener) {

@@ -1,11 +1,9 @@
 //! `sockstun server` over its life: health probes that are no errors, and a
 //! SIGTERM after which every open session still logs its line.
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::io::Write;
 use std::time::Duration;
 

@@ -1,11 +1,9 @@
 //! `sockstun server`, one raw-byte test per protocol rule, plus limits and
-//! timeouts. Each test runs in its own namespace (see support/server_lab.rs).
+//! timeouts. Each test runs in its own namespace (see common/server_lab.rs).
 mod common;
-#[path = "support/server_lab.rs"]
-mod lab;
 
+use common::server_lab::*;
 use common::*;
-use lab::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -284,7 +282,7 @@ fn host_addresses_on_other_interfaces_refused_unless_allowed() {
     let u = lab
         .ns
         .run_in(|| std::net::UdpSocket::bind("0.0.0.0:2222").expect("udp bind 0.0.0.0"));
-    udp_echo_on(u);
+    let _echo = UdpEcho::on(u);
     let srv = lab.server(&[]);
     let mut s = lab.tcp(PROXY);
     assert_eq!(
@@ -609,15 +607,6 @@ fn udp_associate_dst_port_does_not_lock_the_source_port() {
     assert_eq!(&b[..n], &d[..]);
 }
 
-fn socks5_connect_cmd(s: &mut TcpStream, cmd: u8, dest: &[u8]) -> Vec<u8> {
-    s.write_all(&[5, 1, 0]).unwrap();
-    assert_eq!(read_n(s, 2), [5, 0]);
-    let mut req = vec![5, cmd, 0];
-    req.extend_from_slice(dest);
-    s.write_all(&req).unwrap();
-    socks5_reply(s)
-}
-
 #[test]
 fn open_proxy_needs_to_be_asked_for() {
     if !require_root("open_proxy_needs_to_be_asked_for") {
@@ -693,9 +682,10 @@ fn ipv6_listener_users_file_and_sigterm() {
         return;
     }
     let lab = Lab::new("sr6");
-    let users = std::env::temp_dir().join(format!("{}.users", uniq("st-users")));
+    let dir = TempDir::new("users");
+    let users = dir.file("users");
     std::fs::write(&users, "# test users\n\nerin:pa:ss\nfrank:x\n").unwrap();
-    let mut srv = lab.server_on("[::1]:1080", &["--users-file", users.to_str().unwrap()]);
+    let mut srv = lab.server_on("[::1]:1080", &["--users-file", &users]);
     let out =
         lab.sh("curl -sS --max-time 15 -x 'socks5h://[::1]:1080' -U 'erin:pa:ss' http://web.test/");
     assert_eq!(String::from_utf8_lossy(&out.stdout), HTTP_BODY, "{out:?}");
@@ -714,7 +704,6 @@ fn ipv6_listener_users_file_and_sigterm() {
         let (n, _) = d.recv_from(&mut b).unwrap();
         assert_eq!(&b[..n], b"v6 control");
     });
-    let _ = std::fs::remove_file(&users);
     srv.signal(libc::SIGTERM);
     let st = srv
         .wait_exit(Duration::from_secs(10))

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::tun_rig::{start_dante_n, TempDir, DANTE_PORT};
+use common::tun_rig::start_dante_n;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,33 +24,9 @@ const PORT: u16 = 9100;
 /// sweep's lists 3.8 MB: kept, they fail the test.
 const SLACK_KB: u64 = 2_048;
 
-/// Raise this process's open-files limit to its hard limit.
-fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        lim.rlim_cur
-    }
-}
-
 /// (VmRSS, RssAnon) of `pid` in KB.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = read_to_string(&format!("/proc/{pid}/status"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    (status_kb(pid, "VmRSS:"), status_kb(pid, "RssAnon:"))
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -130,20 +106,14 @@ fn tun_memory_goes_back_after_thousands_of_connections() {
     let _dante = start_dante_n(&topo, &dir, 2);
     let far = start_holder(&topo);
     let dev = uniq("tmem");
-    let bin = sockstun_bin();
     let url = format!("socks5://{PROXY_V4}:{DANTE_PORT}");
-    let p = topo.client.spawn(&[
-        bin.to_str().unwrap(),
-        "--log",
+    let p = spawn_tun(
+        &topo.client,
         "warn,sockstun::tun=info",
-        "tun",
-        "--proxy",
         &url,
-        "--device",
         &dev,
-        "--ipv4",
-        "198.18.0.1/15",
-    ]);
+        &["--ipv4", TUN_V4],
+    );
     let pid = p.child.id();
     // Idle means started and done with its one probe of the upstream.
     let up = wait_until(Duration::from_secs(10), || p.log().contains("answers"));

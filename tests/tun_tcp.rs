@@ -19,16 +19,7 @@ fn tun_curl_v4_v6_parallel_and_clean_exit() {
     let dir = TempDir::new("stunw");
     let body = "hello through the tun\n".repeat(1000);
     std::fs::write(dir.file("index.html"), &body).unwrap();
-    let _http = r.topo.target.spawn(&[
-        "python3",
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        "::",
-        "--directory",
-        &dir.file(""),
-    ]);
+    let _http = http_dir_server(&r.topo.target, 8080, &dir.file(""));
     assert!(wait_listening(&r.topo.target, target(false, 8080)));
     for (fam, url) in [
         ("-4", format!("http://{TARGET_V4}:8080/index.html")),

@@ -3,13 +3,11 @@
 //! re-association, oversize drops, and an upstream without UDP ASSOCIATE.
 
 mod common;
-#[path = "udp_fixtures/mod.rs"]
-mod udp_fixtures;
 
+use common::udp_rig::*;
 use common::*;
 use std::net::UdpSocket;
 use std::time::Duration;
-use udp_fixtures::*;
 
 fn echo_v4_and_v6(kind: Upstream, tag: &str) {
     let env = env(tag, kind, &[]);

@@ -1,17 +1,43 @@
-//! Shared harness for the namespace tests: namespaces and processes that are
-//! removed on drop (also when a test fails), waiting on conditions with a
-//! deadline, and the standard client / proxy / target topology.
+//! Shared harness for the namespace tests: namespaces, processes and files
+//! that are removed on drop (also when a test fails), waiting on conditions
+//! with a deadline, and the standard client / proxy / target topology.
 //!
 //! Every name is unique per test process and call, so cargo's parallel tests
 //! never share a namespace, device or address space.
+//!
+//! Every fixture that more than one test file needs lives here, once:
+//! - this file: processes, namespaces, veth pairs, `Topology`, `TempDir`,
+//!   `EtcNetns`, process limits and memory;
+//! - `launch.rs`: starting `sockstun tun` and `sockstun server`;
+//! - `dante.rs`: dante-server, its configuration written from one template;
+//! - `servers.rs`: targets (TCP echo, reset, HTTP, UDP echo) and waiters on
+//!   sockets;
+//! - `routes.rs`: the routing scripts, the state snapshot, the machine / LAN
+//!   namespaces they run in (route_scripts, route_e2e);
+//! - `tun_rig.rs`: the TCP rig of the TUN tests (tun_tcp, tun_device, tun_memory);
+//! - `udp_rig.rs`: the UDP / DNS rig of the TUN tests (udp_tun, dns_tun);
+//! - `server_lab.rs`: the one-namespace lab of the server tests (server_*).
+//!
+//! `launch`, `dante` and `servers` are re-exported here (`use common::*`);
+//! `routes` and the rigs are imported by name (`use common::tun_rig::*`).
 #![allow(dead_code)]
 
+pub mod dante;
+pub mod launch;
+pub mod routes;
+pub mod server_lab;
+pub mod servers;
 pub mod tun_rig;
+pub mod udp_rig;
+
+pub use dante::*;
+pub use launch::*;
+pub use servers::*;
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -103,16 +129,12 @@ impl Proc {
 
     /// Wait for exit up to `timeout`; returns the exit status if it exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 }
 
@@ -223,17 +245,9 @@ impl Netns {
     /// Run `f` on a thread that has entered this namespace. Sockets created by
     /// `f` stay in the namespace and may be used from any thread afterwards.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on a valid namespace fd affects only this thread,
-            // which is dedicated to `f` and ends with it.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in namespace panicked")
+        self.spawn_in(f)
+            .join()
+            .expect("thread in namespace panicked")
     }
 
     /// Like `run_in` but does not wait: for servers that live in the namespace.
@@ -244,7 +258,8 @@ impl Netns {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = File::open(&path).expect("open netns");
-            // SAFETY: as in `run_in`.
+            // SAFETY: setns on a valid namespace fd affects only this thread,
+            // which is dedicated to `f` and ends with it.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()
@@ -357,4 +372,99 @@ pub fn read_to_string(path: &str) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
+}
+
+/// A temporary directory, `st-<tag>-<unique>` under the system's temporary
+/// directory, removed with everything in it on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
+        std::fs::create_dir_all(&p).expect("mkdir temp");
+        TempDir(p)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` in the directory (the directory itself for "").
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `join` as a string, for command lines.
+    pub fn file(&self, name: &str) -> String {
+        self.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Files under /etc/netns/<ns>/, which `ip netns exec <ns>` bind-mounts over
+/// /etc/<file> for the processes of that namespace only (a resolver, a hosts
+/// file); the directory is removed on drop.
+pub struct EtcNetns(PathBuf);
+
+impl EtcNetns {
+    pub fn new(ns: &Netns) -> EtcNetns {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
+        EtcNetns(dir)
+    }
+
+    /// Write /etc/netns/<ns>/<name>; returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).expect("write /etc/netns file");
+        p
+    }
+
+    /// A resolver file for `ns` naming `nameserver` only.
+    pub fn resolv_conf(ns: &Netns, nameserver: &str) -> EtcNetns {
+        let etc = EtcNetns::new(ns);
+        etc.file(
+            "resolv.conf",
+            &format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+        );
+        etc
+    }
+}
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raise this process's open-files limit to its hard limit; returns the new
+/// limit. (The tests that hold thousands of sockets need it.)
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+/// A field of /proc/<pid>/status in KB (`"VmRSS:"`, `"RssAnon:"`); 0 when
+/// missing.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    read_to_string(&format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

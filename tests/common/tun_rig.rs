@@ -7,31 +7,7 @@
 use super::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
-
-pub const DANTE_PORT: u16 = 1080;
-pub const TUN_V6: &str = "2001:db8:ff::1/64";
-
-/// A temporary directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(uniq(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn file(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// dante-server in the proxy namespace, no authentication, both families.
 pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
@@ -40,53 +16,22 @@ pub fn start_dante(topo: &Topology, dir: &TempDir) -> Proc {
 
 /// `start_dante` with `n` mother processes (more for thousands of clients).
 pub fn start_dante_n(topo: &Topology, dir: &TempDir, n: u32) -> Proc {
-    let conf = dir.file("danted.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "logoutput: stderr\n\
-             internal: {PROXY_V4} port = {DANTE_PORT}\n\
-             internal: {PROXY_V6} port = {DANTE_PORT}\n\
-             external: p1\n\
-             socksmethod: none\n\
-             clientmethod: none\n\
-             user.privileged: root\n\
-             user.unprivileged: nobody\n\
-             client pass {{ from: 0/0 to: 0/0 }}\n\
-             socks pass {{ from: 0/0 to: 0/0 }}\n"
-        ),
-    )
-    .unwrap();
-    let p = topo
-        .proxy
-        .spawn(&["danted", "-f", &conf, "-N", &n.to_string()]);
-    let addr: SocketAddr = format!("{PROXY_V4}:{DANTE_PORT}").parse().unwrap();
-    assert!(
-        wait_listening(&topo.proxy, addr),
-        "dante did not start:\n{}",
-        p.log()
-    );
-    p
-}
-
-/// True once something accepts TCP connections at `addr` inside `ns`.
-pub fn wait_listening(ns: &Netns, addr: SocketAddr) -> bool {
-    let name = ns.name.clone();
-    let ns2 = Netns { name };
-    let ok = ns2.run_in(move || {
-        wait_until(Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        })
-    });
-    std::mem::forget(ns2);
-    ok
+    Dante {
+        internal: &[PROXY_V4, PROXY_V6],
+        external: &["p1"],
+        client_rule: &[],
+        socks_rule: &[],
+        log_file: false,
+        mothers: Some(n),
+    }
+    .start(&topo.proxy, dir)
 }
 
 /// `sockstun tun` in the client namespace (with `extra` options), on a device
 /// it creates with the rig's addresses, and routes into it.
 pub fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc, String) {
     let dev = uniq("stun");
-    let mut args = vec!["--ipv4", "198.18.0.1/15", "--ipv6", TUN_V6];
+    let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6];
     args.extend_from_slice(extra);
     let p = start_tun_on(topo, proxy_url, &dev, &args);
     topo.route_default_via_tun(&dev);
@@ -96,33 +41,16 @@ pub fn start_tun_with(topo: &Topology, proxy_url: &str, extra: &[&str]) -> (Proc
 /// `sockstun tun --device dev` in the client namespace with `extra` options
 /// (no address or MTU of its own), once it says the device is up.
 pub fn start_tun_on(topo: &Topology, proxy_url: &str, dev: &str, extra: &[&str]) -> Proc {
-    let bin = sockstun_bin();
-    let mut args = vec![
-        bin.to_str().unwrap(),
-        "--log",
-        "debug,smoltcp=info",
-        "tun",
-        "--proxy",
-        proxy_url,
-        "--device",
-        dev,
-        "--connect-timeout",
-        "3",
-    ];
+    let mut args = vec!["--connect-timeout", "3"];
     args.extend_from_slice(extra);
-    let p = topo.client.spawn(&args);
-    let up = wait_until(Duration::from_secs(10), || {
-        p.log().contains("TUN device up")
-    });
-    assert!(up, "sockstun tun did not start:\n{}", p.log());
-    p
+    start_tun(&topo.client, "debug,smoltcp=info", proxy_url, dev, &args)
 }
 
 /// Servers in the target namespace, on both families:
 /// - 8000: reads until EOF, answers the 8-byte checksum of what it read, then
 ///   `BULK` bytes of a known pattern, then closes.
-/// - 8001: reads one byte, then resets the connection.
-/// - 8002: echo.
+/// - 8001: reads one chunk, then resets the connection.
+/// - 8002: echo (half-close aware).
 /// - 8004: speaks first (a banner, as SMTP, SSH and FTP servers do), then echo.
 ///
 /// Port 8003 stays closed.
@@ -166,38 +94,24 @@ impl Sum {
 pub fn serve(l: TcpListener, port: u16) {
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            match port {
-                8000 => {
-                    let mut sum = Sum::new();
-                    loop {
-                        match c.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => sum.add(&buf[..n]),
-                            Err(_) => return,
-                        }
-                    }
-                    let _ = c.write_all(&sum.0.to_be_bytes());
-                    let data: Vec<u8> = pattern(7, BULK).collect();
-                    let _ = c.write_all(&data);
-                }
-                8001 => {
-                    let _ = c.read(&mut buf[..1]);
-                    let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
-                }
-                8004 if c.write_all(BANNER).is_err() => {}
-                _ => loop {
+        std::thread::spawn(move || match port {
+            8000 => {
+                let mut buf = vec![0u8; 65536];
+                let mut sum = Sum::new();
+                loop {
                     match c.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if c.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
+                        Ok(0) => break,
+                        Ok(n) => sum.add(&buf[..n]),
+                        Err(_) => return,
                     }
-                },
+                }
+                let _ = c.write_all(&sum.0.to_be_bytes());
+                let data: Vec<u8> = pattern(7, BULK).collect();
+                let _ = c.write_all(&data);
             }
+            8001 => reset_stream(c),
+            8004 if c.write_all(BANNER).is_err() => {}
+            _ => echo_stream(c),
         });
     }
 }
@@ -213,35 +127,21 @@ pub struct Rig {
 
 /// `sockstun server` in the proxy namespace, optionally with a user.
 pub fn start_sockstun_server(topo: &Topology, user: Option<&str>) -> Proc {
-    let bin = sockstun_bin();
     let v4 = format!("{PROXY_V4}:{DANTE_PORT}");
     let v6 = format!("[{PROXY_V6}]:{DANTE_PORT}");
-    let mut cmd = vec![
-        bin.to_str().unwrap(),
-        "server",
-        "--listen",
-        &v4,
-        "--listen",
-        &v6,
-    ];
+    let mut args = vec!["--listen", &v4, "--listen", &v6];
     match user {
-        Some(u) => cmd.extend_from_slice(&["--user", u]),
-        None => cmd.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
+        Some(u) => args.extend_from_slice(&["--user", u]),
+        None => args.extend_from_slice(&["--allow-client", "198.51.100.0/24"]),
     }
     // A destination the proxy's rules refuse (SOCKS5 reply 0x02).
-    cmd.extend_from_slice(&[
+    args.extend_from_slice(&[
         "--deny-dest",
         "203.0.113.99/32",
         "--deny-dest",
         "2001:db8:2::99/128",
     ]);
-    let p = topo.proxy.spawn(&cmd);
-    assert!(
-        wait_listening(&topo.proxy, v4.parse().unwrap()),
-        "sockstun server did not start:\n{}",
-        p.log()
-    );
-    p
+    start_server(&topo.proxy, None, &args)
 }
 
 pub enum Up {

@@ -3,15 +3,10 @@
 //! the target's side, UDP echo servers, and `sockstun tun` in the client.
 #![allow(dead_code)]
 
-use crate::common::*;
+use super::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-pub const TUN_V4: &str = "198.18.0.1/15";
-pub const TUN_V6: &str = "2001:db8:ff::1/64";
 /// The resolver every client uses: dnsmasq on the target, reachable only
 /// through the proxy (and answered in-process by sockstun in virtual mode).
 pub const RESOLVER: &str = TARGET_V4;
@@ -22,159 +17,6 @@ pub enum Upstream {
     Dante,
     Sockstun,
     Microsocks,
-}
-
-/// A file under /etc/netns/<ns>/, which `ip netns exec` bind-mounts over
-/// /etc/<file> for processes of that namespace; removed on drop.
-pub struct EtcNetns {
-    dir: PathBuf,
-}
-
-impl EtcNetns {
-    pub fn resolv_conf(ns: &Netns, nameserver: &str) -> EtcNetns {
-        let dir = PathBuf::from("/etc/netns").join(&ns.name);
-        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
-        )
-        .expect("write resolv.conf");
-        EtcNetns { dir }
-    }
-}
-
-impl Drop for EtcNetns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(uniq(&format!("st-{tag}-")));
-        std::fs::create_dir_all(&p).expect("mkdir temp");
-        TempDir(p)
-    }
-    pub fn path(&self, f: &str) -> String {
-        self.0.join(f).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Listening TCP sockets on `port` in `ns` (any address).
-pub fn tcp_listening(ns: &Netns, port: u16) -> bool {
-    let out = ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]);
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-/// Established TCP connections in `ns` towards remote port `port`.
-pub fn tcp_established_to(ns: &Netns, port: u16) -> usize {
-    let out = ns.exec(&[
-        "ss",
-        "-Htn",
-        "state",
-        "established",
-        &format!("dport = :{port}"),
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
-}
-
-/// A UDP echo server in `ns` on `addr`, stopped on drop.
-pub struct UdpEcho {
-    stop: Arc<AtomicBool>,
-}
-
-impl UdpEcho {
-    pub fn start(ns: &Netns, addr: &str) -> UdpEcho {
-        let addr: SocketAddr = addr.parse().expect("echo addr");
-        let sock = ns.run_in(move || UdpSocket::bind(addr).expect("bind echo"));
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    // "BIG:<n>" asks for an n-byte answer (oversize tests).
-                    if let Some(len) = std::str::from_utf8(&buf[..n])
-                        .ok()
-                        .and_then(|s| s.strip_prefix("BIG:"))
-                        .and_then(|s| s.parse::<usize>().ok())
-                    {
-                        let _ = sock.send_to(&vec![b'x'; len.min(65000)], from);
-                    } else {
-                        let _ = sock.send_to(&buf[..n], from);
-                    }
-                }
-            }
-        });
-        UdpEcho { stop }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A one-shot HTTP server in `ns`: answers every request with `body`.
-pub struct Http {
-    stop: Arc<AtomicBool>,
-}
-
-impl Http {
-    pub fn start(ns: &Netns, addr: &str, body: &'static str) -> Http {
-        let addr: SocketAddr = addr.parse().expect("http addr");
-        let l = ns.run_in(move || std::net::TcpListener::bind(addr).expect("bind http"));
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            while !s2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut req = Vec::new();
-                        let mut b = [0u8; 1024];
-                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match c.read(&mut b) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => req.extend_from_slice(&b[..n]),
-                            }
-                        }
-                        let _ = write!(
-                            c,
-                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Http { stop }
-    }
-}
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Everything a UDP/DNS end-to-end test runs in. Field order is drop order:
@@ -192,7 +34,7 @@ pub struct Env {
 }
 
 pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
-    let pid = dir.path("dnsmasq.pid");
+    let pid = dir.file("dnsmasq.pid");
     let p = ns.spawn(&[
         "dnsmasq",
         // Not --no-daemon: that mode serves TCP in the main process and
@@ -225,33 +67,19 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
 
 pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
     let p = match kind {
-        Upstream::Dante => {
-            let conf = dir.path("danted.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "logoutput: {log}\n\
-                     internal: {PROXY_V4} port = 1080\n\
-                     internal: {PROXY_V6} port = 1080\n\
-                     external: {PROXY_TARGET_SIDE_V4}\n\
-                     external: 2001:db8:2::1\n\
-                     socksmethod: none\nclientmethod: none\n\
-                     user.privileged: root\nuser.unprivileged: nobody\n\
-                     client pass {{\n from: 0/0 to: 0/0\n}}\n\
-                     socks pass {{\n from: 0/0 to: 0/0\n command: connect udpassociate udpreply\n log: connect disconnect\n}}\n",
-                    log = dir.path("danted.log")
-                ),
-            )
-            .unwrap();
-            ns.spawn(&["danted", "-f", &conf, "-p", &dir.path("danted.pid")])
+        Upstream::Dante => Dante {
+            internal: &[PROXY_V4, PROXY_V6],
+            external: &[PROXY_TARGET_SIDE_V4, "2001:db8:2::1"],
+            client_rule: &[],
+            socks_rule: &[DANTE_UDP, "log: connect disconnect"],
+            log_file: true,
+            mothers: None,
         }
-        Upstream::Sockstun => {
-            let bin = sockstun_bin();
-            ns.spawn(&[
-                bin.to_str().unwrap(),
-                "--log",
-                "debug",
-                "server",
+        .start(ns, dir),
+        Upstream::Sockstun => start_server(
+            ns,
+            Some("debug"),
+            &[
                 "--listen",
                 &format!("{PROXY_V4}:1080"),
                 "--listen",
@@ -260,8 +88,8 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
                 "198.51.100.0/24",
                 "--allow-client",
                 "2001:db8:1::/64",
-            ])
-        }
+            ],
+        ),
         Upstream::Microsocks => ns.spawn(&["microsocks", "-i", PROXY_V4, "-p", "1080"]),
     };
     assert!(
@@ -273,45 +101,8 @@ pub fn start_upstream(kind: Upstream, ns: &Netns, dir: &TempDir) -> Proc {
 
 /// The upstream's log (dante writes its own file; the others log to the Proc's).
 pub fn upstream_log(env: &Env) -> String {
-    let dante = read_to_string(&env.dir.path("danted.log"));
+    let dante = read_to_string(&env.dir.file("danted.log"));
     dante + &env.upstream.log()
-}
-
-/// `sockstun tun` in the client namespace with default routes into it.
-pub fn start_tun(topo: &Topology, dev: &str, extra: &[&str]) -> Proc {
-    let bin = sockstun_bin();
-    let proxy = format!("socks5://{PROXY_V4}:1080");
-    let mut cmd = vec![
-        bin.to_str().unwrap().to_string(),
-        "--log".into(),
-        "info,sockstun=debug".into(),
-        "tun".into(),
-        "--proxy".into(),
-        proxy,
-        "--device".into(),
-        dev.into(),
-        "--ipv4".into(),
-        TUN_V4.into(),
-        "--ipv6".into(),
-        TUN_V6.into(),
-        "--mtu".into(),
-        TUN_MTU.into(),
-    ];
-    cmd.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
-    let mut p = topo.client.spawn(&refs);
-    let up = wait_until(Duration::from_secs(10), || {
-        p.log().contains("TUN device up")
-    });
-    if !up {
-        panic!(
-            "TUN {dev} did not come up (running: {}):\n{}",
-            p.is_running(),
-            p.log()
-        );
-    }
-    topo.route_default_via_tun(dev);
-    p
 }
 
 /// The whole environment: topology, dnsmasq, echo servers on ports 7 and 9
@@ -343,7 +134,12 @@ pub fn env(tag: &str, kind: Upstream, tun_args: &[&str]) -> Env {
     ];
     let upstream = start_upstream(kind, &topo.proxy, &dir);
     let dev = uniq("tu");
-    let tun = start_tun(&topo, &dev, tun_args);
+    // `sockstun tun` in the client namespace with default routes into it.
+    let proxy = format!("socks5://{PROXY_V4}:1080");
+    let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--mtu", TUN_MTU];
+    args.extend_from_slice(tun_args);
+    let tun = start_tun(&topo.client, "info,sockstun=debug", &proxy, &dev, &args);
+    topo.route_default_via_tun(&dev);
     Env {
         tun,
         upstream,
@@ -421,7 +217,7 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(env: &Env) -> Capture {
-        let file = env.dir.path("c0.pcap");
+        let file = env.dir.file("c0.pcap");
         let proc = env.topo.client.spawn(&[
             "tcpdump",
             "-i",

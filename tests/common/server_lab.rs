@@ -6,9 +6,9 @@
 //! `web.test` resolves to the target through /etc/netns/<ns>/hosts.
 #![allow(dead_code)]
 
-use crate::common::*;
+use super::*;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
 use std::time::Duration;
 
@@ -25,77 +25,9 @@ pub const RESET: u16 = 9;
 pub const CLOSED: u16 = 81;
 
 pub struct Lab {
+    _hosts: EtcNetns,
+    _udp_echo: Vec<UdpEcho>,
     pub ns: Netns,
-    hosts_dir: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.hosts_dir);
-    }
-}
-
-fn serve_tcp(l: TcpListener, f: fn(TcpStream)) {
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || f(s));
-        }
-    });
-}
-
-fn http(mut s: TcpStream) {
-    let mut req = Vec::new();
-    let mut b = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&b[..n]),
-        }
-    }
-    let _ = write!(
-        s,
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
-        HTTP_BODY.len()
-    );
-}
-
-/// Echo until EOF, then pass the EOF back (half-close aware).
-fn echo(mut s: TcpStream) {
-    let mut b = [0u8; 65536];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => {
-                let _ = s.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if s.write_all(&b[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Read one chunk, then abort the connection (RST).
-fn reset(mut s: TcpStream) {
-    let mut b = [0u8; 64];
-    let _ = s.read(&mut b);
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-}
-
-pub fn udp_echo_on(s: UdpSocket) {
-    udp_echo(s)
-}
-
-fn udp_echo(s: UdpSocket) {
-    std::thread::spawn(move || {
-        let mut b = [0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut b) {
-            let _ = s.send_to(&b[..n], from);
-        }
-    });
 }
 
 impl Lab {
@@ -112,14 +44,16 @@ impl Lab {
             "lo",
             "nodad",
         ]);
-        let hosts_dir = format!("/etc/netns/{}", ns.name);
-        std::fs::create_dir_all(&hosts_dir).expect("mkdir /etc/netns/NS");
-        std::fs::write(
-            format!("{hosts_dir}/hosts"),
-            format!("127.0.0.1 localhost\n::1 localhost\n{T4} web.test\n{T6} web6.test\n"),
-        )
-        .expect("write hosts");
-        let lab = Lab { ns, hosts_dir };
+        let hosts = EtcNetns::new(&ns);
+        hosts.file(
+            "hosts",
+            &format!("127.0.0.1 localhost\n::1 localhost\n{T4} web.test\n{T6} web6.test\n"),
+        );
+        let mut lab = Lab {
+            _hosts: hosts,
+            _udp_echo: Vec::new(),
+            ns,
+        };
         for ip in [T4, T6] {
             let bind = |port: u16| SocketAddr::new(ip.parse().unwrap(), port);
             let (h, e, r, u) = lab.ns.run_in(move || {
@@ -130,10 +64,10 @@ impl Lab {
                     UdpSocket::bind(bind(ECHO)).expect("bind udp echo"),
                 )
             });
-            serve_tcp(h, http);
-            serve_tcp(e, echo);
-            serve_tcp(r, reset);
-            udp_echo(u);
+            serve_tcp(h, |mut s| http_reply(&mut s, HTTP_BODY));
+            serve_tcp(e, echo_stream);
+            serve_tcp(r, reset_stream);
+            lab._udp_echo.push(UdpEcho::on(u));
         }
         lab
     }
@@ -143,8 +77,7 @@ impl Lab {
     /// here, refused by default: they are allowed unless ARGS set their own
     /// `--allow-dest` / `--deny-dest`.
     pub fn server_on(&self, listen: &str, args: &[&str]) -> Proc {
-        let bin = sockstun_bin();
-        let mut cmd = vec![bin.to_str().unwrap(), "server", "--listen", listen];
+        let mut cmd = vec!["--listen", listen];
         cmd.extend_from_slice(args);
         if !args
             .iter()
@@ -154,12 +87,7 @@ impl Lab {
                 cmd.extend_from_slice(&["--allow-dest", t]);
             }
         }
-        let mut p = self.ns.spawn(&cmd);
-        let ok = wait_until(Duration::from_secs(20), || {
-            p.log().contains("listening on") || !p.is_running()
-        });
-        assert!(ok && p.is_running(), "server did not start: {}", p.log());
-        p
+        start_server(&self.ns, None, &cmd)
     }
 
     pub fn server(&self, args: &[&str]) -> Proc {
@@ -216,10 +144,16 @@ pub fn closed(s: &mut TcpStream) -> bool {
 
 /// SOCKS5 no-auth greeting + CONNECT request; returns the 10/22-byte reply.
 pub fn socks5_connect(s: &mut TcpStream, req_addr: &[u8]) -> Vec<u8> {
+    socks5_connect_cmd(s, 1, req_addr)
+}
+
+/// SOCKS5 no-auth greeting + a request with command `cmd` (1 CONNECT,
+/// 2 BIND, 3 UDP ASSOCIATE); returns the first reply.
+pub fn socks5_connect_cmd(s: &mut TcpStream, cmd: u8, dest: &[u8]) -> Vec<u8> {
     s.write_all(&[5, 1, 0]).unwrap();
     assert_eq!(read_n(s, 2), [5, 0]);
-    let mut req = vec![5, 1, 0];
-    req.extend_from_slice(req_addr);
+    let mut req = vec![5, cmd, 0];
+    req.extend_from_slice(dest);
     s.write_all(&req).unwrap();
     socks5_reply(s)
 }
