@@ -1,7 +1,7 @@
 //! The packet classifier and the whole stack's ingress: packets go in through
-//! the in-memory device (`stack::mem`), as in `src/stack/tests.rs`, into a
+//! the in-memory pair (`stack::phy::pair`), as in `src/stack/tests.rs`, into a
 //! running `Stack` with smoltcp behind it, a dialer that answers at once and
-//! the real UDP side (`relay::udp::UdpRelay` with virtual DNS; UDP ASSOCIATE
+//! the real UDP side (`tun::udp::UdpRelay` with virtual DNS; UDP ASSOCIATE
 //! always fails, so nothing leaves the process).
 //!
 //! Input: a config byte (bit 0: fix lengths and checksums, so mutated packets
