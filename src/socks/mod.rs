@@ -1,10 +1,17 @@
 //! SOCKS4, SOCKS4a, SOCKS5 (RFC 1928) and username/password auth (RFC 1929).
 //!
-//! `codec` parses and builds messages and does no I/O; `client` dials through
-//! an upstream with it; `crate::server` serves with it.
+//! - `codec`: parses and builds messages, no I/O;
+//! - `client`: dials through an upstream with it (`connect`, `udp_associate`,
+//!   `probe`);
+//! - `error`: `DialError`, why a dial failed;
+//! - `url`: `Proxy::from_url`, the `--proxy` syntax.
+//!
+//! `crate::server` serves with `codec`.
 
 pub mod client;
 pub mod codec;
+pub mod error;
+pub mod url;
 
 use std::fmt;
 use std::net::SocketAddr;
