@@ -6,7 +6,7 @@ use super::rules::{is_host_address, route_source};
 use super::session::{refuse, reply_and_relay, Proto, Request, SessionLog};
 use super::Config;
 use crate::relay::RelayStream;
-use crate::socks::codec::{rep5, unmap};
+use crate::socks::codec::{unmap, Reply};
 use crate::socks::TargetAddr;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
@@ -34,7 +34,7 @@ pub(super) async fn run(
                 return refuse(
                     client,
                     req.proto,
-                    rep5::HOST_UNREACHABLE,
+                    Reply::HostUnreachable,
                     format!("cannot resolve: {e}"),
                 )
                 .await
@@ -48,7 +48,7 @@ pub(super) async fn run(
             return refuse(
                 client,
                 req.proto,
-                rep5::NOT_ALLOWED,
+                Reply::NotAllowed,
                 "refused: peer not allowed".into(),
             )
             .await;
@@ -60,7 +60,7 @@ pub(super) async fn run(
             return refuse(
                 client,
                 req.proto,
-                rep5::GENERAL_FAILURE,
+                Reply::GeneralFailure,
                 "no local address".into(),
             )
             .await
@@ -70,7 +70,7 @@ pub(super) async fn run(
         return refuse(
             client,
             req.proto,
-            rep5::GENERAL_FAILURE,
+            Reply::GeneralFailure,
             "SOCKS4 BIND needs IPv4".into(),
         )
         .await;
@@ -81,7 +81,7 @@ pub(super) async fn run(
             return refuse(
                 client,
                 req.proto,
-                rep5::GENERAL_FAILURE,
+                Reply::GeneralFailure,
                 format!("bind: {e}"),
             )
             .await
@@ -93,7 +93,7 @@ pub(super) async fn run(
             return refuse(
                 client,
                 req.proto,
-                rep5::GENERAL_FAILURE,
+                Reply::GeneralFailure,
                 format!("bind: {e}"),
             )
             .await
@@ -122,7 +122,7 @@ pub(super) async fn run(
                     log.via = Some(from);
                     break s;
                 }
-                Err(e) => return refuse(client, req.proto, rep5::GENERAL_FAILURE, format!("accept: {e}")).await,
+                Err(e) => return refuse(client, req.proto, Reply::GeneralFailure, format!("accept: {e}")).await,
             },
             r = client.peek(&mut one), if watch_client => match r {
                 Ok(0) | Err(_) => return "client closed while waiting for the BIND peer".into(),
@@ -133,7 +133,7 @@ pub(super) async fn run(
                 return refuse(
                     client,
                     req.proto,
-                    rep5::TTL_EXPIRED,
+                    Reply::TtlExpired,
                     format!("no BIND peer within {:?} ({strangers} unexpected refused)", cfg.bind_timeout),
                 )
                 .await;

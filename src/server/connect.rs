@@ -3,7 +3,7 @@
 use super::session::{refuse, reply_and_relay, Request, SessionLog};
 use super::Config;
 use crate::net::SocketOpts;
-use crate::socks::codec::{rep5, unmap};
+use crate::socks::codec::{unmap, Reply};
 use crate::socks::TargetAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -11,14 +11,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The SOCKS5 reply code for a failed outgoing connection (RFC 1928 §6).
-pub(super) fn reply_for(e: &io::Error) -> u8 {
+pub(super) fn reply_for(e: &io::Error) -> Reply {
     match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => rep5::CONNECTION_REFUSED,
-        Some(libc::ENETUNREACH) => rep5::NET_UNREACHABLE,
-        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => rep5::HOST_UNREACHABLE,
-        Some(libc::ETIMEDOUT) => rep5::TTL_EXPIRED,
-        _ if e.kind() == io::ErrorKind::TimedOut => rep5::TTL_EXPIRED,
-        _ => rep5::GENERAL_FAILURE,
+        Some(libc::ECONNREFUSED) => Reply::ConnectionRefused,
+        Some(libc::ENETUNREACH) => Reply::NetUnreachable,
+        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => Reply::HostUnreachable,
+        Some(libc::ETIMEDOUT) => Reply::TtlExpired,
+        _ if e.kind() == io::ErrorKind::TimedOut => Reply::TtlExpired,
+        _ => Reply::GeneralFailure,
     }
 }
 
@@ -66,7 +66,7 @@ pub(super) async fn run(
             return refuse(
                 client,
                 req.proto,
-                rep5::HOST_UNREACHABLE,
+                Reply::HostUnreachable,
                 format!("cannot resolve: {e}"),
             )
             .await;
@@ -82,7 +82,7 @@ pub(super) async fn run(
         return refuse(
             client,
             req.proto,
-            rep5::NOT_ALLOWED,
+            Reply::NotAllowed,
             "refused: destination not allowed".into(),
         )
         .await;
@@ -132,7 +132,7 @@ pub(super) async fn run(
         return refuse(
             client,
             req.proto,
-            rep5::NOT_ALLOWED,
+            Reply::NotAllowed,
             "refused: destination is this host".into(),
         )
         .await;

@@ -444,15 +444,16 @@ fn refuse_over_limit(gate: &Gate, stream: TcpStream, peer: SocketAddr) {
 /// Over the client limit: answer the first message with a well-formed
 /// refusal (SOCKS5: no acceptable method; SOCKS4: rejected) and close.
 async fn refuse_busy(mut s: TcpStream) {
-    use crate::socks::codec::{encode_method_choice, encode_socks4_reply, method, rep4};
+    use crate::socks::codec::{encode_method_choice, encode_socks4_reply, method, Reply};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut first = [0u8; 1];
     let ver = tokio::time::timeout(Duration::from_secs(1), s.read(&mut first)).await;
     let reply: &[u8] = match (ver, first[0]) {
         (Ok(Ok(1)), 5) => &encode_method_choice(method::NO_ACCEPTABLE),
-        (Ok(Ok(1)), 4) => {
-            &encode_socks4_reply(rep4::REJECTED, std::net::SocketAddrV4::new(0.into(), 0))
-        }
+        (Ok(Ok(1)), 4) => &encode_socks4_reply(
+            Reply::GeneralFailure.socks4(),
+            std::net::SocketAddrV4::new(0.into(), 0),
+        ),
         _ => &[],
     };
     let _ = s.write_all(reply).await;

@@ -4,7 +4,7 @@
 
 use super::admit::Admitted;
 use super::{bind, connect, udp, Config};
-use crate::socks::codec::{self, cmd, method, rep4, rep5, CodecError, Parsed};
+use crate::socks::codec::{self, cmd, method, CodecError, Parsed, Reply};
 use crate::socks::TargetAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -31,16 +31,15 @@ pub(super) enum Proto {
 }
 
 impl Proto {
-    /// A complete failure reply for a SOCKS5 reply code (SOCKS4 answers every
-    /// failure with 0x5B).
-    pub fn failure(self, rep: u8) -> Vec<u8> {
+    /// A complete failure reply (SOCKS4 answers every failure with 0x5B).
+    pub fn failure(self, rep: Reply) -> Vec<u8> {
         match self {
             Proto::V4 => codec::encode_socks4_reply(
-                rep4::REJECTED,
+                rep.socks4(),
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             )
             .to_vec(),
-            Proto::V5 => codec::encode_socks5_failure(rep),
+            Proto::V5 => codec::encode_socks5_failure(rep.socks5()),
         }
     }
 
@@ -53,10 +52,13 @@ impl Proto {
                     std::net::IpAddr::V4(v4) => v4,
                     std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
                 };
-                codec::encode_socks4_reply(rep4::GRANTED, SocketAddrV4::new(ip, bound.port()))
-                    .to_vec()
+                codec::encode_socks4_reply(
+                    Reply::Succeeded.socks4(),
+                    SocketAddrV4::new(ip, bound.port()),
+                )
+                .to_vec()
             }
-            Proto::V5 => codec::encode_socks5_reply(rep5::SUCCEEDED, bound),
+            Proto::V5 => codec::encode_socks5_reply(Reply::Succeeded.socks5(), bound),
         }
     }
 }
@@ -204,7 +206,7 @@ pub(super) async fn handle(
                 // Only relaying sessions hold a slot: a flood of handshakes
                 // cannot take them.
                 Err(_) => {
-                    let rep = rep5::GENERAL_FAILURE;
+                    let rep = Reply::GeneralFailure;
                     refuse(client, req.proto, rep, "refused: too many clients".into()).await
                 }
                 Ok(_slot) => dispatch(&cfg, client, early, req, peer, local, &mut log).await,
@@ -321,7 +323,7 @@ async fn socks4_request(
     let req = match buf.message(client, codec::parse_socks4_request).await? {
         Ok(r) => r,
         Err(e) => {
-            send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
+            send(client, &Proto::V4.failure(Reply::GeneralFailure)).await?;
             return Err(format!("bad request: {e}"));
         }
     };
@@ -333,7 +335,7 @@ async fn socks4_request(
     }
     log.dest = Some(req.dest.clone());
     if cfg.auth_required() {
-        send(client, &Proto::V4.failure(rep5::GENERAL_FAILURE)).await?;
+        send(client, &Proto::V4.failure(Reply::GeneralFailure)).await?;
         return Err("refused: SOCKS4 carries no password and users are configured".into());
     }
     Ok(Request {
@@ -403,11 +405,11 @@ async fn handshake_in(
                 Ok(r) => r,
                 Err(e) => {
                     let rep = match e {
-                        CodecError::UnknownCommand(_) => rep5::COMMAND_NOT_SUPPORTED,
-                        CodecError::UnknownAddrType(_) => rep5::ADDR_TYPE_NOT_SUPPORTED,
-                        _ => rep5::GENERAL_FAILURE,
+                        CodecError::UnknownCommand(_) => Reply::CommandNotSupported,
+                        CodecError::UnknownAddrType(_) => Reply::AddrTypeNotSupported,
+                        _ => Reply::GeneralFailure,
                     };
-                    send(client, &codec::encode_socks5_failure(rep)).await?;
+                    send(client, &Proto::V5.failure(rep)).await?;
                     return Err(format!("bad request: {e}"));
                 }
             };
@@ -422,7 +424,7 @@ async fn handshake_in(
 }
 
 /// Reply a failure and close; returns the outcome text.
-pub(super) async fn refuse(client: TcpStream, proto: Proto, rep: u8, why: String) -> String {
+pub(super) async fn refuse(client: TcpStream, proto: Proto, rep: Reply, why: String) -> String {
     reply_and_close(client, &proto.failure(rep)).await;
     why
 }

@@ -14,7 +14,7 @@
 use super::rules::is_host_address;
 use super::session::{refuse, Proto, Request, SessionLog};
 use super::Config;
-use crate::socks::codec::{self, rep5, unmap};
+use crate::socks::codec::{self, unmap, Reply};
 use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io;
@@ -53,7 +53,7 @@ pub(super) async fn run(
         return refuse(
             control,
             req.proto,
-            rep5::GENERAL_FAILURE,
+            Reply::GeneralFailure,
             "no local address".into(),
         )
         .await;
@@ -65,7 +65,7 @@ pub(super) async fn run(
             return refuse(
                 control,
                 req.proto,
-                rep5::GENERAL_FAILURE,
+                Reply::GeneralFailure,
                 format!("udp bind: {e}"),
             )
             .await
@@ -77,7 +77,7 @@ pub(super) async fn run(
             return refuse(
                 control,
                 req.proto,
-                rep5::GENERAL_FAILURE,
+                Reply::GeneralFailure,
                 format!("udp bind: {e}"),
             )
             .await

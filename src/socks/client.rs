@@ -8,7 +8,7 @@
 //! bind-interface), so policy routing can keep sockstun's own traffic out of
 //! the TUN.
 
-use super::codec::{self, cmd, method, rep4, rep5};
+use super::codec::{self, cmd, method, Reply};
 pub use super::error::DialError;
 use super::TargetAddr;
 use crate::net::SocketOpts;
@@ -213,7 +213,7 @@ impl Replies {
     /// it (some servers send only `VER REP` and close) is still the answer.
     fn eof(&self) -> DialError {
         match &self.buf[self.start..self.end] {
-            [5, rep, ..] if self.socks5 && *rep != rep5::SUCCEEDED => {
+            [5, rep, ..] if self.socks5 && *rep != Reply::Succeeded.socks5() => {
                 DialError::from_socks5_reply(*rep)
             }
             _ => read_err(io::ErrorKind::UnexpectedEof.into()),
@@ -357,7 +357,7 @@ async fn read_socks5_reply<S: AsyncRead + Unpin>(
     r: &mut Replies,
 ) -> Result<TargetAddr, DialError> {
     let reply = r.next(s, codec::parse_socks5_reply).await?;
-    if reply.rep != rep5::SUCCEEDED {
+    if reply.rep != Reply::Succeeded.socks5() {
         return Err(DialError::from_socks5_reply(reply.rep));
     }
     Ok(reply.bound)
@@ -369,11 +369,10 @@ async fn read_socks4_reply<S: AsyncRead + Unpin>(
     r: &mut Replies,
 ) -> Result<std::net::SocketAddrV4, DialError> {
     let r = r.next(s, codec::parse_socks4_reply).await?;
-    match r.code {
-        rep4::GRANTED => Ok(r.bound),
-        rep4::REJECTED => Err(DialError::Refused),
-        rep4::NO_IDENTD | rep4::IDENTD_MISMATCH => Err(DialError::NotAllowed),
-        c => Err(proto(format!("unknown SOCKS4 reply code 0x{c:02x}"))),
+    match Reply::from_socks4(r.code) {
+        Some(Reply::Succeeded) => Ok(r.bound),
+        Some(failure) => Err(failure.into()),
+        None => Err(proto(format!("unknown SOCKS4 reply code 0x{:02x}", r.code))),
     }
 }
 

@@ -44,25 +44,68 @@ pub mod atyp {
     pub const IPV6: u8 = 0x04;
 }
 
-/// RFC 1928 §6 reply codes.
-pub mod rep5 {
-    pub const SUCCEEDED: u8 = 0x00;
-    pub const GENERAL_FAILURE: u8 = 0x01;
-    pub const NOT_ALLOWED: u8 = 0x02;
-    pub const NET_UNREACHABLE: u8 = 0x03;
-    pub const HOST_UNREACHABLE: u8 = 0x04;
-    pub const CONNECTION_REFUSED: u8 = 0x05;
-    pub const TTL_EXPIRED: u8 = 0x06;
-    pub const COMMAND_NOT_SUPPORTED: u8 = 0x07;
-    pub const ADDR_TYPE_NOT_SUPPORTED: u8 = 0x08;
+/// What the reply to a request says, with its code in each dialect: the one
+/// table of reply codes. SOCKS5 (RFC 1928 §6) has a code per reason and the
+/// enum's values are those codes; SOCKS4 has one success code (0x5A), one
+/// failure code (0x5B, "rejected or failed") and two identd failures (0x5C,
+/// 0x5D).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reply {
+    Succeeded = 0x00,
+    GeneralFailure = 0x01,
+    /// Not allowed by the server's rules.
+    NotAllowed = 0x02,
+    NetUnreachable = 0x03,
+    HostUnreachable = 0x04,
+    ConnectionRefused = 0x05,
+    TtlExpired = 0x06,
+    CommandNotSupported = 0x07,
+    AddrTypeNotSupported = 0x08,
 }
 
-/// SOCKS4 reply codes (the reply's second byte).
-pub mod rep4 {
-    pub const GRANTED: u8 = 0x5A;
-    pub const REJECTED: u8 = 0x5B;
-    pub const NO_IDENTD: u8 = 0x5C;
-    pub const IDENTD_MISMATCH: u8 = 0x5D;
+impl Reply {
+    /// The SOCKS5 REP byte.
+    pub fn socks5(self) -> u8 {
+        self as u8
+    }
+
+    /// A SOCKS5 REP byte; None for a code RFC 1928 does not define.
+    pub fn from_socks5(code: u8) -> Option<Reply> {
+        Some(match code {
+            0x00 => Reply::Succeeded,
+            0x01 => Reply::GeneralFailure,
+            0x02 => Reply::NotAllowed,
+            0x03 => Reply::NetUnreachable,
+            0x04 => Reply::HostUnreachable,
+            0x05 => Reply::ConnectionRefused,
+            0x06 => Reply::TtlExpired,
+            0x07 => Reply::CommandNotSupported,
+            0x08 => Reply::AddrTypeNotSupported,
+            _ => return None,
+        })
+    }
+
+    /// The SOCKS4 CD byte: granted, or rejected for every failure (SOCKS4
+    /// has no reasons).
+    pub fn socks4(self) -> u8 {
+        match self {
+            Reply::Succeeded => 0x5A,
+            _ => 0x5B,
+        }
+    }
+
+    /// A SOCKS4 CD byte; None for a code SOCKS4 does not define. Rejected
+    /// (0x5B) reads as refused; the identd failures (0x5C: no identd, 0x5D:
+    /// the user ids differ) as not allowed.
+    pub fn from_socks4(code: u8) -> Option<Reply> {
+        match code {
+            0x5A => Some(Reply::Succeeded),
+            0x5B => Some(Reply::ConnectionRefused),
+            0x5C | 0x5D => Some(Reply::NotAllowed),
+            _ => None,
+        }
+    }
 }
 
 /// Why bytes can never become a valid message.

@@ -1,6 +1,6 @@
 //! `DialError`: why a dial through the upstream proxy failed.
 
-use super::codec::rep5;
+use super::codec::Reply;
 use std::fmt;
 use std::io;
 
@@ -37,35 +37,27 @@ pub enum DialError {
     General,
 }
 
-impl DialError {
-    /// The SOCKS5 reply code for this failure: lets the server relay an
-    /// upstream's answer unchanged.
-    pub fn socks5_reply(&self) -> u8 {
-        match self {
-            DialError::Refused => rep5::CONNECTION_REFUSED,
-            DialError::NetUnreachable => rep5::NET_UNREACHABLE,
-            DialError::HostUnreachable => rep5::HOST_UNREACHABLE,
-            DialError::NotAllowed | DialError::AuthFailed => rep5::NOT_ALLOWED,
-            DialError::TtlExpired | DialError::Timeout => rep5::TTL_EXPIRED,
-            DialError::CommandNotSupported => rep5::COMMAND_NOT_SUPPORTED,
-            DialError::AddrTypeNotSupported => rep5::ADDR_TYPE_NOT_SUPPORTED,
-            DialError::ProxyUnreachable(_) | DialError::Protocol(_) | DialError::General => {
-                rep5::GENERAL_FAILURE
-            }
+/// The proxy's answer to a request (see `codec::Reply`, the table of codes).
+impl From<Reply> for DialError {
+    fn from(r: Reply) -> DialError {
+        match r {
+            Reply::NotAllowed => DialError::NotAllowed,
+            Reply::NetUnreachable => DialError::NetUnreachable,
+            Reply::HostUnreachable => DialError::HostUnreachable,
+            Reply::ConnectionRefused => DialError::Refused,
+            Reply::TtlExpired => DialError::TtlExpired,
+            Reply::CommandNotSupported => DialError::CommandNotSupported,
+            Reply::AddrTypeNotSupported => DialError::AddrTypeNotSupported,
+            Reply::GeneralFailure | Reply::Succeeded => DialError::General,
         }
     }
+}
 
+impl DialError {
+    /// A SOCKS5 failure code as the error it reports; an unknown code is
+    /// a general failure.
     pub(super) fn from_socks5_reply(rep: u8) -> DialError {
-        match rep {
-            rep5::NOT_ALLOWED => DialError::NotAllowed,
-            rep5::NET_UNREACHABLE => DialError::NetUnreachable,
-            rep5::HOST_UNREACHABLE => DialError::HostUnreachable,
-            rep5::CONNECTION_REFUSED => DialError::Refused,
-            rep5::TTL_EXPIRED => DialError::TtlExpired,
-            rep5::COMMAND_NOT_SUPPORTED => DialError::CommandNotSupported,
-            rep5::ADDR_TYPE_NOT_SUPPORTED => DialError::AddrTypeNotSupported,
-            _ => DialError::General,
-        }
+        Reply::from_socks5(rep).map_or(DialError::General, DialError::from)
     }
 }
 

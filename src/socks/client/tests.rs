@@ -366,8 +366,13 @@ async fn lying_proxies_get_errors_not_panics_or_hangs() {
             &codec::encode_socks5_reply(0, "[2001:db8::1]:1080".parse().unwrap()),
         ]
         .concat(),
-        codec::encode_socks4_reply(codec::rep4::GRANTED, "0.0.0.0:0".parse().unwrap()).to_vec(),
-        codec::encode_socks4_reply(codec::rep4::REJECTED, "0.0.0.0:0".parse().unwrap()).to_vec(),
+        codec::encode_socks4_reply(Reply::Succeeded.socks4(), "0.0.0.0:0".parse().unwrap())
+            .to_vec(),
+        codec::encode_socks4_reply(
+            Reply::ConnectionRefused.socks4(),
+            "0.0.0.0:0".parse().unwrap(),
+        )
+        .to_vec(),
     ];
     let mut r = crate::test_rng::TestRng::new(0x853c_49e6_748f_ea9b);
     let (mut ok, mut err) = (0, 0);

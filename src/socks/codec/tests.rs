@@ -126,10 +126,10 @@ fn socks5_request_errors_are_early_and_typed() {
 
 #[test]
 fn socks5_replies_are_complete() {
-    let r = encode_socks5_failure(rep5::COMMAND_NOT_SUPPORTED);
+    let r = encode_socks5_failure(Reply::CommandNotSupported.socks5());
     assert_eq!(r, [5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
     let b: SocketAddr = "[2001:db8::5]:1080".parse().unwrap();
-    let r = encode_socks5_reply(rep5::SUCCEEDED, b);
+    let r = encode_socks5_reply(Reply::Succeeded.socks5(), b);
     assert_eq!(r.len(), 22);
     all_prefixes_incomplete(&r, parse_socks5_reply);
     assert_eq!(
@@ -196,7 +196,7 @@ fn socks4_and_4a() {
     assert!(encode_socks4_request(1, &TargetAddr::Ip("[::1]:1".parse().unwrap()), b"").is_err());
 
     let r = encode_socks4_reply(
-        rep4::GRANTED,
+        Reply::Succeeded.socks4(),
         SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 258),
     );
     assert_eq!(r, [0, 0x5A, 1, 2, 1, 2, 3, 4]);
@@ -297,7 +297,7 @@ fn random_input_parses_consistently_byte_by_byte() {
         encode_socks5_failure(5),
         encode_socks4_request(1, &v4, b"id").unwrap(),
         encode_socks4_request(1, &dom, b"").unwrap(),
-        encode_socks4_reply(rep4::GRANTED, "0.0.0.0:0".parse().unwrap()).to_vec(),
+        encode_socks4_reply(Reply::Succeeded.socks4(), "0.0.0.0:0".parse().unwrap()).to_vec(),
     ];
     let mut r = crate::test_rng::TestRng::new(0x2545_f491_4f6c_dd1d);
     for _ in 0..20_000 {
@@ -333,4 +333,21 @@ fn random_input_parses_consistently_byte_by_byte() {
         );
     }
     assert_eq!(seen.len(), 9);
+}
+
+#[test]
+fn reply_codes_in_both_dialects() {
+    for code in 0..=255u8 {
+        if let Some(r) = Reply::from_socks5(code) {
+            assert_eq!(r.socks5(), code);
+        }
+    }
+    assert_eq!(Reply::from_socks5(0x09), None);
+    assert_eq!(Reply::AddrTypeNotSupported.socks5(), 0x08);
+    assert_eq!(Reply::Succeeded.socks4(), 0x5A);
+    assert_eq!(Reply::HostUnreachable.socks4(), 0x5B);
+    assert_eq!(Reply::from_socks4(0x5A), Some(Reply::Succeeded));
+    assert_eq!(Reply::from_socks4(0x5B), Some(Reply::ConnectionRefused));
+    assert_eq!(Reply::from_socks4(0x5D), Some(Reply::NotAllowed));
+    assert_eq!(Reply::from_socks4(0x00), None);
 }
