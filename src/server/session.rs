@@ -5,11 +5,12 @@
 use super::admit::Admitted;
 use super::{bind, connect, udp, Config};
 use crate::socks::codec::{self, cmd, method, CodecError, Parsed, Reply};
+use crate::socks::handshake::{ReadError, Reader};
 use crate::socks::TargetAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
@@ -112,58 +113,41 @@ pub(super) struct Request {
     pub dest: TargetAddr,
 }
 
-/// Bytes read during the handshake. Every message is capped well below its
-/// size (SOCKS4 fields at 255 bytes, SOCKS5 fields by their length bytes).
-struct HsBuf {
-    b: [u8; 1024],
-    len: usize,
+/// Bytes read during the handshake (`socks::handshake::Reader`). Every
+/// message is capped well below its size (SOCKS4 fields at 255 bytes, SOCKS5
+/// fields by their length bytes).
+type HsBuf = Reader<1024>;
+
+/// The outcome of a handshake that ended because no message came.
+fn lost(e: ReadError) -> String {
+    match e {
+        ReadError::Closed => CLOSED_IN_HANDSHAKE.into(),
+        ReadError::Io(e) => format!("client error during handshake: {e}"),
+        ReadError::TooLong => "handshake message too long".into(),
+        // The callers below take the parser's errors themselves.
+        ReadError::Codec(e) => format!("bad message: {e}"),
+    }
 }
 
-impl HsBuf {
-    async fn fill(&mut self, s: &mut TcpStream) -> Result<(), String> {
-        if self.len == self.b.len() {
-            return Err("handshake message too long".into());
-        }
-        match s.read(&mut self.b[self.len..]).await {
-            Ok(0) => Err(CLOSED_IN_HANDSHAKE.into()),
-            Ok(n) => {
-                self.len += n;
-                Ok(())
-            }
-            Err(e) => Err(format!("client error during handshake: {e}")),
-        }
+/// Wait for the client's next bytes: true if it closed cleanly instead.
+async fn at_eof(buf: &mut HsBuf, s: &mut TcpStream) -> Result<bool, String> {
+    match buf.fill(s).await {
+        Ok(()) => Ok(false),
+        Err(ReadError::Closed) if buf.pending().is_empty() => Ok(true),
+        Err(e) => Err(lost(e)),
     }
+}
 
-    /// Wait for the client's next bytes: true if it closed cleanly instead.
-    async fn at_eof(&mut self, s: &mut TcpStream) -> Result<bool, String> {
-        match self.fill(s).await {
-            Ok(()) => Ok(false),
-            Err(e) if self.len == 0 && e == CLOSED_IN_HANDSHAKE => Ok(true),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.b.copy_within(n..self.len, 0);
-        self.len -= n;
-    }
-
-    /// Read until `parse` yields a message or an error; consume the message.
-    async fn message<T>(
-        &mut self,
-        s: &mut TcpStream,
-        parse: impl Fn(&[u8]) -> Parsed<T>,
-    ) -> Result<Result<T, CodecError>, String> {
-        loop {
-            match parse(&self.b[..self.len]) {
-                Ok(Some((m, n))) => {
-                    self.consume(n);
-                    return Ok(Ok(m));
-                }
-                Ok(None) => self.fill(s).await?,
-                Err(e) => return Ok(Err(e)),
-            }
-        }
+/// Read until `parse` yields a message or an error; consume the message.
+async fn message<T>(
+    buf: &mut HsBuf,
+    s: &mut TcpStream,
+    parse: impl Fn(&[u8]) -> Parsed<T>,
+) -> Result<Result<T, CodecError>, String> {
+    match buf.next(s, parse).await {
+        Ok(m) => Ok(Ok(m)),
+        Err(ReadError::Codec(e)) => Ok(Err(e)),
+        Err(e) => Err(lost(e)),
     }
 }
 
@@ -304,12 +288,9 @@ async fn handshake(
     client: &mut TcpStream,
     log: &mut SessionLog,
 ) -> Result<(Request, Vec<u8>), String> {
-    let mut buf = HsBuf {
-        b: [0; 1024],
-        len: 0,
-    };
+    let mut buf = HsBuf::new();
     let req = handshake_in(cfg, client, &mut buf, log).await?;
-    Ok((req, buf.b[..buf.len].to_vec()))
+    Ok((req, buf.pending().to_vec()))
 }
 
 /// The rest of a SOCKS4/4a handshake: one request, no authentication.
@@ -320,7 +301,7 @@ async fn socks4_request(
     log: &mut SessionLog,
 ) -> Result<Request, String> {
     log.proto = "socks4";
-    let req = match buf.message(client, codec::parse_socks4_request).await? {
+    let req = match message(buf, client, codec::parse_socks4_request).await? {
         Ok(r) => r,
         Err(e) => {
             send(client, &Proto::V4.failure(Reply::GeneralFailure)).await?;
@@ -351,14 +332,14 @@ async fn handshake_in(
     buf: &mut HsBuf,
     log: &mut SessionLog,
 ) -> Result<Request, String> {
-    if buf.at_eof(client).await? {
+    if at_eof(buf, client).await? {
         return Err(PROBE_BARE.into());
     }
-    match buf.b[0] {
+    match buf.pending()[0] {
         codec::SOCKS4_VERSION => socks4_request(cfg, client, buf, log).await,
         codec::SOCKS5_VERSION => {
             log.proto = "socks5";
-            let methods = match buf.message(client, codec::parse_greeting).await? {
+            let methods = match message(buf, client, codec::parse_greeting).await? {
                 Ok(m) => m,
                 Err(e) => {
                     send(client, &codec::encode_method_choice(method::NO_ACCEPTABLE)).await?;
@@ -384,7 +365,7 @@ async fn handshake_in(
                 ));
             }
             if chosen == method::USER_PASS {
-                let creds = match buf.message(client, codec::parse_auth_request).await? {
+                let creds = match message(buf, client, codec::parse_auth_request).await? {
                     Ok(c) => c,
                     Err(e) => {
                         send(client, &codec::encode_auth_reply(false)).await?;
@@ -398,10 +379,10 @@ async fn handshake_in(
                     return Err("refused: authentication failed".into());
                 }
             }
-            if buf.len == 0 && buf.at_eof(client).await? {
+            if buf.pending().is_empty() && at_eof(buf, client).await? {
                 return Err(PROBE.into());
             }
-            let req = match buf.message(client, codec::parse_socks5_request).await? {
+            let req = match message(buf, client, codec::parse_socks5_request).await? {
                 Ok(r) => r,
                 Err(e) => {
                     let rep = match e {

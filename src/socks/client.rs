@@ -10,6 +10,7 @@
 
 use super::codec::{self, cmd, method, Reply};
 pub use super::error::DialError;
+use super::handshake::{ReadError, Reader};
 use super::TargetAddr;
 use crate::net::SocketOpts;
 use std::fmt;
@@ -18,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// The SOCKS dialect spoken to the upstream.
@@ -156,17 +157,14 @@ fn check_carriable(kind: ProxyKind, dest: &TargetAddr) -> Result<(), DialError> 
     }
 }
 
-/// The proxy's side of a handshake, read whole: each read takes whatever has
-/// arrived (a reply costs one `recvfrom`, where reading it field by field took
-/// three, and a short read tells tokio the socket is drained, which saves the
-/// read that would only return EAGAIN). Bytes past the last reply are the
-/// target's first data (a server that speaks first, or a proxy that sent its
-/// reply and the target's banner together): they are handed on, never lost.
+/// The proxy's side of a handshake, read with the shared reader
+/// (`handshake::Reader`, which reads each reply whole). Bytes past the last
+/// reply are the target's first data (a server that speaks first, or a proxy
+/// that sent its reply and the target's banner together): they are handed
+/// on, never lost.
 struct Replies {
     /// Larger than any reply (a SOCKS5 reply with a name is at most 262 bytes).
-    buf: [u8; 512],
-    start: usize,
-    end: usize,
+    r: Reader<512>,
     /// SOCKS5 is spoken (a cut-short `VER REP` means something only there).
     socks5: bool,
 }
@@ -174,45 +172,29 @@ struct Replies {
 impl Replies {
     fn new(socks5: bool) -> Replies {
         Replies {
-            buf: [0; 512],
-            start: 0,
-            end: 0,
+            r: Reader::new(),
             socks5,
         }
     }
 
-    /// The next message, parsed by `parse` (a codec function: `None` while
-    /// the bytes are incomplete), reading from `s` until it is whole.
+    /// The next reply, parsed by `parse`, reading from `s` until it is whole.
     async fn next<S: AsyncRead + Unpin, T>(
         &mut self,
         s: &mut S,
         parse: fn(&[u8]) -> codec::Parsed<T>,
     ) -> Result<T, DialError> {
-        loop {
-            if let Some((m, used)) = parse(&self.buf[self.start..self.end]).map_err(proto)? {
-                self.start += used;
-                return Ok(m);
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.end == self.buf.len() {
-                return Err(proto("reply longer than any SOCKS reply"));
-            }
-            match s.read(&mut self.buf[self.end..]).await {
-                Ok(0) => return Err(self.eof()),
-                Ok(n) => self.end += n,
-                Err(e) => return Err(read_err(e)),
-            }
-        }
+        self.r.next(s, parse).await.map_err(|e| match e {
+            ReadError::Codec(e) => proto(e),
+            ReadError::TooLong => proto("reply longer than any SOCKS reply"),
+            ReadError::Closed => self.eof(),
+            ReadError::Io(e) => read_err(e),
+        })
     }
 
     /// The proxy closed before a whole reply. A SOCKS5 failure code that made
     /// it (some servers send only `VER REP` and close) is still the answer.
     fn eof(&self) -> DialError {
-        match &self.buf[self.start..self.end] {
+        match self.r.pending() {
             [5, rep, ..] if self.socks5 && *rep != Reply::Succeeded.socks5() => {
                 DialError::from_socks5_reply(*rep)
             }
@@ -222,7 +204,7 @@ impl Replies {
 
     /// What came after the last reply.
     fn rest(&self) -> Vec<u8> {
-        self.buf[self.start..self.end].to_vec()
+        self.r.pending().to_vec()
     }
 }
 

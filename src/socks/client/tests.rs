@@ -1,6 +1,7 @@
 //! Unit tests of the SOCKS client: handshakes against scripted proxies.
 
 use super::*;
+use tokio::io::AsyncReadExt;
 
 #[test]
 fn relay_name_means_the_proxy_address() {
