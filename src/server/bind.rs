@@ -1,12 +1,12 @@
 //! BIND (SOCKS4 and SOCKS5): listen, reply with the listening address, wait
 //! (with a deadline) for the expected peer, reply with the peer, relay.
 
+use super::config::Config;
 use super::connect::resolve;
+use super::reply::{refuse, reply_and_relay, Proto, Refusal, Request, SessionLog};
 use super::rules::{is_host_address, route_source};
-use super::session::{refuse, reply_and_relay, Proto, Request, SessionLog};
-use super::Config;
 use crate::relay::RelayStream;
-use crate::socks::codec::{unmap, Reply};
+use crate::socks::codec::unmap;
 use crate::socks::TargetAddr;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
@@ -30,74 +30,30 @@ pub(super) async fn run(
         TargetAddr::Ip(a) => Some(unmap(a.ip())),
         TargetAddr::Domain(..) => match resolve(cfg, &req.dest).await {
             Ok(v) => v.first().map(|a| unmap(a.ip())),
-            Err(e) => {
-                return refuse(
-                    client,
-                    req.proto,
-                    Reply::HostUnreachable,
-                    format!("cannot resolve: {e}"),
-                )
-                .await
-            }
+            Err(e) => return refuse(client, req.proto, Refusal::CannotResolve(e)).await,
         },
     };
     if let Some(ip) = expected {
         if !cfg.rules.dest_allowed(ip, server_ip)
             || (is_host_address(ip) && !cfg.rules.host_address_allowed(ip))
         {
-            return refuse(
-                client,
-                req.proto,
-                Reply::NotAllowed,
-                "refused: peer not allowed".into(),
-            )
-            .await;
+            return refuse(client, req.proto, Refusal::PeerNotAllowed).await;
         }
     }
     let listen_ip = match expected.and_then(route_source).or(server_ip) {
         Some(ip) => unmap(ip),
-        None => {
-            return refuse(
-                client,
-                req.proto,
-                Reply::GeneralFailure,
-                "no local address".into(),
-            )
-            .await
-        }
+        None => return refuse(client, req.proto, Refusal::NoLocalAddress).await,
     };
     if req.proto == Proto::V4 && listen_ip.is_ipv6() {
-        return refuse(
-            client,
-            req.proto,
-            Reply::GeneralFailure,
-            "SOCKS4 BIND needs IPv4".into(),
-        )
-        .await;
+        return refuse(client, req.proto, Refusal::Socks4BindNeedsIpv4).await;
     }
     let listener = match TcpListener::bind((listen_ip, 0)).await {
         Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                client,
-                req.proto,
-                Reply::GeneralFailure,
-                format!("bind: {e}"),
-            )
-            .await
-        }
+        Err(e) => return refuse(client, req.proto, Refusal::Bind(e)).await,
     };
     let bound = match listener.local_addr() {
         Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                client,
-                req.proto,
-                Reply::GeneralFailure,
-                format!("bind: {e}"),
-            )
-            .await
-        }
+        Err(e) => return refuse(client, req.proto, Refusal::Bind(e)).await,
     };
     if let Err(e) = client.write_all(&req.proto.success(bound)).await {
         return format!("client gone before first reply: {e}");
@@ -122,7 +78,7 @@ pub(super) async fn run(
                     log.via = Some(from);
                     break s;
                 }
-                Err(e) => return refuse(client, req.proto, Reply::GeneralFailure, format!("accept: {e}")).await,
+                Err(e) => return refuse(client, req.proto, Refusal::Accept(e)).await,
             },
             r = client.peek(&mut one), if watch_client => match r {
                 Ok(0) | Err(_) => return "client closed while waiting for the BIND peer".into(),
@@ -130,12 +86,7 @@ pub(super) async fn run(
                 Ok(_) => watch_client = false,
             },
             _ = &mut deadline => {
-                return refuse(
-                    client,
-                    req.proto,
-                    Reply::TtlExpired,
-                    format!("no BIND peer within {:?} ({strangers} unexpected refused)", cfg.bind_timeout),
-                )
+                return refuse(client, req.proto, Refusal::NoBindPeer { waited: cfg.bind_timeout, strangers })
                 .await;
             }
         }

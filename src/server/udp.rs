@@ -11,10 +11,10 @@
 //! destinations the rules refuse. FRAG != 0 is dropped (no reassembly).
 //! The association ends with its control connection or after the idle timeout.
 
+use super::config::Config;
+use super::reply::{refuse, Proto, Refusal, Request, SessionLog};
 use super::rules::is_host_address;
-use super::session::{refuse, Proto, Request, SessionLog};
-use super::Config;
-use crate::socks::codec::{self, unmap, Reply};
+use crate::socks::codec::{self, unmap};
 use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io;
@@ -50,38 +50,16 @@ pub(super) async fn run(
     log: &mut SessionLog,
 ) -> String {
     let Some(local) = local else {
-        return refuse(
-            control,
-            req.proto,
-            Reply::GeneralFailure,
-            "no local address".into(),
-        )
-        .await;
+        return refuse(control, req.proto, Refusal::NoLocalAddress).await;
     };
     let server_ip = Some(local.ip());
     let relay_sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
         Ok(s) => s,
-        Err(e) => {
-            return refuse(
-                control,
-                req.proto,
-                Reply::GeneralFailure,
-                format!("udp bind: {e}"),
-            )
-            .await
-        }
+        Err(e) => return refuse(control, req.proto, Refusal::UdpBind(e)).await,
     };
     let bound = match relay_sock.local_addr() {
         Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                control,
-                req.proto,
-                Reply::GeneralFailure,
-                format!("udp bind: {e}"),
-            )
-            .await
-        }
+        Err(e) => return refuse(control, req.proto, Refusal::UdpBind(e)).await,
     };
     log.via = Some(bound);
     let client_ip = unmap(peer.ip());
