@@ -455,19 +455,6 @@ pub fn parse_socks5_reply(b: &[u8]) -> Parsed<Socks5Reply> {
     }
 }
 
-/// How many bytes a SOCKS5 reply (or request) is in total, from its first 5
-/// bytes; lets a client read exactly the reply and not a byte of the data
-/// that may follow it.
-pub fn socks5_reply_len(head: &[u8; 5]) -> Result<usize, CodecError> {
-    match head[3] {
-        atyp::IPV4 => Ok(10),
-        atyp::IPV6 => Ok(22),
-        atyp::DOMAIN if head[4] > 0 => Ok(7 + head[4] as usize),
-        atyp::DOMAIN => Err(CodecError::BadDomain),
-        other => Err(CodecError::UnknownAddrType(other)),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // SOCKS4 and SOCKS4a
 
