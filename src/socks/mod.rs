@@ -6,7 +6,8 @@
 //! - `client`: dials through an upstream with those (`connect`,
 //!   `udp_associate`, `probe`);
 //! - `error`: `DialError`, why a dial failed;
-//! - `url`: `Proxy::from_url`, the `--proxy` syntax.
+//! - `url`: the upstream as configured: `Proxy`, `ProxyKind` and
+//!   `Proxy::from_url`, the `--proxy` syntax.
 //!
 //! `crate::server` serves with `codec` and `handshake`.
 

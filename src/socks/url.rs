@@ -1,12 +1,102 @@
-//! Proxy URLs: `scheme://[user[:password]@]host[:port][/]` into a `Proxy`
-//! (`--proxy`), with RFC 3986 percent-decoding of the credentials. An error
-//! text never shows what may be a password.
+//! The upstream proxy as configured (`--proxy`): `Proxy`, its dialect, and
+//! its URL, `scheme://[user[:password]@]host[:port][/]`, with RFC 3986
+//! percent-decoding of the credentials. An error text never shows what may
+//! be a password. `client` dials through a `Proxy`.
 
-use super::client::{Proxy, ProxyKind};
 use crate::net::SocketOpts;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+/// The SOCKS dialect spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// IPv4 destinations only; a name cannot be sent (and is never resolved locally).
+    Socks4,
+    /// SOCKS4 with names sent to the proxy.
+    Socks4a,
+    /// SOCKS5; names are sent to the proxy.
+    Socks5,
+    /// SOCKS5, names resolved by the proxy. On the wire the same as `Socks5`
+    /// here, since sockstun never resolves a target name itself.
+    Socks5h,
+}
+
+impl ProxyKind {
+    pub fn is_socks5(self) -> bool {
+        matches!(self, ProxyKind::Socks5 | ProxyKind::Socks5h)
+    }
+
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ProxyKind::Socks4 => "socks4",
+            ProxyKind::Socks4a => "socks4a",
+            ProxyKind::Socks5 => "socks5",
+            ProxyKind::Socks5h => "socks5h",
+        }
+    }
+}
+
+/// An upstream SOCKS server. Deliberately no `Debug` derive: `auth` holds a
+/// password. Use `Display` (no password) for logs.
+#[derive(Clone)]
+pub struct Proxy {
+    pub kind: ProxyKind,
+    pub host: String,
+    pub port: u16,
+    /// The proxy's addresses, tried in order. Filled by `resolve` (or by
+    /// `from_url` when the host is an IP literal).
+    pub addrs: Vec<SocketAddr>,
+    /// Username and password (SOCKS5, RFC 1929) or user id (SOCKS4, password ignored).
+    pub auth: Option<(String, String)>,
+    pub opts: SocketOpts,
+    /// Limit for the TCP connect to the proxy and, separately, for the SOCKS
+    /// handshake (which includes the proxy's own connect to the target).
+    pub connect_timeout: Duration,
+    /// SOCKS5: send the greeting, the RFC 1929 credentials and the request in
+    /// one write instead of waiting for each answer (one round trip to the
+    /// proxy instead of two or three). RFC 1928 does not forbid it and dante
+    /// and `sockstun server` parse incrementally, but servers that read the
+    /// greeting with one large read and drop the rest (microsocks) then hang:
+    /// off unless asked for.
+    pub pipeline: bool,
+}
+
+impl fmt::Display for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.kind.scheme())?;
+        if let Some((u, _)) = &self.auth {
+            write!(f, "{u}:***@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Proxy {
+    /// Resolve the proxy's host name (blocking; call once at start). The
+    /// proxy's own name is resolved locally, necessarily: this is not a leak of
+    /// a target name.
+    pub fn resolve(&mut self) -> io::Result<()> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            self.addrs = vec![SocketAddr::new(ip, self.port)];
+            return Ok(());
+        }
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} has no address", self.host),
+            ));
+        }
+        self.addrs = addrs;
+        Ok(())
+    }
+}
 
 /// A malformed proxy URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Unit tests of the SOCKS client: handshakes against scripted proxies.
 
 use super::*;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 #[test]
