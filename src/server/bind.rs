@@ -1,12 +1,12 @@
 //! BIND (SOCKS4 and SOCKS5): listen, reply with the listening address, wait
 //! (with a deadline) for the expected peer, reply with the peer, relay.
 
+use super::config::Config;
 use super::connect::resolve;
+use super::reply::{refuse, reply_and_relay, Proto, Refusal, Request, SessionLog};
 use super::rules::{is_host_address, route_source};
-use super::session::{refuse, reply_and_relay, Proto, Request, SessionLog};
-use super::Config;
 use crate::relay::RelayStream;
-use crate::socks::codec::{rep5, unmap};
+use crate::socks::codec::unmap;
 use crate::socks::TargetAddr;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
@@ -21,94 +21,90 @@ pub(super) async fn run(
     local: Option<SocketAddr>,
     log: &mut SessionLog,
 ) -> String {
-    let server_ip = local.map(|l| l.ip());
+    let (listener, bound, expected) = match listen(cfg, req, local.map(|l| l.ip())).await {
+        Ok(x) => x,
+        Err(why) => return refuse(client, req.proto, why).await,
+    };
+    if let Err(e) = client.write_all(&req.proto.success(bound)).await {
+        return format!("client gone before first reply: {e}");
+    }
+    let peer = match wait_for_peer(cfg, &mut client, &listener, expected, log).await {
+        Ok(peer) => peer,
+        Err(NoPeer::Refused(why)) => return refuse(client, req.proto, why).await,
+        Err(NoPeer::ClientClosed) => {
+            return "client closed while waiting for the BIND peer".into();
+        }
+    };
+    drop(listener);
+    let from = log.via.unwrap_or(bound);
+    let reply = req.proto.success(from);
+    reply_and_relay(cfg, client, peer, &reply, &early, log, "peer").await
+}
+
+/// The listener for the peer, its address (the first reply's), and the
+/// peer's address when the request names one.
+async fn listen(
+    cfg: &Config,
+    req: &Request,
+    server_ip: Option<IpAddr>,
+) -> Result<(TcpListener, SocketAddr, Option<IpAddr>), Refusal> {
     // DST.ADDR of a BIND request is the peer expected to connect; 0.0.0.0
     // (or ::) means "anyone". Only the address is checked: clients rarely
     // know the peer's source port.
     let expected: Option<IpAddr> = match &req.dest {
         TargetAddr::Ip(a) if a.ip().is_unspecified() => None,
         TargetAddr::Ip(a) => Some(unmap(a.ip())),
-        TargetAddr::Domain(..) => match resolve(cfg, &req.dest).await {
-            Ok(v) => v.first().map(|a| unmap(a.ip())),
-            Err(e) => {
-                return refuse(
-                    client,
-                    req.proto,
-                    rep5::HOST_UNREACHABLE,
-                    format!("cannot resolve: {e}"),
-                )
+        TargetAddr::Domain(..) => {
+            let v = resolve(cfg, &req.dest)
                 .await
-            }
-        },
+                .map_err(Refusal::CannotResolve)?;
+            v.first().map(|a| unmap(a.ip()))
+        }
     };
     if let Some(ip) = expected {
         if !cfg.rules.dest_allowed(ip, server_ip)
             || (is_host_address(ip) && !cfg.rules.host_address_allowed(ip))
         {
-            return refuse(
-                client,
-                req.proto,
-                rep5::NOT_ALLOWED,
-                "refused: peer not allowed".into(),
-            )
-            .await;
+            return Err(Refusal::PeerNotAllowed);
         }
     }
     let listen_ip = match expected.and_then(route_source).or(server_ip) {
         Some(ip) => unmap(ip),
-        None => {
-            return refuse(
-                client,
-                req.proto,
-                rep5::GENERAL_FAILURE,
-                "no local address".into(),
-            )
-            .await
-        }
+        None => return Err(Refusal::NoLocalAddress),
     };
     if req.proto == Proto::V4 && listen_ip.is_ipv6() {
-        return refuse(
-            client,
-            req.proto,
-            rep5::GENERAL_FAILURE,
-            "SOCKS4 BIND needs IPv4".into(),
-        )
-        .await;
+        return Err(Refusal::Socks4BindNeedsIpv4);
     }
-    let listener = match TcpListener::bind((listen_ip, 0)).await {
-        Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                client,
-                req.proto,
-                rep5::GENERAL_FAILURE,
-                format!("bind: {e}"),
-            )
-            .await
-        }
-    };
-    let bound = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                client,
-                req.proto,
-                rep5::GENERAL_FAILURE,
-                format!("bind: {e}"),
-            )
-            .await
-        }
-    };
-    if let Err(e) = client.write_all(&req.proto.success(bound)).await {
-        return format!("client gone before first reply: {e}");
-    }
+    let listener = TcpListener::bind((listen_ip, 0))
+        .await
+        .map_err(Refusal::Bind)?;
+    let bound = listener.local_addr().map_err(Refusal::Bind)?;
+    Ok((listener, bound, expected))
+}
 
+/// Why the wait for the BIND peer ended without one.
+enum NoPeer {
+    /// Answered with the refusal.
+    Refused(Refusal),
+    /// The client left first: nobody to answer.
+    ClientClosed,
+}
+
+/// Accept the expected peer (anyone when `expected` is None) before the BIND
+/// deadline, resetting the others; `log.via` is the peer's address.
+async fn wait_for_peer(
+    cfg: &Config,
+    client: &mut TcpStream,
+    listener: &TcpListener,
+    expected: Option<IpAddr>,
+    log: &mut SessionLog,
+) -> Result<TcpStream, NoPeer> {
     let deadline = tokio::time::sleep(cfg.bind_timeout);
     tokio::pin!(deadline);
     let mut watch_client = true;
     let mut one = [0u8; 1];
     let mut strangers = 0u32;
-    let peer = loop {
+    loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((mut s, from)) => {
@@ -120,28 +116,19 @@ pub(super) async fn run(
                     }
                     let _ = s.set_nodelay(true);
                     log.via = Some(from);
-                    break s;
+                    return Ok(s);
                 }
-                Err(e) => return refuse(client, req.proto, rep5::GENERAL_FAILURE, format!("accept: {e}")).await,
+                Err(e) => return Err(NoPeer::Refused(Refusal::Accept(e))),
             },
             r = client.peek(&mut one), if watch_client => match r {
-                Ok(0) | Err(_) => return "client closed while waiting for the BIND peer".into(),
+                Ok(0) | Err(_) => return Err(NoPeer::ClientClosed),
                 // Early data: kept in the socket until the relay starts.
                 Ok(_) => watch_client = false,
             },
             _ = &mut deadline => {
-                return refuse(
-                    client,
-                    req.proto,
-                    rep5::TTL_EXPIRED,
-                    format!("no BIND peer within {:?} ({strangers} unexpected refused)", cfg.bind_timeout),
-                )
-                .await;
+                let waited = cfg.bind_timeout;
+                return Err(NoPeer::Refused(Refusal::NoBindPeer { waited, strangers }));
             }
         }
-    };
-    drop(listener);
-    let from = log.via.unwrap_or(bound);
-    let reply = req.proto.success(from);
-    reply_and_relay(cfg, client, peer, &reply, &early, log, "peer").await
+    }
 }

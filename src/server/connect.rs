@@ -1,26 +1,14 @@
 //! CONNECT: resolve, check the rules on each address, dial, reply, relay.
 
-use super::session::{refuse, reply_and_relay, Request, SessionLog};
-use super::Config;
+use super::config::Config;
+use super::reply::{refuse, reply_and_relay, Refusal, Request, SessionLog};
 use crate::net::SocketOpts;
-use crate::socks::codec::{rep5, unmap};
+use crate::socks::codec::unmap;
 use crate::socks::TargetAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// The SOCKS5 reply code for a failed outgoing connection (RFC 1928 §6).
-pub(super) fn reply_for(e: &io::Error) -> u8 {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => rep5::CONNECTION_REFUSED,
-        Some(libc::ENETUNREACH) => rep5::NET_UNREACHABLE,
-        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => rep5::HOST_UNREACHABLE,
-        Some(libc::ETIMEDOUT) => rep5::TTL_EXPIRED,
-        _ if e.kind() == io::ErrorKind::TimedOut => rep5::TTL_EXPIRED,
-        _ => rep5::GENERAL_FAILURE,
-    }
-}
 
 /// Resolve a destination. Names are resolved here, at the server, as the
 /// client asked (that is what SOCKS4a and SOCKS5 domain requests are for).
@@ -60,18 +48,26 @@ pub(super) async fn run(
     server_ip: Option<IpAddr>,
     log: &mut SessionLog,
 ) -> String {
-    let addrs = match resolve(cfg, &req.dest).await {
-        Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                client,
-                req.proto,
-                rep5::HOST_UNREACHABLE,
-                format!("cannot resolve: {e}"),
-            )
-            .await;
+    match dial(cfg, req, server_ip, log).await {
+        Ok((target, bound)) => {
+            let reply = req.proto.success(bound);
+            reply_and_relay(cfg, client, target, &reply, &early, log, "target").await
         }
-    };
+        Err(why) => refuse(client, req.proto, why).await,
+    }
+}
+
+/// The connection to the destination, and its local address (the reply's
+/// BND.ADDR). `log.via` is the address dialed, or the last one tried.
+async fn dial(
+    cfg: &Config,
+    req: &Request,
+    server_ip: Option<IpAddr>,
+    log: &mut SessionLog,
+) -> Result<(TcpStream, SocketAddr), Refusal> {
+    let addrs = resolve(cfg, &req.dest)
+        .await
+        .map_err(Refusal::CannotResolve)?;
     let allowed: Vec<SocketAddr> = addrs
         .iter()
         .copied()
@@ -79,13 +75,7 @@ pub(super) async fn run(
         .collect();
     if allowed.is_empty() {
         log.via = addrs.first().copied();
-        return refuse(
-            client,
-            req.proto,
-            rep5::NOT_ALLOWED,
-            "refused: destination not allowed".into(),
-        )
-        .await;
+        return Err(Refusal::DestNotAllowed);
     }
 
     let deadline = Instant::now() + cfg.connect_timeout;
@@ -109,15 +99,10 @@ pub(super) async fn run(
         }
     }
     let Some((addr, target)) = target else {
-        let (a, e) = last.unwrap_or_else(|| (req.dest_fallback(), io::Error::other("no address")));
+        let (a, e) =
+            last.unwrap_or_else(|| (dest_fallback(&req.dest), io::Error::other("no address")));
         log.via = Some(a);
-        return refuse(
-            client,
-            req.proto,
-            reply_for(&e),
-            format!("connect failed: {e}"),
-        )
-        .await;
+        return Err(Refusal::ConnectFailed(e));
     };
     log.via = Some(addr);
     let bound = target.local_addr().unwrap_or(addr);
@@ -128,24 +113,15 @@ pub(super) async fn run(
         .peer_addr()
         .is_ok_and(|p| unmap(p.ip()) == unmap(bound.ip()));
     if is_host && !cfg.rules.host_address_allowed(addr.ip()) {
-        drop(target);
-        return refuse(
-            client,
-            req.proto,
-            rep5::NOT_ALLOWED,
-            "refused: destination is this host".into(),
-        )
-        .await;
+        return Err(Refusal::DestIsThisHost);
     }
-    let reply = req.proto.success(bound);
-    reply_and_relay(cfg, client, target, &reply, &early, log, "target").await
+    Ok((target, bound))
 }
 
-impl Request {
-    fn dest_fallback(&self) -> SocketAddr {
-        match &self.dest {
-            TargetAddr::Ip(a) => *a,
-            TargetAddr::Domain(_, p) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), *p),
-        }
+/// The address a failed dial reports when no address was tried.
+fn dest_fallback(dest: &TargetAddr) -> SocketAddr {
+    match dest {
+        TargetAddr::Ip(a) => *a,
+        TargetAddr::Domain(_, p) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), *p),
     }
 }

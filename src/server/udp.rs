@@ -11,10 +11,10 @@
 //! destinations the rules refuse. FRAG != 0 is dropped (no reassembly).
 //! The association ends with its control connection or after the idle timeout.
 
+use super::config::Config;
+use super::reply::{refuse, Proto, Refusal, Request, SessionLog};
 use super::rules::is_host_address;
-use super::session::{refuse, Proto, Request, SessionLog};
-use super::Config;
-use crate::socks::codec::{self, rep5, unmap};
+use crate::socks::codec::{self, unmap};
 use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io;
@@ -50,185 +50,205 @@ pub(super) async fn run(
     log: &mut SessionLog,
 ) -> String {
     let Some(local) = local else {
-        return refuse(
-            control,
-            req.proto,
-            rep5::GENERAL_FAILURE,
-            "no local address".into(),
-        )
-        .await;
+        return refuse(control, req.proto, Refusal::NoLocalAddress).await;
     };
-    let server_ip = Some(local.ip());
-    let relay_sock = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
-        Ok(s) => s,
-        Err(e) => {
-            return refuse(
-                control,
-                req.proto,
-                rep5::GENERAL_FAILURE,
-                format!("udp bind: {e}"),
-            )
-            .await
-        }
-    };
-    let bound = match relay_sock.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                control,
-                req.proto,
-                rep5::GENERAL_FAILURE,
-                format!("udp bind: {e}"),
-            )
-            .await
-        }
+    let (relay, bound) = match relay_socket(local.ip()).await {
+        Ok(x) => x,
+        Err(e) => return refuse(control, req.proto, Refusal::UdpBind(e)).await,
     };
     log.via = Some(bound);
-    let client_ip = unmap(peer.ip());
-    let mut client_port: Option<u16> = None;
     if let Err(e) = control.write_all(&Proto::V5.success(bound)).await {
         return format!("client gone before reply: {e}");
     }
-
-    let mut out4: Option<UdpSocket> = None;
-    let mut out6: Option<UdpSocket> = None;
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536 + 262);
-    let mut ctl = [0u8; 256];
-    let mut names = NameCache::default();
-    let mut hosts: HashMap<IpAddr, bool> = HashMap::new();
-    // Bytes go straight into the log line, so a shutdown that drops this
-    // future mid-way still reports them.
-    let mut dropped = 0u64;
-    let idle = cfg.idle_timeout;
-    let mut last = Instant::now();
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
-
-    let stop = cfg.stopped();
-    tokio::pin!(stop);
-    let why = loop {
-        tokio::select! {
-            _ = &mut stop => break "shutdown".to_string(),
-            r = control.read(&mut ctl) => match r {
-                Ok(0) => break "control connection closed".to_string(),
-                Err(e) => break format!("control connection error: {e}"),
-                Ok(_) => {}
-            },
-            r = relay_sock.recv_from(&mut buf) => {
-                let (n, src) = match r {
-                    Ok(x) => x,
-                    Err(e) => { debug!("udp relay recv: {e}"); continue; }
-                };
-                if unmap(src.ip()) != client_ip || client_port.is_some_and(|p| p != src.port()) {
-                    dropped += 1;
-                    continue;
-                }
-                client_port = Some(src.port());
-                let h = match codec::parse_udp_header(&buf[..n]) {
-                    Ok(h) if h.frag == 0 => h,
-                    _ => { dropped += 1; continue; }
-                };
-                let dest = match &h.addr {
-                    TargetAddr::Ip(a) => Some(SocketAddr::new(unmap(a.ip()), a.port())),
-                    TargetAddr::Domain(name, port) => names.get(name, *port, lookup).await,
-                };
-                let Some(dest) = dest.filter(|d| allowed(cfg, &mut hosts, d.ip(), server_ip)) else {
-                    dropped += 1;
-                    continue;
-                };
-                let slot = if dest.is_ipv4() { &mut out4 } else { &mut out6 };
-                if slot.is_none() {
-                    let any: SocketAddr = if dest.is_ipv4() {
-                        (Ipv4Addr::UNSPECIFIED, 0).into()
-                    } else {
-                        (Ipv6Addr::UNSPECIFIED, 0).into()
-                    };
-                    match UdpSocket::bind(any).await {
-                        Ok(s) => *slot = Some(s),
-                        Err(e) => { debug!("udp out bind: {e}"); dropped += 1; continue; }
-                    }
-                }
-                let Some(sock) = slot.as_ref() else { continue };
-                match sock.send_to(&buf[h.header_len..n], dest).await {
-                    Ok(m) => { log.up += m as u64; last = Instant::now(); }
-                    Err(e) => { debug!(%dest, "udp send: {e}"); dropped += 1; }
-                }
-            },
-            r = readable(out4.as_ref()) => {
-                if r.is_ok() {
-                    if let Some(s) = out4.as_ref() {
-                        relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
-                                   &mut log.down, &mut dropped, &mut last).await;
-                    }
-                }
-            },
-            r = readable(out6.as_ref()) => {
-                if r.is_ok() {
-                    if let Some(s) = out6.as_ref() {
-                        relay_back(cfg, &mut hosts, s, &relay_sock, client_ip, client_port, server_ip, &mut buf, &mut out,
-                                   &mut log.down, &mut dropped, &mut last).await;
-                    }
-                }
-            },
-            _ = &mut sleep => {
-                let deadline = last + idle;
-                if deadline <= Instant::now() {
-                    break "idle timeout".to_string();
-                }
-                sleep.as_mut().reset(deadline);
-            }
-        }
+    let mut a = Association {
+        cfg,
+        relay,
+        client_ip: unmap(peer.ip()),
+        client_port: None,
+        server_ip: Some(local.ip()),
+        out4: None,
+        out6: None,
+        buf: vec![0u8; 65536],
+        out: Vec::with_capacity(65536 + 262),
+        names: NameCache::default(),
+        hosts: HashMap::new(),
+        dropped: 0,
+        last: Instant::now(),
     };
-    if dropped > 0 {
-        format!("{why} ({dropped} datagrams dropped)")
+    let why = a.serve(&mut control, log).await;
+    if a.dropped > 0 {
+        format!("{why} ({} datagrams dropped)", a.dropped)
     } else {
         why
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn relay_back(
-    cfg: &Config,
-    hosts: &mut HashMap<IpAddr, bool>,
-    from_sock: &UdpSocket,
-    relay_sock: &UdpSocket,
+/// The relay socket, on the address the client reached the server on, and
+/// its address (BND.ADDR:BND.PORT).
+async fn relay_socket(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
+    let s = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let bound = s.local_addr()?;
+    Ok((s, bound))
+}
+
+/// One association's state. The bytes relayed go straight into the log line
+/// (`SessionLog`), so a shutdown that drops the future mid-way still reports
+/// them.
+struct Association<'a> {
+    cfg: &'a Config,
+    relay: UdpSocket,
     client_ip: IpAddr,
+    /// The client's source port, from its first datagram.
     client_port: Option<u16>,
     server_ip: Option<IpAddr>,
-    buf: &mut [u8],
-    out: &mut Vec<u8>,
-    received: &mut u64,
-    dropped: &mut u64,
-    last: &mut Instant,
-) {
-    let (n, src) = match from_sock.try_recv_from(buf) {
-        Ok(x) => x,
-        Err(_) => return,
-    };
-    let src = SocketAddr::new(unmap(src.ip()), src.port());
-    let Some(port) = client_port else {
-        *dropped += 1;
-        return;
-    };
-    if !allowed(cfg, hosts, src.ip(), server_ip) {
-        *dropped += 1;
-        return;
-    }
-    out.clear();
-    let _ = codec::encode_udp_header(&TargetAddr::Ip(src), out);
-    out.extend_from_slice(&buf[..n]);
-    match relay_sock
-        .send_to(out, SocketAddr::new(client_ip, port))
-        .await
-    {
-        Ok(_) => {
-            *received += n as u64;
-            *last = Instant::now();
+    /// Outgoing sockets, made on first use.
+    out4: Option<UdpSocket>,
+    out6: Option<UdpSocket>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    names: NameCache,
+    hosts: HashMap<IpAddr, bool>,
+    dropped: u64,
+    /// The last datagram relayed, either way (the idle timeout's start).
+    last: Instant,
+}
+
+impl Association<'_> {
+    /// Relay until the control connection ends, the association idles out
+    /// or the server stops; returns why.
+    async fn serve(&mut self, control: &mut TcpStream, log: &mut SessionLog) -> String {
+        let cfg = self.cfg;
+        let idle = cfg.idle_timeout;
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        let stop = cfg.stopped();
+        tokio::pin!(stop);
+        let mut ctl = [0u8; 256];
+        loop {
+            tokio::select! {
+                _ = &mut stop => return "shutdown".to_string(),
+                r = control.read(&mut ctl) => match r {
+                    Ok(0) => return "control connection closed".to_string(),
+                    Err(e) => return format!("control connection error: {e}"),
+                    Ok(_) => {}
+                },
+                r = self.relay.recv_from(&mut self.buf) => match r {
+                    Ok((n, src)) => self.forward(n, src, log).await,
+                    Err(e) => debug!("udp relay recv: {e}"),
+                },
+                r = readable(self.out4.as_ref()) => {
+                    if r.is_ok() {
+                        self.relay_back(false, log).await;
+                    }
+                },
+                r = readable(self.out6.as_ref()) => {
+                    if r.is_ok() {
+                        self.relay_back(true, log).await;
+                    }
+                },
+                _ = &mut sleep => {
+                    let deadline = self.last + idle;
+                    if deadline <= Instant::now() {
+                        return "idle timeout".to_string();
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+            }
         }
-        Err(e) => {
-            debug!("udp send to client: {e}");
-            *dropped += 1;
+    }
+
+    /// The client's datagram of `n` bytes in `buf`: checked, its header
+    /// taken off, sent to its destination.
+    async fn forward(&mut self, n: usize, src: SocketAddr, log: &mut SessionLog) {
+        if unmap(src.ip()) != self.client_ip || self.client_port.is_some_and(|p| p != src.port()) {
+            self.dropped += 1;
+            return;
+        }
+        self.client_port = Some(src.port());
+        let h = match codec::parse_udp_header(&self.buf[..n]) {
+            Ok(h) if h.frag == 0 => h,
+            _ => {
+                self.dropped += 1;
+                return;
+            }
+        };
+        let dest = match &h.addr {
+            TargetAddr::Ip(a) => Some(SocketAddr::new(unmap(a.ip()), a.port())),
+            TargetAddr::Domain(name, port) => self.names.get(name, *port, lookup).await,
+        };
+        let Some(dest) =
+            dest.filter(|d| allowed(self.cfg, &mut self.hosts, d.ip(), self.server_ip))
+        else {
+            self.dropped += 1;
+            return;
+        };
+        let slot = if dest.is_ipv4() {
+            &mut self.out4
+        } else {
+            &mut self.out6
+        };
+        if slot.is_none() {
+            let any: SocketAddr = if dest.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            match UdpSocket::bind(any).await {
+                Ok(s) => *slot = Some(s),
+                Err(e) => {
+                    debug!("udp out bind: {e}");
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        let Some(sock) = slot.as_ref() else { return };
+        match sock.send_to(&self.buf[h.header_len..n], dest).await {
+            Ok(m) => {
+                log.up += m as u64;
+                self.last = Instant::now();
+            }
+            Err(e) => {
+                debug!(%dest, "udp send: {e}");
+                self.dropped += 1;
+            }
+        }
+    }
+
+    /// A remote's datagram, on the outgoing socket of its family: given a
+    /// header with its source and sent to the client.
+    async fn relay_back(&mut self, v6: bool, log: &mut SessionLog) {
+        let sock = if v6 { &self.out6 } else { &self.out4 };
+        let Some(sock) = sock.as_ref() else { return };
+        let (n, src) = match sock.try_recv_from(&mut self.buf) {
+            Ok(x) => x,
+            Err(_) => return,
+        };
+        let src = SocketAddr::new(unmap(src.ip()), src.port());
+        let Some(port) = self.client_port else {
+            self.dropped += 1;
+            return;
+        };
+        if !allowed(self.cfg, &mut self.hosts, src.ip(), self.server_ip) {
+            self.dropped += 1;
+            return;
+        }
+        self.out.clear();
+        let _ = codec::encode_udp_header(&TargetAddr::Ip(src), &mut self.out);
+        self.out.extend_from_slice(&self.buf[..n]);
+        match self
+            .relay
+            .send_to(&self.out, SocketAddr::new(self.client_ip, port))
+            .await
+        {
+            Ok(_) => {
+                log.down += n as u64;
+                self.last = Instant::now();
+            }
+            Err(e) => {
+                debug!("udp send to client: {e}");
+                self.dropped += 1;
+            }
         }
     }
 }

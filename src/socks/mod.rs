@@ -1,10 +1,21 @@
 //! SOCKS4, SOCKS4a, SOCKS5 (RFC 1928) and username/password auth (RFC 1929).
 //!
-//! `codec` parses and builds messages and does no I/O; `client` dials through
-//! an upstream with it; `crate::server` serves with it.
+//! - `codec`: parses and builds messages, no I/O;
+//! - `handshake`: the incremental reader of a handshake's messages, for the
+//!   client and the server alike;
+//! - `client`: dials through an upstream with those (`connect`,
+//!   `udp_associate`, `probe`);
+//! - `error`: `DialError`, why a dial failed;
+//! - `url`: the upstream as configured: `Proxy`, `ProxyKind` and
+//!   `Proxy::from_url`, the `--proxy` syntax.
+//!
+//! `crate::server` serves with `codec` and `handshake`.
 
 pub mod client;
 pub mod codec;
+pub mod error;
+pub mod handshake;
+pub mod url;
 
 use std::fmt;
 use std::net::SocketAddr;
