@@ -93,3 +93,33 @@ pub fn fd_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// An IPv4-mapped IPv6 address as plain IPv4 (`::ffff:a.b.c.d` → `a.b.c.d`).
+pub fn unmap(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unmap;
+    use std::net::IpAddr;
+
+    #[test]
+    fn unmap_mapped() {
+        assert_eq!(
+            unmap("::ffff:127.0.0.1".parse().unwrap()),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            unmap("::1".parse().unwrap()),
+            "::1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -41,7 +41,7 @@ impl std::fmt::Display for Source {
 
 impl Source {
     pub fn of(ip: IpAddr) -> Source {
-        match crate::socks::codec::unmap(ip) {
+        match crate::net::unmap(ip) {
             IpAddr::V6(v6) => {
                 let net = u128::from(v6) & !((1u128 << 64) - 1);
                 Source(IpAddr::V6(net.into()))

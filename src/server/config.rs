@@ -97,7 +97,7 @@ impl Config {
         // Safe by default: an open proxy on a reachable address is the most
         // common SOCKS misconfiguration.
         for l in &args.listen {
-            if !crate::socks::codec::unmap(l.ip()).is_loopback()
+            if !crate::net::unmap(l.ip()).is_loopback()
                 && users.is_empty()
                 && !rules.restricts_clients()
             {

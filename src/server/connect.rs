@@ -2,8 +2,8 @@
 
 use super::config::Config;
 use super::reply::{refuse, reply_and_relay, Refusal, Request, SessionLog};
+use crate::net::unmap;
 use crate::net::SocketOpts;
-use crate::socks::codec::unmap;
 use crate::socks::TargetAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -38,7 +38,7 @@ impl Proto {
     pub fn success(self, bound: SocketAddr) -> Vec<u8> {
         match self {
             Proto::V4 => {
-                let ip = match codec::unmap(bound.ip()) {
+                let ip = match crate::net::unmap(bound.ip()) {
                     IpAddr::V4(v4) => v4,
                     IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
                 };

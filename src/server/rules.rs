@@ -6,7 +6,7 @@
 //! address itself (SSRF). IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`) are
 //! checked as the IPv4 address they reach.
 
-use crate::socks::codec::unmap;
+use crate::net::unmap;
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -14,7 +14,8 @@
 use super::config::Config;
 use super::reply::{refuse, Proto, Refusal, Request, SessionLog};
 use super::rules::is_host_address;
-use crate::socks::codec::{self, unmap};
+use crate::net::unmap;
+use crate::socks::codec;
 use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io;

@@ -371,10 +371,10 @@ pub struct UdpAssociation {
 /// is never resolved here: the local resolver would leak it (and may answer
 /// through the TUN itself); like 0.0.0.0 / :: it means the proxy's address.
 fn relay_addr(bound: TargetAddr, proxy_ip: IpAddr) -> SocketAddr {
-    let proxy_ip = codec::unmap(proxy_ip);
+    let proxy_ip = crate::net::unmap(proxy_ip);
     match bound {
         TargetAddr::Ip(a) => {
-            let ip = codec::unmap(a.ip());
+            let ip = crate::net::unmap(a.ip());
             SocketAddr::new(if ip.is_unspecified() { proxy_ip } else { ip }, a.port())
         }
         TargetAddr::Domain(_, port) => SocketAddr::new(proxy_ip, port),

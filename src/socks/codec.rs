@@ -11,7 +11,7 @@
 
 use super::TargetAddr;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 pub const SOCKS4_VERSION: u8 = 0x04;
 pub const SOCKS5_VERSION: u8 = 0x05;
@@ -642,17 +642,6 @@ pub fn udp_header_len(addr: &TargetAddr) -> usize {
         TargetAddr::Ip(SocketAddr::V4(_)) => 10,
         TargetAddr::Ip(SocketAddr::V6(_)) => 22,
         TargetAddr::Domain(d, _) => 7 + d.len(),
-    }
-}
-
-/// An IPv4-mapped IPv6 address as plain IPv4 (`::ffff:a.b.c.d` → `a.b.c.d`).
-pub fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
     }
 }
 

@@ -213,18 +213,6 @@ fn udp_header() {
     assert!(parse_udp_header(&[0, 0, 0, 9, 1, 2, 3, 4, 0, 53]).is_err());
 }
 
-#[test]
-fn unmap_mapped() {
-    assert_eq!(
-        unmap("::ffff:127.0.0.1".parse().unwrap()),
-        "127.0.0.1".parse::<IpAddr>().unwrap()
-    );
-    assert_eq!(
-        unmap("::1".parse().unwrap()),
-        "::1".parse::<IpAddr>().unwrap()
-    );
-}
-
 /// Random input, and valid messages with bytes changed and more bytes
 /// after them: no parser panics, and each answers the way a server or
 /// client reading a byte at a time relies on. A message found complete at

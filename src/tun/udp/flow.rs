@@ -192,7 +192,7 @@ impl Assoc {
         }
         match &o.target {
             TargetAddr::Ip(a) => {
-                let a = SocketAddr::new(codec::unmap(a.ip()), a.port());
+                let a = SocketAddr::new(crate::net::unmap(a.ip()), a.port());
                 if self.ip_dsts.len() >= MAX_IP_DESTS && !self.ip_dsts.contains(&a) {
                     if let Some(old) = self.ip_dsts.iter().next().copied() {
                         self.ip_dsts.remove(&old);
@@ -311,7 +311,9 @@ impl Assoc {
     fn reply(&mut self, n: usize, from: SocketAddr) {
         let Some(l) = &self.live else { return };
         let (sh, local) = (&self.sh, self.local);
-        if codec::unmap(from.ip()) != codec::unmap(l.relay.ip()) || from.port() != l.relay.port() {
+        if crate::net::unmap(from.ip()) != crate::net::unmap(l.relay.ip())
+            || from.port() != l.relay.port()
+        {
             inc(&sh.stats.dropped_other);
             return;
         }

@@ -1,6 +1,5 @@
 //! UDP in IP: parse what the TUN gives, build what goes back.
 
-use crate::socks::codec;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
@@ -152,7 +151,7 @@ pub fn build_udp(
 /// A reply source in the family of the local endpoint it goes to: IPv4-mapped
 /// IPv6 becomes IPv4, IPv4 towards an IPv6 endpoint becomes IPv4-mapped.
 pub(super) fn same_family(src: SocketAddr, local: SocketAddr) -> SocketAddr {
-    let ip = match (codec::unmap(src.ip()), local.ip()) {
+    let ip = match (crate::net::unmap(src.ip()), local.ip()) {
         (IpAddr::V4(a), IpAddr::V6(_)) => IpAddr::V6(a.to_ipv6_mapped()),
         (ip, _) => ip,
     };

@@ -2,7 +2,7 @@
 
 use super::packet::same_family;
 use crate::dns::pool::PoolPin;
-use crate::socks::{codec, TargetAddr};
+use crate::socks::TargetAddr;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
@@ -41,7 +41,7 @@ pub(super) fn reply_source(
             .find(|f| f.port == *port && f.name.eq_ignore_ascii_case(name))
             .map(|f| f.fake),
         TargetAddr::Ip(a) => {
-            let a = SocketAddr::new(codec::unmap(a.ip()), a.port());
+            let a = SocketAddr::new(crate::net::unmap(a.ip()), a.port());
             let src = if ip_dsts.contains(&a) {
                 a
             } else if let Some(f) = fakes
