@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dns;
 pub mod mem;
 pub mod net;
+pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod socks;

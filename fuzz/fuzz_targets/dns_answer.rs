@@ -136,6 +136,10 @@ impl Upstream for Resolver {
     fn carries_names(&self) -> bool {
         true
     }
+
+    fn carries_udp(&self) -> bool {
+        false
+    }
 }
 
 /// Split `b` into up to `n` length-prefixed messages (the last may be cut

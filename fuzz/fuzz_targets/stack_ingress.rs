@@ -119,6 +119,10 @@ impl Upstream for NoProxy {
     fn carries_names(&self) -> bool {
         true
     }
+
+    fn carries_udp(&self) -> bool {
+        true
+    }
 }
 
 fn split(mut b: &[u8]) -> Vec<Vec<u8>> {

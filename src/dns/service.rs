@@ -427,6 +427,10 @@ mod tests {
         fn carries_names(&self) -> bool {
             true
         }
+
+        fn carries_udp(&self) -> bool {
+            false
+        }
     }
 
     fn dns(mode: DnsMode, upstream: Option<&str>, fail: bool) -> (Dns, Arc<FakeUpstream>) {

@@ -12,7 +12,7 @@
 use super::codec::{self, cmd, method, Reply};
 pub use super::error::DialError;
 use super::handshake::{ReadError, Reader};
-pub use super::url::{Proxy, ProxyKind, UrlError};
+pub use crate::proxy::{Proxy, ProxyKind, UrlError};
 use super::TargetAddr;
 use std::fmt;
 use std::io;
@@ -36,24 +36,7 @@ fn read_err(e: io::Error) -> DialError {
 
 /// Open a TCP connection to the first of the proxy's addresses that answers.
 pub async fn connect_proxy(up: &Proxy) -> Result<TcpStream, DialError> {
-    // Built only on failure: an `io::Error` with a message allocates, and this
-    // runs once per connection.
-    let mut last = None;
-    for &addr in &up.addrs {
-        match tokio::time::timeout(up.connect_timeout, up.opts.connect_tcp(addr)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect to {addr} timed out"),
-                ))
-            }
-        }
-    }
-    Err(DialError::ProxyUnreachable(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "proxy address not resolved")
-    })))
+    up.connect_tcp().await.map_err(DialError::ProxyUnreachable)
 }
 
 /// Refuse before connecting what the dialect cannot carry.

@@ -5,9 +5,9 @@
 //!   client and the server alike;
 //! - `client`: dials through an upstream with those (`connect`,
 //!   `udp_associate`, `probe`);
-//! - `error`: `DialError`, why a dial failed;
-//! - `url`: the upstream as configured: `Proxy`, `ProxyKind` and
-//!   `Proxy::from_url`, the `--proxy` syntax.
+//! - `error`: `DialError`, why a dial failed.
+//!
+//! The proxy as configured (`Proxy`, its URL) is `crate::proxy`.
 //!
 //! `crate::server` serves with `codec` and `handshake`.
 
@@ -15,7 +15,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod handshake;
-pub mod url;
+
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -85,7 +85,7 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream: Arc<dyn Upstream> = Arc::new(upstream::socks::Socks(cfg.proxy));
+    let upstream: Arc<dyn Upstream> = upstream::for_proxy(cfg.proxy);
     tokio::spawn(probe(upstream.clone()));
     let sink: Arc<dyn PacketSink> = dev.sink();
     let dns = dns_service(cfg.dns, &upstream);

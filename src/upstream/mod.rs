@@ -3,15 +3,18 @@
 //!
 //! Everything above it (the dialer of TCP flows, the UDP table, the DNS
 //! forwarder) holds an `Arc<dyn Upstream>` and knows no proxy protocol; each
-//! protocol is one implementation beside this file ([`socks`] today).
+//! protocol is one implementation beside this file ([`socks`], [`http`]).
 
+pub mod http;
 pub mod socks;
 
+use crate::proxy::{Proxy, ProxyKind};
 use crate::relay::RelayStream;
 use crate::socks::TargetAddr;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -46,4 +49,17 @@ pub trait Upstream: fmt::Display + Send + Sync + 'static {
     /// Whether a target can be sent by name (virtual DNS dials fake
     /// addresses by name).
     fn carries_names(&self) -> bool;
+
+    /// Whether `associate` can ever succeed (an HTTP proxy carries TCP only).
+    fn carries_udp(&self) -> bool;
+}
+
+/// The upstream that speaks `proxy`'s protocol.
+pub fn for_proxy(proxy: Proxy) -> Arc<dyn Upstream> {
+    match proxy.kind {
+        ProxyKind::Http => Arc::new(http::Http(proxy)),
+        ProxyKind::Socks4 | ProxyKind::Socks4a | ProxyKind::Socks5 | ProxyKind::Socks5h => {
+            Arc::new(socks::Socks(proxy))
+        }
+    }
 }

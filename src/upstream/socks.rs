@@ -41,4 +41,8 @@ impl Upstream for Socks {
     fn carries_names(&self) -> bool {
         self.0.kind != ProxyKind::Socks4
     }
+
+    fn carries_udp(&self) -> bool {
+        self.0.kind.is_socks5()
+    }
 }

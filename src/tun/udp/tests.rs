@@ -45,6 +45,10 @@ impl Upstream for FakeProxy {
         true
     }
 
+    fn carries_udp(&self) -> bool {
+        true
+    }
+
     fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
         Box::pin(async move {
             self.associations.fetch_add(1, Ordering::SeqCst);

@@ -1,7 +1,7 @@
-//! The upstream proxy as configured (`--proxy`): `Proxy`, its dialect, and
-//! its URL, `scheme://[user[:password]@]host[:port][/]`, with RFC 3986
+//! A proxy as configured (`--proxy`): `Proxy`, its protocol, and its URL,
+//! `scheme://[user[:password]@]host[:port][/]`, with RFC 3986
 //! percent-decoding of the credentials. An error text never shows what may
-//! be a password. `client` dials through a `Proxy`.
+//! be a password. `socks::client` and `upstream::http` dial through a `Proxy`.
 
 use crate::net::SocketOpts;
 use std::fmt;
@@ -9,7 +9,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-/// The SOCKS dialect spoken to the upstream.
+/// The protocol spoken to the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyKind {
     /// IPv4 destinations only; a name cannot be sent (and is never resolved locally).
@@ -21,6 +21,9 @@ pub enum ProxyKind {
     /// SOCKS5, names resolved by the proxy. On the wire the same as `Socks5`
     /// here, since sockstun never resolves a target name itself.
     Socks5h,
+    /// HTTP CONNECT (RFC 9110 section 9.3.6): TCP only; names are sent to
+    /// the proxy.
+    Http,
 }
 
 impl ProxyKind {
@@ -34,11 +37,12 @@ impl ProxyKind {
             ProxyKind::Socks4a => "socks4a",
             ProxyKind::Socks5 => "socks5",
             ProxyKind::Socks5h => "socks5h",
+            ProxyKind::Http => "http",
         }
     }
 }
 
-/// An upstream SOCKS server. Deliberately no `Debug` derive: `auth` holds a
+/// A proxy server. Deliberately no `Debug` derive: `auth` holds a
 /// password. Use `Display` (no password) for logs.
 #[derive(Clone)]
 pub struct Proxy {
@@ -48,7 +52,8 @@ pub struct Proxy {
     /// The proxy's addresses, tried in order. Filled by `resolve` (or by
     /// `from_url` when the host is an IP literal).
     pub addrs: Vec<SocketAddr>,
-    /// Username and password (SOCKS5, RFC 1929) or user id (SOCKS4, password ignored).
+    /// Username and password (SOCKS5, RFC 1929; HTTP Basic, RFC 7617) or user
+    /// id (SOCKS4, password ignored).
     pub auth: Option<(String, String)>,
     pub opts: SocketOpts,
     /// Limit for the TCP connect to the proxy and, separately, for the SOCKS
@@ -98,12 +103,37 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A TCP connection to the first of the proxy's addresses that answers,
+    /// each tried for `connect_timeout`; else the last error.
+    pub async fn connect_tcp(&self) -> io::Result<tokio::net::TcpStream> {
+        // Built only on failure: an `io::Error` with a message allocates, and
+        // this runs once per connection.
+        let mut last = None;
+        for &addr in &self.addrs {
+            match tokio::time::timeout(self.connect_timeout, self.opts.connect_tcp(addr)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out"),
+                    ))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "proxy address not resolved")
+        }))
+    }
+}
+
 /// A malformed proxy URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlError {
     /// No `scheme://`.
     MissingScheme,
-    /// A scheme other than socks4, socks4a, socks5, socks5h.
+    /// A scheme other than socks4, socks4a, socks5, socks5h, http.
     UnknownScheme(String),
     MissingHost,
     /// An IPv6 address without brackets, or an unclosed bracket. The text is
@@ -131,7 +161,7 @@ impl fmt::Display for UrlError {
             UrlError::UnknownScheme(s) => {
                 write!(
                     f,
-                    "unknown scheme {s:?} (use socks4, socks4a, socks5 or socks5h)"
+                    "unknown scheme {s:?} (use socks4, socks4a, socks5, socks5h or http)"
                 )
             }
             UrlError::MissingHost => write!(f, "missing host"),
@@ -189,6 +219,7 @@ impl Proxy {
             "socks4a" => ProxyKind::Socks4a,
             "socks5" => ProxyKind::Socks5,
             "socks5h" => ProxyKind::Socks5h,
+            "http" => ProxyKind::Http,
             other => return Err(UrlError::UnknownScheme(other.to_string())),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -221,7 +252,12 @@ impl Proxy {
                         "a SOCKS5 username must not be empty",
                     ));
                 }
-                if !kind.is_socks5() && u.contains('\0') {
+                if kind == ProxyKind::Http && u.contains(':') {
+                    return Err(UrlError::UnusableCredentials(
+                        "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
+                    ));
+                }
+                if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
                     return Err(UrlError::UnusableCredentials(
                         "a SOCKS4 user id cannot hold a NUL byte",
                     ));
