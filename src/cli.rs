@@ -77,9 +77,24 @@ pub struct ServerArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TunArgs {
-    /// Upstream proxy: socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://.
-    #[arg(long = "proxy")]
-    pub proxy: String,
+    /// Upstream proxy: socks5://[user:pass@]host:port, socks5h://, socks4://,
+    /// socks4a://, http:// (HTTP CONNECT, TCP only). Give it several times for
+    /// a group with failover (--proxy-policy).
+    #[arg(long = "proxy", required = true)]
+    pub proxy: Vec<String>,
+    /// How a group of proxies is used: failover (the first healthy one, in
+    /// the order given), round-robin, hash (the same destination host always
+    /// through the same proxy) or fastest (lowest probe latency).
+    #[arg(long = "proxy-policy", default_value = "failover")]
+    pub proxy_policy: String,
+    /// Seconds between health probes of each proxy (connect, greeting,
+    /// authentication) [default: 10 with several proxies; with one, no probes
+    /// unless given].
+    #[arg(long = "health-interval", value_parser = number::<u64>)]
+    pub health_interval: Option<u64>,
+    /// HOST:PORT the health probes also CONNECT to through each proxy.
+    #[arg(long = "health-target")]
+    pub health_target: Option<String>,
     /// TUN device to create, or to open if it exists. A created device gets
     /// --ipv4/--ipv6/--mtu (or their defaults) and is removed at exit; an
     /// existing one keeps its addresses, MTU, queue and routes, and only

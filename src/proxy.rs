@@ -208,6 +208,30 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::BadEscape)
 }
 
+/// Refuse here, rather than failing every connection later, credentials the
+/// protocol cannot carry.
+fn check_credentials(kind: ProxyKind, u: &str, p: &str) -> Result<(), UrlError> {
+    if u.len() > 255 || p.len() > 255 {
+        return Err(UrlError::CredentialsTooLong);
+    }
+    if kind.is_socks5() && u.is_empty() {
+        return Err(UrlError::UnusableCredentials(
+            "a SOCKS5 username must not be empty",
+        ));
+    }
+    if kind == ProxyKind::Http && u.contains(':') {
+        return Err(UrlError::UnusableCredentials(
+            "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
+        ));
+    }
+    if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
+        return Err(UrlError::UnusableCredentials(
+            "a SOCKS4 user id cannot hold a NUL byte",
+        ));
+    }
+    Ok(())
+}
+
 impl Proxy {
     /// Parse `scheme://[user[:password]@]host[:port][/]`; the port defaults to
     /// 1080. The host is not resolved here (see `resolve`), except that an IP
@@ -244,24 +268,7 @@ impl Proxy {
             Some(ui) => {
                 let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
                 let (u, p) = (percent_decode(u)?, percent_decode(p)?);
-                if u.len() > 255 || p.len() > 255 {
-                    return Err(UrlError::CredentialsTooLong);
-                }
-                if kind.is_socks5() && u.is_empty() {
-                    return Err(UrlError::UnusableCredentials(
-                        "a SOCKS5 username must not be empty",
-                    ));
-                }
-                if kind == ProxyKind::Http && u.contains(':') {
-                    return Err(UrlError::UnusableCredentials(
-                        "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
-                    ));
-                }
-                if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
-                    return Err(UrlError::UnusableCredentials(
-                        "a SOCKS4 user id cannot hold a NUL byte",
-                    ));
-                }
+                check_credentials(kind, &u, &p)?;
                 Some((u, p))
             }
         };
@@ -343,10 +350,18 @@ mod tests {
             Proxy::from_url("socks4://u@h:1").unwrap().auth,
             Some(("u".into(), "".into()))
         );
+        let h = Proxy::from_url("http://al%40ce:s3:cret@[2001:db8::7]:3128").unwrap();
+        assert_eq!(
+            (h.kind, h.host.as_str(), h.port),
+            (ProxyKind::Http, "2001:db8::7", 3128)
+        );
+        assert_eq!(h.auth, Some(("al@ce".into(), "s3:cret".into())));
+        assert_eq!(h.to_string(), "http://al@ce:***@[2001:db8::7]:3128");
 
         for bad in [
             "198.51.100.1:1080",
-            "http://h:1",
+            "https://h:1",
+            "http://a%3Ab:c@h:1",
             "socks5://",
             "socks5://h:0",
             "socks5://h:70000",

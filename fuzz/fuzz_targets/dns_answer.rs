@@ -26,7 +26,7 @@ use sockstun::dns::pool::{FakePool, PoolPin};
 use sockstun::dns::service::{Dns, DnsMode, TcpRoute, FAKE_TTL};
 use sockstun::relay::RelayStream;
 use sockstun::socks::TargetAddr;
-use sockstun::upstream::{self, Association, BoxFuture, Stream, Upstream};
+use sockstun::upstream::{self, BoxFuture, Stream, Upstream};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -109,7 +109,7 @@ impl Upstream for Resolver {
     fn connect<'a>(
         &'a self,
         _target: &'a TargetAddr,
-    ) -> BoxFuture<'a, Result<Stream, upstream::Error>> {
+    ) -> BoxFuture<'a, Result<upstream::Connected, upstream::Error>> {
         let s = Script {
             script: self.script.clone(),
             at: 0,
@@ -121,11 +121,14 @@ impl Upstream for Resolver {
             if refuse {
                 return Err(upstream::Error::Refused);
             }
-            Ok(Box::new(s) as Stream)
+            Ok(upstream::Connected {
+                stream: Box::new(s) as Stream,
+                via: "fuzz".into(),
+            })
         })
     }
 
-    fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
+    fn associate(&self) -> BoxFuture<'_, Result<upstream::Associated, upstream::Error>> {
         Box::pin(async { Err(upstream::Error::CommandNotSupported) })
     }
 

@@ -30,14 +30,13 @@ use smoltcp::wire::{
 };
 use sockstun::dns::pool::FakePool;
 use sockstun::dns::service::{Dns, DnsMode};
-use sockstun::relay::RelayStream;
 use sockstun::socks::TargetAddr;
 use sockstun::stack::wire::{self, Class, Unreachable};
 use sockstun::stack::{
-    phy, DialFailed, DialFuture, Dialer, Refusal, Stack, StackConfig, StackStats,
+    phy, DialFailed, DialFuture, Dialed, Dialer, Refusal, Stack, StackConfig, StackStats,
 };
 use sockstun::tun::udp::{UdpConfig, UdpRelay};
-use sockstun::upstream::{self, Association, BoxFuture, Upstream};
+use sockstun::upstream::{self, BoxFuture, Upstream};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -78,7 +77,10 @@ impl Dialer for FuzzDialer {
                     }
                 }
             });
-            Ok(Box::new(a) as Box<dyn RelayStream>)
+            Ok(Dialed {
+                stream: Box::new(a),
+                via: "fuzz".into(),
+            })
         })
     }
 }
@@ -97,11 +99,11 @@ impl Upstream for NoProxy {
     fn connect<'a>(
         &'a self,
         _t: &'a TargetAddr,
-    ) -> BoxFuture<'a, Result<upstream::Stream, upstream::Error>> {
+    ) -> BoxFuture<'a, Result<upstream::Connected, upstream::Error>> {
         Box::pin(async { Err(upstream::Error::Refused) })
     }
 
-    fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
+    fn associate(&self) -> BoxFuture<'_, Result<upstream::Associated, upstream::Error>> {
         let unsupported = self.0;
         Box::pin(async move {
             if unsupported {

@@ -258,7 +258,8 @@ impl Dns {
             .proxy
             .connect(&TargetAddr::Ip(up))
             .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .stream;
         self.exchange(s, &out).await
     }
 
@@ -380,7 +381,7 @@ mod tests {
         fn connect<'a>(
             &'a self,
             target: &'a TargetAddr,
-        ) -> BoxFuture<'a, Result<Stream, upstream::Error>> {
+        ) -> BoxFuture<'a, Result<upstream::Connected, upstream::Error>> {
             self.dialed.lock().unwrap().push(target.clone());
             let (fail, keep, silent) = (self.fail, self.keep, self.silent);
             Box::pin(async move {
@@ -412,11 +413,14 @@ mod tests {
                         }
                     }
                 });
-                Ok(Box::new(a) as Stream)
+                Ok(upstream::Connected {
+                    stream: Box::new(a),
+                    via: "fake".into(),
+                })
             })
         }
 
-        fn associate(&self) -> BoxFuture<'_, Result<upstream::Association, upstream::Error>> {
+        fn associate(&self) -> BoxFuture<'_, Result<upstream::Associated, upstream::Error>> {
             Box::pin(async { Err(upstream::Error::CommandNotSupported) })
         }
 

@@ -12,8 +12,8 @@
 use super::codec::{self, cmd, method, Reply};
 pub use super::error::DialError;
 use super::handshake::{ReadError, Reader};
-pub use crate::proxy::{Proxy, ProxyKind, UrlError};
 use super::TargetAddr;
+pub use crate::proxy::{Proxy, ProxyKind, UrlError};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -331,9 +331,9 @@ pub(super) async fn flow_task(
         Ok(far) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
             let tun = TunStream::new(shared);
-            let st = crate::relay::relay(tun, far, idle).await;
+            let st = crate::relay::relay(tun, far.stream, idle).await;
             info!(
-                src = %key.src, dst = %key.dst,
+                src = %key.src, dst = %key.dst, via = %far.via,
                 up = st.a_to_b, down = st.b_to_a,
                 ms = started.elapsed().as_millis() as u64,
                 "tcp flow {}", st.outcome.describe("app", "proxy")

@@ -47,7 +47,7 @@ pub mod wire;
 pub use config::{StackConfig, StackStats};
 pub use flow::TunStream;
 pub use phy::{PacketBatch, PacketSink, PacketSource};
-pub use seam::{DialFailed, DialFuture, Dialer, Refusal, UdpHandler};
+pub use seam::{DialFailed, DialFuture, Dialed, Dialer, Refusal, UdpHandler};
 pub use wire::{FlowKey, Unreachable};
 
 use config::bump;

@@ -7,9 +7,16 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
-pub type DialFuture =
-    Pin<Box<dyn Future<Output = Result<Box<dyn RelayStream>, DialFailed>> + Send>>;
+pub type DialFuture = Pin<Box<dyn Future<Output = Result<Dialed, DialFailed>> + Send>>;
+
+/// The far side of a new flow, and what carries it (a proxy's name, for the
+/// flow's log line; the stack does not look into it).
+pub struct Dialed {
+    pub stream: Box<dyn RelayStream>,
+    pub via: Arc<str>,
+}
 
 /// Opens the far side of every new TCP flow. Called on the stack task, so
 /// `dial` must return at once; the future runs on its own task.

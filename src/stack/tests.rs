@@ -2,7 +2,6 @@
 //! a fake dialer on the other.
 
 use super::*;
-use crate::relay::RelayStream;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
@@ -44,7 +43,10 @@ impl Dialer for FakeDialer {
             if let Some(far) = far {
                 let _ = far.send(b);
             }
-            Ok(Box::new(a) as Box<dyn RelayStream>)
+            Ok(Dialed {
+                stream: Box::new(a),
+                via: "test".into(),
+            })
         })
     }
 }

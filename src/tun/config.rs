@@ -6,8 +6,10 @@ use crate::cli::TunArgs;
 use crate::dns::pool::FakePool;
 use crate::dns::service::parse_resolver;
 use crate::dns::DnsMode;
-use crate::socks::client::Proxy;
+use crate::proxy::Proxy;
+use crate::socks::TargetAddr;
 use crate::stack::StackConfig;
+use crate::upstream::group::Policy;
 use anyhow::{anyhow, bail};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +21,11 @@ const DEFAULT_MTU: u16 = 65000;
 
 /// Everything `run` needs, validated.
 pub struct TunConfig {
-    /// The proxy, its host name not yet resolved.
-    pub proxy: Proxy,
+    /// The proxies, in the order given, host names not yet resolved.
+    pub proxies: Vec<Proxy>,
+    pub group: GroupConfig,
+    /// One dial through the proxies, retries included (`--connect-timeout`).
+    pub connect_timeout: Duration,
     pub device: String,
     pub fd: Option<i32>,
     pub ipv4: Option<Ipv4Network>,
@@ -38,6 +43,56 @@ pub struct TunConfig {
     pub udp: UdpConfig,
 }
 
+/// How several proxies are used (`--proxy-policy`, `--health-*`).
+pub struct GroupConfig {
+    pub policy: Policy,
+    /// None: no probes (one proxy, no --health-interval).
+    pub health_interval: Option<Duration>,
+    pub health_target: Option<TargetAddr>,
+}
+
+impl GroupConfig {
+    fn from_args(args: &TunArgs) -> anyhow::Result<GroupConfig> {
+        let policy: Policy = args
+            .proxy_policy
+            .parse()
+            .map_err(|e| anyhow!("--proxy-policy: {e}"))?;
+        let health_interval = match args.health_interval {
+            Some(0) => bail!("--health-interval must be at least 1 second"),
+            Some(s) => Some(Duration::from_secs(s)),
+            None if args.proxy.len() > 1 => Some(DEFAULT_HEALTH_INTERVAL),
+            None => None,
+        };
+        let health_target = match &args.health_target {
+            None => None,
+            Some(t) => Some(parse_target(t).map_err(|e| anyhow!("--health-target {t:?}: {e}"))?),
+        };
+        if health_target.is_some() && health_interval.is_none() {
+            bail!("--health-target needs --health-interval with a single --proxy");
+        }
+        Ok(GroupConfig {
+            policy,
+            health_interval,
+            health_target,
+        })
+    }
+}
+
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `HOST:PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
+fn parse_target(s: &str) -> Result<TargetAddr, &'static str> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(TargetAddr::Ip(a));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or("expected HOST:PORT")?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or("bad port")?;
+    if host.is_empty() || host.len() > 255 || host.contains([':', '[', ']', '/', ' ']) {
+        return Err("bad host");
+    }
+    Ok(TargetAddr::Domain(host.to_string(), port))
+}
+
 /// Validated DNS options.
 pub struct DnsConfig {
     pub mode: DnsMode,
@@ -49,11 +104,21 @@ pub struct DnsConfig {
 impl TunConfig {
     pub fn from_args(args: &TunArgs) -> anyhow::Result<TunConfig> {
         // The URL error never echoes the URL: it may hold a password.
-        let mut proxy = Proxy::from_url(&args.proxy).map_err(|e| anyhow!("--proxy: {e}"))?;
-        proxy.opts.fwmark = args.fwmark;
-        proxy.opts.bind_interface = args.bind_interface.clone();
-        proxy.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-        proxy.pipeline = args.socks_pipeline;
+        let connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+        let mut proxies = Vec::with_capacity(args.proxy.len());
+        for (i, url) in args.proxy.iter().enumerate() {
+            // The URL error never echoes the URL: it may hold a password.
+            let mut proxy = Proxy::from_url(url).map_err(|e| match args.proxy.len() {
+                1 => anyhow!("--proxy: {e}"),
+                _ => anyhow!("--proxy (the {}.): {e}", i + 1),
+            })?;
+            proxy.opts.fwmark = args.fwmark;
+            proxy.opts.bind_interface = args.bind_interface.clone();
+            proxy.connect_timeout = connect_timeout;
+            proxy.pipeline = args.socks_pipeline;
+            proxies.push(proxy);
+        }
+        let group = GroupConfig::from_args(args)?;
         let ipv4 = match args.ipv4.as_deref().unwrap_or(DEFAULT_IPV4) {
             "" | "none" => None,
             s => Some(
@@ -82,7 +147,7 @@ impl TunConfig {
         let stack = StackConfig {
             mtu: mtu as usize,
             max_flows: args.max_tcp_flows.max(1),
-            connect_timeout: proxy.connect_timeout + Duration::from_secs(1),
+            connect_timeout: connect_timeout + Duration::from_secs(1),
             ..StackConfig::default()
         };
         let dns = DnsConfig::from_args(args, ipv4, ipv6)?;
@@ -98,7 +163,9 @@ impl TunConfig {
             mtu: 0,
         };
         Ok(TunConfig {
-            proxy,
+            proxies,
+            group,
+            connect_timeout,
             device: args.device.clone(),
             fd: args.fd,
             ipv4,

@@ -7,7 +7,7 @@ use crate::dns::pool::PoolPin;
 use crate::dns::{Dns, TcpRoute};
 use crate::relay::RelayStream;
 use crate::socks::TargetAddr;
-use crate::stack::{DialFailed, DialFuture, Dialer, Refusal, Unreachable};
+use crate::stack::{DialFailed, DialFuture, Dialed, Dialer, Refusal, Unreachable};
 use crate::upstream::{self, Upstream};
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +30,13 @@ impl Dialer for FlowDialer {
         match self.dns.route_tcp(dst) {
             TcpRoute::Direct => {
                 let up = self.upstream.clone();
-                Box::pin(async move { up.connect(&TargetAddr::Ip(dst)).await.map_err(refused) })
+                Box::pin(async move {
+                    let c = up.connect(&TargetAddr::Ip(dst)).await.map_err(refused)?;
+                    Ok(Dialed {
+                        stream: c.stream,
+                        via: c.via,
+                    })
+                })
             }
             TcpRoute::Dns => {
                 let (app, ours) = tokio::io::duplex(DNS_PIPE);
@@ -40,14 +46,25 @@ impl Dialer for FlowDialer {
                         tracing::debug!("dns over tcp from {src}: {e}");
                     }
                 });
-                Box::pin(async move { Ok(Box::new(app) as Box<dyn RelayStream>) })
+                Box::pin(async move {
+                    Ok(Dialed {
+                        stream: Box::new(app),
+                        via: "in-process DNS".into(),
+                    })
+                })
             }
             TcpRoute::Name(target, pin) => {
                 let up = self.upstream.clone();
                 Box::pin(async move {
                     tracing::debug!("tcp {src} -> {dst} is {target}: dialing by name");
-                    let s = up.connect(&target).await.map_err(refused)?;
-                    Ok(Box::new(Pinned { s, _pin: pin }) as Box<dyn RelayStream>)
+                    let c = up.connect(&target).await.map_err(refused)?;
+                    Ok(Dialed {
+                        stream: Box::new(Pinned {
+                            s: c.stream,
+                            _pin: pin,
+                        }),
+                        via: c.via,
+                    })
                 })
             }
             TcpRoute::Unknown => {

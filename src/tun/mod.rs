@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 use udp::UdpRelay;
+use upstream::group::Group;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
@@ -35,19 +36,21 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
     if let Err(e) = crate::net::raise_fd_limit() {
         warn!("could not raise the descriptor limit: {e}");
     }
-    cfg.proxy
-        .resolve()
-        .with_context(|| format!("resolving the proxy host {:?}", cfg.proxy.host))?;
-    info!(
-        "upstream {} at {}",
-        cfg.proxy,
-        cfg.proxy
-            .addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for proxy in &mut cfg.proxies {
+        proxy
+            .resolve()
+            .with_context(|| format!("resolving the proxy host {:?}", proxy.host))?;
+        info!(
+            "upstream {} at {}",
+            proxy,
+            proxy
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     // One thread for the stack and every relay: the kernel does the heavy
     // part (TUN, upstream sockets), and each hand-off between threads costs a
     // futex wake-up on the latency path. On 2 cores a multi-threaded runtime
@@ -85,8 +88,7 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream: Arc<dyn Upstream> = upstream::for_proxy(cfg.proxy);
-    tokio::spawn(probe(upstream.clone()));
+    let upstream = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
     let sink: Arc<dyn PacketSink> = dev.sink();
     let dns = dns_service(cfg.dns, &upstream);
     let mut udp_cfg = cfg.udp;
@@ -126,6 +128,30 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         info!("removed TUN device {name}");
     }
     res.context("reading the TUN device")
+}
+
+/// One proxy as it is (checked once at start), or a group of them with its
+/// health probes.
+fn upstream_of(
+    proxies: Vec<crate::proxy::Proxy>,
+    group: config::GroupConfig,
+    budget: Duration,
+) -> Arc<dyn Upstream> {
+    let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
+    let Some(every) = group.health_interval else {
+        let up = ups.remove(0);
+        tokio::spawn(probe(up.clone()));
+        return up;
+    };
+    let g = Arc::new(Group::new(ups, group.policy, budget));
+    info!("upstream {g}, probed every {every:?}");
+    let probing = g.clone();
+    tokio::spawn(async move {
+        probing
+            .start_probes(every, group.health_target, budget)
+            .await
+    });
+    g
 }
 
 /// The DNS service over `upstream`, logged as configured.

@@ -80,6 +80,8 @@ struct Assoc {
     buf: Vec<u8>,
     pkt: Vec<u8>,
     last_activity: Instant,
+    /// The proxy of the last association, for the log line.
+    via: Option<Arc<str>>,
 }
 
 pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
@@ -113,6 +115,7 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         first_dst: None,
         other_dsts: Vec::new(),
         last_activity: Instant::now(),
+        via: None,
     };
     let outcome: String = loop {
         match a.next_event(&mut rx, &mut evicted).await {
@@ -230,8 +233,9 @@ impl Assoc {
             _ = evicted => return Err("evicted".into()),
         };
         match assoc {
-            Ok(a) => {
-                tracing::debug!("udp {local}: associated, relay {}", a.relay);
+            Ok(upstream::Associated { assoc: a, via }) => {
+                tracing::debug!("udp {local}: associated through {via}, relay {}", a.relay);
+                self.via = Some(via);
                 sh.mark_associated();
                 self.state.live.store(true, Ordering::Relaxed);
                 self.live = Some(Live {
@@ -357,8 +361,9 @@ impl Assoc {
             (Some(f), 0) => f.to_string(),
             (Some(f), n) => format!("{f} (+{n} more)"),
         };
+        let via = self.via.as_deref().unwrap_or("-");
         tracing::info!(
-            "udp {} -> {to}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
+            "udp {} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
             self.local,
             self.n_out,
             self.b_out,

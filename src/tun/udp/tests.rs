@@ -3,7 +3,7 @@ use super::*;
 use crate::dns::pool::FakePool;
 use crate::dns::DnsMode;
 use crate::stack::PacketSink;
-use crate::upstream::{self, Association, BoxFuture, Stream};
+use crate::upstream::{self, Associated, BoxFuture, Connected};
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -33,7 +33,10 @@ impl fmt::Display for FakeProxy {
 }
 
 impl Upstream for FakeProxy {
-    fn connect<'a>(&'a self, _t: &'a TargetAddr) -> BoxFuture<'a, Result<Stream, upstream::Error>> {
+    fn connect<'a>(
+        &'a self,
+        _t: &'a TargetAddr,
+    ) -> BoxFuture<'a, Result<Connected, upstream::Error>> {
         Box::pin(async { Err(upstream::Error::General) })
     }
 
@@ -49,7 +52,7 @@ impl Upstream for FakeProxy {
         true
     }
 
-    fn associate(&self) -> BoxFuture<'_, Result<Association, upstream::Error>> {
+    fn associate(&self) -> BoxFuture<'_, Result<Associated, upstream::Error>> {
         Box::pin(async move {
             self.associations.fetch_add(1, Ordering::SeqCst);
             if self.unsupported {
@@ -84,10 +87,13 @@ impl Upstream for FakeProxy {
                 }
             });
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            Ok(Association {
-                control,
-                relay: relay_addr,
-                socket,
+            Ok(Associated {
+                assoc: upstream::Association {
+                    control,
+                    relay: relay_addr,
+                    socket,
+                },
+                via: "fake proxy".into(),
             })
         })
     }
@@ -308,7 +314,7 @@ async fn socks5_udp_server(rep: u8, port: u16) -> SocketAddr {
 async fn socks_associator_fixes_unspecified_relay_and_maps_0x07() {
     let addr = socks5_udp_server(0, 4242).await;
     let up = upstream::socks::Socks::from_url(&format!("socks5://{addr}")).unwrap();
-    let a = up.associate().await.unwrap();
+    let a = up.associate().await.unwrap().assoc;
     // BND.ADDR 0.0.0.0: the relay is at the proxy's own address.
     assert_eq!(a.relay, sa("127.0.0.1:4242"));
 
