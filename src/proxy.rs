@@ -224,6 +224,12 @@ fn check_credentials(kind: ProxyKind, u: &str, p: &str) -> Result<(), UrlError> 
             "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
         ));
     }
+    let control = |s: &str| s.chars().any(char::is_control);
+    if kind == ProxyKind::Http && (control(u) || control(p)) {
+        return Err(UrlError::UnusableCredentials(
+            "HTTP Basic credentials cannot hold control characters (RFC 7617 section 2)",
+        ));
+    }
     if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
         return Err(UrlError::UnusableCredentials(
             "a SOCKS4 user id cannot hold a NUL byte",
@@ -412,11 +418,18 @@ mod tests {
             // An escape is two hex digits, a port only digits.
             "socks5://u:%+1@h",
             "socks5://h:+80",
+            // The fuzzer's input once http:// came: control characters in
+            // HTTP Basic credentials (RFC 7617 section 2).
+            "http://Jockx\x00@3/@3so0roxy..ee:2:1\x08\x08\x08\x08\x08\x08\x08\x08\x08D\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08@\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08\x08z\x00\x00\x001",
+            "http://u:p%0A@h:1",
+            "http://u%7F:p@h:1",
         ] {
             assert!(Proxy::from_url(url).is_err(), "{url:?} accepted");
         }
         // What stays valid: an empty SOCKS4 user id, an empty SOCKS5 password.
         assert!(Proxy::from_url("socks4://@h:1").is_ok());
         assert!(Proxy::from_url("socks5://u:@h:1").is_ok());
+        assert!(Proxy::from_url("http://u:@h:1").is_ok());
+        assert!(Proxy::from_url("http://:p@h:1").is_ok());
     }
 }

@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockstun::socks::client::Proxy;
+use sockstun::proxy::{Proxy, ProxyKind};
 use sockstun::socks::codec::{self, cmd};
 use sockstun::socks::TargetAddr;
 use std::fmt::Write;
@@ -85,7 +85,11 @@ fn check_ok(url: &str, u: &Proxy) {
     if let Some((user, pass)) = &u.auth {
         // Credentials the dialect cannot send would fail every connection
         // later, with a misleading error: they must be refused here.
-        let sendable = if u.kind.is_socks5() {
+        let sendable = if u.kind == ProxyKind::Http {
+            // RFC 7617 section 2: no colon in the user-id, no control
+            // characters in either.
+            !user.contains(':') && !user.chars().chain(pass.chars()).any(char::is_control)
+        } else if u.kind.is_socks5() {
             codec::encode_auth_request(user, pass).is_ok()
         } else {
             let dest = TargetAddr::Ip("192.0.2.1:80".parse().unwrap());
