@@ -266,3 +266,29 @@ fn policies_parse_as_written() {
     }
     assert!("random".parse::<Policy>().is_err());
 }
+
+#[tokio::test]
+async fn a_probe_brings_a_proxy_back_and_a_target_refusal_does_not_put_it_down() {
+    let (a, b) = (fake("a"), fake("b"));
+    let g = group(Policy::Failover, &[&a, &b]);
+    let target = host("health.example");
+    // The health target refuses: the proxy answered, so it is up.
+    a.script(vec![Err(Error::Refused)]);
+    g.members[0]
+        .probe(Some(&target), Duration::from_secs(1))
+        .await;
+    assert!(g.members[0].usable());
+    assert!(g.members[0].latency().is_some(), "no latency measured");
+    // The proxy fails the probe's CONNECT itself: down.
+    a.script(vec![Err(refused())]);
+    g.members[0]
+        .probe(Some(&target), Duration::from_secs(1))
+        .await;
+    assert!(!g.members[0].usable());
+    // The next good probe brings it back at once, back-off or not.
+    g.members[0]
+        .probe(Some(&target), Duration::from_secs(1))
+        .await;
+    assert!(g.members[0].usable());
+    assert_eq!(via(&g, &host("x")).await.unwrap(), "a");
+}
