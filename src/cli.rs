@@ -23,7 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a SOCKS4/4a/5 server.
     Server(ServerArgs),
-    /// Route packets from a TUN device through an upstream SOCKS server.
+    /// Route packets from a TUN device through upstream proxies (SOCKS, HTTP CONNECT).
     Tun(TunArgs),
 }
 
