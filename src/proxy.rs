@@ -208,6 +208,31 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::BadEscape)
 }
 
+/// `user[:password]`, percent-decoded, if `kind` can send it.
+fn credentials(kind: ProxyKind, userinfo: &str) -> Result<(String, String), UrlError> {
+    let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (u, p) = (percent_decode(u)?, percent_decode(p)?);
+    if u.len() > 255 || p.len() > 255 {
+        return Err(UrlError::CredentialsTooLong);
+    }
+    if kind.is_socks5() && u.is_empty() {
+        return Err(UrlError::UnusableCredentials(
+            "a SOCKS5 username must not be empty",
+        ));
+    }
+    if kind == ProxyKind::Http && u.contains(':') {
+        return Err(UrlError::UnusableCredentials(
+            "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
+        ));
+    }
+    if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
+        return Err(UrlError::UnusableCredentials(
+            "a SOCKS4 user id cannot hold a NUL byte",
+        ));
+    }
+    Ok((u, p))
+}
+
 impl Proxy {
     /// Parse `scheme://[user[:password]@]host[:port][/]`; the port defaults to
     /// 1080. The host is not resolved here (see `resolve`), except that an IP
@@ -239,32 +264,7 @@ impl Proxy {
                 (!secret).then(|| hostport[i..].to_string()),
             ));
         }
-        let auth = match userinfo {
-            None => None,
-            Some(ui) => {
-                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
-                let (u, p) = (percent_decode(u)?, percent_decode(p)?);
-                if u.len() > 255 || p.len() > 255 {
-                    return Err(UrlError::CredentialsTooLong);
-                }
-                if kind.is_socks5() && u.is_empty() {
-                    return Err(UrlError::UnusableCredentials(
-                        "a SOCKS5 username must not be empty",
-                    ));
-                }
-                if kind == ProxyKind::Http && u.contains(':') {
-                    return Err(UrlError::UnusableCredentials(
-                        "an HTTP Basic user-id cannot hold a colon (RFC 7617)",
-                    ));
-                }
-                if matches!(kind, ProxyKind::Socks4 | ProxyKind::Socks4a) && u.contains('\0') {
-                    return Err(UrlError::UnusableCredentials(
-                        "a SOCKS4 user id cannot hold a NUL byte",
-                    ));
-                }
-                Some((u, p))
-            }
-        };
+        let auth = userinfo.map(|ui| credentials(kind, ui)).transpose()?;
         let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
             let (h, after) = r
                 .split_once(']')
@@ -344,9 +344,19 @@ mod tests {
             Some(("u".into(), "".into()))
         );
 
+        let e = Proxy::from_url("http://al%3Aice@proxy.test").err().unwrap();
+        assert!(matches!(e, UrlError::UnusableCredentials(_)), "{e}");
+        let u = Proxy::from_url("HTTP://user:p%3Aw@[2001:db8::1]:3128/").unwrap();
+        assert_eq!(
+            (u.kind, u.host.as_str(), u.port),
+            (ProxyKind::Http, "2001:db8::1", 3128)
+        );
+        assert_eq!(u.auth, Some(("user".into(), "p:w".into())));
+        assert_eq!(Proxy::from_url("http://h").unwrap().port, 1080);
+
         for bad in [
             "198.51.100.1:1080",
-            "http://h:1",
+            "https://h:1",
             "socks5://",
             "socks5://h:0",
             "socks5://h:70000",

@@ -7,14 +7,15 @@
 //! - an accepted URL gives a usable upstream (a host, a port that is not 0,
 //!   the address filled in exactly when the host is an IP literal,
 //!   credentials its dialect can send: RFC 1929 for SOCKS5, a user id without
-//!   NUL for SOCKS4), its escapes are '%' and two hex digits and its port is
-//!   digits (RFC 3986), and its `Display` form does not show the password;
+//!   NUL for SOCKS4, a user-id without a colon for HTTP Basic), its escapes
+//!   are '%' and two hex digits and its port is digits (RFC 3986), and its
+//!   `Display` form does not show the password;
 //! - parse, write back (percent-encoding the credentials), parse again: the
 //!   same upstream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockstun::socks::client::Proxy;
+use sockstun::socks::client::{Proxy, ProxyKind};
 use sockstun::socks::codec::{self, cmd};
 use sockstun::socks::TargetAddr;
 use std::fmt::Write;
@@ -85,11 +86,15 @@ fn check_ok(url: &str, u: &Proxy) {
     if let Some((user, pass)) = &u.auth {
         // Credentials the dialect cannot send would fail every connection
         // later, with a misleading error: they must be refused here.
-        let sendable = if u.kind.is_socks5() {
-            codec::encode_auth_request(user, pass).is_ok()
-        } else {
-            let dest = TargetAddr::Ip("192.0.2.1:80".parse().unwrap());
-            codec::encode_socks4_request(cmd::CONNECT, &dest, user.as_bytes()).is_ok()
+        let sendable = match u.kind {
+            // RFC 7617: user-id ":" password in base64, which carries any
+            // bytes; only a colon in the user-id cannot be told apart.
+            ProxyKind::Http => !user.contains(':'),
+            k if k.is_socks5() => codec::encode_auth_request(user, pass).is_ok(),
+            _ => {
+                let dest = TargetAddr::Ip("192.0.2.1:80".parse().unwrap());
+                codec::encode_socks4_request(cmd::CONNECT, &dest, user.as_bytes()).is_ok()
+            }
         };
         assert!(
             sendable,

@@ -16,7 +16,6 @@ pub mod codec;
 pub mod error;
 pub mod handshake;
 
-
 use std::fmt;
 use std::net::SocketAddr;
 
