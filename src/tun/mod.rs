@@ -86,6 +86,9 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         "TUN device up"
     );
     let upstream: Arc<dyn Upstream> = upstream::for_proxy(cfg.proxy);
+    if !upstream.carries_udp() {
+        warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
+    }
     tokio::spawn(probe(upstream.clone()));
     let sink: Arc<dyn PacketSink> = dev.sink();
     let dns = dns_service(cfg.dns, &upstream);
