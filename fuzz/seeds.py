@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the seed corpus, fuzz/corpus/<target>/<name>: the messages of the unit
-tests (src/socks/codec.rs, src/socks/client.rs, src/dns/, src/tun/vnet.rs,
-src/stack/tests.rs) in each target's input format (see the comment at the top
-of each fuzz_targets/*.rs). Run from anywhere: python3 fuzz/seeds.py"""
+tests (src/socks/codec.rs, src/socks/client.rs, src/upstream/http.rs, src/dns/,
+src/tun/vnet.rs, src/stack/tests.rs) in each target's input format (see the
+comment at the top of each fuzz_targets/*.rs). Run from anywhere: python3 fuzz/seeds.py"""
 import os
 import shutil
 import struct
@@ -293,9 +293,35 @@ def dns_seeds():
         put("dns_answer", name, bytes([cfg, len(qs) - 1]) + framed(qs) + script)
 
 
+# --- HTTP CONNECT ---------------------------------------------------------------
+
+def http_seeds():
+    # (config byte, piece size, what the proxy says). Config: bit 0
+    # credentials, bits 1-2 destination (v4, v6, name). The answers of the
+    # unit tests of src/upstream/http.rs and what tinyproxy sends.
+    tinyproxy_ok = b"HTTP/1.0 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\n"
+    seeds = {
+        "ok_early_bytes": (0x00, 0, tinyproxy_ok + b"220 banner\r\n"),
+        "ok_auth_name": (0x05, 3, b"HTTP/1.1 200 OK\r\nVia: 1.1 proxy\r\n\r\nHI"),
+        "ok_v6_lf_only": (0x02, 1, b"HTTP/1.1 200 OK\nX: y\n\nlater"),
+        "interim_then_ok": (0x00, 7, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"),
+        "auth_required": (0x00, 0, b"HTTP/1.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"tinyproxy\"\r\nContent-Length: 5\r\n\r\n<p/>\n"),
+        "unauthorized": (0x01, 0, b"HTTP/1.0 401 Unauthorized\r\nServer: tinyproxy/1.11.1\r\n\r\n"),
+        "forbidden": (0x00, 0, b"HTTP/1.1 403 Forbidden\r\n\r\n"),
+        "unable_to_connect": (0x04, 0, b"HTTP/1.0 500 Unable to connect\r\nServer: tinyproxy/1.11.1\r\nContent-Type: text/html\r\n\r\n<html>"),
+        "bad_gateway": (0x00, 2, b"HTTP/1.1 502 Bad Gateway\r\n\r\n"),
+        "gateway_timeout": (0x02, 0, b"HTTP/1.1 504 Gateway Timeout\r\n\r\n"),
+        "cut_mid_head": (0x00, 0, b"HTTP/1.1 200 OK\r\nVia: x\r\n"),
+        "not_http": (0x00, 0, bytes([5, 0, 5, 0, 0, 1]) + b"\r\n\r\n"),
+    }
+    for name, (cfg, piece, script) in seeds.items():
+        put("http_connect", name, bytes([cfg, piece]) + script)
+
+
 if __name__ == "__main__":
     shutil.rmtree(OUT, ignore_errors=True)
     socks_seeds()
+    http_seeds()
     packet_seeds()
     dns_seeds()
     for t in sorted(os.listdir(OUT)):

@@ -208,9 +208,10 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::BadEscape)
 }
 
-/// Refuse here, rather than failing every connection later, credentials the
-/// protocol cannot carry.
-fn check_credentials(kind: ProxyKind, u: &str, p: &str) -> Result<(), UrlError> {
+/// `user[:password]`, percent-decoded, if `kind` can send it.
+fn credentials(kind: ProxyKind, userinfo: &str) -> Result<(String, String), UrlError> {
+    let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (u, p) = (percent_decode(u)?, percent_decode(p)?);
     if u.len() > 255 || p.len() > 255 {
         return Err(UrlError::CredentialsTooLong);
     }
@@ -225,7 +226,7 @@ fn check_credentials(kind: ProxyKind, u: &str, p: &str) -> Result<(), UrlError> 
         ));
     }
     let control = |s: &str| s.chars().any(char::is_control);
-    if kind == ProxyKind::Http && (control(u) || control(p)) {
+    if kind == ProxyKind::Http && (control(&u) || control(&p)) {
         return Err(UrlError::UnusableCredentials(
             "HTTP Basic credentials cannot hold control characters (RFC 7617 section 2)",
         ));
@@ -235,7 +236,7 @@ fn check_credentials(kind: ProxyKind, u: &str, p: &str) -> Result<(), UrlError> 
             "a SOCKS4 user id cannot hold a NUL byte",
         ));
     }
-    Ok(())
+    Ok((u, p))
 }
 
 impl Proxy {
@@ -269,15 +270,7 @@ impl Proxy {
                 (!secret).then(|| hostport[i..].to_string()),
             ));
         }
-        let auth = match userinfo {
-            None => None,
-            Some(ui) => {
-                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
-                let (u, p) = (percent_decode(u)?, percent_decode(p)?);
-                check_credentials(kind, &u, &p)?;
-                Some((u, p))
-            }
-        };
+        let auth = userinfo.map(|ui| credentials(kind, ui)).transpose()?;
         let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
             let (h, after) = r
                 .split_once(']')
@@ -363,6 +356,16 @@ mod tests {
         );
         assert_eq!(h.auth, Some(("al@ce".into(), "s3:cret".into())));
         assert_eq!(h.to_string(), "http://al@ce:***@[2001:db8::7]:3128");
+
+        let e = Proxy::from_url("http://al%3Aice@proxy.test").err().unwrap();
+        assert!(matches!(e, UrlError::UnusableCredentials(_)), "{e}");
+        let u = Proxy::from_url("HTTP://user:p%3Aw@[2001:db8::1]:3128/").unwrap();
+        assert_eq!(
+            (u.kind, u.host.as_str(), u.port),
+            (ProxyKind::Http, "2001:db8::1", 3128)
+        );
+        assert_eq!(u.auth, Some(("user".into(), "p:w".into())));
+        assert_eq!(Proxy::from_url("http://h").unwrap().port, 1080);
 
         for bad in [
             "198.51.100.1:1080",

@@ -181,7 +181,7 @@ fn tun_upstream_stops_and_returns() {
 #[test]
 fn tun_bad_proxy_url_is_clear() {
     let out = std::process::Command::new(sockstun_bin())
-        .args(["tun", "--proxy", "http://user:secret@x:1"])
+        .args(["tun", "--proxy", "https://user:secret@x:1"])
         .output()
         .unwrap();
     assert!(!out.status.success());

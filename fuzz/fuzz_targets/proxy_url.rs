@@ -7,8 +7,9 @@
 //! - an accepted URL gives a usable upstream (a host, a port that is not 0,
 //!   the address filled in exactly when the host is an IP literal,
 //!   credentials its dialect can send: RFC 1929 for SOCKS5, a user id without
-//!   NUL for SOCKS4), its escapes are '%' and two hex digits and its port is
-//!   digits (RFC 3986), and its `Display` form does not show the password;
+//!   NUL for SOCKS4, a user-id without a colon for HTTP Basic), its escapes
+//!   are '%' and two hex digits and its port is digits (RFC 3986), and its
+//!   `Display` form does not show the password;
 //! - parse, write back (percent-encoding the credentials), parse again: the
 //!   same upstream.
 #![no_main]

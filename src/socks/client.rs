@@ -254,12 +254,21 @@ async fn read_socks4_reply<S: AsyncRead + Unpin>(
 
 /// A connection to the target through the proxy: the socket (TCP_NODELAY
 /// set), with the target's bytes that came in with the reply read first.
+/// The HTTP CONNECT client (`upstream::http`) hands its tunnels out as one too.
 #[derive(Debug)]
 pub struct ProxyStream {
     io: TcpStream,
     early: Vec<u8>,
     /// How much of `early` has been read.
     at: usize,
+}
+
+impl ProxyStream {
+    /// The connection `io`, whose first bytes from the target, `early`, came
+    /// in with the proxy's answer: they are read before anything in `io`.
+    pub fn new(io: TcpStream, early: Vec<u8>) -> ProxyStream {
+        ProxyStream { io, early, at: 0 }
+    }
 }
 
 impl AsyncRead for ProxyStream {
@@ -324,11 +333,7 @@ pub async fn connect(up: &Proxy, dest: &TargetAddr) -> Result<ProxyStream, DialE
     )
     .await
     {
-        Ok(Ok((_bound, early))) => Ok(ProxyStream {
-            io: s,
-            early,
-            at: 0,
-        }),
+        Ok(Ok((_bound, early))) => Ok(ProxyStream::new(s, early)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(DialError::Timeout),
     }

@@ -89,6 +89,9 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         "TUN device up"
     );
     let upstream = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    if !upstream.carries_udp() {
+        warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
+    }
     let sink: Arc<dyn PacketSink> = dev.sink();
     let dns = dns_service(cfg.dns, &upstream);
     let mut udp_cfg = cfg.udp;

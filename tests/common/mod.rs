@@ -16,7 +16,8 @@
 //!   namespaces they run in (route_scripts, route_e2e);
 //! - `tun_rig.rs`: the TCP rig of the TUN tests (tun_tcp, tun_device, tun_memory);
 //! - `udp_rig.rs`: the UDP / DNS rig of the TUN tests (udp_tun, dns_tun);
-//! - `server_lab.rs`: the one-namespace lab of the server tests (server_*).
+//! - `server_lab.rs`: the one-namespace lab of the server tests (server_*);
+//! - `tinyproxy.rs`: tinyproxy, the HTTP CONNECT upstream (http_upstream).
 //!
 //! `launch`, `dante` and `servers` are re-exported here (`use common::*`);
 //! `routes` and the rigs are imported by name (`use common::tun_rig::*`).
@@ -27,6 +28,7 @@ pub mod launch;
 pub mod routes;
 pub mod server_lab;
 pub mod servers;
+pub mod tinyproxy;
 pub mod tun_rig;
 pub mod udp_rig;
 
