@@ -365,3 +365,49 @@ fn a_proxy_that_refuses_our_credentials_is_said_so_and_skipped() {
         &tun, PROXY_B
     ) == 5));
 }
+
+#[test]
+fn http_and_socks_in_one_group_and_the_http_proxy_dies() {
+    if !require_root("http_and_socks_in_one_group_and_the_http_proxy_dies") {
+        return;
+    }
+    use common::tinyproxy::*;
+    let topo = Topology::new("gh");
+    topo.proxy
+        .ip(&["addr", "add", &format!("{PROXY_B}/24"), "dev", "p0"]);
+    start_servers(&topo);
+    let _udp_echo = common::servers::UdpEcho::start(&topo.target, &format!("{TARGET_V4}:7"));
+    let (dir_h, dir_b) = (TempDir::new("stgh"), TempDir::new("stgb"));
+    let tiny = start_tinyproxy(&topo.proxy, &dir_h, None);
+    let _b = dante_at(&topo, &dir_b, PROXY_B);
+    let http = tinyproxy_url(None);
+    let ub = url(PROXY_B);
+    let (tun, _dev) = start_tun_with(&topo, &http, &["--proxy", &ub, "--health-interval", "1"]);
+    let via_http = |tun: &Proc| {
+        tun.log()
+            .lines()
+            .filter(|l| l.contains("tcp flow") && l.contains(&format!("via={http}")))
+            .count()
+    };
+    // TCP goes through the HTTP proxy (first); UDP, which it cannot carry,
+    // through dante.
+    assert!(echo_once(&topo, 8002).is_ok(), "{}", tun.log());
+    assert!(wait_until(Duration::from_secs(5), || via_http(&tun) == 1));
+    let udp = topo.client.run_in(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    assert!(udp_echo(&udp, Duration::from_secs(10)), "UDP\n{}", tun.log());
+    assert!(
+        tun.log().contains(&format!("associated through {ub}")),
+        "UDP did not go through dante\n{}",
+        tun.log()
+    );
+    // tinyproxy dies: TCP moves to dante, without a failed connection.
+    let a: SocketAddr = format!("{PROXY_V4}:{TINYPROXY_PORT}").parse().unwrap();
+    drop(tiny);
+    assert!(wait_until(Duration::from_secs(10), || !tcp_listening_on(&topo.proxy, a)));
+    for _ in 0..10 {
+        assert!(echo_once(&topo, 8002).is_ok(), "{}", tun.log());
+    }
+    assert!(wait_until(Duration::from_secs(5), || flows_via(&tun, PROXY_B) == 10));
+    assert!(tun.log().contains(&format!("proxy {http} is down")), "{}", tun.log());
+    assert!(udp_echo(&udp, Duration::from_secs(10)), "UDP after\n{}", tun.log());
+}
