@@ -132,10 +132,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok((bound, r.rest()));
     }
     greet(s, &mut r, up).await?;
-    let req =
-        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
-    s.write_all(&req).await.map_err(read_err)?;
-    let bound = read_socks5_reply(s, &mut r).await?;
+    let bound = request(s, &mut r, command, dest).await?;
     Ok((bound, r.rest()))
 }
 
@@ -145,6 +142,17 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     r: &mut Replies,
     up: &Proxy,
 ) -> Result<(), DialError> {
+    let chosen = offer_methods(s, r, up).await?;
+    authenticate(s, r, up, chosen).await.map(drop)
+}
+
+/// The SOCKS5 greeting: offer no authentication, and username/password too
+/// when we have credentials; the proxy's choice, as it came.
+async fn offer_methods<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    r: &mut Replies,
+    up: &Proxy,
+) -> Result<u8, DialError> {
     let methods: &[u8] = if up.auth.is_some() {
         &[method::NO_AUTH, method::USER_PASS]
     } else {
@@ -153,26 +161,94 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&codec::encode_greeting(methods))
         .await
         .map_err(read_err)?;
-    let chosen = r.next(s, codec::parse_method_choice).await?;
+    r.next(s, codec::parse_method_choice).await
+}
+
+/// What the proxy's `chosen` method asks for: nothing, or our RFC 1929
+/// credentials. True when credentials were sent and accepted.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    r: &mut Replies,
+    up: &Proxy,
+    chosen: u8,
+) -> Result<bool, DialError> {
     match (chosen, &up.auth) {
-        (method::NO_AUTH, _) => {}
+        (method::NO_AUTH, _) => Ok(false),
         (method::USER_PASS, Some((u, p))) => {
             let req = codec::encode_auth_request(u, p).map_err(|_| DialError::AuthFailed)?;
             s.write_all(&req).await.map_err(read_err)?;
             if !r.next(s, codec::parse_auth_reply).await? {
                 return Err(DialError::AuthFailed);
             }
+            Ok(true)
         }
-        (method::NO_ACCEPTABLE, _) | (method::USER_PASS, None) => {
-            return Err(DialError::AuthFailed)
-        }
-        (m, _) => {
-            return Err(proto(format!(
-                "proxy chose method 0x{m:02x} we did not offer"
-            )))
+        (method::NO_ACCEPTABLE, _) | (method::USER_PASS, None) => Err(DialError::AuthFailed),
+        (m, _) => Err(proto(format!(
+            "proxy chose method 0x{m:02x} we did not offer"
+        ))),
+    }
+}
+
+/// A SOCKS5 request and its reply; a failure code becomes its `DialError`.
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    r: &mut Replies,
+    command: u8,
+    dest: &TargetAddr,
+) -> Result<TargetAddr, DialError> {
+    let req =
+        codec::encode_socks5_request(command, dest).map_err(|_| DialError::AddrTypeNotSupported)?;
+    s.write_all(&req).await.map_err(read_err)?;
+    read_socks5_reply(s, r).await
+}
+
+/// The SOCKS5 handshake one message at a time, for a caller that reports
+/// each (`sockstun check`): the very messages `handshake` sends, in its
+/// order, with the proxy's answer to each.
+pub struct Socks5Steps {
+    r: Replies,
+}
+
+impl Default for Socks5Steps {
+    fn default() -> Self {
+        Socks5Steps {
+            r: Replies::new(true),
         }
     }
-    Ok(())
+}
+
+impl Socks5Steps {
+    /// The greeting: the method the proxy chose (`codec::method`), which may
+    /// be `NO_ACCEPTABLE`.
+    pub async fn greeting<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut S,
+        up: &Proxy,
+    ) -> Result<u8, DialError> {
+        offer_methods(s, &mut self.r, up).await
+    }
+
+    /// Authentication as `chosen` asks: true when our credentials were sent
+    /// and accepted, false when the proxy asked for none;
+    /// `DialError::AuthFailed` when it refused them, or wants what we lack.
+    pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut S,
+        up: &Proxy,
+        chosen: u8,
+    ) -> Result<bool, DialError> {
+        authenticate(s, &mut self.r, up, chosen).await
+    }
+
+    /// A request (`codec::cmd`): the bound address of the reply.
+    pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut S,
+        command: u8,
+        dest: &TargetAddr,
+    ) -> Result<TargetAddr, DialError> {
+        request(s, &mut self.r, command, dest).await
+    }
 }
 
 /// Check that the proxy answers and takes our credentials: connect, greet
