@@ -25,6 +25,36 @@ pub enum Command {
     Server(ServerArgs),
     /// Route packets from a TUN device through upstream proxies (SOCKS, HTTP CONNECT).
     Tun(TunArgs),
+    /// Test a proxy step by step (connect, greeting, authentication, CONNECT,
+    /// UDP ASSOCIATE, pipelining), with the time of each; exit status 0 when
+    /// every step that ran passed, 1 otherwise.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The proxy: socks5://[user:pass@]host:port, socks5h://, socks4://,
+    /// socks4a://, http://.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// HOST:PORT to CONNECT to through the proxy (repeatable): an address is
+    /// sent as an address, a name as a name (never resolved here). Give both
+    /// to test both.
+    #[arg(long = "target", value_name = "HOST:PORT")]
+    pub targets: Vec<String>,
+    /// HOST:PORT of a UDP echo to send one datagram to through UDP ASSOCIATE
+    /// (a proxy without UDP is then a failure).
+    #[arg(long = "udp", value_name = "HOST:PORT")]
+    pub udp: Option<String>,
+    /// Seconds each step may take.
+    #[arg(long = "timeout", default_value_t = 5, value_parser = number::<u64>)]
+    pub timeout: u64,
+    /// Mark the sockets towards the proxy (SO_MARK), as `sockstun tun --fwmark`.
+    #[arg(long = "fwmark", value_parser = fwmark)]
+    pub fwmark: Option<u32>,
+    /// Bind the sockets towards the proxy to this interface (SO_BINDTODEVICE).
+    #[arg(long = "bind-interface")]
+    pub bind_interface: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

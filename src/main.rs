@@ -15,5 +15,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => sockstun::server::run(args),
         Command::Tun(args) => sockstun::tun::run(args),
+        Command::Check(args) => {
+            if !sockstun::check::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
