@@ -29,6 +29,11 @@ pub enum Command {
     /// UDP ASSOCIATE, pipelining), with the time of each; exit status 0 when
     /// every step that ran passed, 1 otherwise.
     Check(CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), as in sockstun man > sockstun.1; with a
+    /// subcommand, its own page (sockstun-tun.1).
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -55,6 +60,20 @@ pub struct CheckArgs {
     /// Bind the sockets towards the proxy to this interface (SO_BINDTODEVICE).
     #[arg(long = "bind-interface")]
     pub bind_interface: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// A subcommand's page instead of the main one (sockstun-SUBCOMMAND(1)).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod clidoc;
 pub mod dns;
 pub mod mem;
 pub mod net;

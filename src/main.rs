@@ -21,5 +21,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Completions(a) => sockstun::clidoc::completions(a.shell, &mut std::io::stdout()),
+        Command::Man(a) => sockstun::clidoc::man(a.subcommand.as_deref(), &mut std::io::stdout()),
     }
 }
