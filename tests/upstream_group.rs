@@ -394,7 +394,11 @@ fn http_and_socks_in_one_group_and_the_http_proxy_dies() {
     assert!(echo_once(&topo, 8002).is_ok(), "{}", tun.log());
     assert!(wait_until(Duration::from_secs(5), || via_http(&tun) == 1));
     let udp = topo.client.run_in(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    assert!(udp_echo(&udp, Duration::from_secs(10)), "UDP\n{}", tun.log());
+    assert!(
+        udp_echo(&udp, Duration::from_secs(10)),
+        "UDP\n{}",
+        tun.log()
+    );
     assert!(
         tun.log().contains(&format!("associated through {ub}")),
         "UDP did not go through dante\n{}",
@@ -403,11 +407,24 @@ fn http_and_socks_in_one_group_and_the_http_proxy_dies() {
     // tinyproxy dies: TCP moves to dante, without a failed connection.
     let a: SocketAddr = format!("{PROXY_V4}:{TINYPROXY_PORT}").parse().unwrap();
     drop(tiny);
-    assert!(wait_until(Duration::from_secs(10), || !tcp_listening_on(&topo.proxy, a)));
+    assert!(wait_until(Duration::from_secs(10), || !tcp_listening_on(
+        &topo.proxy,
+        a
+    )));
     for _ in 0..10 {
         assert!(echo_once(&topo, 8002).is_ok(), "{}", tun.log());
     }
-    assert!(wait_until(Duration::from_secs(5), || flows_via(&tun, PROXY_B) == 10));
-    assert!(tun.log().contains(&format!("proxy {http} is down")), "{}", tun.log());
-    assert!(udp_echo(&udp, Duration::from_secs(10)), "UDP after\n{}", tun.log());
+    assert!(wait_until(Duration::from_secs(5), || flows_via(
+        &tun, PROXY_B
+    ) == 10));
+    assert!(
+        tun.log().contains(&format!("proxy {http} is down")),
+        "{}",
+        tun.log()
+    );
+    assert!(
+        udp_echo(&udp, Duration::from_secs(10)),
+        "UDP after\n{}",
+        tun.log()
+    );
 }
