@@ -73,6 +73,13 @@ pub struct ServerArgs {
     /// Seconds BIND waits for the incoming connection.
     #[arg(long = "bind-timeout", default_value_t = 60, value_parser = number::<u64>)]
     pub bind_timeout: u64,
+    /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
+    /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
+    #[arg(long = "admin")]
+    pub admin: Option<SocketAddr>,
+    /// Allow --admin on a non-loopback address (it shows every flow).
+    #[arg(long = "admin-public", requires = "admin")]
+    pub admin_public: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -159,6 +166,13 @@ pub struct TunArgs {
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]
     pub no_offload: bool,
+    /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
+    /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
+    #[arg(long = "admin")]
+    pub admin: Option<SocketAddr>,
+    /// Allow --admin on a non-loopback address (it shows every flow).
+    #[arg(long = "admin-public", requires = "admin")]
+    pub admin_public: bool,
 }
 
 /// An integer as the surrounding tools write it: decimal, or hexadecimal after

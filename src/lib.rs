@@ -6,6 +6,7 @@
 //! table `tun::udp`. The `server` mode reuses `socks` and `relay`.
 //! docs/architecture.md draws it.
 
+pub mod admin;
 pub mod cli;
 pub mod dns;
 pub mod mem;

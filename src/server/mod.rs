@@ -18,6 +18,7 @@ mod bind;
 mod config;
 mod connect;
 mod handshake;
+mod metrics;
 mod reply;
 pub mod rules;
 mod session;
@@ -26,6 +27,7 @@ mod udp;
 
 use anyhow::Context as _;
 pub use config::Config;
+use metrics::ClientRefusal;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -56,18 +58,21 @@ pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
         crate::net::fd_limit()
     });
     let cfg = Arc::new(Config::from_args(&args, fd_limit)?);
+    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let r = rt.block_on(serve(cfg));
+    let r = rt.block_on(serve(cfg, admin));
     // Do not wait for name lookups still running on the blocking pool.
     rt.shutdown_timeout(Duration::from_millis(500));
     r
 }
 
-/// Bind every listener, then serve until SIGINT/SIGTERM.
-pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+/// Bind every listener, then serve until SIGINT/SIGTERM; with `admin`,
+/// /metrics on it too.
+pub async fn serve(cfg: Arc<Config>, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
@@ -95,7 +100,12 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         ),
         evictions: Default::default(),
         live: tokio::sync::watch::Sender::new(Open::default()),
+        stats: Default::default(),
     });
+    if let Some(l) = admin {
+        let report = Arc::new(metrics::ServerReport(gate.stats.clone()));
+        crate::admin::spawn(l, report).context("--admin")?;
+    }
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
@@ -143,6 +153,8 @@ pub(crate) struct Gate {
     evictions: Mutex<Evictions>,
     /// Sessions running (handshake included), so shutdown can wait for them.
     pub live: tokio::sync::watch::Sender<Open>,
+    /// Counted once per session or refused client (`--admin`).
+    pub stats: Arc<metrics::ServerStats>,
 }
 
 /// Sessions open now, and the most open at once since the heap was last
@@ -158,6 +170,9 @@ pub(crate) struct Live(pub Arc<Gate>);
 
 impl Live {
     pub fn new(gate: Arc<Gate>) -> Live {
+        gate.stats
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         gate.live.send_modify(|o| {
             o.now += 1;
             o.peak = o.peak.max(o.now);
@@ -168,6 +183,10 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
+        let stats = &self.0.stats;
+        stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut trim = false;
         self.0.live.send_modify(|o| {
             o.now -= 1;
@@ -260,11 +279,13 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
             }
         };
         if !cfg.rules.client_allowed(peer.ip()) {
+            gate.stats.client_refused(ClientRefusal::NotAllowed);
             info!(client = %peer, outcome = "client not allowed", "session");
             continue;
         }
         let _ = stream.set_nodelay(true);
         if gate.slots.available_permits() == 0 {
+            gate.stats.client_refused(ClientRefusal::TooMany);
             refuse_over_limit(&gate, stream, peer);
             continue;
         }
@@ -273,6 +294,7 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
             Err(source) => {
                 debug!(client = %peer, "handshake budget: over its share, closed at once");
                 gate.budget_paid(source, true);
+                gate.stats.client_refused(ClientRefusal::Budget);
                 continue;
             }
         };
@@ -281,9 +303,9 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
         }
         // Counted before the task runs, so a shutdown right now waits for it.
         let live = Live::new(gate.clone());
-        let (cfg, slots) = (cfg.clone(), gate.slots.clone());
+        let (cfg, g) = (cfg.clone(), gate.clone());
         tokio::spawn(async move {
-            session::handle(cfg, slots, stream, peer, hs).await;
+            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, hs).await;
             drop(live);
         });
     }

@@ -5,9 +5,11 @@
 //! that fails), warns if the proxy does not answer (and keeps running: flows
 //! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
 
+mod admin;
 pub mod config;
 pub mod device;
 mod dialer;
+mod flows;
 mod ifstate;
 pub mod stats;
 pub mod udp;
@@ -28,10 +30,14 @@ use std::time::Duration;
 use tracing::{info, warn};
 use udp::UdpRelay;
 use upstream::group::Group;
+use upstream::health::Health;
+use upstream::watched::Watched;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
+    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+        .map_err(anyhow::Error::msg)?;
     fixed_mmap_threshold();
     if let Err(e) = crate::net::raise_fd_limit() {
         warn!("could not raise the descriptor limit: {e}");
@@ -60,14 +66,15 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg));
+    let res = rt.block_on(run_async(cfg, admin));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
 /// Run TUN mode inside a runtime: open the device, wire the upstream, DNS,
-/// the UDP table and the stack together, run until SIGINT or SIGTERM.
-pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
+/// the UDP table and the stack together, run until SIGINT or SIGTERM; with
+/// `admin`, serve /metrics, /flows and /health on it.
+pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -88,7 +95,7 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let (upstream, health) = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -97,7 +104,10 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
     let mut udp_cfg = cfg.udp;
     udp_cfg.mtu = dev.mtu as usize;
     let udp = UdpRelay::new(udp_cfg, Some(dns.clone()), upstream.clone(), sink.clone());
-    let dialer = Arc::new(FlowDialer { upstream, dns });
+    let dialer = Arc::new(FlowDialer {
+        upstream,
+        dns: dns.clone(),
+    });
     let mut stack_cfg = cfg.stack;
     stack_cfg.mtu = dev.mtu as usize;
     if dev.offload {
@@ -108,14 +118,27 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         // smoltcp keeps to the MTU and nothing is cut for it.
         stack_cfg.segment_offload = cfg.offload;
     }
-    let udp_stats = udp.stats_handle();
-    let stack = Stack::new(stack_cfg, dialer, Arc::new(udp), sink);
-    let stats = Stats {
+    let mut stack = Stack::new(stack_cfg, dialer, Arc::new(udp.clone()), sink);
+    let stats = || Stats {
         stack: stack.stats(),
-        udp: udp_stats,
+        udp: udp.stats_handle(),
         device_write_drops: dev.write_drops.clone(),
         device_malformed: dev.malformed.clone(),
     };
+    let stats = stats();
+    if let Some(l) = admin {
+        let flows = Arc::new(flows::Flows::new(dns.clone()));
+        let report = admin::TunReport {
+            stats: stats.clone(),
+            udp: udp.clone(),
+            dns,
+            health,
+            flows: flows.clone(),
+            device: dev.name.clone(),
+        };
+        crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
+        stack.observe(flows);
+    }
     let shutdown = async move {
         tokio::select! {
             _ = sigint.recv() => info!("SIGINT: stopping"),
@@ -133,18 +156,18 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
     res.context("reading the TUN device")
 }
 
-/// One proxy as it is (checked once at start), or a group of them with its
-/// health probes.
+/// One proxy as it is (checked once at start, its health as its last dial
+/// says), or a group of them with its health probes; and their health.
 fn upstream_of(
     proxies: Vec<crate::proxy::Proxy>,
     group: config::GroupConfig,
     budget: Duration,
-) -> Arc<dyn Upstream> {
+) -> (Arc<dyn Upstream>, Arc<dyn Health>) {
     let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
     let Some(every) = group.health_interval else {
-        let up = ups.remove(0);
+        let up = Arc::new(Watched::new(ups.remove(0)));
         tokio::spawn(probe(up.clone()));
-        return up;
+        return (up.clone(), up);
     };
     let g = Arc::new(Group::new(ups, group.policy, budget));
     info!("upstream {g}, probed every {every:?}");
@@ -154,7 +177,7 @@ fn upstream_of(
             .start_probes(every, group.health_target, budget)
             .await
     });
-    g
+    (g.clone(), g)
 }
 
 /// The DNS service over `upstream`, logged as configured.

@@ -6,9 +6,10 @@
 //! protocol is one implementation beside this file ([`socks`], [`http`]).
 
 pub mod group;
-mod health;
+pub mod health;
 pub mod http;
 pub mod socks;
+pub mod watched;
 
 use crate::proxy::{Proxy, ProxyKind};
 use crate::relay::RelayStream;
