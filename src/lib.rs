@@ -7,6 +7,7 @@
 //! docs/architecture.md draws it.
 
 pub mod cli;
+pub mod config;
 pub mod dns;
 pub mod mem;
 pub mod net;
