@@ -11,6 +11,7 @@
 //!   puts its timeout on it);
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
+//! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
 //! - `mod.rs`: listeners, the accept loop and the client limit.
 
 mod admit;
@@ -18,6 +19,7 @@ mod bind;
 mod config;
 mod connect;
 mod handshake;
+mod reload;
 mod reply;
 pub mod rules;
 mod session;
@@ -26,6 +28,7 @@ mod udp;
 
 use anyhow::Context as _;
 pub use config::Config;
+pub use reload::Reload;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,6 +54,12 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// Run the server until SIGINT/SIGTERM; with `reload`, SIGHUP puts the
+/// configuration it makes in force for new sessions.
+pub fn run_with(args: crate::cli::ServerArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let fd_limit = crate::net::raise_fd_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         crate::net::fd_limit()
@@ -60,7 +69,7 @@ pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let r = rt.block_on(serve(cfg));
+    let r = rt.block_on(serve_with(cfg, reload.map(|r| (r, fd_limit))));
     // Do not wait for name lookups still running on the blocking pool.
     rt.shutdown_timeout(Duration::from_millis(500));
     r
@@ -68,6 +77,11 @@ pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
 
 /// Bind every listener, then serve until SIGINT/SIGTERM.
 pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+    serve_with(cfg, None).await
+}
+
+/// `serve`, reloading at SIGHUP with `reload` (and the open-file limit).
+pub async fn serve_with(cfg: Arc<Config>, reload: Option<(Reload, u64)>) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
@@ -96,10 +110,18 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         evictions: Default::default(),
         live: tokio::sync::watch::Sender::new(Open::default()),
     });
-    let loops: Vec<_> = listeners
+    let current: reload::Current = Arc::new(arc_swap::ArcSwap::new(cfg.clone()));
+    let mut loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
+        .map(|l| tokio::spawn(accept_loop(l, current.clone(), gate.clone())))
         .collect();
+    if let Some((r, fd_limit)) = reload {
+        loops.push(tokio::spawn(reload::on_sighup(
+            current.clone(),
+            r,
+            fd_limit,
+        )));
+    }
     shutdown_signal().await;
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
@@ -234,7 +256,7 @@ impl Gate {
     }
 }
 
-async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
+async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
@@ -259,6 +281,9 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
                 continue;
             }
         };
+        // The configuration in force now (SIGHUP may change it): the
+        // session keeps this one to its end.
+        let cfg = current.load_full();
         if !cfg.rules.client_allowed(peer.ip()) {
             info!(client = %peer, outcome = "client not allowed", "session");
             continue;

@@ -9,12 +9,14 @@ pub mod config;
 pub mod device;
 mod dialer;
 mod ifstate;
+mod reload;
 pub mod stats;
 pub mod udp;
 pub mod vnet;
 
 pub use config::TunConfig;
 pub use device::{DeviceSink, DeviceSource, DeviceSpec, TunDevice};
+pub use reload::Reload;
 
 use crate::cli::TunArgs;
 use crate::dns::{Dns, DnsMode};
@@ -31,6 +33,11 @@ use upstream::group::Group;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
+pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
     fixed_mmap_threshold();
     if let Err(e) = crate::net::raise_fd_limit() {
@@ -60,7 +67,7 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg));
+    let res = rt.block_on(run_async_with(cfg, reload));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
@@ -68,6 +75,12 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 /// Run TUN mode inside a runtime: open the device, wire the upstream, DNS,
 /// the UDP table and the stack together, run until SIGINT or SIGTERM.
 pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
+    run_async_with(cfg, None).await
+}
+
+/// `run_async`; with `reload`, SIGHUP replaces the upstream group for new
+/// flows (behind a `Switch`, which costs a flow one atomic load).
+pub async fn run_async_with(cfg: TunConfig, reload: Option<Reload>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -88,7 +101,15 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let (upstream, probes) = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let (upstream, reloader) = match reload {
+        None => (upstream, None),
+        Some(r) => {
+            let switch = Arc::new(upstream::switch::Switch::new(upstream));
+            let task = tokio::spawn(reload::on_sighup(switch.clone(), r, probes));
+            (switch as Arc<dyn Upstream>, Some(task))
+        }
+    };
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -123,6 +144,9 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         }
     };
     let res = stack.run(dev.source(), shutdown).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     stats.log_totals();
     let name = dev.name.clone();
     let created = dev.created;
@@ -134,27 +158,27 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
 }
 
 /// One proxy as it is (checked once at start), or a group of them with its
-/// health probes.
+/// health probes (and their task).
 fn upstream_of(
     proxies: Vec<crate::proxy::Proxy>,
     group: config::GroupConfig,
     budget: Duration,
-) -> Arc<dyn Upstream> {
+) -> (Arc<dyn Upstream>, Option<tokio::task::JoinHandle<()>>) {
     let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
     let Some(every) = group.health_interval else {
         let up = ups.remove(0);
         tokio::spawn(probe(up.clone()));
-        return up;
+        return (up, None);
     };
     let g = Arc::new(Group::new(ups, group.policy, budget));
     info!("upstream {g}, probed every {every:?}");
     let probing = g.clone();
-    tokio::spawn(async move {
+    let probes = tokio::spawn(async move {
         probing
             .start_probes(every, group.health_target, budget)
             .await
     });
-    g
+    (g, Some(probes))
 }
 
 /// The DNS service over `upstream`, logged as configured.

@@ -9,6 +9,7 @@ pub mod group;
 mod health;
 pub mod http;
 pub mod socks;
+pub mod switch;
 
 use crate::proxy::{Proxy, ProxyKind};
 use crate::relay::RelayStream;
