@@ -11,6 +11,7 @@
 //!   puts its timeout on it);
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
+//! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
 //! - `mod.rs`: listeners, the accept loop and the client limit.
 
 mod admit;
@@ -19,6 +20,7 @@ mod config;
 mod connect;
 mod handshake;
 mod metrics;
+mod reload;
 mod reply;
 pub mod rules;
 mod session;
@@ -28,6 +30,7 @@ mod udp;
 use anyhow::Context as _;
 pub use config::Config;
 use metrics::ClientRefusal;
+pub use reload::Reload;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,6 +56,12 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// Run the server until SIGINT/SIGTERM; with `reload`, SIGHUP puts the
+/// configuration it makes in force for new sessions.
+pub fn run_with(args: crate::cli::ServerArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let fd_limit = crate::net::raise_fd_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         crate::net::fd_limit()
@@ -64,7 +73,7 @@ pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let r = rt.block_on(serve(cfg, admin));
+    let r = rt.block_on(serve_with(cfg, admin, reload.map(|r| (r, fd_limit))));
     // Do not wait for name lookups still running on the blocking pool.
     rt.shutdown_timeout(Duration::from_millis(500));
     r
@@ -73,6 +82,15 @@ pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
 /// Bind every listener, then serve until SIGINT/SIGTERM; with `admin`,
 /// /metrics on it too.
 pub async fn serve(cfg: Arc<Config>, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    serve_with(cfg, admin, None).await
+}
+
+/// `serve`, reloading at SIGHUP with `reload` (and the open-file limit).
+pub async fn serve_with(
+    cfg: Arc<Config>,
+    admin: Option<std::net::TcpListener>,
+    reload: Option<(Reload, u64)>,
+) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
@@ -106,10 +124,18 @@ pub async fn serve(cfg: Arc<Config>, admin: Option<std::net::TcpListener>) -> an
         let report = Arc::new(metrics::ServerReport(gate.stats.clone()));
         crate::admin::spawn(l, report).context("--admin")?;
     }
-    let loops: Vec<_> = listeners
+    let current: reload::Current = Arc::new(arc_swap::ArcSwap::new(cfg.clone()));
+    let mut loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
+        .map(|l| tokio::spawn(accept_loop(l, current.clone(), gate.clone())))
         .collect();
+    if let Some((r, fd_limit)) = reload {
+        loops.push(tokio::spawn(reload::on_sighup(
+            current.clone(),
+            r,
+            fd_limit,
+        )));
+    }
     shutdown_signal().await;
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
@@ -253,7 +279,7 @@ impl Gate {
     }
 }
 
-async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
+async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
@@ -278,6 +304,9 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
                 continue;
             }
         };
+        // The configuration in force now (SIGHUP may change it): the
+        // session keeps this one to its end.
+        let cfg = current.load_full();
         if !cfg.rules.client_allowed(peer.ip()) {
             gate.stats.client_refused(ClientRefusal::NotAllowed);
             info!(client = %peer, outcome = "client not allowed", "session");

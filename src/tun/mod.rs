@@ -11,12 +11,15 @@ pub mod device;
 mod dialer;
 mod flows;
 mod ifstate;
+mod reload;
 pub mod stats;
 pub mod udp;
+mod upstreams;
 pub mod vnet;
 
 pub use config::TunConfig;
 pub use device::{DeviceSink, DeviceSource, DeviceSpec, TunDevice};
+pub use reload::Reload;
 
 use crate::cli::TunArgs;
 use crate::dns::{Dns, DnsMode};
@@ -29,12 +32,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 use udp::UdpRelay;
-use upstream::group::Group;
-use upstream::health::Health;
-use upstream::watched::Watched;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
+pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
     let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
         .map_err(anyhow::Error::msg)?;
@@ -66,7 +71,7 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg, admin));
+    let res = rt.block_on(run_async_with(cfg, admin, reload));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
@@ -75,6 +80,16 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 /// the UDP table and the stack together, run until SIGINT or SIGTERM; with
 /// `admin`, serve /metrics, /flows and /health on it.
 pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    run_async_with(cfg, admin, None).await
+}
+
+/// `run_async`; with `reload`, SIGHUP replaces the upstream group for new
+/// flows (behind a `Switch`, which costs a flow one atomic load).
+pub async fn run_async_with(
+    cfg: TunConfig,
+    admin: Option<std::net::TcpListener>,
+    reload: Option<Reload>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -95,7 +110,21 @@ pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> 
         offload = dev.offload,
         "TUN device up"
     );
-    let (upstream, health) = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let health = Arc::new(reload::HealthSwitch::new(built.health));
+    let (upstream, reloader) = match reload {
+        None => (built.upstream, None),
+        Some(r) => {
+            let switch = Arc::new(upstream::switch::Switch::new(built.upstream));
+            let task = tokio::spawn(reload::on_sighup(
+                switch.clone(),
+                health.clone(),
+                r,
+                built.probes,
+            ));
+            (switch as Arc<dyn Upstream>, Some(task))
+        }
+    };
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -119,25 +148,23 @@ pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> 
         stack_cfg.segment_offload = cfg.offload;
     }
     let mut stack = Stack::new(stack_cfg, dialer, Arc::new(udp.clone()), sink);
-    let stats = || Stats {
+    let stats = Stats {
         stack: stack.stats(),
         udp: udp.stats_handle(),
         device_write_drops: dev.write_drops.clone(),
         device_malformed: dev.malformed.clone(),
     };
-    let stats = stats();
     if let Some(l) = admin {
-        let flows = Arc::new(flows::Flows::new(dns.clone()));
         let report = admin::TunReport {
             stats: stats.clone(),
             udp: udp.clone(),
-            dns,
+            dns: dns.clone(),
             health,
-            flows: flows.clone(),
+            flows: Arc::new(flows::Flows::new(dns)),
             device: dev.name.clone(),
         };
+        stack.observe(report.flows.clone());
         crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
-        stack.observe(flows);
     }
     let shutdown = async move {
         tokio::select! {
@@ -146,6 +173,9 @@ pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> 
         }
     };
     let res = stack.run(dev.source(), shutdown).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     stats.log_totals();
     let name = dev.name.clone();
     let created = dev.created;
@@ -154,30 +184,6 @@ pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> 
         info!("removed TUN device {name}");
     }
     res.context("reading the TUN device")
-}
-
-/// One proxy as it is (checked once at start, its health as its last dial
-/// says), or a group of them with its health probes; and their health.
-fn upstream_of(
-    proxies: Vec<crate::proxy::Proxy>,
-    group: config::GroupConfig,
-    budget: Duration,
-) -> (Arc<dyn Upstream>, Arc<dyn Health>) {
-    let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
-    let Some(every) = group.health_interval else {
-        let up = Arc::new(Watched::new(ups.remove(0)));
-        tokio::spawn(probe(up.clone()));
-        return (up.clone(), up);
-    };
-    let g = Arc::new(Group::new(ups, group.policy, budget));
-    info!("upstream {g}, probed every {every:?}");
-    let probing = g.clone();
-    tokio::spawn(async move {
-        probing
-            .start_probes(every, group.health_target, budget)
-            .await
-    });
-    (g.clone(), g)
 }
 
 /// The DNS service over `upstream`, logged as configured.
@@ -219,19 +225,5 @@ fn fixed_mmap_threshold() {
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
-    }
-}
-
-/// Say early, once, when the proxy does not answer or refuses our
-/// credentials; keep running either way. The probe greets and closes
-/// cleanly, so the proxy has no error to log.
-async fn probe(up: Arc<dyn Upstream>) {
-    match tokio::time::timeout(Duration::from_secs(3), up.probe()).await {
-        Ok(Ok(())) => info!("upstream {up} answers"),
-        Ok(Err(upstream::Error::AuthFailed)) => {
-            warn!("upstream {up} refuses our credentials (or offers no method we can use); flows will fail")
-        }
-        Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),
-        Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
     }
 }

@@ -6,7 +6,7 @@
 //! retried: another proxy would hear the same.
 
 use super::health::{spawn_probes, Health, Member, ProxyHealth};
-use super::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
+use super::seam::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
 use crate::socks::TargetAddr;
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -5,7 +5,7 @@
 //! The state a dial reads is atomics; only a change between up and down
 //! takes the lock, and that change is logged once.
 
-use super::{blame, Blame, Error, Upstream};
+use super::seam::{blame, Blame, Error, Upstream};
 use crate::socks::TargetAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! dial, nothing per packet).
 
 use super::health::{Health, ProxyHealth};
-use super::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
+use super::seam::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
 use crate::socks::TargetAddr;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
