@@ -100,7 +100,9 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
         .collect();
+    crate::service::ready(&format!("listening on {} address(es)", cfg.listen.len()));
     shutdown_signal().await;
+    crate::service::stopping();
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");

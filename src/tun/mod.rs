@@ -121,7 +121,9 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => info!("SIGINT: stopping"),
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
         }
+        crate::service::stopping();
     };
+    crate::service::ready(&format!("device {} up", dev.name));
     let res = stack.run(dev.source(), shutdown).await;
     stats.log_totals();
     let name = dev.name.clone();
