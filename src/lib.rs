@@ -15,6 +15,7 @@ pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod server;
+pub mod service;
 pub mod socks;
 pub mod stack;
 pub mod tun;

@@ -136,7 +136,9 @@ pub async fn serve_with(
             fd_limit,
         )));
     }
+    crate::service::ready(&format!("listening on {} address(es)", cfg.listen.len()));
     shutdown_signal().await;
+    crate::service::stopping();
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");

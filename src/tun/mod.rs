@@ -110,21 +110,8 @@ pub async fn run_async_with(
         offload = dev.offload,
         "TUN device up"
     );
-    let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
-    let health = Arc::new(reload::HealthSwitch::new(built.health));
-    let (upstream, reloader) = match reload {
-        None => (built.upstream, None),
-        Some(r) => {
-            let switch = Arc::new(upstream::switch::Switch::new(built.upstream));
-            let task = tokio::spawn(reload::on_sighup(
-                switch.clone(),
-                health.clone(),
-                r,
-                built.probes,
-            ));
-            (switch as Arc<dyn Upstream>, Some(task))
-        }
-    };
+    let (upstream, health, reloader) =
+        upstream_with_reload(cfg.proxies, cfg.group, cfg.connect_timeout, reload);
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -171,7 +158,9 @@ pub async fn run_async_with(
             _ = sigint.recv() => info!("SIGINT: stopping"),
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
         }
+        crate::service::stopping();
     };
+    crate::service::ready(&format!("device {} up", dev.name));
     let res = stack.run(dev.source(), shutdown).await;
     if let Some(task) = reloader {
         task.abort();
@@ -184,6 +173,36 @@ pub async fn run_async_with(
         info!("removed TUN device {name}");
     }
     res.context("reading the TUN device")
+}
+
+/// The upstream, its health for the admin endpoint, and with `reload` the
+/// task that swaps both at SIGHUP (behind a `Switch`).
+fn upstream_with_reload(
+    proxies: Vec<crate::proxy::Proxy>,
+    group: config::GroupConfig,
+    budget: Duration,
+    reload: Option<Reload>,
+) -> (
+    Arc<dyn Upstream>,
+    Arc<reload::HealthSwitch>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let built = upstreams::upstream_of(proxies, group, budget);
+    let health = Arc::new(reload::HealthSwitch::new(built.health));
+    let (upstream, reloader) = match reload {
+        None => (built.upstream, None),
+        Some(r) => {
+            let switch = Arc::new(upstream::switch::Switch::new(built.upstream));
+            let task = tokio::spawn(reload::on_sighup(
+                switch.clone(),
+                health.clone(),
+                r,
+                built.probes,
+            ));
+            (switch as Arc<dyn Upstream>, Some(task))
+        }
+    };
+    (upstream, health, reloader)
 }
 
 /// The DNS service over `upstream`, logged as configured.
