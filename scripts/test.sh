@@ -41,6 +41,17 @@ if [ "${CI:-}" = true ] || [ "${SOCKSTUN_FUZZ_SMOKE:-}" = 1 ]; then
     *) status=$fuzz_rc ;;
   esac
 fi
+# In CI (or with SOCKSTUN_PACKAGE_CHECK=1): the Debian package is built and
+# checked (scripts/package.sh --check: its contents, lintian, systemd-analyze
+# verify on its units). It installs cargo-deb if missing.
+if [ "${CI:-}" = true ] || [ "${SOCKSTUN_PACKAGE_CHECK:-}" = 1 ]; then
+  if scripts/package.sh --check; then
+    echo "test.sh: package check passed"
+  else
+    echo "test.sh: *** package check FAILED (see above) ***" >&2
+    status=1
+  fi
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 exit "$status"

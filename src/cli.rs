@@ -122,6 +122,33 @@ pub struct ServerArgs {
     /// Seconds BIND waits for the incoming connection.
     #[arg(long = "bind-timeout", default_value_t = 60, value_parser = number::<u64>)]
     pub bind_timeout: u64,
+    /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
+    /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
+    #[arg(long = "admin")]
+    pub admin: Option<SocketAddr>,
+    /// Allow --admin on a non-loopback address (it shows every flow).
+    #[arg(long = "admin-public", requires = "admin")]
+    pub admin_public: bool,
+    /// TOML file of this mode's settings, each key named as its flag
+    /// (`mtu = 1500`; repeatable flags as arrays); a flag given here
+    /// overrides the file. SIGHUP reloads it (docs/operations.md).
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Validate the config file and flags, then exit: 0 if they are valid,
+    /// 1 (with the reason) if not. Nothing is started.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    /// Print the effective configuration (file, flags and defaults) as TOML,
+    /// passwords masked, and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+    /// Passwords read from files named in the config file (`password-file`),
+    /// so --print-config can name the file instead of the password.
+    #[arg(skip)]
+    pub password_files: crate::config::secret::PasswordFiles,
+    /// Access rules of the config file (`[[rule]]` tables): no flag.
+    #[arg(skip)]
+    pub rules: Vec<crate::server::rules::RuleSpec>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -208,6 +235,30 @@ pub struct TunArgs {
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]
     pub no_offload: bool,
+    /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
+    /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
+    #[arg(long = "admin")]
+    pub admin: Option<SocketAddr>,
+    /// Allow --admin on a non-loopback address (it shows every flow).
+    #[arg(long = "admin-public", requires = "admin")]
+    pub admin_public: bool,
+    /// TOML file of this mode's settings, each key named as its flag
+    /// (`mtu = 1500`; repeatable flags as arrays); a flag given here
+    /// overrides the file. SIGHUP reloads it (docs/operations.md).
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Validate the config file and flags, then exit: 0 if they are valid,
+    /// 1 (with the reason) if not. Nothing is started.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    /// Print the effective configuration (file, flags and defaults) as TOML,
+    /// passwords masked, and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+    /// Passwords read from files named in the config file (`password-file`),
+    /// so --print-config can name the file instead of the password.
+    #[arg(skip)]
+    pub password_files: crate::config::secret::PasswordFiles,
 }
 
 /// An integer as the surrounding tools write it: decimal, or hexadecimal after

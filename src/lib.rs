@@ -6,15 +6,18 @@
 //! table `tun::udp`. The `server` mode reuses `socks` and `relay`.
 //! docs/architecture.md draws it.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod clidoc;
+pub mod config;
 pub mod dns;
 pub mod mem;
 pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod server;
+pub mod service;
 pub mod socks;
 pub mod stack;
 pub mod tun;

@@ -1,10 +1,10 @@
 use anyhow::Result;
-use clap::Parser;
 use sockstun::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    // The command line with its config file (--config), if any.
+    let cli: Cli = sockstun::config::cli_or_exit();
     let filter = EnvFilter::try_from_env("SOCKSTUN_LOG")
         .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
     tracing_subscriber::fmt()
@@ -13,8 +13,8 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Server(args) => sockstun::server::run(args),
-        Command::Tun(args) => sockstun::tun::run(args),
+        Command::Server(args) => sockstun::config::run_server(args),
+        Command::Tun(args) => sockstun::config::run_tun(args),
         Command::Check(args) => {
             if !sockstun::check::run(args)? {
                 std::process::exit(1);

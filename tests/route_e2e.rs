@@ -22,7 +22,7 @@ use common::{
 use std::time::Duration;
 
 const FWMARK: &str = "1080";
-/// The same mark as `ip rule` prints it; scripts/sockstun.service passes one
+/// The same mark as `ip rule` prints it; dist/sockstun-tun@.service passes one
 /// value to both sockstun and route-up, so both must take this form too.
 const FWMARK_HEX: &str = "0x438";
 const BODY: &str = "hello from the target, through the tunnel\n";

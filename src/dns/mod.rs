@@ -4,5 +4,6 @@
 pub mod message;
 pub mod pool;
 pub mod service;
+pub mod stats;
 
 pub use service::{Dns, DnsMode, TcpRoute};

@@ -5,6 +5,7 @@
 
 use super::message::{self, Answer, Query, Rcode, CLASS_IN, HEADER_LEN, TYPE_A, TYPE_AAAA};
 use super::pool::{FakePool, PoolPin};
+use super::stats::DnsStats;
 use crate::socks::TargetAddr;
 use crate::upstream::{Stream, Upstream};
 use std::fmt;
@@ -84,6 +85,7 @@ pub struct Dns {
     /// Connections to the upstream kept after an answer (RFC 7766 §6.2.1:
     /// reuse them), so a query need not pay for a new proxy connection.
     idle: std::sync::Mutex<Vec<(Stream, tokio::time::Instant)>>,
+    stats: DnsStats,
 }
 
 /// Kept upstream connections, at most, and for how long.
@@ -114,6 +116,7 @@ impl Dns {
         let pool = if mode == DnsMode::Virtual { pool } else { None };
         Ok(Dns {
             idle: std::sync::Mutex::new(Vec::new()),
+            stats: DnsStats::default(),
             mode,
             resolver,
             pool,
@@ -123,6 +126,10 @@ impl Dns {
 
     pub fn mode(&self) -> DnsMode {
         self.mode
+    }
+
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
     }
 
     pub fn pool(&self) -> Option<&Arc<FakePool>> {
@@ -154,13 +161,23 @@ impl Dns {
     /// a UDP answer may have (None over TCP); a longer one is replaced by a
     /// truncated answer (TC, RFC 1035 §4.1.1) so the client retries over TCP.
     pub async fn answer(&self, msg: &[u8], udp_limit: Option<usize>) -> Option<Vec<u8>> {
+        let resp = self.answer_uncounted(msg, udp_limit).await;
+        if let Some(r) = &resp {
+            self.stats.answer(r);
+        }
+        resp
+    }
+
+    async fn answer_uncounted(&self, msg: &[u8], udp_limit: Option<usize>) -> Option<Vec<u8>> {
         let q = match Query::parse(msg) {
             Ok(q) => q,
             Err(e) => {
+                self.stats.query(None);
                 tracing::debug!("dns: {e}, {} bytes", msg.len());
                 return message::error_response(msg, e);
             }
         };
+        self.stats.query(Some(q.qtype));
         let resp = match self.mode {
             DnsMode::Virtual => self.answer_virtual(&q, msg).await,
             DnsMode::Tcp | DnsMode::Udp => self.forward_or_fail(&q, msg).await,

@@ -21,7 +21,15 @@ pub(super) async fn run(
     local: Option<SocketAddr>,
     log: &mut SessionLog,
 ) -> String {
-    let (listener, bound, expected) = match listen(cfg, req, local.map(|l| l.ip())).await {
+    let user = super::reply::who_of(cfg, log);
+    let who = super::rules::Subject {
+        user: user.as_deref(),
+        client: client
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+        cmd: req.cmd,
+    };
+    let (listener, bound, expected) = match listen(cfg, req, local.map(|l| l.ip()), &who).await {
         Ok(x) => x,
         Err(why) => return refuse(client, req.proto, why).await,
     };
@@ -47,6 +55,7 @@ async fn listen(
     cfg: &Config,
     req: &Request,
     server_ip: Option<IpAddr>,
+    who: &super::rules::Subject<'_>,
 ) -> Result<(TcpListener, SocketAddr, Option<IpAddr>), Refusal> {
     // DST.ADDR of a BIND request is the peer expected to connect; 0.0.0.0
     // (or ::) means "anyone". Only the address is checked: clients rarely
@@ -61,6 +70,11 @@ async fn listen(
             v.first().map(|a| unmap(a.ip()))
         }
     };
+    // The peer's port is not known: a rule naming ports does not match.
+    let peer = expected.map(|ip| SocketAddr::new(ip, 0));
+    if let Err(rule) = cfg.rules.user_verdict(who, peer) {
+        return Err(Refusal::Rule(rule.to_string()));
+    }
     if let Some(ip) = expected {
         if !cfg.rules.dest_allowed(ip, server_ip)
             || (is_host_address(ip) && !cfg.rules.host_address_allowed(ip))

@@ -27,7 +27,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub bind_timeout: Duration,
     /// Set once at SIGINT/SIGTERM: every session ends and logs its line.
-    pub(super) stop: stop::Stop,
+    /// Shared by every configuration a reload makes, so sessions started
+    /// under an older one stop too.
+    pub(super) stop: std::sync::Arc<stop::Stop>,
 }
 
 /// Descriptors kept aside for listeners, logs, name lookups, the runtime and
@@ -65,6 +67,7 @@ impl Config {
             }
         }
         let rules = Rules::new(&args.allow_client, &args.allow_dest, &args.deny_dest)
+            .and_then(|r| r.with_user_rules(&args.rules))
             .map_err(anyhow::Error::msg)?;
         if args.listen.is_empty() {
             bail!("no --listen address");
@@ -120,7 +123,7 @@ impl Config {
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
             connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
             bind_timeout: Duration::from_secs(args.bind_timeout.max(1)),
-            stop: stop::Stop::default(),
+            stop: Default::default(),
         })
     }
 
@@ -131,6 +134,10 @@ impl Config {
 
     pub fn auth_required(&self) -> bool {
         !self.users.is_empty()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
     }
 
     /// Check credentials in time independent of where the password differs.

@@ -1,7 +1,8 @@
 //! CONNECT: resolve, check the rules on each address, dial, reply, relay.
 
 use super::config::Config;
-use super::reply::{refuse, reply_and_relay, Refusal, Request, SessionLog};
+use super::reply::{refuse, reply_and_relay, who_of, Refusal, Request, SessionLog};
+use super::rules::Subject;
 use crate::net::unmap;
 use crate::net::SocketOpts;
 use crate::socks::TargetAddr;
@@ -48,7 +49,15 @@ pub(super) async fn run(
     server_ip: Option<IpAddr>,
     log: &mut SessionLog,
 ) -> String {
-    match dial(cfg, req, server_ip, log).await {
+    let user = who_of(cfg, log);
+    let who = Subject {
+        user: user.as_deref(),
+        client: client
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+        cmd: req.cmd,
+    };
+    match dial(cfg, req, server_ip, &who, log).await {
         Ok((target, bound)) => {
             let reply = req.proto.success(bound);
             reply_and_relay(cfg, client, target, &reply, &early, log, "target").await
@@ -63,19 +72,27 @@ async fn dial(
     cfg: &Config,
     req: &Request,
     server_ip: Option<IpAddr>,
+    who: &Subject<'_>,
     log: &mut SessionLog,
 ) -> Result<(TcpStream, SocketAddr), Refusal> {
     let addrs = resolve(cfg, &req.dest)
         .await
         .map_err(Refusal::CannotResolve)?;
+    let mut by_rule = None;
     let allowed: Vec<SocketAddr> = addrs
         .iter()
         .copied()
-        .filter(|a| cfg.rules.dest_allowed(a.ip(), server_ip))
+        .filter(|a| match cfg.rules.user_verdict(who, Some(*a)) {
+            Err(rule) => {
+                by_rule.get_or_insert_with(|| rule.to_string());
+                false
+            }
+            Ok(()) => cfg.rules.dest_allowed(a.ip(), server_ip),
+        })
         .collect();
     if allowed.is_empty() {
         log.via = addrs.first().copied();
-        return Err(Refusal::DestNotAllowed);
+        return Err(by_rule.map_or(Refusal::DestNotAllowed, Refusal::Rule));
     }
 
     let deadline = Instant::now() + cfg.connect_timeout;

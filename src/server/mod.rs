@@ -11,6 +11,7 @@
 //!   puts its timeout on it);
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
+//! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
 //! - `mod.rs`: listeners, the accept loop and the client limit.
 
 mod admit;
@@ -18,6 +19,8 @@ mod bind;
 mod config;
 mod connect;
 mod handshake;
+mod metrics;
+mod reload;
 mod reply;
 pub mod rules;
 mod session;
@@ -26,6 +29,8 @@ mod udp;
 
 use anyhow::Context as _;
 pub use config::Config;
+use metrics::ClientRefusal;
+pub use reload::Reload;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,23 +56,41 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// Run the server until SIGINT/SIGTERM; with `reload`, SIGHUP puts the
+/// configuration it makes in force for new sessions.
+pub fn run_with(args: crate::cli::ServerArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let fd_limit = crate::net::raise_fd_limit().unwrap_or_else(|e| {
         warn!("could not raise the open-file limit: {e}");
         crate::net::fd_limit()
     });
     let cfg = Arc::new(Config::from_args(&args, fd_limit)?);
+    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let r = rt.block_on(serve(cfg));
+    let r = rt.block_on(serve_with(cfg, admin, reload.map(|r| (r, fd_limit))));
     // Do not wait for name lookups still running on the blocking pool.
     rt.shutdown_timeout(Duration::from_millis(500));
     r
 }
 
-/// Bind every listener, then serve until SIGINT/SIGTERM.
-pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+/// Bind every listener, then serve until SIGINT/SIGTERM; with `admin`,
+/// /metrics on it too.
+pub async fn serve(cfg: Arc<Config>, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    serve_with(cfg, admin, None).await
+}
+
+/// `serve`, reloading at SIGHUP with `reload` (and the open-file limit).
+pub async fn serve_with(
+    cfg: Arc<Config>,
+    admin: Option<std::net::TcpListener>,
+    reload: Option<(Reload, u64)>,
+) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for &addr in &cfg.listen {
         let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
@@ -95,12 +118,27 @@ pub async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         ),
         evictions: Default::default(),
         live: tokio::sync::watch::Sender::new(Open::default()),
+        stats: Default::default(),
     });
-    let loops: Vec<_> = listeners
+    if let Some(l) = admin {
+        let report = Arc::new(metrics::ServerReport(gate.stats.clone()));
+        crate::admin::spawn(l, report).context("--admin")?;
+    }
+    let current: reload::Current = Arc::new(arc_swap::ArcSwap::new(cfg.clone()));
+    let mut loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, cfg.clone(), gate.clone())))
+        .map(|l| tokio::spawn(accept_loop(l, current.clone(), gate.clone())))
         .collect();
+    if let Some((r, fd_limit)) = reload {
+        loops.push(tokio::spawn(reload::on_sighup(
+            current.clone(),
+            r,
+            fd_limit,
+        )));
+    }
+    crate::service::ready(&format!("listening on {} address(es)", cfg.listen.len()));
     shutdown_signal().await;
+    crate::service::stopping();
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");
@@ -143,6 +181,8 @@ pub(crate) struct Gate {
     evictions: Mutex<Evictions>,
     /// Sessions running (handshake included), so shutdown can wait for them.
     pub live: tokio::sync::watch::Sender<Open>,
+    /// Counted once per session or refused client (`--admin`).
+    pub stats: Arc<metrics::ServerStats>,
 }
 
 /// Sessions open now, and the most open at once since the heap was last
@@ -158,6 +198,9 @@ pub(crate) struct Live(pub Arc<Gate>);
 
 impl Live {
     pub fn new(gate: Arc<Gate>) -> Live {
+        gate.stats
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         gate.live.send_modify(|o| {
             o.now += 1;
             o.peak = o.peak.max(o.now);
@@ -168,6 +211,10 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
+        let stats = &self.0.stats;
+        stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut trim = false;
         self.0.live.send_modify(|o| {
             o.now -= 1;
@@ -234,7 +281,7 @@ impl Gate {
     }
 }
 
-async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
+async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
@@ -259,12 +306,17 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
                 continue;
             }
         };
+        // The configuration in force now (SIGHUP may change it): the
+        // session keeps this one to its end.
+        let cfg = current.load_full();
         if !cfg.rules.client_allowed(peer.ip()) {
+            gate.stats.client_refused(ClientRefusal::NotAllowed);
             info!(client = %peer, outcome = "client not allowed", "session");
             continue;
         }
         let _ = stream.set_nodelay(true);
         if gate.slots.available_permits() == 0 {
+            gate.stats.client_refused(ClientRefusal::TooMany);
             refuse_over_limit(&gate, stream, peer);
             continue;
         }
@@ -273,6 +325,7 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
             Err(source) => {
                 debug!(client = %peer, "handshake budget: over its share, closed at once");
                 gate.budget_paid(source, true);
+                gate.stats.client_refused(ClientRefusal::Budget);
                 continue;
             }
         };
@@ -281,9 +334,9 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, gate: Arc<Gate>) {
         }
         // Counted before the task runs, so a shutdown right now waits for it.
         let live = Live::new(gate.clone());
-        let (cfg, slots) = (cfg.clone(), gate.slots.clone());
+        let (cfg, g) = (cfg.clone(), gate.clone());
         tokio::spawn(async move {
-            session::handle(cfg, slots, stream, peer, hs).await;
+            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, hs).await;
             drop(live);
         });
     }

@@ -53,6 +53,12 @@ impl Proto {
     }
 }
 
+/// Who asks, for the per-user rules: the user only when authenticated (a
+/// SOCKS4 user id carries no password).
+pub(super) fn who_of(cfg: &Config, log: &SessionLog) -> Option<String> {
+    log.user.clone().filter(|_| cfg.auth_required())
+}
+
 /// A parsed request, after authentication.
 pub(super) struct Request {
     pub proto: Proto,
@@ -88,6 +94,8 @@ pub(super) enum Refusal {
     CannotResolve(io::Error),
     /// The rules refuse every address of the destination.
     DestNotAllowed,
+    /// A per-user rule of the config file refused it (the rule's name).
+    Rule(String),
     /// No address of the destination answered; the last error.
     ConnectFailed(io::Error),
     /// The destination is one of this host's addresses (not allowed by
@@ -118,9 +126,10 @@ impl Refusal {
             Refusal::BadRequest(CodecError::UnknownCommand(_)) => Reply::CommandNotSupported,
             Refusal::BadRequest(CodecError::UnknownAddrType(_)) => Reply::AddrTypeNotSupported,
             Refusal::CannotResolve(_) => Reply::HostUnreachable,
-            Refusal::DestNotAllowed | Refusal::DestIsThisHost | Refusal::PeerNotAllowed => {
-                Reply::NotAllowed
-            }
+            Refusal::DestNotAllowed
+            | Refusal::Rule(_)
+            | Refusal::DestIsThisHost
+            | Refusal::PeerNotAllowed => Reply::NotAllowed,
             Refusal::ConnectFailed(e) => connect_failure(e),
             Refusal::NoBindPeer { .. } => Reply::TtlExpired,
             Refusal::TooManyClients
@@ -160,6 +169,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::CannotResolve(e) => write!(f, "cannot resolve: {e}"),
             Refusal::DestNotAllowed => write!(f, "refused: destination not allowed"),
+            Refusal::Rule(name) => write!(f, "refused by rule {name:?}"),
             Refusal::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             Refusal::DestIsThisHost => write!(f, "refused: destination is this host"),
             Refusal::PeerNotAllowed => write!(f, "refused: peer not allowed"),
@@ -257,6 +267,7 @@ mod tests {
             (Refusal::BadRequest(CodecError::BadDomain), 0x01),
             (Refusal::CannotResolve(io::Error::other("x")), 0x04),
             (Refusal::DestNotAllowed, 0x02),
+            (Refusal::Rule("r".into()), 0x02),
             (Refusal::ConnectFailed(refused), 0x05),
             (Refusal::ConnectFailed(io::ErrorKind::TimedOut.into()), 0x06),
             (Refusal::DestIsThisHost, 0x02),

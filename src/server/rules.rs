@@ -1,5 +1,6 @@
 //! Access rules: which clients may use the server and which destinations it
-//! may reach on their behalf.
+//! may reach on their behalf; and the config file's per-user rules (Dante's
+//! `socks pass`/`socks block`), evaluated in order, first match wins.
 //!
 //! Destinations are checked on the address actually dialed, after a name was
 //! resolved, so `localhost` or a name pointing at 127.0.0.1 is refused like the
@@ -49,6 +50,158 @@ pub struct Rules {
     allow_dest: Vec<IpNetwork>,
     deny_dest: Vec<IpNetwork>,
     default_deny: Vec<IpNetwork>,
+    /// The config file's `[[rule]]` tables, in order; none: no such check.
+    user_rules: Vec<UserRule>,
+}
+
+/// A `[[rule]]` table of the config file, as written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleSpec {
+    /// Named in the log line of each refusal [default: `rule N`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `pass` or `block` (also `allow`, `deny`).
+    pub action: Action,
+    /// Authenticated user names [default: anyone, unauthenticated too].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// `connect`, `bind`, `udp-associate` [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+    /// Client networks (CIDR) [default: any].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Destination networks (CIDR) [default: any].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// Destination ports: `443` or `"8000-8100"` [default: any].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[serde(alias = "allow")]
+    Pass,
+    #[serde(alias = "deny")]
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    One(u16),
+    Range(String),
+}
+
+/// A compiled `RuleSpec`.
+#[derive(Debug, Clone)]
+struct UserRule {
+    name: String,
+    pass: bool,
+    users: Vec<String>,
+    commands: Vec<u8>,
+    from: Vec<IpNetwork>,
+    to: Vec<IpNetwork>,
+    ports: Vec<(u16, u16)>,
+}
+
+/// Who asks for what, as the per-user rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The authenticated user (never a SOCKS4 user id: it carries no
+    /// password).
+    pub user: Option<&'a str>,
+    pub client: IpAddr,
+    /// The SOCKS command (1 CONNECT, 2 BIND, 3 UDP ASSOCIATE).
+    pub cmd: u8,
+}
+
+/// The per-user rule that refused a request: `name`, or the implicit last
+/// one when rules exist and none matched.
+pub const NO_RULE_MATCHED: &str = "default (no rule matched)";
+
+fn command_code(c: &str) -> Result<u8, String> {
+    match c {
+        "connect" => Ok(1),
+        "bind" => Ok(2),
+        "udp-associate" | "udpassociate" => Ok(3),
+        _ => Err(format!(
+            "unknown command {c:?} (connect, bind, udp-associate)"
+        )),
+    }
+}
+
+fn port_range(p: &PortSpec) -> Result<(u16, u16), String> {
+    let bad = || format!("{p:?} is not a port or a range (443, \"8000-8100\")");
+    let (lo, hi) = match p {
+        PortSpec::One(n) => (*n, *n),
+        PortSpec::Range(s) => match s.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let n = s.trim().parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        },
+    };
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+impl UserRule {
+    fn new(i: usize, s: &RuleSpec) -> Result<UserRule, String> {
+        let name = s.name.clone().unwrap_or_else(|| format!("rule {}", i + 1));
+        let at = |e: String| format!("rule {name:?}: {e}");
+        let nets = |v: &[String]| {
+            v.iter()
+                .map(|c| parse_cidr(c))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(UserRule {
+            pass: s.action == Action::Pass,
+            users: s.users.clone(),
+            commands: s
+                .commands
+                .iter()
+                .map(|c| command_code(c))
+                .collect::<Result<_, _>>()
+                .map_err(at)?,
+            from: nets(&s.from).map_err(at)?,
+            to: nets(&s.to).map_err(at)?,
+            ports: s
+                .ports
+                .iter()
+                .map(port_range)
+                .collect::<Result<_, _>>()
+                .map_err(at)?,
+            name,
+        })
+    }
+
+    /// `dest`: the address to be dialed, None when not known (a BIND from
+    /// anyone); a rule naming destinations or ports does not match then.
+    fn matches(&self, who: &Subject<'_>, dest: Option<SocketAddr>) -> bool {
+        let user_ok =
+            self.users.is_empty() || who.user.is_some_and(|u| self.users.iter().any(|x| x == u));
+        let cmd_ok = self.commands.is_empty() || self.commands.contains(&who.cmd);
+        let from_ok = self.from.is_empty() || longest(&self.from, unmap(who.client)).is_some();
+        let to_ok =
+            self.to.is_empty() || dest.is_some_and(|d| longest(&self.to, unmap(d.ip())).is_some());
+        let port_ok = self.ports.is_empty()
+            || dest.is_some_and(|d| {
+                self.ports
+                    .iter()
+                    .any(|&(lo, hi)| (lo..=hi).contains(&d.port()))
+            });
+        user_ok && cmd_ok && from_ok && to_ok && port_ok
+    }
 }
 
 /// Parse a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (/32, /128).
@@ -94,7 +247,36 @@ impl Rules {
                 .iter()
                 .map(|s| parse_cidr(s))
                 .collect::<Result<_, _>>()?,
+            user_rules: Vec::new(),
         })
+    }
+
+    /// Add the config file's per-user rules, checked in order.
+    pub fn with_user_rules(mut self, specs: &[RuleSpec]) -> Result<Rules, String> {
+        self.user_rules = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| UserRule::new(i, s))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    pub fn user_rule_count(&self) -> usize {
+        self.user_rules.len()
+    }
+
+    /// The per-user rules' verdict on `who` reaching `dest`: the first rule
+    /// that matches decides; with rules and none matching, refused. Err is
+    /// the name of the rule that refused.
+    pub fn user_verdict(&self, who: &Subject<'_>, dest: Option<SocketAddr>) -> Result<(), &str> {
+        if self.user_rules.is_empty() {
+            return Ok(());
+        }
+        match self.user_rules.iter().find(|r| r.matches(who, dest)) {
+            Some(r) if r.pass => Ok(()),
+            Some(r) => Err(&r.name),
+            None => Err(NO_RULE_MATCHED),
+        }
     }
 
     /// True when some `--allow-client` restricts who may connect.
@@ -241,5 +423,89 @@ mod tests {
             .unwrap()
             .client_allowed(ip("203.0.113.2")));
         assert!(Rules::new(&["nonsense".into()], &[], &[]).is_err());
+    }
+
+    fn spec(toml_text: &str) -> Vec<RuleSpec> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            rule: Vec<RuleSpec>,
+        }
+        toml::from_str::<Doc>(toml_text).unwrap().rule
+    }
+
+    #[test]
+    fn user_rules_first_match_wins() {
+        let r = Rules::new(&[], &[], &[])
+            .unwrap()
+            .with_user_rules(&spec(
+                r#"
+                [[rule]]
+                name = "bob-no-web"
+                action = "block"
+                users = ["bob"]
+                to = ["203.0.113.0/24"]
+                ports = [80, "8000-8100"]
+                [[rule]]
+                name = "no-bind"
+                action = "deny"
+                commands = ["bind"]
+                [[rule]]
+                name = "lan"
+                action = "allow"
+                from = ["198.51.100.0/24"]
+                "#,
+            ))
+            .unwrap();
+        let who = |user, client: &str, cmd| Subject {
+            user,
+            client: ip(client),
+            cmd,
+        };
+        let to = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let lan = "198.51.100.9";
+        assert_eq!(
+            r.user_verdict(&who(Some("bob"), lan, 1), to("203.0.113.2:80")),
+            Err("bob-no-web")
+        );
+        assert_eq!(
+            r.user_verdict(&who(Some("bob"), lan, 1), to("203.0.113.2:8050")),
+            Err("bob-no-web")
+        );
+        assert_eq!(
+            r.user_verdict(&who(Some("bob"), lan, 1), to("203.0.113.2:443")),
+            Ok(())
+        );
+        assert_eq!(
+            r.user_verdict(&who(Some("alice"), lan, 1), to("203.0.113.2:80")),
+            Ok(())
+        );
+        assert_eq!(
+            r.user_verdict(&who(Some("alice"), lan, 2), None),
+            Err("no-bind")
+        );
+        // From elsewhere no rule matches: refused by the implicit last rule.
+        assert_eq!(
+            r.user_verdict(&who(Some("alice"), "192.0.2.1", 1), to("203.0.113.2:80")),
+            Err(NO_RULE_MATCHED)
+        );
+        // Unnamed rules are numbered; no rules, no check.
+        let r2 = Rules::new(&[], &[], &[])
+            .unwrap()
+            .with_user_rules(&spec("[[rule]]\naction = \"block\"\n"))
+            .unwrap();
+        assert_eq!(r2.user_verdict(&who(None, lan, 1), None), Err("rule 1"));
+        assert_eq!(
+            rules(&[], &[]).user_verdict(&who(None, lan, 1), None),
+            Ok(())
+        );
+        for bad in [
+            "[[rule]]\naction = \"pass\"\nports = [\"90-80\"]\n",
+            "[[rule]]\naction = \"pass\"\nto = [\"x\"]\n",
+        ] {
+            assert!(Rules::new(&[], &[], &[])
+                .unwrap()
+                .with_user_rules(&spec(bad))
+                .is_err());
+        }
     }
 }

@@ -5,6 +5,7 @@
 use super::admit::Admitted;
 use super::config::Config;
 use super::handshake::{handshake, PROBE, PROBE_BARE};
+use super::metrics::ServerStats;
 use super::reply::{close_gently, refuse, Refusal, Request, SessionLog};
 use super::{bind, connect, udp};
 use crate::socks::codec::cmd;
@@ -21,6 +22,7 @@ const EVICTED: &str = "evicted: handshake stalled while others waited";
 pub(super) async fn handle(
     cfg: Arc<Config>,
     slots: Arc<Semaphore>,
+    stats: &ServerStats,
     mut client: TcpStream,
     peer: SocketAddr,
     hs: Admitted,
@@ -67,6 +69,7 @@ pub(super) async fn handle(
         o = body => o,
         _ = cfg.stopped() => "shutdown".to_string(),
     };
+    stats.session(log.cmd, &outcome, log.up, log.down);
     if [PROBE, PROBE_BARE, EVICTED].contains(&outcome.as_str()) {
         debug!(client = %peer, proto = %log.proto, outcome, "session");
         return;

@@ -63,6 +63,7 @@ pub(super) async fn run(
     }
     let mut a = Association {
         cfg,
+        user: super::reply::who_of(cfg, log),
         relay,
         client_ip: unmap(peer.ip()),
         client_port: None,
@@ -97,6 +98,8 @@ async fn relay_socket(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
 /// them.
 struct Association<'a> {
     cfg: &'a Config,
+    /// The authenticated user, for the per-user rules.
+    user: Option<String>,
     relay: UdpSocket,
     client_ip: IpAddr,
     /// The client's source port, from its first datagram.
@@ -183,6 +186,16 @@ impl Association<'_> {
             self.dropped += 1;
             return;
         };
+        let who = super::rules::Subject {
+            user: self.user.as_deref(),
+            client: self.client_ip,
+            cmd: crate::socks::codec::cmd::UDP_ASSOCIATE,
+        };
+        if let Err(rule) = self.cfg.rules.user_verdict(&who, Some(dest)) {
+            debug!(%dest, "udp datagram refused by rule {rule:?}");
+            self.dropped += 1;
+            return;
+        }
         let slot = if dest.is_ipv4() {
             &mut self.out4
         } else {

@@ -67,6 +67,13 @@ pub struct StackStats {
     pub packets_in: AtomicU64,
     pub tcp_opened: AtomicU64,
     pub tcp_refused: AtomicU64,
+    /// `tcp_refused` by the answer the application got, indexed by
+    /// [`Refusal::index`](super::Refusal::index).
+    pub tcp_refused_by: [AtomicU64; 4],
+    /// Bytes relayed by the flows that ended: application to proxy, and back.
+    /// (Bumped once per flow, with the relay's totals.)
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
     pub tcp_closed: AtomicU64,
     pub tcp_active: AtomicU64,
     pub tcp_over_limit: AtomicU64,

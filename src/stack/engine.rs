@@ -7,7 +7,7 @@ use super::flow::{Cmd, FlowShared};
 use super::oneshot;
 use super::phy::PacketSink;
 use super::ring;
-use super::seam::{Dialer, Refusal, UdpHandler};
+use super::seam::{Dialer, FlowObserver, Refusal, UdpHandler};
 use super::wire::{self, FlowKey};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::tcp;
@@ -95,6 +95,7 @@ pub(super) struct Engine {
     pub(super) smtu: usize,
     /// With segment offload, the device MTU our SYNs advertise.
     pub(super) syn_mtu: Option<usize>,
+    pub(super) observer: Option<Arc<dyn FlowObserver>>,
 }
 
 impl Engine {
@@ -169,6 +170,7 @@ impl Engine {
             pool,
             smtu: mtu,
             syn_mtu,
+            observer: None,
         }
     }
 
@@ -368,7 +370,8 @@ impl Engine {
             .store(self.flows.capacity() as u64, Ordering::Relaxed);
         let dial = self.dialer.dial(key.src, key.dst);
         let (ct, idle) = (self.cfg.connect_timeout, self.cfg.idle_timeout);
-        tokio::spawn(flow_task(shared, dial, ct, idle));
+        let ctx = (self.stats.clone(), self.observer.clone());
+        tokio::spawn(flow_task(shared, dial, (ct, idle), ctx));
         true
     }
 
@@ -408,6 +411,7 @@ impl Engine {
                     }
                     Err(refusal) => {
                         bump(&self.stats.tcp_refused);
+                        bump(&self.stats.tcp_refused_by[refusal.index()]);
                         let Some(flow) = self.remove(&key) else {
                             return;
                         };

@@ -5,8 +5,9 @@
 //! rings and the far side's socket directly (`RelayStream`'s in-place reads and
 //! writes): no copy of its own in between.
 
+use super::config::StackStats;
 use super::ring::{RingMem, RingPool};
-use super::seam::{DialFailed, DialFuture, Refusal};
+use super::seam::{DialFailed, DialFuture, FlowBytes, FlowObserver, Refusal};
 use super::wire::{FlowKey, Unreachable};
 use crate::relay::{InPlace, RelayStream};
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -73,6 +74,16 @@ impl Drop for FlowShared {
                 let _ = self.cmds.send(Cmd::Pooled);
             }
         }
+    }
+}
+
+impl FlowBytes for FlowShared {
+    fn up(&self) -> u64 {
+        self.app_read.load(Ordering::Relaxed)
+    }
+
+    fn down(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed).saturating_sub(self.up())
     }
 }
 
@@ -311,12 +322,16 @@ impl Drop for TunStream {
 }
 
 /// One flow's life outside the stack task: dial, report, relay, log.
+/// `limits`: the connect timeout and the idle timeout; `ctx`: the counters the
+/// relay's totals go to, and whoever watches the live flows.
 pub(super) async fn flow_task(
     shared: Arc<FlowShared>,
     dial: DialFuture,
-    connect_timeout: Duration,
-    idle: Option<Duration>,
+    limits: (Duration, Option<Duration>),
+    ctx: (Arc<StackStats>, Option<Arc<dyn FlowObserver>>),
 ) {
+    let (connect_timeout, idle) = limits;
+    let (stats, observer) = ctx;
     let (key, id) = (shared.key, shared.id);
     let started = std::time::Instant::now();
     let res = match tokio::time::timeout(connect_timeout, dial).await {
@@ -330,8 +345,19 @@ pub(super) async fn flow_task(
     match res {
         Ok(far) => {
             let _ = shared.cmds.send(Cmd::Dialed(key, id, Ok(())));
+            if let Some(o) = &observer {
+                o.opened(id, key.src, key.dst, &far.via, shared.clone());
+            }
             let tun = TunStream::new(shared);
             let st = crate::relay::relay(tun, far.stream, idle).await;
+            // Once per flow, and with no await before the observer hears
+            // of the end: a scrape sees the bytes in the totals or in the
+            // live flow, never in both nor in neither.
+            stats.bytes_up.fetch_add(st.a_to_b, Ordering::Relaxed);
+            stats.bytes_down.fetch_add(st.b_to_a, Ordering::Relaxed);
+            if let Some(o) = &observer {
+                o.closed(id);
+            }
             info!(
                 src = %key.src, dst = %key.dst, via = %far.via,
                 up = st.a_to_b, down = st.b_to_a,

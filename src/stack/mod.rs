@@ -47,7 +47,9 @@ pub mod wire;
 pub use config::{StackConfig, StackStats};
 pub use flow::TunStream;
 pub use phy::{PacketBatch, PacketSink, PacketSource};
-pub use seam::{DialFailed, DialFuture, Dialed, Dialer, Refusal, UdpHandler};
+pub use seam::{
+    DialFailed, DialFuture, Dialed, Dialer, FlowBytes, FlowObserver, Refusal, UdpHandler,
+};
 pub use wire::{FlowKey, Unreachable};
 
 use config::bump;
@@ -67,6 +69,7 @@ pub struct Stack {
     udp: Arc<dyn UdpHandler>,
     sink: Arc<dyn PacketSink>,
     stats: Arc<StackStats>,
+    observer: Option<Arc<dyn FlowObserver>>,
 }
 
 impl Stack {
@@ -82,7 +85,14 @@ impl Stack {
             udp,
             sink,
             stats: Arc::new(StackStats::default()),
+            observer: None,
         }
+    }
+
+    /// Tell `observer` of every flow that starts relaying and ends (a live
+    /// view; without one the flows tell no one).
+    pub fn observe(&mut self, observer: Arc<dyn FlowObserver>) {
+        self.observer = Some(observer);
     }
 
     pub fn stats(&self) -> Arc<StackStats> {
@@ -103,8 +113,10 @@ impl Stack {
             udp,
             sink,
             stats,
+            observer,
         } = self;
         let mut eng = Engine::new(cfg, dialer, udp, sink, stats, cmd_tx);
+        eng.observer = observer;
         let slot = eng.cfg.read_slot.unwrap_or(0).max(eng.cfg.mtu).max(1280);
         let mut batch = PacketBatch::new(slot, eng.cfg.batch.max(1));
         let epoch = tokio::time::Instant::now();

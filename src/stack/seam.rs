@@ -40,6 +40,48 @@ pub enum Refusal {
     Unreachable(Unreachable),
 }
 
+impl Refusal {
+    /// The names of the answers, in the order of [`Refusal::index`].
+    pub const LABELS: [&'static str; 4] =
+        ["reset", "net_unreachable", "host_unreachable", "prohibited"];
+
+    /// A small index per answer (for counters).
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::Reset => 0,
+            Refusal::Unreachable(Unreachable::Net) => 1,
+            Refusal::Unreachable(Unreachable::Host) => 2,
+            Refusal::Unreachable(Unreachable::Prohibited) => 3,
+        }
+    }
+}
+
+/// Told when a TCP flow starts relaying and when it ends, for a live view of
+/// the flows (`--admin`). Called once per flow each, on the flow's task, never
+/// per packet; the byte counts are read from the flow when asked.
+pub trait FlowObserver: Send + Sync + 'static {
+    /// Flow `id` was dialed through `via` and starts relaying.
+    fn opened(
+        &self,
+        id: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        via: &Arc<str>,
+        bytes: Arc<dyn FlowBytes>,
+    );
+    /// Flow `id` ended.
+    fn closed(&self, id: u64);
+}
+
+/// A live flow's byte counts: the counters the relay already keeps on it
+/// (implemented by the flow's shared state, `flow.rs`).
+pub trait FlowBytes: Send + Sync + 'static {
+    /// Bytes from the application towards the proxy, so far.
+    fn up(&self) -> u64;
+    /// Bytes from the proxy back to the application, so far.
+    fn down(&self) -> u64;
+}
+
 /// A dial that failed: the answer the application gets, and why (for the
 /// flow's log line). The dialer chooses the answer; the stack knows no proxy.
 #[derive(Debug)]

@@ -65,7 +65,9 @@ impl GroupConfig {
         };
         let health_target = match &args.health_target {
             None => None,
-            Some(t) => Some(parse_target(t).map_err(|e| anyhow!("--health-target {t:?}: {e}"))?),
+            Some(t) => {
+                Some(TargetAddr::parse(t).map_err(|e| anyhow!("--health-target {t:?}: {e}"))?)
+            }
         };
         if health_target.is_some() && health_interval.is_none() {
             bail!("--health-target needs --health-interval with a single --proxy");
@@ -79,19 +81,6 @@ impl GroupConfig {
 }
 
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// `HOST:PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
-fn parse_target(s: &str) -> Result<TargetAddr, &'static str> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(TargetAddr::Ip(a));
-    }
-    let (host, port) = s.rsplit_once(':').ok_or("expected HOST:PORT")?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or("bad port")?;
-    if host.is_empty() || host.len() > 255 || host.contains([':', '[', ']', '/', ' ']) {
-        return Err("bad host");
-    }
-    Ok(TargetAddr::Domain(host.to_string(), port))
-}
 
 /// Validated DNS options.
 pub struct DnsConfig {

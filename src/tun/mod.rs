@@ -5,16 +5,21 @@
 //! that fails), warns if the proxy does not answer (and keeps running: flows
 //! fail fast until it does), then runs the stack until SIGINT or SIGTERM.
 
+mod admin;
 pub mod config;
 pub mod device;
 mod dialer;
+mod flows;
 mod ifstate;
+mod reload;
 pub mod stats;
 pub mod udp;
+mod upstreams;
 pub mod vnet;
 
 pub use config::TunConfig;
 pub use device::{DeviceSink, DeviceSource, DeviceSpec, TunDevice};
+pub use reload::Reload;
 
 use crate::cli::TunArgs;
 use crate::dns::{Dns, DnsMode};
@@ -27,11 +32,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 use udp::UdpRelay;
-use upstream::group::Group;
 
 /// `sockstun tun`.
 pub fn run(args: TunArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
+pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
+    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+        .map_err(anyhow::Error::msg)?;
     fixed_mmap_threshold();
     if let Err(e) = crate::net::raise_fd_limit() {
         warn!("could not raise the descriptor limit: {e}");
@@ -60,14 +71,25 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async(cfg));
+    let res = rt.block_on(run_async_with(cfg, admin, reload));
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
 
 /// Run TUN mode inside a runtime: open the device, wire the upstream, DNS,
-/// the UDP table and the stack together, run until SIGINT or SIGTERM.
-pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
+/// the UDP table and the stack together, run until SIGINT or SIGTERM; with
+/// `admin`, serve /metrics, /flows and /health on it.
+pub async fn run_async(cfg: TunConfig, admin: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    run_async_with(cfg, admin, None).await
+}
+
+/// `run_async`; with `reload`, SIGHUP replaces the upstream group for new
+/// flows (behind a `Switch`, which costs a flow one atomic load).
+pub async fn run_async_with(
+    cfg: TunConfig,
+    admin: Option<std::net::TcpListener>,
+    reload: Option<Reload>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -88,7 +110,8 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         offload = dev.offload,
         "TUN device up"
     );
-    let upstream = upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let (upstream, health, reloader) =
+        upstream_with_reload(cfg.proxies, cfg.group, cfg.connect_timeout, reload);
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -97,7 +120,10 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
     let mut udp_cfg = cfg.udp;
     udp_cfg.mtu = dev.mtu as usize;
     let udp = UdpRelay::new(udp_cfg, Some(dns.clone()), upstream.clone(), sink.clone());
-    let dialer = Arc::new(FlowDialer { upstream, dns });
+    let dialer = Arc::new(FlowDialer {
+        upstream,
+        dns: dns.clone(),
+    });
     let mut stack_cfg = cfg.stack;
     stack_cfg.mtu = dev.mtu as usize;
     if dev.offload {
@@ -108,21 +134,37 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
         // smoltcp keeps to the MTU and nothing is cut for it.
         stack_cfg.segment_offload = cfg.offload;
     }
-    let udp_stats = udp.stats_handle();
-    let stack = Stack::new(stack_cfg, dialer, Arc::new(udp), sink);
+    let mut stack = Stack::new(stack_cfg, dialer, Arc::new(udp.clone()), sink);
     let stats = Stats {
         stack: stack.stats(),
-        udp: udp_stats,
+        udp: udp.stats_handle(),
         device_write_drops: dev.write_drops.clone(),
         device_malformed: dev.malformed.clone(),
     };
+    if let Some(l) = admin {
+        let report = admin::TunReport {
+            stats: stats.clone(),
+            udp: udp.clone(),
+            dns: dns.clone(),
+            health,
+            flows: Arc::new(flows::Flows::new(dns)),
+            device: dev.name.clone(),
+        };
+        stack.observe(report.flows.clone());
+        crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
+    }
     let shutdown = async move {
         tokio::select! {
             _ = sigint.recv() => info!("SIGINT: stopping"),
             _ = sigterm.recv() => info!("SIGTERM: stopping"),
         }
+        crate::service::stopping();
     };
+    crate::service::ready(&format!("device {} up", dev.name));
     let res = stack.run(dev.source(), shutdown).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     stats.log_totals();
     let name = dev.name.clone();
     let created = dev.created;
@@ -133,28 +175,34 @@ pub async fn run_async(cfg: TunConfig) -> anyhow::Result<()> {
     res.context("reading the TUN device")
 }
 
-/// One proxy as it is (checked once at start), or a group of them with its
-/// health probes.
-fn upstream_of(
+/// The upstream, its health for the admin endpoint, and with `reload` the
+/// task that swaps both at SIGHUP (behind a `Switch`).
+fn upstream_with_reload(
     proxies: Vec<crate::proxy::Proxy>,
     group: config::GroupConfig,
     budget: Duration,
-) -> Arc<dyn Upstream> {
-    let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
-    let Some(every) = group.health_interval else {
-        let up = ups.remove(0);
-        tokio::spawn(probe(up.clone()));
-        return up;
+    reload: Option<Reload>,
+) -> (
+    Arc<dyn Upstream>,
+    Arc<reload::HealthSwitch>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let built = upstreams::upstream_of(proxies, group, budget);
+    let health = Arc::new(reload::HealthSwitch::new(built.health));
+    let (upstream, reloader) = match reload {
+        None => (built.upstream, None),
+        Some(r) => {
+            let switch = Arc::new(upstream::switch::Switch::new(built.upstream));
+            let task = tokio::spawn(reload::on_sighup(
+                switch.clone(),
+                health.clone(),
+                r,
+                built.probes,
+            ));
+            (switch as Arc<dyn Upstream>, Some(task))
+        }
     };
-    let g = Arc::new(Group::new(ups, group.policy, budget));
-    info!("upstream {g}, probed every {every:?}");
-    let probing = g.clone();
-    tokio::spawn(async move {
-        probing
-            .start_probes(every, group.health_target, budget)
-            .await
-    });
-    g
+    (upstream, health, reloader)
 }
 
 /// The DNS service over `upstream`, logged as configured.
@@ -196,19 +244,5 @@ fn fixed_mmap_threshold() {
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
-    }
-}
-
-/// Say early, once, when the proxy does not answer or refuses our
-/// credentials; keep running either way. The probe greets and closes
-/// cleanly, so the proxy has no error to log.
-async fn probe(up: Arc<dyn Upstream>) {
-    match tokio::time::timeout(Duration::from_secs(3), up.probe()).await {
-        Ok(Ok(())) => info!("upstream {up} answers"),
-        Ok(Err(upstream::Error::AuthFailed)) => {
-            warn!("upstream {up} refuses our credentials (or offers no method we can use); flows will fail")
-        }
-        Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),
-        Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
     }
 }

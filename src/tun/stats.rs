@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::info;
 
+#[derive(Clone)]
 pub struct Stats {
     pub stack: Arc<StackStats>,
     pub udp: Arc<UdpStats>,

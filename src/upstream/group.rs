@@ -5,8 +5,8 @@
 //! connect timeout. The target's own answer (refused, unreachable) is not
 //! retried: another proxy would hear the same.
 
-use super::health::{spawn_probes, Member};
-use super::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
+use super::health::{spawn_probes, Health, Member, ProxyHealth};
+use super::seam::{blame, Associated, Blame, BoxFuture, Connected, Error, Upstream};
 use crate::socks::TargetAddr;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -86,6 +86,11 @@ impl Group {
             pick: AtomicUsize::new(0),
             budget,
         }
+    }
+
+    /// The members, in the order given.
+    pub fn members(&self) -> &[Arc<Member>] {
+        &self.members
     }
 
     /// Probe every member now, then every `every` (each probe within
@@ -182,6 +187,12 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: impl Iterator
         }
     })
     .await
+}
+
+impl Health for Group {
+    fn proxies(&self) -> Vec<ProxyHealth> {
+        self.members.iter().map(|m| m.health()).collect()
+    }
 }
 
 impl fmt::Display for Group {

@@ -5,7 +5,7 @@
 //! The state a dial reads is atomics; only a change between up and down
 //! takes the lock, and that change is logged once.
 
-use super::{blame, Blame, Error, Upstream};
+use super::seam::{blame, Blame, Error, Upstream};
 use crate::socks::TargetAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,27 @@ pub struct Member {
     udp_refused: AtomicBool,
     streak: Mutex<u32>,
     epoch: Instant,
+    /// Dials and probes that failed through the proxy's fault.
+    failures: AtomicU64,
+}
+
+/// One proxy as `--admin` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyHealth {
+    /// Its URL, without the password.
+    pub name: String,
+    /// It takes new flows (not in a back-off; a lone proxy: its last dial or
+    /// probe did not fail through its fault).
+    pub usable: bool,
+    /// The probes' latency (an average), if measured.
+    pub latency: Option<Duration>,
+    /// Dials and probes that failed through the proxy's fault.
+    pub failures: u64,
+}
+
+/// The proxies behind an upstream and their health (`/metrics`, `/health`).
+pub trait Health: Send + Sync + 'static {
+    fn proxies(&self) -> Vec<ProxyHealth>;
 }
 
 impl Member {
@@ -42,6 +63,7 @@ impl Member {
             udp_refused: AtomicBool::new(false),
             streak: Mutex::new(0),
             epoch,
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -72,6 +94,16 @@ impl Member {
         }
     }
 
+    /// How `--admin` shows it.
+    pub fn health(&self) -> ProxyHealth {
+        ProxyHealth {
+            name: self.up.to_string(),
+            usable: self.usable(),
+            latency: self.latency(),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
     /// A dial or probe through it worked.
     pub fn succeeded(&self) {
         if self.down_until.load(Ordering::Relaxed) == 0 {
@@ -90,6 +122,7 @@ impl Member {
         if blame(e) != Blame::Proxy {
             return;
         }
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.now_ms();
         let until = self.down_until.load(Ordering::Relaxed);

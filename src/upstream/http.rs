@@ -51,7 +51,7 @@
 //! An error text never holds the password: the errors are our own words,
 //! and the proxy's reason phrase is only logged (at debug) without it.
 
-use super::{Associated, BoxFuture, Connected, Error, Upstream};
+use super::seam::{Associated, BoxFuture, Connected, Error, Upstream};
 use crate::proxy::Proxy;
 use crate::socks::client::ProxyStream;
 use crate::socks::TargetAddr;

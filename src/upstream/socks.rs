@@ -1,6 +1,6 @@
 //! [`Upstream`] over SOCKS4, SOCKS4a and SOCKS5 (`crate::socks::client`).
 
-use super::{Associated, BoxFuture, Connected, Error, Upstream};
+use super::seam::{Associated, BoxFuture, Connected, Error, Upstream};
 use crate::proxy::{Proxy, ProxyKind, UrlError};
 use crate::socks::client;
 use crate::socks::TargetAddr;

@@ -1,0 +1,264 @@
+//! What `--admin` shows of TUN mode: the counters the stack, the UDP table,
+//! DNS and the device already keep, the proxies' health, the live flows.
+
+use super::flows::Flows;
+use super::stats::Stats;
+use super::udp::UdpRelay;
+use crate::admin::{FlowInfo, Report, Scrape};
+use crate::dns::Dns;
+use crate::stack::Refusal;
+use crate::upstream::health::Health;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct TunReport {
+    pub stats: Stats,
+    pub udp: UdpRelay,
+    pub dns: Arc<Dns>,
+    pub health: Arc<dyn Health>,
+    pub flows: Arc<Flows>,
+    /// The device's name, for its kernel counters.
+    pub device: String,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl Report for TunReport {
+    fn metrics(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        self.tcp(m)?;
+        self.udp(m)?;
+        self.dns(m)?;
+        self.device(m)?;
+        self.proxies(m)
+    }
+
+    fn flows(&self) -> Vec<FlowInfo> {
+        self.flows.list()
+    }
+
+    fn healthy(&self) -> bool {
+        self.health.proxies().iter().any(|p| p.usable)
+    }
+}
+
+impl TunReport {
+    fn tcp(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let st = &self.stats.stack;
+        m.gauge(
+            "tcp_flows_open",
+            "TCP flows in the stack's table (dialing, relaying or closing).",
+            get(&st.tcp_active) as f64,
+        )?;
+        m.counter(
+            "tcp_flows_opened",
+            "TCP flows started (a SYN for a new tuple).",
+            get(&st.tcp_opened),
+        )?;
+        let mut refused: Vec<(&str, u64)> = Refusal::LABELS
+            .iter()
+            .zip(&st.tcp_refused_by)
+            .map(|(l, c)| (*l, get(c)))
+            .collect();
+        refused.push(("flow_limit", get(&st.tcp_over_limit)));
+        m.counters(
+            "tcp_flows_refused",
+            "TCP flows refused, by the answer the application got (reset, ICMP unreachable) or flow_limit (--max-tcp-flows).",
+            "reason",
+            &refused,
+        )?;
+        let (up, down) = self.flows.bytes();
+        m.counters(
+            "tcp_bytes",
+            "Bytes relayed by TCP flows: up (application to proxy), down (back).",
+            "direction",
+            &[
+                ("up", get(&st.bytes_up) + up),
+                ("down", get(&st.bytes_down) + down),
+            ],
+        )
+    }
+
+    fn udp(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let st = &self.stats.udp;
+        m.gauge(
+            "udp_associations_open",
+            "UDP associations (one per local endpoint).",
+            self.udp.flows() as f64,
+        )?;
+        m.counter(
+            "udp_associations_opened",
+            "UDP associations started.",
+            get(&st.flows_opened),
+        )?;
+        m.counter(
+            "udp_associations_evicted",
+            "UDP associations evicted at --max-udp-flows.",
+            get(&st.flows_evicted),
+        )?;
+        m.counters(
+            "udp_datagrams",
+            "UDP datagrams relayed: out (to the proxy), in (replies to the application).",
+            "direction",
+            &[
+                ("out", get(&st.datagrams_out)),
+                ("in", get(&st.datagrams_in)),
+            ],
+        )?;
+        m.counters(
+            "udp_datagrams_dropped",
+            "UDP datagrams dropped, by reason.",
+            "reason",
+            &[
+                ("oversize", get(&st.dropped_oversize)),
+                ("unsupported", get(&st.dropped_unsupported)),
+                ("backoff", get(&st.dropped_backoff)),
+                ("queue_full", get(&st.dropped_queue_full)),
+                ("other", get(&st.dropped_other)),
+            ],
+        )
+    }
+
+    fn dns(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let st = self.dns.stats();
+        m.counters(
+            "dns_queries",
+            "DNS queries answered here, by type.",
+            "type",
+            &st.queries(),
+        )?;
+        m.counters(
+            "dns_answers",
+            "DNS answers, by response code (truncated: TC, retried over TCP).",
+            "rcode",
+            &st.answers(),
+        )?;
+        let pool = self.dns.pool().map_or(0, |p| p.len());
+        m.gauge(
+            "dns_fake_pool_in_use",
+            "Fake addresses assigned to names (virtual DNS).",
+            pool as f64,
+        )
+    }
+
+    fn device(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let k = DevCounters::read(&self.device).unwrap_or_default();
+        // The kernel's view is the other way round: what it transmits on
+        // the TUN is what sockstun reads.
+        m.counters(
+            "device_packets",
+            "Packets through the TUN: in (read by sockstun), out (written).",
+            "direction",
+            &[("in", k.tx_packets), ("out", k.rx_packets)],
+        )?;
+        m.counters(
+            "device_bytes",
+            "Bytes through the TUN: in (read by sockstun), out (written).",
+            "direction",
+            &[("in", k.tx_bytes), ("out", k.rx_bytes)],
+        )?;
+        let st = &self.stats.stack;
+        m.counters(
+            "device_dropped",
+            "Packets dropped: write_queue_full (the device would not take it), malformed, other_protocol (neither TCP nor UDP, ICMP echo included).",
+            "reason",
+            &[
+                ("write_queue_full", get(&self.stats.device_write_drops)),
+                (
+                    "malformed",
+                    get(&self.stats.device_malformed) + get(&st.malformed),
+                ),
+                ("other_protocol", get(&st.other_dropped)),
+            ],
+        )
+    }
+
+    fn proxies(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let ps = self.health.proxies();
+        let up: Vec<(&str, f64)> = ps
+            .iter()
+            .map(|p| (p.name.as_str(), if p.usable { 1.0 } else { 0.0 }))
+            .collect();
+        m.gauges(
+            "proxy_up",
+            "1 while the proxy takes new flows, 0 while it is down.",
+            "proxy",
+            &up,
+        )?;
+        let lat: Vec<(&str, f64)> = ps
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), p.latency?.as_secs_f64())))
+            .collect();
+        m.gauges(
+            "proxy_latency_seconds",
+            "The health probes' latency (connect, greeting, authentication), an average.",
+            "proxy",
+            &lat,
+        )?;
+        let fails: Vec<(&str, u64)> = ps.iter().map(|p| (p.name.as_str(), p.failures)).collect();
+        m.counters(
+            "proxy_failures",
+            "Dials and probes that failed through the proxy's fault.",
+            "proxy",
+            &fails,
+        )
+    }
+}
+
+/// A network device's counters as the kernel keeps them (/proc/self/net/dev,
+/// which shows this process's network namespace).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct DevCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl DevCounters {
+    fn read(dev: &str) -> Option<DevCounters> {
+        DevCounters::parse(&std::fs::read_to_string("/proc/self/net/dev").ok()?, dev)
+    }
+
+    pub(super) fn parse(text: &str, dev: &str) -> Option<DevCounters> {
+        let line = text.lines().find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == dev).then_some(rest)
+        })?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        Some(DevCounters {
+            rx_bytes: *f.first()?,
+            rx_packets: *f.get(1)?,
+            tx_bytes: *f.get(8)?,
+            tx_packets: *f.get(9)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_counters_from_proc_net_dev() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n\
+tu1x0: 5000      40    0    0    0     0          0         0     7000      50    0    3    0     0       0          0\n";
+        assert_eq!(
+            DevCounters::parse(text, "tu1x0"),
+            Some(DevCounters {
+                rx_bytes: 5000,
+                rx_packets: 40,
+                tx_bytes: 7000,
+                tx_packets: 50
+            })
+        );
+        assert_eq!(DevCounters::parse(text, "tu1"), None);
+    }
+}

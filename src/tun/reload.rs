@@ -1,0 +1,94 @@
+//! SIGHUP in TUN mode: the upstream group (proxies, policy, health probes)
+//! is built again from the config file and put in force for new flows, TCP,
+//! UDP and DNS alike; flows already open keep the proxy they have. A
+//! configuration that does not validate, or a proxy name that does not
+//! resolve, keeps the group in force. Other settings (device, DNS, limits)
+//! take effect at restart.
+
+use super::config::TunConfig;
+use crate::upstream::health::{Health, ProxyHealth};
+use crate::upstream::switch::Switch;
+use anyhow::Context as _;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Makes a new validated configuration (the config file read again, the
+/// command line's flags still over it).
+pub type Reload = Box<dyn Fn() -> anyhow::Result<TunConfig> + Send + Sync>;
+
+/// Reload at every SIGHUP until the task is aborted. `probes`: the health
+/// probes of the group in force, stopped when it is replaced.
+pub(super) async fn on_sighup(
+    switch: Arc<Switch>,
+    health: Arc<HealthSwitch>,
+    reload: Reload,
+    mut probes: Option<JoinHandle<()>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("no SIGHUP handler, no reload: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match new_upstream(&reload).await {
+            Ok(b) => {
+                let up = b.upstream;
+                let old = switch.replace(up.clone());
+                health.replace(b.health);
+                if let Some(h) = std::mem::replace(&mut probes, b.probes) {
+                    h.abort();
+                }
+                info!("SIGHUP: upstream {up} in force for new flows (was {old}); open flows keep theirs");
+            }
+            Err(e) => warn!(
+                "SIGHUP: the new configuration is not valid, keeping upstream {switch}: {e:#}"
+            ),
+        }
+    }
+    if let Some(h) = probes {
+        h.abort();
+    }
+}
+
+async fn new_upstream(reload: &Reload) -> anyhow::Result<super::upstreams::Built> {
+    let mut cfg = reload()?;
+    let mut proxies = std::mem::take(&mut cfg.proxies);
+    // Resolving a proxy's host name blocks: not on the stack's thread.
+    let proxies = tokio::task::spawn_blocking(move || {
+        for p in &mut proxies {
+            p.resolve()
+                .with_context(|| format!("resolving the proxy host {:?}", p.host))?;
+        }
+        anyhow::Ok(proxies)
+    })
+    .await??;
+    Ok(super::upstreams::upstream_of(
+        proxies,
+        cfg.group,
+        cfg.connect_timeout,
+    ))
+}
+
+/// The health the admin endpoint reads: that of the upstream in force,
+/// replaced with it at a reload (read at scrape time only).
+pub struct HealthSwitch(std::sync::RwLock<Arc<dyn Health>>);
+
+impl HealthSwitch {
+    pub fn new(h: Arc<dyn Health>) -> HealthSwitch {
+        HealthSwitch(std::sync::RwLock::new(h))
+    }
+
+    fn replace(&self, h: Arc<dyn Health>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+}
+
+impl Health for HealthSwitch {
+    fn proxies(&self) -> Vec<ProxyHealth> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).proxies()
+    }
+}

@@ -1,0 +1,66 @@
+//! The upstream TUN mode dials through, built from the configured proxies:
+//! one proxy as it is, or a group with its health probes. Used at start
+//! and by a reload.
+
+use super::config::GroupConfig;
+use crate::upstream::group::Group;
+use crate::upstream::health::Health;
+use crate::upstream::watched::Watched;
+use crate::upstream::{self, Upstream};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What `upstream_of` builds.
+pub(crate) struct Built {
+    pub upstream: Arc<dyn Upstream>,
+    pub health: Arc<dyn Health>,
+    /// The group's health probes.
+    pub probes: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One proxy as it is (checked once at start, its health as its last dial
+/// says), or a group of them with its health probes (and their task).
+pub(crate) fn upstream_of(
+    proxies: Vec<crate::proxy::Proxy>,
+    group: GroupConfig,
+    budget: Duration,
+) -> Built {
+    let mut ups: Vec<Arc<dyn Upstream>> = proxies.into_iter().map(upstream::for_proxy).collect();
+    let Some(every) = group.health_interval else {
+        let up = Arc::new(Watched::new(ups.remove(0)));
+        tokio::spawn(probe(up.clone()));
+        return Built {
+            upstream: up.clone(),
+            health: up,
+            probes: None,
+        };
+    };
+    let g = Arc::new(Group::new(ups, group.policy, budget));
+    info!("upstream {g}, probed every {every:?}");
+    let probing = g.clone();
+    let probes = tokio::spawn(async move {
+        probing
+            .start_probes(every, group.health_target, budget)
+            .await
+    });
+    Built {
+        upstream: g.clone(),
+        health: g,
+        probes: Some(probes),
+    }
+}
+
+/// Say early, once, when the proxy does not answer or refuses our
+/// credentials; keep running either way. The probe greets and closes
+/// cleanly, so the proxy has no error to log.
+async fn probe(up: Arc<dyn Upstream>) {
+    match tokio::time::timeout(Duration::from_secs(3), up.probe()).await {
+        Ok(Ok(())) => info!("upstream {up} answers"),
+        Ok(Err(upstream::Error::AuthFailed)) => {
+            warn!("upstream {up} refuses our credentials (or offers no method we can use); flows will fail")
+        }
+        Ok(Err(e)) => warn!("upstream {up} unreachable: {e}; flows fail until it answers"),
+        Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
+    }
+}

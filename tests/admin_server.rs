@@ -1,0 +1,81 @@
+//! `--admin` of `sockstun server`: /metrics counts sessions by command and
+//! outcome, and an authentication failure. Queried with curl inside the
+//! namespace.
+
+mod common;
+
+use common::server_lab::*;
+use common::*;
+use std::time::Duration;
+
+const ADMIN: &str = "127.0.0.1:9902";
+
+fn scrape(lab: &Lab) -> String {
+    let out = lab.ns.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{ADMIN}/metrics"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn curl_via(lab: &Lab, cred: &str) -> bool {
+    let proxy = format!("socks5h://{cred}@{PROXY}");
+    lab.ns
+        .exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-x",
+            &proxy,
+            "http://web.test/",
+        ])
+        .status
+        .success()
+}
+
+#[test]
+fn admin_server_counts_sessions_and_auth_failures() {
+    if !require_root("admin_server_counts_sessions_and_auth_failures") {
+        return;
+    }
+    let lab = Lab::new("as");
+    let _server = lab.server(&["--user", "alice:s3cret", "--admin", ADMIN]);
+    assert!(curl_via(&lab, "alice:s3cret"));
+    assert!(curl_via(&lab, "alice:s3cret"));
+    assert!(!curl_via(&lab, "alice:wrong"));
+    let want = [
+        (
+            "sockstun_sessions_total{command=\"connect\",outcome=\"relayed\"}",
+            2.0,
+        ),
+        (
+            "sockstun_sessions_total{command=\"none\",outcome=\"refused\"}",
+            1.0,
+        ),
+        ("sockstun_auth_failures_total", 1.0),
+        ("sockstun_sessions_open", 0.0),
+        (
+            "sockstun_clients_refused_total{reason=\"not_allowed\"}",
+            0.0,
+        ),
+    ];
+    let done = wait_until(Duration::from_secs(10), || {
+        let s = scrape(&lab);
+        want.iter().all(|(k, v)| sample(&s, k) == Some(*v))
+    });
+    let s = scrape(&lab);
+    assert!(done, "{want:?} not all in\n{s}");
+    let down = sample(&s, "sockstun_bytes_total{direction=\"down\"}").unwrap_or(0.0);
+    assert!(down >= 2.0 * HTTP_BODY.len() as f64, "{s}");
+}
