@@ -6,6 +6,7 @@ mod common;
 
 use common::server_lab::*;
 use common::*;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const ADMIN: &str = "127.0.0.1:9902";
@@ -78,4 +79,49 @@ fn admin_server_counts_sessions_and_auth_failures() {
     assert!(done, "{want:?} not all in\n{s}");
     let down = sample(&s, "sockstun_bytes_total{direction=\"down\"}").unwrap_or(0.0);
     assert!(down >= 2.0 * HTTP_BODY.len() as f64, "{s}");
+}
+
+/// UDP ASSOCIATE: the datagrams relayed each way are counted, once the
+/// association has ended (like its bytes).
+#[test]
+fn admin_server_counts_udp_datagrams() {
+    if !require_root("admin_server_counts_udp_datagrams") {
+        return;
+    }
+    let lab = Lab::new("asu");
+    let _server = lab.server(&["--admin", ADMIN]);
+    let mut ctl = lab.tcp(PROXY);
+    let r = socks5_connect_cmd(&mut ctl, 3, &addr4("0.0.0.0", 0));
+    assert_eq!(&r[..2], &[5, 0], "{r:?}");
+    let relay: SocketAddr = format!("127.0.0.1:{}", u16::from_be_bytes([r[8], r[9]]))
+        .parse()
+        .unwrap();
+    let u = lab.udp("127.0.0.1:0");
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut d = vec![0, 0, 0];
+    d.extend(addr4(T4, ECHO));
+    d.extend_from_slice(b"ping");
+    let mut b = [0u8; 256];
+    for i in 0..7 {
+        u.send_to(&d, relay).unwrap();
+        let (n, _) = u
+            .recv_from(&mut b)
+            .unwrap_or_else(|e| panic!("echo {i}: {e}"));
+        assert_eq!(&b[..n], &d[..]);
+    }
+    drop(ctl);
+    let want = [
+        ("sockstun_udp_datagrams_total{direction=\"up\"}", 7.0),
+        ("sockstun_udp_datagrams_total{direction=\"down\"}", 7.0),
+        (
+            "sockstun_sessions_total{command=\"udp-associate\",outcome=\"relayed\"}",
+            1.0,
+        ),
+    ];
+    let done = wait_until(Duration::from_secs(10), || {
+        let s = scrape(&lab);
+        want.iter().all(|(k, v)| sample(&s, k) == Some(*v))
+    });
+    let s = scrape(&lab);
+    assert!(done, "{want:?} not all in\n{s}");
 }

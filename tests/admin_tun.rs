@@ -201,6 +201,49 @@ fn admin_flows_show_a_live_flow_with_its_name() {
     );
 }
 
+/// A UDP association to a name resolved through the TUN shows in /flows,
+/// while it lives, with its endpoint, the name, its proxy and the datagrams
+/// and bytes each way.
+#[test]
+fn admin_flows_show_a_live_udp_association() {
+    if !require_root("admin_flows_show_a_live_udp_association") {
+        return;
+    }
+    let env = env("au", Upstream::Sockstun, &["--admin", ADMIN]);
+    let fake = dig_short(&env, "web.test", "A", &[]);
+    assert!(fake.starts_with("198.19."), "{fake}");
+    let dst = format!("{fake}:7");
+    let ok = echo_round_trips(&env.topo.client, "0.0.0.0:0", &dst, 10, 100, 1);
+    assert_eq!(ok, 10);
+    // The association outlives the socket (--udp-timeout, 60 s).
+    let mut flow = serde_json::Value::Null;
+    let seen = wait_until(Duration::from_secs(10), || {
+        let (code, body) = get(&env.topo.client, "/flows");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        flow = v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|f| f["protocol"] == "udp" && f["destination"] == dst)
+                    .cloned()
+            })
+            .unwrap_or_default();
+        code == 200 && flow["datagrams_down"] == 10
+    });
+    assert!(
+        seen,
+        "no UDP association to {dst} with 10 datagrams back: {flow}"
+    );
+    assert_eq!(flow["datagrams_up"], 10);
+    assert_eq!(flow["bytes_up"], 1000);
+    assert_eq!(flow["bytes_down"], 1000);
+    assert_eq!(flow["name"], "web.test");
+    assert_eq!(flow["state"], "live");
+    assert_eq!(flow["via"], format!("socks5://{PROXY_V4}:1080"));
+    let source: SocketAddr = flow["source"].as_str().unwrap_or("").parse().unwrap();
+    assert_ne!(source.port(), 0, "{flow}");
+}
+
 /// /health: 200 while the only proxy answers its probes, 503 once it is
 /// dead, 200 again when it is back.
 #[test]

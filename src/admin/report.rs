@@ -29,6 +29,11 @@ pub struct FlowInfo {
     /// Bytes from the application, and back to it.
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Datagrams from the application and back to it (UDP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagrams_up: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagrams_down: Option<u64>,
     pub age_ms: u64,
     pub state: &'static str,
 }

@@ -35,6 +35,8 @@ impl Report for Fake {
             via: Some("socks5://10.0.0.1:1080".into()),
             bytes_up: 10,
             bytes_down: 20,
+            datagrams_up: None,
+            datagrams_down: None,
             age_ms: 5,
             state: "open",
         }]

@@ -22,6 +22,8 @@ pub(crate) struct ServerStats {
     auth_failures: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    datagrams_up: AtomicU64,
+    datagrams_down: AtomicU64,
     pub clients_refused: [AtomicU64; CLIENT_REFUSALS.len()],
 }
 
@@ -56,6 +58,17 @@ impl ServerStats {
         self.sessions[c][o].fetch_add(1, Ordering::Relaxed);
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+}
+
+impl ServerStats {
+    /// One session's UDP datagrams (UDP ASSOCIATE), counted when it ends
+    /// like its bytes.
+    pub(crate) fn datagrams(&self, up: u64, down: u64) {
+        if up + down > 0 {
+            self.datagrams_up.fetch_add(up, Ordering::Relaxed);
+            self.datagrams_down.fetch_add(down, Ordering::Relaxed);
+        }
     }
 }
 
@@ -95,6 +108,15 @@ impl Report for ServerReport {
             "Bytes relayed: up (client to destination), down (back).",
             "direction",
             &[("up", get(&st.bytes_up)), ("down", get(&st.bytes_down))],
+        )?;
+        m.counters(
+            "udp_datagrams",
+            "UDP datagrams relayed by UDP ASSOCIATE: up (client to destination), down (back).",
+            "direction",
+            &[
+                ("up", get(&st.datagrams_up)),
+                ("down", get(&st.datagrams_down)),
+            ],
         )?;
         let refused: Vec<(&str, u64)> = CLIENT_REFUSALS
             .iter()

@@ -77,6 +77,9 @@ pub(super) struct SessionLog {
     /// Bytes client → destination and back.
     pub up: u64,
     pub down: u64,
+    /// UDP datagrams relayed client → destination and back (UDP ASSOCIATE).
+    pub datagrams_up: u64,
+    pub datagrams_down: u64,
 }
 
 /// Why the server refused a request: the reply code the client gets

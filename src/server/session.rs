@@ -37,6 +37,8 @@ pub(super) async fn handle(
         via: None,
         up: 0,
         down: 0,
+        datagrams_up: 0,
+        datagrams_down: 0,
     };
     let body = async {
         let Admitted {
@@ -70,6 +72,7 @@ pub(super) async fn handle(
         _ = cfg.stopped() => "shutdown".to_string(),
     };
     stats.session(log.cmd, &outcome, log.up, log.down);
+    stats.datagrams(log.datagrams_up, log.datagrams_down);
     if [PROBE, PROBE_BARE, EVICTED].contains(&outcome.as_str()) {
         debug!(client = %peer, proto = %log.proto, outcome, "session");
         return;

@@ -220,6 +220,7 @@ impl Association<'_> {
         match sock.send_to(&self.buf[h.header_len..n], dest).await {
             Ok(m) => {
                 log.up += m as u64;
+                log.datagrams_up += 1;
                 self.last = Instant::now();
             }
             Err(e) => {
@@ -257,6 +258,7 @@ impl Association<'_> {
         {
             Ok(_) => {
                 log.down += n as u64;
+                log.datagrams_down += 1;
                 self.last = Instant::now();
             }
             Err(e) => {

@@ -3,7 +3,7 @@
 
 use super::flows::Flows;
 use super::stats::Stats;
-use super::udp::UdpRelay;
+use super::udp::{UdpFlowInfo, UdpRelay};
 use crate::admin::{FlowInfo, Report, Scrape};
 use crate::dns::Dns;
 use crate::stack::Refusal;
@@ -36,11 +36,30 @@ impl Report for TunReport {
     }
 
     fn flows(&self) -> Vec<FlowInfo> {
-        self.flows.list()
+        let mut v = self.flows.list();
+        v.extend(self.udp.snapshot().into_iter().map(udp_flow));
+        v
     }
 
     fn healthy(&self) -> bool {
         self.health.proxies().iter().any(|p| p.usable)
+    }
+}
+
+/// A UDP association as `/flows` shows it: up is out (to the proxy).
+fn udp_flow(u: UdpFlowInfo) -> FlowInfo {
+    FlowInfo {
+        protocol: "udp",
+        source: u.local.to_string(),
+        destination: u.destination.map_or_else(|| "-".into(), |d| d.to_string()),
+        name: u.name,
+        via: u.via,
+        bytes_up: u.bytes_out,
+        bytes_down: u.bytes_in,
+        datagrams_up: Some(u.datagrams_out),
+        datagrams_down: Some(u.datagrams_in),
+        age_ms: u.age_ms,
+        state: if u.live { "live" } else { "associating" },
     }
 }
 

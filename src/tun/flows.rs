@@ -59,6 +59,8 @@ impl Flows {
                 via: Some(f.via.to_string()),
                 bytes_up: f.bytes.up(),
                 bytes_down: f.bytes.down(),
+                datagrams_up: None,
+                datagrams_down: None,
                 age_ms: f.since.elapsed().as_millis() as u64,
                 state: "open",
             })

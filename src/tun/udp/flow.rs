@@ -68,10 +68,6 @@ struct Assoc {
     /// Unmapped, as the proxy's replies are compared.
     ip_dsts: HashSet<SocketAddr>,
     dns_only: bool,
-    n_out: u64,
-    b_out: u64,
-    n_in: u64,
-    b_in: u64,
     /// For the log line: the first destination and how many others (up to a cap).
     first_dst: Option<TargetAddr>,
     other_dsts: Vec<TargetAddr>,
@@ -108,10 +104,6 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         fakes: Vec::new(),
         ip_dsts: HashSet::new(),
         dns_only: true,
-        n_out: 0,
-        b_out: 0,
-        n_in: 0,
-        b_in: 0,
         first_dst: None,
         other_dsts: Vec::new(),
         last_activity: Instant::now(),
@@ -235,6 +227,7 @@ impl Assoc {
         match assoc {
             Ok(upstream::Associated { assoc: a, via }) => {
                 tracing::debug!("udp {local}: associated through {via}, relay {}", a.relay);
+                self.state.set_via(via.clone());
                 self.via = Some(via);
                 sh.mark_associated();
                 self.state.live.store(true, Ordering::Relaxed);
@@ -290,11 +283,17 @@ impl Assoc {
         self.pkt.extend_from_slice(&o.payload);
         match l.socket.send_to(&self.pkt, l.relay).await {
             Ok(_) => {
-                self.n_out += 1;
-                self.b_out += o.payload.len() as u64;
+                self.state.count(true, o.payload.len());
                 inc(&sh.stats.datagrams_out);
                 match &self.first_dst {
-                    None => self.first_dst = Some(o.target),
+                    None => {
+                        let name = match &o.target {
+                            TargetAddr::Domain(n, _) => Some(n.clone()),
+                            TargetAddr::Ip(_) => None,
+                        };
+                        let _ = self.state.first.set((o.dst, name));
+                        self.first_dst = Some(o.target);
+                    }
                     Some(f) if *f != o.target && self.other_dsts.len() < MAX_FAKE_DESTS => {
                         if !self.other_dsts.contains(&o.target) {
                             self.other_dsts.push(o.target);
@@ -343,8 +342,7 @@ impl Assoc {
         self.state.last_used.store(sh.now_ms(), Ordering::Relaxed);
         match build_udp(src, local, &self.buf[hdr.header_len..n], sh.cfg.mtu) {
             Ok(p) => {
-                self.n_in += 1;
-                self.b_in += payload_len as u64;
+                self.state.count(false, payload_len);
                 inc(&sh.stats.datagrams_in);
                 sh.tun.send(&p);
             }
@@ -362,13 +360,15 @@ impl Assoc {
             (Some(f), n) => format!("{f} (+{n} more)"),
         };
         let via = self.via.as_deref().unwrap_or("-");
+        let st = &self.state;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
             "udp {} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
             self.local,
-            self.n_out,
-            self.b_out,
-            self.n_in,
-            self.b_in,
+            get(&st.n_out),
+            get(&st.b_out),
+            get(&st.n_in),
+            get(&st.b_in),
             started.elapsed().as_secs_f64()
         );
     }

@@ -18,11 +18,13 @@ mod flow;
 mod packet;
 mod reply;
 mod shared;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use packet::{build_udp, parse_udp, BuildError, Datagram, PacketError};
 pub use shared::{UdpConfig, UdpStats, DNS_UDP_TIMEOUT};
+pub use snapshot::UdpFlowInfo;
 
 use packet::{IPV4_HEADER, IPV6_HEADER, UDP_HEADER};
 use shared::{inc, FlowHandle, FlowState, Out, Shared, Table, MAX_DNS_INFLIGHT, MAX_UDP_PAYLOAD};
@@ -86,6 +88,22 @@ impl UdpRelay {
     /// Live associations.
     pub fn flows(&self) -> usize {
         self.shared.table().flows.len()
+    }
+
+    /// The live associations, oldest first, for `/flows`: one lock of the
+    /// table per call, the counters read as they are.
+    pub fn snapshot(&self) -> Vec<UdpFlowInfo> {
+        let sh = &self.shared;
+        let now = sh.now_ms();
+        let table = sh.table();
+        let mut v: Vec<(u64, UdpFlowInfo)> = table
+            .flows
+            .iter()
+            .map(|(local, h)| (h.id, UdpFlowInfo::of(*local, &h.state, now)))
+            .collect();
+        drop(table);
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, f)| f).collect()
     }
 
     /// Take one UDP packet read from the TUN. Never blocks: work that waits
@@ -191,7 +209,10 @@ impl UdpRelay {
                 );
             }
         }
-        let state = Arc::new(FlowState::default());
+        let state = Arc::new(FlowState {
+            opened_ms: now,
+            ..FlowState::default()
+        });
         state.last_used.store(now, Ordering::Relaxed);
         if sh.reserve(&state, cost).is_none() {
             inc(&sh.stats.dropped_queue_full);

@@ -9,7 +9,7 @@ use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -94,15 +94,50 @@ impl Out {
     }
 }
 
-/// Shared between the table and the task of one association.
+/// Shared between the table and the task of one association; `/flows`
+/// reads it at scrape time (`UdpRelay::snapshot`).
 #[derive(Default)]
 pub(super) struct FlowState {
+    /// Milliseconds since the relay started, when the association was opened.
+    pub(super) opened_ms: u64,
+    /// Datagrams and payload bytes relayed: out (to the proxy), in (back).
+    pub(super) n_out: AtomicU64,
+    pub(super) b_out: AtomicU64,
+    pub(super) n_in: AtomicU64,
+    pub(super) b_in: AtomicU64,
+    /// The first destination relayed to, as the application addressed it,
+    /// and the name behind it when that is a fake address. Set once.
+    pub(super) first: OnceLock<(SocketAddr, Option<String>)>,
+    /// The proxy of the current association; locked once per UDP ASSOCIATE
+    /// and per scrape, never per datagram.
+    pub(super) via: Mutex<Option<Arc<str>>>,
     /// Milliseconds since the relay started, at the last datagram either way.
     pub(super) last_used: AtomicU64,
     /// Bytes in the queue (`Out::cost`).
     pub(super) queued: AtomicUsize,
     /// Associated: the queue may hold `FLOW_QUEUE_BYTES`, else `CONNECTING_QUEUE_BYTES`.
     pub(super) live: AtomicBool,
+}
+
+impl FlowState {
+    pub(super) fn via(&self) -> Option<Arc<str>> {
+        self.via.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_via(&self, via: Arc<str>) {
+        *self.via.lock().unwrap_or_else(|p| p.into_inner()) = Some(via);
+    }
+
+    /// One datagram of `len` payload bytes relayed (`out`: to the proxy).
+    pub(super) fn count(&self, out: bool, len: usize) {
+        let (n, b) = if out {
+            (&self.n_out, &self.b_out)
+        } else {
+            (&self.n_in, &self.b_in)
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 pub(super) struct FlowHandle {

@@ -465,3 +465,36 @@ async fn burst_to_live_association_is_queued() {
     assert_eq!(r.stats().datagrams_out.load(Ordering::Relaxed), 1001);
     assert_eq!(r.shared.queued.load(Ordering::Relaxed), 0);
 }
+
+/// `/flows` of an association: its endpoint, first destination (the name
+/// behind a fake one), proxy and counts each way; "associating" until the
+/// proxy answers.
+#[tokio::test]
+async fn snapshot_shows_each_association_with_its_counts() {
+    let (r, _proxy, cap) = relay(16, false, true);
+    let q = crate::dns::message::tests::query(1, "echo.test", 1);
+    r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q));
+    cap.wait(1).await;
+    for _ in 0..3 {
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.0.1:7", b"hi!"));
+    }
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"x"));
+    cap.wait(5).await;
+    let s = r.snapshot();
+    assert_eq!(s.len(), 1, "{s:?}");
+    let f = &s[0];
+    assert_eq!(f.local, sa("198.18.0.1:5000"));
+    assert_eq!(f.destination, Some(sa("198.19.0.1:7")));
+    assert_eq!(f.name.as_deref(), Some("echo.test"));
+    assert_eq!(f.via.as_deref(), Some("fake proxy"));
+    assert_eq!((f.datagrams_out, f.bytes_out), (4, 10));
+    assert_eq!((f.datagrams_in, f.bytes_in), (4, 10));
+    assert!(f.live);
+
+    let (r, _proxy, _cap) = relay_with(16, false, false, false, true);
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"x"));
+    let s = r.snapshot();
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].destination, s[0].via.as_deref()), (None, None));
+    assert!(!s[0].live);
+}
