@@ -122,30 +122,9 @@ pub struct ServerArgs {
     /// Seconds BIND waits for the incoming connection.
     #[arg(long = "bind-timeout", default_value_t = 60, value_parser = number::<u64>)]
     pub bind_timeout: u64,
-    /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
-    /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
-    #[arg(long = "admin")]
-    pub admin: Option<SocketAddr>,
-    /// Allow --admin on a non-loopback address (it shows every flow).
-    #[arg(long = "admin-public", requires = "admin")]
-    pub admin_public: bool,
-    /// TOML file of this mode's settings, each key named as its flag
-    /// (`mtu = 1500`; repeatable flags as arrays); a flag given here
-    /// overrides the file. SIGHUP reloads it (docs/operations.md).
-    #[arg(long = "config")]
-    pub config: Option<PathBuf>,
-    /// Validate the config file and flags, then exit: 0 if they are valid,
-    /// 1 (with the reason) if not. Nothing is started.
-    #[arg(long = "check-config")]
-    pub check_config: bool,
-    /// Print the effective configuration (file, flags and defaults) as TOML,
-    /// passwords masked, and exit.
-    #[arg(long = "print-config")]
-    pub print_config: bool,
-    /// Passwords read from files named in the config file (`password-file`),
-    /// so --print-config can name the file instead of the password.
-    #[arg(skip)]
-    pub password_files: crate::config::secret::PasswordFiles,
+    /// The config file and the admin endpoint.
+    #[command(flatten)]
+    pub ops: OperateArgs,
     /// Access rules of the config file (`[[rule]]` tables): no flag.
     #[arg(skip)]
     pub rules: Vec<crate::server::rules::RuleSpec>,
@@ -235,6 +214,15 @@ pub struct TunArgs {
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]
     pub no_offload: bool,
+    /// The config file and the admin endpoint.
+    #[command(flatten)]
+    pub ops: OperateArgs,
+}
+
+/// What both modes take to be operated: the config file (and what it read
+/// that has no flag) and the admin endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct OperateArgs {
     /// Serve /metrics (Prometheus), /flows (JSON) and /health over HTTP on
     /// ADDR:PORT [default: off]. Loopback only unless --admin-public.
     #[arg(long = "admin")]

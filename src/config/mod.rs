@@ -151,9 +151,9 @@ where
     match &mut cli.command {
         Command::Server(a) => {
             a.rules = rules_of(&path, &text).map_err(LoadError::Config)?;
-            a.password_files = fa.passwords;
+            a.ops.password_files = fa.passwords;
         }
-        Command::Tun(a) => a.password_files = fa.passwords,
+        Command::Tun(a) => a.ops.password_files = fa.passwords,
         #[allow(unreachable_patterns)]
         _ => {}
     }
@@ -207,7 +207,7 @@ pub fn check(argv: &[OsString]) -> Result<String, String> {
     let (print, rules) = match &l.cli.command {
         Command::Tun(a) => {
             crate::tun::TunConfig::from_args(a).map_err(|e| format!("{e:#}"))?;
-            (a.print_config, None)
+            (a.ops.print_config, None)
         }
         Command::Server(a) => {
             validate_server(a).map_err(|e| format!("{e:#}"))?;
@@ -215,7 +215,7 @@ pub fn check(argv: &[OsString]) -> Result<String, String> {
                 true => None,
                 false => Some(toml::Value::try_from(&a.rules).map_err(|e| e.to_string())?),
             };
-            (a.print_config, rules)
+            (a.ops.print_config, rules)
         }
         #[allow(unreachable_patterns)]
         _ => return Err("--check-config and --print-config are options of tun and server".into()),
@@ -226,8 +226,8 @@ pub fn check(argv: &[OsString]) -> Result<String, String> {
     let (name, sm) = l.matches.subcommand().expect("a subcommand");
     let sub = l.cmd.find_subcommand(name).expect("a subcommand");
     let pf = match &l.cli.command {
-        Command::Tun(a) => &a.password_files,
-        Command::Server(a) => &a.password_files,
+        Command::Tun(a) => &a.ops.password_files,
+        Command::Server(a) => &a.ops.password_files,
         #[allow(unreachable_patterns)]
         _ => return Err("no configuration to print".into()),
     };
@@ -252,10 +252,10 @@ fn check_and_exit() -> ! {
 
 /// `sockstun tun`: with `--config`, SIGHUP reloads the upstream group.
 pub fn run_tun(args: TunArgs) -> anyhow::Result<()> {
-    if args.check_config || args.print_config {
+    if args.ops.check_config || args.ops.print_config {
         check_and_exit();
     }
-    let reload: Option<crate::tun::Reload> = args.config.as_ref().map(|_| {
+    let reload: Option<crate::tun::Reload> = args.ops.config.as_ref().map(|_| {
         Box::new(|| -> anyhow::Result<crate::tun::TunConfig> {
             let a = match load(std::env::args_os())?.command {
                 Command::Tun(a) => a,
@@ -269,10 +269,10 @@ pub fn run_tun(args: TunArgs) -> anyhow::Result<()> {
 
 /// `sockstun server`: with `--config`, SIGHUP reloads users and rules.
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    if args.check_config || args.print_config {
+    if args.ops.check_config || args.ops.print_config {
         check_and_exit();
     }
-    let reload: Option<crate::server::Reload> = args.config.as_ref().map(|_| {
+    let reload: Option<crate::server::Reload> = args.ops.config.as_ref().map(|_| {
         Box::new(|fd_limit: u64| -> anyhow::Result<crate::server::Config> {
             let a = match load(std::env::args_os())?.command {
                 Command::Server(a) => a,

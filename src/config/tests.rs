@@ -49,12 +49,12 @@ fn server(argv: &[&str]) -> Result<ServerArgs, String> {
 
 /// Debug text of the settings, without the file's own name.
 fn tun_settings(mut a: TunArgs) -> String {
-    a.config = None;
+    a.ops.config = None;
     format!("{a:?}")
 }
 
 fn server_settings(mut a: ServerArgs) -> String {
-    a.config = None;
+    a.ops.config = None;
     format!("{a:?}")
 }
 

@@ -67,7 +67,7 @@ pub fn run_with(args: crate::cli::ServerArgs, reload: Option<Reload>) -> anyhow:
         crate::net::fd_limit()
     });
     let cfg = Arc::new(Config::from_args(&args, fd_limit)?);
-    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+    let admin = crate::admin::bind(args.ops.admin, args.ops.admin_public, "--admin-public")
         .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

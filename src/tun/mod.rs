@@ -41,7 +41,7 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 /// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
 pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
     let mut cfg = TunConfig::from_args(&args)?;
-    let admin = crate::admin::bind(args.admin, args.admin_public, "--admin-public")
+    let admin = crate::admin::bind(args.ops.admin, args.ops.admin_public, "--admin-public")
         .map_err(anyhow::Error::msg)?;
     fixed_mmap_threshold();
     if let Err(e) = crate::net::raise_fd_limit() {
