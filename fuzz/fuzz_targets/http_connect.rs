@@ -26,55 +26,16 @@ use sockstun::socks::client::Proxy;
 use sockstun::socks::TargetAddr;
 use sockstun::upstream::http::{handshake, MAX_HEAD};
 use std::future::Future;
-use std::io;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[path = "../common/liar.rs"]
+mod liar;
+use liar::Liar;
 
 const PASSWORD: &str = "pw-Zq8x";
 /// base64("user:pw-Zq8x"), computed apart.
 const BASIC: &str = "dXNlcjpwdy1acTh4";
-
-/// A proxy that says its piece (at most `piece` bytes per read) and hangs up.
-struct Liar<'a> {
-    script: &'a [u8],
-    at: usize,
-    piece: usize,
-    written: Vec<u8>,
-}
-
-impl AsyncRead for Liar<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let n = (self.script.len() - self.at)
-            .min(self.piece)
-            .min(buf.remaining());
-        let at = self.at;
-        buf.put_slice(&self.script[at..at + n]);
-        self.at += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Liar<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.written.extend_from_slice(b);
-        Poll::Ready(Ok(b.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -139,12 +100,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let up = Proxy::from_url(&format!("http://{cred}127.0.0.1:1")).unwrap();
     let (dest, authority) = match (cfg >> 1) & 3 {
-        0 => (TargetAddr::Ip("203.0.113.2:80".parse().unwrap()), "203.0.113.2:80"),
+        0 => (
+            TargetAddr::Ip("203.0.113.2:80".parse().unwrap()),
+            "203.0.113.2:80",
+        ),
         1 => (
             TargetAddr::Ip("[2001:db8::2]:443".parse().unwrap()),
             "[2001:db8::2]:443",
         ),
-        _ => (TargetAddr::Domain("example.org".into(), 8080), "example.org:8080"),
+        _ => (
+            TargetAddr::Domain("example.org".into(), 8080),
+            "example.org:8080",
+        ),
     };
 
     let bytewise = run(&up, &dest, script, 1);

@@ -24,53 +24,14 @@ use sockstun::socks::client::{handshake, Proxy};
 use sockstun::socks::codec::{self, cmd, method};
 use sockstun::socks::TargetAddr;
 use std::future::Future;
-use std::io;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[path = "../common/liar.rs"]
+mod liar;
+use liar::Liar;
 
 const PASSWORD: &str = "pw-Zq8x";
-
-/// A proxy that says its piece (at most `piece` bytes per read) and hangs up.
-struct Liar<'a> {
-    script: &'a [u8],
-    at: usize,
-    piece: usize,
-    written: Vec<u8>,
-}
-
-impl AsyncRead for Liar<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let n = (self.script.len() - self.at)
-            .min(self.piece)
-            .min(buf.remaining());
-        let at = self.at;
-        buf.put_slice(&self.script[at..at + n]);
-        self.at += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Liar<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.written.extend_from_slice(b);
-        Poll::Ready(Ok(b.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 #[derive(Debug, PartialEq)]
 struct Outcome {
