@@ -19,6 +19,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and taken apart at once: the size of the largest
+// variant costs nothing, and boxing it would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a SOCKS4/4a/5 server.
@@ -135,7 +138,7 @@ pub struct TunArgs {
     /// Upstream proxy: socks5://[user:pass@]host:port, socks5h://, socks4://,
     /// socks4a://, http:// (HTTP CONNECT, TCP only). Give it several times for
     /// a group with failover (--proxy-policy).
-    #[arg(long = "proxy", required = true)]
+    #[arg(long = "proxy", required_unless_present = "rules_test")]
     pub proxy: Vec<String>,
     /// How a group of proxies is used: failover (the first healthy one, in
     /// the order given), round-robin, hash (the same destination host always
@@ -150,6 +153,32 @@ pub struct TunArgs {
     /// HOST:PORT the health probes also CONNECT to through each proxy.
     #[arg(long = "health-target")]
     pub health_target: Option<String>,
+    /// Routing rule `MATCH... => ACTION` (repeatable; the first rule that
+    /// holds wins, these before --rules-file's). Matches, all of which must
+    /// hold: domain:NAME, suffix:NAME (the name and those below it),
+    /// keyword:TEXT, cidr:NET, port:N or port:N-M, src:NET, tcp, udp.
+    /// Actions: proxy, direct (from this host, with --fwmark and
+    /// --bind-interface), block. Name matches see the name behind a virtual
+    /// DNS address only.
+    #[arg(long = "rule", value_name = "RULE")]
+    pub rule: Vec<String>,
+    /// File of rules, one a line as --rule, `#` comments; read again at SIGHUP
+    /// with --config.
+    #[arg(long = "rules-file", value_name = "FILE")]
+    pub rules_file: Option<PathBuf>,
+    /// What flows no rule matches get: proxy, direct or block.
+    #[arg(long = "default-action", default_value = "proxy")]
+    pub default_action: String,
+    /// Resolver (ADDR or ADDR:PORT; repeatable) for the names a direct rule
+    /// sends from this host [default: the nameservers of /etc/resolv.conf
+    /// when sockstun starts].
+    #[arg(long = "direct-dns", value_name = "ADDR")]
+    pub direct_dns: Vec<String>,
+    /// Print the way and the rule a destination (NAME, ADDR, NAME:PORT,
+    /// ADDR:PORT) gets, for TCP and UDP, and exit; nothing is started
+    /// (repeatable).
+    #[arg(long = "rules-test", value_name = "DEST")]
+    pub rules_test: Vec<String>,
     /// TUN device to create, or to open if it exists. A created device gets
     /// --ipv4/--ipv6/--mtu (or their defaults) and is removed at exit; an
     /// existing one keeps its addresses, MTU, queue and routes, and only

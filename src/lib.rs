@@ -16,6 +16,7 @@ pub mod mem;
 pub mod net;
 pub mod proxy;
 pub mod relay;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod socks;

@@ -70,11 +70,24 @@ impl SocketOpts {
 
     /// A UDP socket bound to `local` with these options.
     pub fn udp_socket(&self, local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        self.udp(local, false)
+    }
+
+    /// An IPv6 UDP socket bound to `local` that also sends to and receives
+    /// from IPv4 (as ::ffff:a.b.c.d), whatever net.ipv6.bindv6only says.
+    pub fn udp_socket_dual(&self, local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        self.udp(local, true)
+    }
+
+    fn udp(&self, local: SocketAddr, dual: bool) -> io::Result<tokio::net::UdpSocket> {
         let s = Socket::new(
             Domain::for_address(local),
             Type::DGRAM.nonblocking(),
             Some(Protocol::UDP),
         )?;
+        if dual {
+            s.set_only_v6(false)?;
+        }
         self.apply(&s)?;
         s.bind(&SockAddr::from(local))?;
         tokio::net::UdpSocket::from_std(s.into())

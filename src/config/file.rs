@@ -9,7 +9,17 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 
 /// Options of the command line only: a file naming them is an error.
-pub(super) const CLI_ONLY: &[&str] = &["config", "check-config", "print-config", "help", "version"];
+pub(super) const CLI_ONLY: &[&str] = &[
+    "config",
+    "check-config",
+    "print-config",
+    "rules-test",
+    "help",
+    "version",
+];
+
+/// Keys naming a file: a relative path is taken from the config file's folder.
+const PATH_KEYS: &[&str] = &["rules-file"];
 
 /// Where in the file a flag's value came from, for error messages.
 #[derive(Debug, Clone)]
@@ -132,6 +142,12 @@ fn words_of(
                 words.push(format!("--{key}={s}"));
             }
             Ok(words)
+        }
+        // A file the config file names is found beside it, as its
+        // password files are.
+        _ if PATH_KEYS.contains(&key) => {
+            let p = dir.join(scalar(v)?);
+            Ok(vec![format!("--{key}={}", p.display())])
         }
         _ => Ok(vec![format!("--{key}={}", scalar(v)?)]),
     }

@@ -104,7 +104,12 @@ struct Loaded {
 fn command(relaxed: bool) -> clap::Command {
     let mut c = Cli::command();
     if relaxed {
-        c = c.mut_subcommand("tun", |s| s.mut_arg("proxy", |a| a.required(false)));
+        c = c.mut_subcommand("tun", |s| {
+            s.mut_arg("proxy", |a| {
+                a.required(false)
+                    .required_unless_present(clap::builder::Resettable::Reset)
+            })
+        });
     }
     c.build();
     c

@@ -118,6 +118,36 @@ const TUN_FLAGS: &[(&str, &str, &[&str])] = &[
     ("connect-timeout", "3", &["--connect-timeout", "3"]),
     ("socks-pipeline", "true", &["--socks-pipeline"]),
     ("no-offload", "true", &["--no-offload"]),
+    (
+        "rule",
+        r#"["suffix:lan.example => direct", "port:25 => block"]"#,
+        &[
+            "--rule",
+            "suffix:lan.example => direct",
+            "--rule",
+            "port:25 => block",
+        ],
+    ),
+    (
+        "rules-file",
+        r#""/etc/sockstun/rules.txt""#,
+        &["--rules-file", "/etc/sockstun/rules.txt"],
+    ),
+    (
+        "default-action",
+        r#""direct""#,
+        &["--default-action", "direct"],
+    ),
+    (
+        "direct-dns",
+        r#"["192.0.2.53", "192.0.2.54:5353"]"#,
+        &[
+            "--direct-dns",
+            "192.0.2.53",
+            "--direct-dns",
+            "192.0.2.54:5353",
+        ],
+    ),
 ];
 
 const SERVER_FLAGS: &[(&str, &str, &[&str])] = &[

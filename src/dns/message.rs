@@ -272,6 +272,92 @@ pub fn error_response(msg: &[u8], err: ParseError) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A recursive query for `name` (RD set), as a stub resolver sends it.
+/// None when `name` cannot be written as labels (RFC 1035 §2.3.4 limits).
+pub fn build_query(id: u16, name: &str, qtype: u16) -> Option<Vec<u8>> {
+    let mut m = Vec::with_capacity(HEADER_LEN + name.len() + 6);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.trim_end_matches('.').split('.') {
+        if l.is_empty() || l.len() > MAX_LABEL_LEN {
+            return None;
+        }
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.push(0);
+    if m.len() - HEADER_LEN > MAX_NAME_LEN {
+        return None;
+    }
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&CLASS_IN.to_be_bytes());
+    Some(m)
+}
+
+/// What a resolver answered to one of our queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    pub rcode: u8,
+    /// The A/AAAA records of type `qtype` in the answer section (a CNAME
+    /// chain's target records included).
+    pub addrs: Vec<std::net::IpAddr>,
+    /// The smallest TTL among them, seconds.
+    pub ttl: u32,
+}
+
+/// Read the answer to query `id` (built by `build_query`). Malformed, or not
+/// the response to that id: Err, and the caller keeps waiting (RFC 5452 §9.1:
+/// a reply with another id is not ours).
+pub fn parse_addresses(msg: &[u8], id: u16, qtype: u16) -> Result<Addresses, ParseError> {
+    if msg.len() < HEADER_LEN {
+        return Err(ParseError::TooShort);
+    }
+    let flags = u16::from_be_bytes([msg[2], msg[3]]);
+    if u16::from_be_bytes([msg[0], msg[1]]) != id || flags & 0x8000 == 0 {
+        return Err(ParseError::NotAQuery);
+    }
+    let count = |i: usize| u16::from_be_bytes([msg[i], msg[i + 1]]);
+    let (qd, an) = (count(4), count(6));
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = Name::parse(msg, pos)?.1 + 4;
+    }
+    let mut out = Addresses {
+        rcode: (flags & 0xF) as u8,
+        addrs: Vec::new(),
+        ttl: u32::MAX,
+    };
+    for _ in 0..an {
+        pos = Name::parse(msg, pos)?.1;
+        let f = msg.get(pos..pos + 10).ok_or(ParseError::Malformed)?;
+        let (ty, class) = (
+            u16::from_be_bytes([f[0], f[1]]),
+            u16::from_be_bytes([f[2], f[3]]),
+        );
+        let ttl = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+        let len = u16::from_be_bytes([f[8], f[9]]) as usize;
+        let rdata = msg
+            .get(pos + 10..pos + 10 + len)
+            .ok_or(ParseError::Malformed)?;
+        pos += 10 + len;
+        if ty != qtype || class != CLASS_IN {
+            continue;
+        }
+        let addr = match (ty, len) {
+            (TYPE_A, 4) => <[u8; 4]>::try_from(rdata).map(|b| Ipv4Addr::from(b).into()),
+            (TYPE_AAAA, 16) => <[u8; 16]>::try_from(rdata).map(|b| Ipv6Addr::from(b).into()),
+            _ => return Err(ParseError::Malformed),
+        }
+        .map_err(|_| ParseError::Malformed)?;
+        out.addrs.push(addr);
+        out.ttl = out.ttl.min(ttl);
+    }
+    if out.addrs.is_empty() {
+        out.ttl = 0;
+    }
+    Ok(out)
+}
+
 /// Rewrite a forwarded response's id: the upstream saw our own id.
 pub fn set_id(msg: &mut [u8], id: u16) {
     if msg.len() >= 2 {
@@ -297,6 +383,42 @@ pub(crate) mod tests {
         m.extend_from_slice(&CLASS_IN.to_be_bytes());
         m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
         m
+    }
+
+    /// The stub side (direct rules resolve on the host): our query is a
+    /// well-formed one, and answers are read back, CNAME chains included.
+    #[test]
+    fn stub_query_and_answers() {
+        let q = build_query(0x1234, "www.Example.org.", TYPE_A).unwrap();
+        let parsed = Query::parse(&q).unwrap();
+        assert_eq!((parsed.id, parsed.rd, parsed.qtype), (0x1234, true, TYPE_A));
+        assert_eq!(parsed.name.to_hostname().unwrap(), "www.example.org");
+        let resp = parsed.respond_addr(Answer::V4(Ipv4Addr::new(203, 0, 113, 5)), 77);
+        let a = parse_addresses(&resp, 0x1234, TYPE_A).unwrap();
+        assert_eq!((a.rcode, a.ttl), (0, 77));
+        assert_eq!(a.addrs, vec![std::net::IpAddr::from([203, 0, 113, 5])]);
+        assert!(
+            parse_addresses(&resp, 0x1235, TYPE_A).is_err(),
+            "another id"
+        );
+        assert!(parse_addresses(&q, 0x1234, TYPE_A).is_err(), "a query");
+        assert!(parse_addresses(&resp, 0x1234, TYPE_AAAA)
+            .unwrap()
+            .addrs
+            .is_empty());
+        for cut in 0..resp.len() {
+            let _ = parse_addresses(&resp[..cut], 0x1234, TYPE_A);
+        }
+        // A CNAME, then the A record of its target.
+        let mut m = resp[..resp.len() - 16].to_vec();
+        m[7] = 2;
+        m.extend_from_slice(&[0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, 4, 1, b'x', 0xC0, 16]);
+        m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 198, 51, 100, 7]);
+        let a = parse_addresses(&m, 0x1234, TYPE_A).unwrap();
+        assert_eq!(a.addrs, vec![std::net::IpAddr::from([198, 51, 100, 7])]);
+        assert_eq!(a.ttl, 30);
+        assert!(build_query(1, "a..b", TYPE_A).is_none());
+        assert!(build_query(1, &"a".repeat(64), TYPE_A).is_none());
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("--dns-upstream {s:?}: expected ADDR or ADDR:PORT"))
+        .map_err(|_| format!("{s:?}: expected ADDR or ADDR:PORT"))
 }
 
 /// Where a TCP flow from the TUN goes, as far as DNS is concerned.

@@ -133,7 +133,7 @@ impl Refusal {
             | Refusal::Rule(_)
             | Refusal::DestIsThisHost
             | Refusal::PeerNotAllowed => Reply::NotAllowed,
-            Refusal::ConnectFailed(e) => connect_failure(e),
+            Refusal::ConnectFailed(e) => Reply::for_connect_error(e),
             Refusal::NoBindPeer { .. } => Reply::TtlExpired,
             Refusal::TooManyClients
             | Refusal::BadRequest(_)
@@ -144,18 +144,6 @@ impl Refusal {
             | Refusal::Accept(_)
             | Refusal::UdpBind(_) => Reply::GeneralFailure,
         }
-    }
-}
-
-/// The reply for a failed outgoing connection, from its errno.
-fn connect_failure(e: &io::Error) -> Reply {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => Reply::ConnectionRefused,
-        Some(libc::ENETUNREACH) => Reply::NetUnreachable,
-        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => Reply::HostUnreachable,
-        Some(libc::ETIMEDOUT) => Reply::TtlExpired,
-        _ if e.kind() == io::ErrorKind::TimedOut => Reply::TtlExpired,
-        _ => Reply::GeneralFailure,
     }
 }
 

@@ -65,6 +65,19 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The reply for a failed outgoing connection, from its errno: what the
+    /// server answers, and how TUN mode's direct dials fail.
+    pub fn for_connect_error(e: &std::io::Error) -> Reply {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Reply::ConnectionRefused,
+            Some(libc::ENETUNREACH) => Reply::NetUnreachable,
+            Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => Reply::HostUnreachable,
+            Some(libc::ETIMEDOUT) => Reply::TtlExpired,
+            _ if e.kind() == std::io::ErrorKind::TimedOut => Reply::TtlExpired,
+            _ => Reply::GeneralFailure,
+        }
+    }
+
     /// The SOCKS5 REP byte.
     pub fn socks5(self) -> u8 {
         self as u8

@@ -69,7 +69,7 @@ pub struct StackStats {
     pub tcp_refused: AtomicU64,
     /// `tcp_refused` by the answer the application got, indexed by
     /// [`Refusal::index`](super::Refusal::index).
-    pub tcp_refused_by: [AtomicU64; 4],
+    pub tcp_refused_by: [AtomicU64; super::seam::Refusal::LABELS.len()],
     /// Bytes relayed by the flows that ended: application to proxy, and back.
     /// (Bumped once per flow, with the relay's totals.)
     pub bytes_up: AtomicU64,

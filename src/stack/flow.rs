@@ -359,7 +359,8 @@ pub(super) async fn flow_task(
                 o.closed(id);
             }
             info!(
-                src = %key.src, dst = %key.dst, via = %far.via,
+                src = %key.src, dst = %key.dst, name = far.note.name.as_deref(),
+                via = %far.via, rule = far.note.rule.as_deref(),
                 up = st.a_to_b, down = st.b_to_a,
                 ms = started.elapsed().as_millis() as u64,
                 "tcp flow {}", st.outcome.describe("app", "proxy")
@@ -373,7 +374,8 @@ pub(super) async fn flow_task(
                 Refusal::Unreachable(u) => format!("ICMP {u:?} unreachable"),
             };
             info!(
-                src = %key.src, dst = %key.dst,
+                src = %key.src, dst = %key.dst, name = e.note.name.as_deref(),
+                rule = e.note.rule.as_deref(),
                 ms = started.elapsed().as_millis() as u64,
                 "tcp flow refused: {e} (answered with {answer})"
             );

@@ -48,7 +48,7 @@ pub use config::{StackConfig, StackStats};
 pub use flow::TunStream;
 pub use phy::{PacketBatch, PacketSink, PacketSource};
 pub use seam::{
-    DialFailed, DialFuture, Dialed, Dialer, FlowBytes, FlowObserver, Refusal, UdpHandler,
+    DialFailed, DialFuture, Dialed, Dialer, FlowBytes, FlowNote, FlowObserver, Refusal, UdpHandler,
 };
 pub use wire::{FlowKey, Unreachable};
 

@@ -16,6 +16,15 @@ pub type DialFuture = Pin<Box<dyn Future<Output = Result<Dialed, DialFailed>> + 
 pub struct Dialed {
     pub stream: Box<dyn RelayStream>,
     pub via: Arc<str>,
+    pub note: FlowNote,
+}
+
+/// What the dialer adds to the flow's log line: the name behind the
+/// destination and the rule that chose the way (None: none to tell).
+#[derive(Debug, Clone, Default)]
+pub struct FlowNote {
+    pub name: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
 }
 
 /// Opens the far side of every new TCP flow. Called on the stack task, so
@@ -42,8 +51,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// The names of the answers, in the order of [`Refusal::index`].
-    pub const LABELS: [&'static str; 4] =
-        ["reset", "net_unreachable", "host_unreachable", "prohibited"];
+    pub const LABELS: [&'static str; 5] = [
+        "reset",
+        "net_unreachable",
+        "host_unreachable",
+        "prohibited",
+        "port_unreachable",
+    ];
 
     /// A small index per answer (for counters).
     pub fn index(self) -> usize {
@@ -52,6 +66,7 @@ impl Refusal {
             Refusal::Unreachable(Unreachable::Net) => 1,
             Refusal::Unreachable(Unreachable::Host) => 2,
             Refusal::Unreachable(Unreachable::Prohibited) => 3,
+            Refusal::Unreachable(Unreachable::Port) => 4,
         }
     }
 }
@@ -88,6 +103,7 @@ pub trait FlowBytes: Send + Sync + 'static {
 pub struct DialFailed {
     pub answer: Refusal,
     pub reason: Box<dyn std::error::Error + Send + Sync>,
+    pub note: FlowNote,
 }
 
 impl DialFailed {
@@ -98,7 +114,14 @@ impl DialFailed {
         DialFailed {
             answer,
             reason: reason.into(),
+            note: FlowNote::default(),
         }
+    }
+
+    /// The same failure, with the name and rule for the log line.
+    pub fn noted(mut self, note: FlowNote) -> DialFailed {
+        self.note = note;
+        self
     }
 }
 

@@ -46,6 +46,7 @@ impl Dialer for FakeDialer {
             Ok(Dialed {
                 stream: Box::new(a),
                 via: "test".into(),
+                note: Default::default(),
             })
         })
     }

@@ -215,6 +215,8 @@ pub enum Unreachable {
     Host,
     /// Administratively prohibited (the proxy's rules said no).
     Prohibited,
+    /// Nothing listens on that port (a UDP datagram a rule blocks).
+    Port,
 }
 
 /// How much of the offending packet an ICMP error quotes. RFC 792 asks for the
@@ -253,6 +255,7 @@ pub fn icmp_unreachable(quoted: &[u8], why: Unreachable) -> Option<Vec<u8>> {
                 Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
                 Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
                 Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+                Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
             };
             let icmp = Icmpv4Repr::DstUnreachable {
                 reason,
@@ -289,6 +292,7 @@ pub fn icmp_unreachable(quoted: &[u8], why: Unreachable) -> Option<Vec<u8>> {
                 Unreachable::Net => Icmpv6DstUnreachable::NoRoute,
                 Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
                 Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+                Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
             };
             let icmp = Icmpv6Repr::DstUnreachable {
                 reason,

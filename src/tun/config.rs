@@ -6,7 +6,9 @@ use crate::cli::TunArgs;
 use crate::dns::pool::FakePool;
 use crate::dns::service::parse_resolver;
 use crate::dns::DnsMode;
+use crate::net::SocketOpts;
 use crate::proxy::Proxy;
+use crate::rules::{parse_file, parse_rule, Action, Rule, Rules};
 use crate::socks::TargetAddr;
 use crate::stack::StackConfig;
 use crate::upstream::group::Policy;
@@ -41,6 +43,58 @@ pub struct TunConfig {
     pub dns: DnsConfig,
     /// `mtu` is the device's, known once it is open.
     pub udp: UdpConfig,
+    pub route: RouteConfig,
+}
+
+/// Which way each flow goes (`--rule`, `--rules-file`, `--default-action`)
+/// and how the direct way resolves names (`--direct-dns`).
+pub struct RouteConfig {
+    pub rules: Rules,
+    /// Empty: the nameservers of /etc/resolv.conf, read when TUN mode starts.
+    pub direct_dns: Vec<SocketAddr>,
+    /// The proxy sockets' options, which direct sockets get too.
+    pub opts: SocketOpts,
+}
+
+impl RouteConfig {
+    pub fn from_args(args: &TunArgs) -> anyhow::Result<RouteConfig> {
+        let default: Action = args
+            .default_action
+            .parse()
+            .map_err(|e| anyhow!("--default-action: {e}"))?;
+        let mut rules = Vec::with_capacity(args.rule.len());
+        for text in &args.rule {
+            let (matches, action) =
+                parse_rule(text).map_err(|e| anyhow!("--rule {text:?}: {e}"))?;
+            let mut rule = Rule {
+                matches,
+                action,
+                origin: Arc::from(""),
+            };
+            // A rule given as a flag is named by its text, as written back.
+            rule.origin = Arc::from(rule.to_string());
+            rules.push(rule);
+        }
+        if let Some(path) = &args.rules_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("--rules-file {}: {e}", path.display()))?;
+            let label = path.display().to_string();
+            rules.extend(parse_file(&label, &text).map_err(|e| anyhow!("--rules-file {e}"))?);
+        }
+        let direct_dns = args
+            .direct_dns
+            .iter()
+            .map(|s| parse_resolver(s).map_err(|e| anyhow!("--direct-dns {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(RouteConfig {
+            rules: Rules::new(rules, default),
+            direct_dns,
+            opts: SocketOpts {
+                fwmark: args.fwmark,
+                bind_interface: args.bind_interface.clone(),
+            },
+        })
+    }
 }
 
 /// How several proxies are used (`--proxy-policy`, `--health-*`).
@@ -166,6 +220,7 @@ impl TunConfig {
             stack,
             dns,
             udp,
+            route: RouteConfig::from_args(args)?,
         })
     }
 }
@@ -179,7 +234,7 @@ impl DnsConfig {
     ) -> anyhow::Result<DnsConfig> {
         let mode: DnsMode = args.dns.parse().map_err(|e| anyhow!("--dns: {e}"))?;
         let resolver = match &args.dns_upstream {
-            Some(s) => Some(parse_resolver(s).map_err(|e| anyhow!(e))?),
+            Some(s) => Some(parse_resolver(s).map_err(|e| anyhow!("--dns-upstream {e}"))?),
             None => None,
         };
         if mode == DnsMode::Tcp && resolver.is_none() {

@@ -3,11 +3,13 @@
 //! by name, everything else by address through the upstream. A failure is
 //! turned into the answer the application gets (the stack's `Refusal`).
 
+use super::route::Router;
 use crate::dns::pool::PoolPin;
 use crate::dns::{Dns, TcpRoute};
 use crate::relay::RelayStream;
+use crate::rules::{Action, Proto};
 use crate::socks::TargetAddr;
-use crate::stack::{DialFailed, DialFuture, Dialed, Dialer, Refusal, Unreachable};
+use crate::stack::{DialFailed, DialFuture, Dialed, Dialer, FlowNote, Refusal, Unreachable};
 use crate::upstream::{self, Upstream};
 use std::io;
 use std::net::SocketAddr;
@@ -23,57 +25,96 @@ const DNS_PIPE: usize = 64 * 1024 + 2;
 pub struct FlowDialer {
     pub upstream: Arc<dyn Upstream>,
     pub dns: Arc<Dns>,
+    pub router: Arc<Router>,
 }
 
 impl Dialer for FlowDialer {
     fn dial(&self, src: SocketAddr, dst: SocketAddr) -> DialFuture {
-        match self.dns.route_tcp(dst) {
-            TcpRoute::Direct => {
-                let up = self.upstream.clone();
-                Box::pin(async move {
-                    let c = up.connect(&TargetAddr::Ip(dst)).await.map_err(refused)?;
-                    Ok(Dialed {
-                        stream: c.stream,
-                        via: c.via,
-                    })
-                })
-            }
-            TcpRoute::Dns => {
-                let (app, ours) = tokio::io::duplex(DNS_PIPE);
-                let dns = self.dns.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = dns.serve_stream(ours).await {
-                        tracing::debug!("dns over tcp from {src}: {e}");
-                    }
-                });
-                Box::pin(async move {
-                    Ok(Dialed {
-                        stream: Box::new(app),
-                        via: "in-process DNS".into(),
-                    })
-                })
-            }
-            TcpRoute::Name(target, pin) => {
-                let up = self.upstream.clone();
-                Box::pin(async move {
-                    tracing::debug!("tcp {src} -> {dst} is {target}: dialing by name");
-                    let c = up.connect(&target).await.map_err(refused)?;
-                    Ok(Dialed {
-                        stream: Box::new(Pinned {
-                            s: c.stream,
-                            _pin: pin,
-                        }),
-                        via: c.via,
-                    })
-                })
-            }
+        let (target, pin) = match self.dns.route_tcp(dst) {
+            TcpRoute::Direct => (TargetAddr::Ip(dst), None),
+            TcpRoute::Name(target, pin) => (target, Some(pin)),
+            TcpRoute::Dns => return self.dns_stream(src),
             TcpRoute::Unknown => {
                 tracing::debug!(
                     "tcp {src} -> {dst}: fake address not assigned (stale DNS answer?)"
                 );
-                Box::pin(async { Err(refused(upstream::Error::HostUnreachable)) })
+                return Box::pin(async { Err(refused(upstream::Error::HostUnreachable)) });
             }
+        };
+        let way = self.router.way(src, &target, Proto::Tcp);
+        let note = FlowNote {
+            name: match &target {
+                TargetAddr::Domain(n, _) => Some(Arc::from(n.as_str())),
+                TargetAddr::Ip(_) => None,
+            },
+            rule: way.rule,
+        };
+        match way.action {
+            Action::Proxy => {
+                let up = self.upstream.clone();
+                Box::pin(async move {
+                    let c = up
+                        .connect(&target)
+                        .await
+                        .map_err(|e| refused(e).noted(note.clone()))?;
+                    Ok(Dialed {
+                        stream: pinned(c.stream, pin),
+                        via: c.via,
+                        note,
+                    })
+                })
+            }
+            Action::Direct => {
+                let router = self.router.clone();
+                Box::pin(async move {
+                    let s = router
+                        .direct()
+                        .connect(&target)
+                        .await
+                        .map_err(|e| e.noted(note.clone()))?;
+                    Ok(Dialed {
+                        stream: pinned(Box::new(s), pin),
+                        via: Arc::clone(&DIRECT),
+                        note,
+                    })
+                })
+            }
+            Action::Block => Box::pin(async move {
+                Err(DialFailed::new(Refusal::Reset, "blocked by rule").noted(note))
+            }),
         }
+    }
+}
+
+/// The `via` of a direct flow.
+static DIRECT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("direct"));
+
+/// The stream, holding the fake address it was dialed by (if any) for as
+/// long as it lives.
+fn pinned(s: upstream::Stream, pin: Option<PoolPin>) -> upstream::Stream {
+    match pin {
+        Some(pin) => Box::new(Pinned { s, _pin: pin }),
+        None => s,
+    }
+}
+
+impl FlowDialer {
+    /// DNS over TCP to the intercepted resolver address: answered in-process.
+    fn dns_stream(&self, src: SocketAddr) -> DialFuture {
+        let (app, ours) = tokio::io::duplex(DNS_PIPE);
+        let dns = self.dns.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dns.serve_stream(ours).await {
+                tracing::debug!("dns over tcp from {src}: {e}");
+            }
+        });
+        Box::pin(async move {
+            Ok(Dialed {
+                stream: Box::new(app),
+                via: "in-process DNS".into(),
+                note: FlowNote::default(),
+            })
+        })
     }
 }
 

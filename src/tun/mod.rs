@@ -9,9 +9,11 @@ mod admin;
 pub mod config;
 pub mod device;
 mod dialer;
+pub(crate) mod direct;
 mod flows;
 mod ifstate;
 mod reload;
+pub mod route;
 pub mod stats;
 pub mod udp;
 mod upstreams;
@@ -40,6 +42,14 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 
 /// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
 pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
+    if !args.rules_test.is_empty() {
+        let route = config::RouteConfig::from_args(&args)?;
+        print!(
+            "{}",
+            route::explain(&route.rules, &args.rules_test).map_err(anyhow::Error::msg)?
+        );
+        return Ok(());
+    }
     let mut cfg = TunConfig::from_args(&args)?;
     let admin = crate::admin::bind(args.ops.admin, args.ops.admin_public, "--admin-public")
         .map_err(anyhow::Error::msg)?;
@@ -93,25 +103,18 @@ pub async fn run_async_with(
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let dev = TunDevice::open(&DeviceSpec {
-        name: &cfg.device,
-        fd: cfg.fd,
-        ipv4: cfg.ipv4,
-        ipv6: cfg.ipv6,
-        mtu: cfg.mtu,
-        explicit_ipv4: cfg.explicit_ipv4,
-        explicit_mtu: cfg.explicit_mtu,
-        offload: cfg.offload,
-    })?;
-    info!(
-        device = %dev.name,
-        created = dev.created,
-        mtu = dev.mtu,
-        offload = dev.offload,
-        "TUN device up"
-    );
-    let (upstream, health, reloader) =
-        upstream_with_reload(cfg.proxies, cfg.group, cfg.connect_timeout, reload);
+    let dev = open_device(&cfg)?;
+    let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
+    let health = Arc::new(reload::HealthSwitch::new(built.health));
+    // With a reload, flows reach the upstream through a `Switch` (one atomic
+    // load) that SIGHUP can point elsewhere.
+    let switch = reload
+        .as_ref()
+        .map(|_| Arc::new(upstream::switch::Switch::new(built.upstream.clone())));
+    let upstream: Arc<dyn Upstream> = match &switch {
+        Some(s) => s.clone(),
+        None => built.upstream,
+    };
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
@@ -119,21 +122,38 @@ pub async fn run_async_with(
     let dns = dns_service(cfg.dns, &upstream);
     let mut udp_cfg = cfg.udp;
     udp_cfg.mtu = dev.mtu as usize;
-    let udp = UdpRelay::new(udp_cfg, Some(dns.clone()), upstream.clone(), sink.clone());
+    let nets: Vec<ipnetwork::IpNetwork> = (cfg.ipv4.map(Into::into).into_iter())
+        .chain(cfg.ipv6.map(Into::into))
+        .collect();
+    let router = Arc::new(route::Router::build(
+        cfg.route,
+        &nets,
+        dns.pool().cloned(),
+        cfg.connect_timeout,
+    ));
+    let udp = UdpRelay::new(
+        udp_cfg,
+        Some(dns.clone()),
+        upstream.clone(),
+        Some(router.clone()),
+        sink.clone(),
+    );
+    let reloader = match (reload, switch) {
+        (Some(r), Some(switch)) => Some(tokio::spawn(reload::on_sighup(
+            switch,
+            router.clone(),
+            health.clone(),
+            r,
+            built.probes,
+        ))),
+        _ => None,
+    };
     let dialer = Arc::new(FlowDialer {
         upstream,
         dns: dns.clone(),
+        router,
     });
-    let mut stack_cfg = cfg.stack;
-    stack_cfg.mtu = dev.mtu as usize;
-    if dev.offload {
-        // Headers are on (asked for, or set by whoever opened an adopted
-        // descriptor): every read has one, and with offloads a 64 KB segment.
-        stack_cfg.read_slot = Some(device::MAX_OFFLOAD_PACKET + vnet::HDR_LEN);
-        // --no-offload on such a descriptor turned the offloads off: then
-        // smoltcp keeps to the MTU and nothing is cut for it.
-        stack_cfg.segment_offload = cfg.offload;
-    }
+    let stack_cfg = stack_config(cfg.stack, &dev, cfg.offload);
     let mut stack = Stack::new(stack_cfg, dialer, Arc::new(udp.clone()), sink);
     let stats = Stats {
         stack: stack.stats(),
@@ -175,34 +195,44 @@ pub async fn run_async_with(
     res.context("reading the TUN device")
 }
 
-/// The upstream, its health for the admin endpoint, and with `reload` the
-/// task that swaps both at SIGHUP (behind a `Switch`).
-fn upstream_with_reload(
-    proxies: Vec<crate::proxy::Proxy>,
-    group: config::GroupConfig,
-    budget: Duration,
-    reload: Option<Reload>,
-) -> (
-    Arc<dyn Upstream>,
-    Arc<reload::HealthSwitch>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
-    let built = upstreams::upstream_of(proxies, group, budget);
-    let health = Arc::new(reload::HealthSwitch::new(built.health));
-    let (upstream, reloader) = match reload {
-        None => (built.upstream, None),
-        Some(r) => {
-            let switch = Arc::new(upstream::switch::Switch::new(built.upstream));
-            let task = tokio::spawn(reload::on_sighup(
-                switch.clone(),
-                health.clone(),
-                r,
-                built.probes,
-            ));
-            (switch as Arc<dyn Upstream>, Some(task))
-        }
-    };
-    (upstream, health, reloader)
+/// The device of `cfg`, created or opened (or adopted), logged.
+fn open_device(cfg: &TunConfig) -> anyhow::Result<TunDevice> {
+    let dev = TunDevice::open(&DeviceSpec {
+        name: &cfg.device,
+        fd: cfg.fd,
+        ipv4: cfg.ipv4,
+        ipv6: cfg.ipv6,
+        mtu: cfg.mtu,
+        explicit_ipv4: cfg.explicit_ipv4,
+        explicit_mtu: cfg.explicit_mtu,
+        offload: cfg.offload,
+    })?;
+    info!(
+        device = %dev.name,
+        created = dev.created,
+        mtu = dev.mtu,
+        offload = dev.offload,
+        "TUN device up"
+    );
+    Ok(dev)
+}
+
+/// The stack's settings for the device as it was opened.
+fn stack_config(
+    mut stack_cfg: crate::stack::StackConfig,
+    dev: &TunDevice,
+    offload: bool,
+) -> crate::stack::StackConfig {
+    stack_cfg.mtu = dev.mtu as usize;
+    if dev.offload {
+        // Headers are on (asked for, or set by whoever opened an adopted
+        // descriptor): every read has one, and with offloads a 64 KB segment.
+        stack_cfg.read_slot = Some(device::MAX_OFFLOAD_PACKET + vnet::HDR_LEN);
+        // --no-offload on such a descriptor turned the offloads off: then
+        // smoltcp keeps to the MTU and nothing is cut for it.
+        stack_cfg.segment_offload = offload;
+    }
+    stack_cfg
 }
 
 /// The DNS service over `upstream`, logged as configured.

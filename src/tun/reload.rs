@@ -1,11 +1,14 @@
 //! SIGHUP in TUN mode: the upstream group (proxies, policy, health probes)
 //! is built again from the config file and put in force for new flows, TCP,
-//! UDP and DNS alike; flows already open keep the proxy they have. A
+//! UDP and DNS alike, with the rules (--rule, --rules-file read again,
+//! --default-action); flows already open keep the proxy they have. A
 //! configuration that does not validate, or a proxy name that does not
 //! resolve, keeps the group in force. Other settings (device, DNS, limits)
 //! take effect at restart.
 
 use super::config::TunConfig;
+use super::route::Router;
+use crate::rules::Rules;
 use crate::upstream::health::{Health, ProxyHealth};
 use crate::upstream::switch::Switch;
 use anyhow::Context as _;
@@ -21,6 +24,7 @@ pub type Reload = Box<dyn Fn() -> anyhow::Result<TunConfig> + Send + Sync>;
 /// probes of the group in force, stopped when it is replaced.
 pub(super) async fn on_sighup(
     switch: Arc<Switch>,
+    router: Arc<Router>,
     health: Arc<HealthSwitch>,
     reload: Reload,
     mut probes: Option<JoinHandle<()>>,
@@ -35,7 +39,13 @@ pub(super) async fn on_sighup(
     };
     while hup.recv().await.is_some() {
         match new_upstream(&reload).await {
-            Ok(b) => {
+            Ok((b, rules)) => {
+                info!(
+                    "SIGHUP: {} rule(s), default action {}, in force for new flows",
+                    rules.len(),
+                    rules.default_action()
+                );
+                router.replace(rules);
                 let up = b.upstream;
                 let old = switch.replace(up.clone());
                 health.replace(b.health);
@@ -54,7 +64,7 @@ pub(super) async fn on_sighup(
     }
 }
 
-async fn new_upstream(reload: &Reload) -> anyhow::Result<super::upstreams::Built> {
+async fn new_upstream(reload: &Reload) -> anyhow::Result<(super::upstreams::Built, Rules)> {
     let mut cfg = reload()?;
     let mut proxies = std::mem::take(&mut cfg.proxies);
     // Resolving a proxy's host name blocks: not on the stack's thread.
@@ -66,11 +76,8 @@ async fn new_upstream(reload: &Reload) -> anyhow::Result<super::upstreams::Built
         anyhow::Ok(proxies)
     })
     .await??;
-    Ok(super::upstreams::upstream_of(
-        proxies,
-        cfg.group,
-        cfg.connect_timeout,
-    ))
+    let built = super::upstreams::upstream_of(proxies, cfg.group, cfg.connect_timeout);
+    Ok((built, cfg.route.rules))
 }
 
 /// The health the admin endpoint reads: that of the upstream in force,

@@ -19,15 +19,23 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// The relay socket of a live association and the relay's address.
+/// The socket of a live association and the proxy's relay address (None:
+/// a direct one, whose datagrams go to their destinations unframed).
 struct Live {
-    relay: SocketAddr,
+    relay: Option<SocketAddr>,
     socket: UdpSocket,
+    /// An IPv6 socket that also carries IPv4 (direct: both families).
+    dual: bool,
+    /// A direct socket's port, known as sockstun's own while it lives (a
+    /// datagram of it that comes back through the TUN is a loop).
+    _mark: Option<crate::tun::direct::PortMark>,
 }
 
 /// What the task of one association gets from the table.
 pub(super) struct Flow {
     pub local: SocketAddr,
+    /// Sent from this host (a `direct` rule), not through the proxy.
+    pub direct: bool,
     pub id: u64,
     pub rx: mpsc::UnboundedReceiver<Out>,
     pub evicted: oneshot::Receiver<()>,
@@ -59,6 +67,9 @@ enum Ev {
 struct Assoc {
     sh: Arc<Shared>,
     local: SocketAddr,
+    direct: bool,
+    /// The rule of the first datagram, for the log line.
+    rule: Option<Arc<str>>,
     state: Arc<FlowState>,
     /// Both Some while associated; the control connection is apart so both
     /// can be awaited at once.
@@ -83,6 +94,7 @@ struct Assoc {
 pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     let Flow {
         local,
+        direct,
         id,
         mut rx,
         mut evicted,
@@ -98,6 +110,8 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         pkt: Vec::with_capacity(sh.cfg.mtu + 263),
         sh: sh.clone(),
         local,
+        direct,
+        rule: None,
         state,
         live: None,
         control: None,
@@ -129,8 +143,8 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     };
     {
         let mut t = sh.table();
-        if t.flows.get(&local).is_some_and(|h| h.id == id) {
-            t.flows.remove(&local);
+        if t.flows.get(&(local, direct)).is_some_and(|h| h.id == id) {
+            t.flows.remove(&(local, direct));
         }
     }
     a.log(started, &outcome);
@@ -219,6 +233,9 @@ impl Assoc {
         evicted: &mut oneshot::Receiver<()>,
     ) -> Result<(), String> {
         let (sh, local) = (&self.sh, self.local);
+        if self.direct {
+            return self.open_direct();
+        }
         // Evicted while the proxy is still answering: give the slot up at once.
         let assoc = tokio::select! {
             a = sh.upstream.associate() => a,
@@ -232,8 +249,10 @@ impl Assoc {
                 sh.mark_associated();
                 self.state.live.store(true, Ordering::Relaxed);
                 self.live = Some(Live {
-                    relay: a.relay,
+                    relay: Some(a.relay),
                     socket: a.socket,
+                    dual: false,
+                    _mark: None,
                 });
                 self.control = Some(a.control);
                 Ok(())
@@ -270,18 +289,18 @@ impl Assoc {
         self.sh.release(&self.state, o.cost());
         self.last_activity = Instant::now();
         self.note_destination(&mut o);
+        if self.rule.is_none() {
+            self.rule = o.rule.take();
+        }
         if self.live.is_none() {
             self.associate(rx, evicted).await?;
         }
-        let Some(l) = &self.live else { return Ok(()) };
+        let sent = match self.live.as_ref().and_then(|l| l.relay) {
+            Some(relay) => self.send_framed(&o, relay).await,
+            None => self.send_direct(&o).await,
+        };
         let sh = &self.sh;
-        self.pkt.clear();
-        if codec::encode_udp_header(&o.target, &mut self.pkt).is_err() {
-            inc(&sh.stats.dropped_other);
-            return Ok(());
-        }
-        self.pkt.extend_from_slice(&o.payload);
-        match l.socket.send_to(&self.pkt, l.relay).await {
+        match sent {
             Ok(_) => {
                 self.state.count(true, o.payload.len());
                 inc(&sh.stats.datagrams_out);
@@ -304,30 +323,119 @@ impl Assoc {
             }
             Err(e) => {
                 inc(&sh.stats.dropped_other);
-                tracing::debug!("udp {}: send to relay {}: {e}", self.local, l.relay);
+                tracing::debug!("udp {}: send to {}: {e}", self.local, o.target);
             }
         }
         Ok(())
     }
 
+    /// A direct association: one socket of this host for every destination.
+    fn open_direct(&mut self) -> Result<(), String> {
+        let Some(router) = &self.sh.router else {
+            return Err("no direct way without rules".into());
+        };
+        let socket = router
+            .direct()
+            .udp_socket()
+            .map_err(|e| format!("direct UDP socket: {e}"))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("direct UDP socket: {e}"))?;
+        let dual = local.is_ipv6();
+        let mark = router.direct().mark(local.port());
+        let via: Arc<str> = Arc::from("direct");
+        self.state.set_via(via.clone());
+        self.via = Some(via);
+        self.state.live.store(true, Ordering::Relaxed);
+        self.live = Some(Live {
+            relay: None,
+            socket,
+            dual,
+            _mark: Some(mark),
+        });
+        Ok(())
+    }
+
+    /// `o` straight to its destination; a name (a fake address) is sent to
+    /// the address this host resolves it to, learnt once per association.
+    async fn send_direct(&mut self, o: &Out) -> io::Result<usize> {
+        let dest = match &o.target {
+            TargetAddr::Ip(a) => *a,
+            TargetAddr::Domain(_, port) => {
+                let known = self.fakes.iter().find(|f| f.fake == o.dst);
+                match known.and_then(|f| f.resolved) {
+                    Some(ip) => SocketAddr::new(ip, *port),
+                    None => self.resolve_direct(o).await?,
+                }
+            }
+        };
+        let Some(l) = &self.live else { return Ok(0) };
+        let to = match dest {
+            SocketAddr::V4(a) if l.dual => {
+                SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
+            }
+            d => d,
+        };
+        l.socket.send_to(&o.payload, to).await
+    }
+
+    async fn resolve_direct(&mut self, o: &Out) -> io::Result<SocketAddr> {
+        let router = self.sh.router.clone();
+        let direct = router.as_ref().map(|r| r.direct());
+        let addrs = match direct {
+            Some(d) => d.addresses(&o.target).await,
+            None => return Err(io::ErrorKind::Unsupported.into()),
+        }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let first = *addrs.first().ok_or(io::ErrorKind::NotFound)?;
+        if let Some(f) = self.fakes.iter_mut().find(|f| f.fake == o.dst) {
+            f.resolved = Some(crate::net::unmap(first.ip()));
+        }
+        Ok(first)
+    }
+
+    /// `o` to the proxy's relay, behind the RFC 1928 §7 header.
+    async fn send_framed(&mut self, o: &Out, relay: SocketAddr) -> io::Result<usize> {
+        let Some(l) = &self.live else { return Ok(0) };
+        self.pkt.clear();
+        codec::encode_udp_header(&o.target, &mut self.pkt)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "address not encodable"))?;
+        self.pkt.extend_from_slice(&o.payload);
+        l.socket.send_to(&self.pkt, relay).await
+    }
+
     /// `n` bytes from `from` in `buf`: a reply to pass back to the application.
     fn reply(&mut self, n: usize, from: SocketAddr) {
         let Some(l) = &self.live else { return };
-        let (sh, local) = (&self.sh, self.local);
-        if crate::net::unmap(from.ip()) != crate::net::unmap(l.relay.ip())
-            || from.port() != l.relay.port()
+        let sh = &self.sh;
+        let Some(relay) = l.relay else {
+            // Direct: the datagram itself, from its sender.
+            let hdr = codec::UdpHeader {
+                frag: 0,
+                addr: TargetAddr::Ip(from),
+                header_len: 0,
+            };
+            return self.pass_back(hdr, n);
+        };
+        if crate::net::unmap(from.ip()) != crate::net::unmap(relay.ip())
+            || from.port() != relay.port()
         {
             inc(&sh.stats.dropped_other);
             return;
         }
-        let hdr = match codec::parse_udp_header(&self.buf[..n]) {
-            Ok(h) if h.frag == 0 => h,
+        match codec::parse_udp_header(&self.buf[..n]) {
+            Ok(h) if h.frag == 0 => self.pass_back(h, n),
             _ => {
                 // RFC 1928 §7: fragments we do not reassemble are dropped.
                 inc(&sh.stats.dropped_other);
-                return;
             }
-        };
+        }
+    }
+
+    /// The `n` bytes in `buf` after `hdr`, back to the application with the
+    /// source it expects.
+    fn pass_back(&mut self, hdr: codec::UdpHeader, n: usize) {
+        let (sh, local) = (&self.sh, self.local);
         let payload_len = n - hdr.header_len;
         if n == self.buf.len() {
             sh.drop_oversize("from the proxy", payload_len);
@@ -363,6 +471,7 @@ impl Assoc {
         let st = &self.state;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
+            rule = self.rule.as_deref(),
             "udp {} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
             self.local,
             get(&st.n_out),

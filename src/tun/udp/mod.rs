@@ -27,12 +27,17 @@ pub use shared::{UdpConfig, UdpStats, DNS_UDP_TIMEOUT};
 pub use snapshot::UdpFlowInfo;
 
 use packet::{IPV4_HEADER, IPV6_HEADER, UDP_HEADER};
-use shared::{inc, FlowHandle, FlowState, Out, Shared, Table, MAX_DNS_INFLIGHT, MAX_UDP_PAYLOAD};
+use shared::{
+    inc, FlowHandle, FlowState, Key, Out, Shared, Table, MAX_DNS_INFLIGHT, MAX_UDP_PAYLOAD,
+};
 
+use super::route::{Router, Way};
 use crate::dns::Dns;
+use crate::rules::{Action, Proto};
 use crate::socks::codec;
 use crate::socks::TargetAddr;
-use crate::stack::{PacketSink, UdpHandler};
+use crate::stack::wire::{icmp_unreachable, quote_len};
+use crate::stack::{PacketSink, UdpHandler, Unreachable};
 use crate::upstream::Upstream;
 use flow::{run_flow, Flow};
 use std::net::SocketAddr;
@@ -40,6 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+/// (source, destination) pairs of blocked datagrams remembered, so each
+/// blocked flow is logged once.
+const MAX_BLOCKED_LOGGED: usize = 4096;
 
 /// The UDP side of TUN mode. Cheap to clone.
 #[derive(Clone)]
@@ -53,6 +62,7 @@ impl UdpRelay {
         cfg: UdpConfig,
         dns: Option<Arc<Dns>>,
         upstream: Arc<dyn Upstream>,
+        router: Option<Arc<Router>>,
         tun: Arc<dyn PacketSink>,
     ) -> UdpRelay {
         UdpRelay {
@@ -60,6 +70,7 @@ impl UdpRelay {
                 cfg,
                 dns,
                 upstream,
+                router,
                 tun,
                 table: Mutex::new(Table::default()),
                 stats: Arc::default(),
@@ -70,6 +81,7 @@ impl UdpRelay {
                 failed_streak: AtomicU32::new(0),
                 queued: AtomicUsize::new(0),
                 oversize_logged: AtomicBool::new(false),
+                blocked_logged: Mutex::default(),
                 dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
                 rt: tokio::runtime::Handle::current(),
             }),
@@ -99,7 +111,7 @@ impl UdpRelay {
         let mut v: Vec<(u64, UdpFlowInfo)> = table
             .flows
             .iter()
-            .map(|(local, h)| (h.id, UdpFlowInfo::of(*local, &h.state, now)))
+            .map(|((local, _), h)| (h.id, UdpFlowInfo::of(*local, &h.state, now)))
             .collect();
         drop(table);
         v.sort_by_key(|(id, _)| *id);
@@ -139,25 +151,27 @@ impl UdpRelay {
             },
             _ => (TargetAddr::Ip(d.dst), None),
         };
+        let way = match &sh.router {
+            Some(r) => r.way(d.src, &target, Proto::Udp),
+            None => Way {
+                action: Action::Proxy,
+                rule: None,
+            },
+        };
         let now = sh.now_ms();
-        if now < sh.unsupported_until.load(Ordering::Relaxed) {
-            inc(&sh.stats.dropped_unsupported);
-            return;
-        }
-        if now < sh.failed_until.load(Ordering::Relaxed) {
-            // Associations that are live still carry their datagrams.
-            let table = sh.table();
-            let live = table
-                .flows
-                .get(&d.src)
-                .is_some_and(|h| h.state.live.load(Ordering::Relaxed));
-            if !live {
-                inc(&sh.stats.dropped_backoff);
-                return;
+        let direct = match way.action {
+            Action::Block => return self.block(pkt, d.src, &target, way.rule),
+            Action::Direct => true,
+            Action::Proxy => {
+                if !self.proxy_admits(d.src, now)
+                    || !self.fits(d.payload.len() + codec::udp_header_len(&target))
+                {
+                    return;
+                }
+                false
             }
-        }
-        if d.payload.len() + codec::udp_header_len(&target) > MAX_UDP_PAYLOAD {
-            sh.drop_oversize("towards the proxy", d.payload.len());
+        };
+        if direct && !self.fits(d.payload.len()) {
             return;
         }
         let out = Out {
@@ -165,17 +179,79 @@ impl UdpRelay {
             target,
             pin,
             payload: d.payload.to_vec(),
+            rule: way.rule,
         };
-        self.enqueue(d.src, out, now);
+        self.enqueue((d.src, direct), out, now);
+    }
+
+    /// Whether a datagram of `len` bytes may be sent (else dropped, counted).
+    fn fits(&self, len: usize) -> bool {
+        if len > MAX_UDP_PAYLOAD {
+            self.shared.drop_oversize("towards the proxy", len);
+            return false;
+        }
+        true
+    }
+
+    /// Whether the proxy is tried for a datagram of `local` now: not while it
+    /// is known to have no UDP ASSOCIATE, nor during the backoff after a
+    /// failed one (unless the endpoint's association is live).
+    fn proxy_admits(&self, local: SocketAddr, now: u64) -> bool {
+        let sh = &self.shared;
+        if now < sh.unsupported_until.load(Ordering::Relaxed) {
+            inc(&sh.stats.dropped_unsupported);
+            return false;
+        }
+        if now < sh.failed_until.load(Ordering::Relaxed) {
+            // Associations that are live still carry their datagrams.
+            let table = sh.table();
+            let live = table
+                .flows
+                .get(&(local, false))
+                .is_some_and(|h| h.state.live.load(Ordering::Relaxed));
+            if !live {
+                inc(&sh.stats.dropped_backoff);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A `block` rule: ICMP port unreachable back to the application, as a
+    /// host with nothing on that port answers; logged once per flow.
+    fn block(&self, pkt: &[u8], src: SocketAddr, target: &TargetAddr, rule: Option<Arc<str>>) {
+        let sh = &self.shared;
+        inc(&sh.stats.blocked);
+        if let Some(icmp) = icmp_unreachable(&pkt[..quote_len(pkt)], Unreachable::Port) {
+            sh.tun.send(&icmp);
+        }
+        let dst = match target {
+            TargetAddr::Ip(a) => *a,
+            TargetAddr::Domain(..) => parse_udp(pkt).map(|d| d.dst).unwrap_or(src),
+        };
+        let first = {
+            let mut seen = sh.blocked_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= MAX_BLOCKED_LOGGED {
+                seen.clear();
+            }
+            seen.insert((src, dst))
+        };
+        if first {
+            tracing::info!(
+                src = %src, dst = %dst, rule = rule.as_deref(),
+                "udp {src} -> {target} blocked (answered with ICMP port unreachable)"
+            );
+        }
     }
 
     /// Queue a datagram for the association of `local`, opening one (and
     /// evicting the one idle the longest when the table is full) if needed.
-    fn enqueue(&self, local: SocketAddr, mut out: Out, now: u64) {
+    fn enqueue(&self, key: Key, mut out: Out, now: u64) {
         let sh = &self.shared;
+        let local = key.0;
         let cost = out.cost();
         let mut table = sh.table();
-        if let Some(h) = table.flows.get(&local) {
+        if let Some(h) = table.flows.get(&key) {
             h.state.last_used.store(now, Ordering::Relaxed);
             if sh.reserve(&h.state, cost).is_none() {
                 inc(&sh.stats.dropped_queue_full);
@@ -189,7 +265,7 @@ impl UdpRelay {
                     // removed itself yet: start afresh.
                     sh.release(&h.state, cost);
                     out = o;
-                    table.flows.remove(&local);
+                    table.flows.remove(&key);
                 }
             }
         }
@@ -204,7 +280,8 @@ impl UdpRelay {
                 table.flows.remove(&victim);
                 inc(&sh.stats.flows_evicted);
                 tracing::debug!(
-                    "udp: {victim}: association evicted (--max-udp-flows {} reached)",
+                    "udp: {}: association evicted (--max-udp-flows {} reached)",
+                    victim.0,
                     sh.cfg.max_flows
                 );
             }
@@ -224,7 +301,7 @@ impl UdpRelay {
         table.next_id += 1;
         let id = table.next_id;
         table.flows.insert(
-            local,
+            key,
             FlowHandle {
                 id,
                 tx,
@@ -236,6 +313,7 @@ impl UdpRelay {
         inc(&sh.stats.flows_opened);
         let flow = Flow {
             local,
+            direct: key.1,
             id,
             rx,
             evicted: evict_rx,

@@ -5,8 +5,9 @@ use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
 use crate::socks::TargetAddr;
 use crate::stack::PacketSink;
+use crate::tun::route::Router;
 use crate::upstream::Upstream;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -69,6 +70,8 @@ pub struct UdpStats {
     pub dropped_backoff: AtomicU64,
     /// Dropped because the queue of an association (or all queues) was full.
     pub dropped_queue_full: AtomicU64,
+    /// Refused by a `block` rule (answered with ICMP port unreachable).
+    pub blocked: AtomicU64,
     pub flows_opened: AtomicU64,
     pub flows_evicted: AtomicU64,
 }
@@ -86,6 +89,8 @@ pub(super) struct Out {
     pub(super) target: TargetAddr,
     pub(super) pin: Option<PoolPin>,
     pub(super) payload: Vec<u8>,
+    /// The rule that chose the way (None without rules), for the log line.
+    pub(super) rule: Option<Arc<str>>,
 }
 
 impl Out {
@@ -150,9 +155,13 @@ pub(super) struct FlowHandle {
     pub(super) _evict: oneshot::Sender<()>,
 }
 
+/// An association's key: the application's endpoint, and whether it goes
+/// direct (one endpoint may have both: rules choose per destination).
+pub(super) type Key = (SocketAddr, bool);
+
 #[derive(Default)]
 pub(super) struct Table {
-    pub(super) flows: HashMap<SocketAddr, FlowHandle>,
+    pub(super) flows: HashMap<Key, FlowHandle>,
     pub(super) next_id: u64,
 }
 
@@ -160,6 +169,8 @@ pub(super) struct Shared {
     pub(super) cfg: UdpConfig,
     pub(super) dns: Option<Arc<Dns>>,
     pub(super) upstream: Arc<dyn Upstream>,
+    /// The rules; None: everything through the upstream.
+    pub(super) router: Option<Arc<Router>>,
     pub(super) tun: Arc<dyn PacketSink>,
     pub(super) table: Mutex<Table>,
     pub(super) stats: Arc<UdpStats>,
@@ -174,6 +185,9 @@ pub(super) struct Shared {
     /// Bytes queued towards all associations.
     pub(super) queued: AtomicUsize,
     pub(super) oversize_logged: AtomicBool,
+    /// (source, destination) pairs whose block was logged (once per flow;
+    /// forgotten all at once when full).
+    pub(super) blocked_logged: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
     pub(super) dns_slots: Arc<tokio::sync::Semaphore>,
     pub(super) rt: tokio::runtime::Handle,
 }
@@ -184,7 +198,7 @@ impl Drop for Shared {
         let st = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
-            "udp: {} associations ({} evicted), {} datagrams out, {} in, {} DNS answers; dropped: {} oversize, {} no UDP ASSOCIATE, {} UDP ASSOCIATE failing, {} queue full, {} other",
+            "udp: {} associations ({} evicted), {} datagrams out, {} in, {} DNS answers; dropped: {} oversize, {} no UDP ASSOCIATE, {} UDP ASSOCIATE failing, {} queue full, {} blocked, {} other",
             get(&st.flows_opened),
             get(&st.flows_evicted),
             get(&st.datagrams_out),
@@ -194,6 +208,7 @@ impl Drop for Shared {
             get(&st.dropped_unsupported),
             get(&st.dropped_backoff),
             get(&st.dropped_queue_full),
+            get(&st.blocked),
             get(&st.dropped_other),
         );
     }

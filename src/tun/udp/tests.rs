@@ -160,7 +160,7 @@ fn relay_with(
         mtu: 1500,
     };
     (
-        UdpRelay::new(cfg, dns, proxy.clone(), cap.clone()),
+        UdpRelay::new(cfg, dns, proxy.clone(), None, cap.clone()),
         proxy,
         cap,
     )
@@ -211,7 +211,7 @@ async fn bounded_oldest_idle_evicted() {
     for i in 7..10 {
         assert!(t
             .flows
-            .contains_key(&sa(&format!("198.18.0.1:{}", 6000 + i))));
+            .contains_key(&(sa(&format!("198.18.0.1:{}", 6000 + i)), false)));
     }
 }
 
