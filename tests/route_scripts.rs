@@ -9,8 +9,8 @@ mod common;
 
 use common::routes::*;
 use common::{
-    require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc, TempDir,
-    TUN_V4, TUN_V6,
+    require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc, TempDir, TUN_V4,
+    TUN_V6,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -616,7 +616,10 @@ impl Drop for Cgroup {
             let procs = dir.join("cgroup.procs");
             let _ = wait_until(Duration::from_secs(5), || {
                 let pids = std::fs::read_to_string(&procs).unwrap_or_default();
-                for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                for pid in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
                     // SAFETY: kill(2) on a pid listed in our own test cgroup.
                     unsafe {
                         libc::kill(pid, libc::SIGKILL);
@@ -670,7 +673,8 @@ const VIA_PROXY6: &str = "2001:db8:2::1";
 const DIRECT: &str = "198.51.100.2";
 const DIRECT6: &str = "2001:db8:1::2";
 const REAL_ANSWER: &str = "203.0.113.53";
-const SEL_RESOLV: &str = "search example.test\nnameserver 198.51.100.1\noptions timeout:2 attempts:1\n";
+const SEL_RESOLV: &str =
+    "search example.test\nnameserver 198.51.100.1\noptions timeout:2 attempts:1\n";
 
 impl SelNet {
     fn new(tag: &str) -> SelNet {
@@ -742,7 +746,13 @@ impl SelNet {
         let dev = uniq("stun");
         let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--connect-timeout", "3"];
         args.extend_from_slice(extra);
-        let p = spawn_tun(&self.m, "debug,smoltcp=info", "socks5://198.51.100.1:1080", &dev, &args);
+        let p = spawn_tun(
+            &self.m,
+            "debug,smoltcp=info",
+            "socks5://198.51.100.1:1080",
+            &dev,
+            &args,
+        );
         let up = wait_until(Duration::from_secs(10), || {
             let out = self.m.exec(&["ip", "-o", "link", "show", "dev", &dev]);
             let s = String::from_utf8_lossy(&out.stdout);
@@ -758,29 +768,20 @@ impl SelNet {
     }
 }
 
-/// `cmd` prefixed to run as `uid` (None: as root) inside the machine.
-fn as_uid(uid: Option<u32>, cmd: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    if let Some(u) = uid {
-        v.extend(
-            [
-                "setpriv".to_string(),
-                format!("--reuid={u}"),
-                format!("--regid={u}"),
-                "--clear-groups".to_string(),
-            ]
-            .into_iter(),
-        );
+/// `cmd` inside the machine as `uid` (None: as root).
+fn run_as(m: &Netns, uid: Option<u32>, cmd: &[&str]) -> Output {
+    let ids = uid.map(|u| (format!("--reuid={u}"), format!("--regid={u}")));
+    let mut v: Vec<&str> = Vec::new();
+    if let Some((r, g)) = &ids {
+        v.extend_from_slice(&["setpriv", r, g, "--clear-groups"]);
     }
-    v.extend(cmd.iter().map(|s| s.to_string()));
-    v
+    v.extend_from_slice(cmd);
+    m.exec(&v)
 }
 
-fn curl_args(url: &str, secs: &str) -> Vec<String> {
+/// curl's command line for `url`, giving up after `secs` seconds.
+fn curl<'a>(url: &'a str, secs: &'a str) -> [&'a str; 6] {
     ["curl", "-sS", "-g", "--max-time", secs, url]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
 }
 
 /// The body (the target's view of its peer) or the error.
@@ -794,9 +795,7 @@ fn body(out: Output) -> Result<String, String> {
 
 /// What the target sees as its peer for a GET of `url` from the machine, as `uid`.
 fn peer_as(m: &Netns, uid: Option<u32>, url: &str) -> Result<String, String> {
-    let c = curl_args(url, "10");
-    let cmd = as_uid(uid, &c.iter().map(String::as_str).collect::<Vec<_>>());
-    body(m.exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>()))
+    body(run_as(m, uid, &curl(url, "10")))
 }
 
 /// The addresses `dig +short NAME` gets with the machine's resolver file.
@@ -810,8 +809,7 @@ fn dig_answer(out: Output) -> String {
 const DIG: [&str; 5] = ["dig", "+short", "+time=2", "+tries=2", "www.example.org"];
 
 fn dig_as(m: &Netns, uid: Option<u32>) -> String {
-    let cmd = as_uid(uid, &DIG);
-    dig_answer(m.exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>()))
+    dig_answer(run_as(m, uid, &DIG))
 }
 
 fn is_fake(a: &str) -> bool {
@@ -847,8 +845,18 @@ fn route_up_uid_routes_only_that_user() {
     let st = state.to_str().unwrap();
     let rs = net.resolv.to_str().unwrap();
     let args = [
-        "--device", &dev, "--fwmark", "1080", "--uid", "nobody", "--uid", "0", "--resolv-conf",
-        rs, "--state", st,
+        "--device",
+        &dev,
+        "--fwmark",
+        "1080",
+        "--uid",
+        "nobody",
+        "--uid",
+        "0",
+        "--resolv-conf",
+        rs,
+        "--state",
+        st,
     ];
     ok_script(m, "route-up", &args);
     assert_eq!(
@@ -875,16 +883,17 @@ fn route_up_uid_routes_only_that_user() {
             );
         }
         let fake = dig_as(m, NOBODY);
-        assert!(is_fake(&fake), "{what}: nobody's DNS answer {fake:?} is not the virtual DNS's");
+        assert!(
+            is_fake(&fake),
+            "{what}: nobody's DNS answer {fake:?} is not the virtual DNS's"
+        );
         assert!(is_fake(&dig_as(m, None)), "{what}: root's DNS answer");
         assert_eq!(dig_as(m, OTHER), REAL_ANSWER, "{what}: another uid's DNS");
     };
     check("after route-up");
     // A name the virtual DNS answered reaches the target through the proxy
     // (sockstun dials it by name; the proxy resolves it).
-    let c = curl_args("http://target.test/", "10");
-    let cmd = as_uid(NOBODY, &c.iter().map(String::as_str).collect::<Vec<_>>());
-    let by_name = body(m.exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>()));
+    let by_name = body(run_as(m, NOBODY, &curl("http://target.test/", "10")));
     assert_eq!(by_name.as_deref(), Ok(VIA_PROXY), "{}", tun.log());
     assert!(tun.log().contains("target.test:80"), "{}", tun.log());
 
@@ -911,12 +920,17 @@ fn route_up_uid_routes_only_that_user() {
         "{dev} outlived sockstun"
     );
     for (uid, url) in [(NOBODY, url4), (NOBODY, url6), (None, url4)] {
-        let c = curl_args(url, "3");
-        let cmd = as_uid(uid, &c.iter().map(String::as_str).collect::<Vec<_>>());
-        let r = body(m.exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>()));
-        assert!(r.is_err(), "uid {uid:?} reaches {url} without the tunnel: {r:?}");
+        let r = body(run_as(m, uid, &curl(url, "3")));
+        assert!(
+            r.is_err(),
+            "uid {uid:?} reaches {url} without the tunnel: {r:?}"
+        );
     }
-    assert_eq!(dig_as(m, NOBODY), "", "nobody's DNS leaks without the tunnel");
+    assert_eq!(
+        dig_as(m, NOBODY),
+        "",
+        "nobody's DNS leaks without the tunnel"
+    );
     assert_eq!(peer_as(m, OTHER, url4).as_deref(), Ok(DIRECT));
     ok_script(m, "route-down", &["--state", st]);
     assert_eq!(net.snap(), before_tun, "route-down after sockstun died");
@@ -938,12 +952,17 @@ fn route_up_cgroup_routes_only_that_cgroup() {
     let cg = Cgroup::new("sc");
     let url4 = "http://203.0.113.2/";
     let url6 = "http://[2001:db8:2::2]/";
-    let curl = |url: &str, secs: &str| -> Vec<String> { curl_args(url, secs) };
-    let in_cg = |cmd: &[String]| cg.exec(m, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
-    let outside = |cmd: &[String]| m.exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
-    let dig: Vec<String> = DIG.iter().map(|s| s.to_string()).collect();
-    let mut dig_lo = dig.clone();
-    dig_lo.insert(1, "@127.0.0.53".into());
+    let in_cg = |cmd: &[&str]| cg.exec(m, cmd);
+    let outside = |cmd: &[&str]| m.exec(cmd);
+    let dig = DIG;
+    let dig_lo = [
+        "dig",
+        "@127.0.0.53",
+        "+short",
+        "+time=2",
+        "+tries=2",
+        "www.example.org",
+    ];
 
     assert_eq!(body(in_cg(&curl(url4, "10"))).as_deref(), Ok(DIRECT));
     let before_tun = net.snap();
@@ -954,8 +973,16 @@ fn route_up_cgroup_routes_only_that_cgroup() {
     let rs = net.resolv.to_str().unwrap();
     let sel = format!("/{}/", cg.rel);
     let args = [
-        "--device", &dev, "--proxy", "198.51.100.1", "--cgroup", &sel, "--resolv-conf", rs,
-        "--state", st,
+        "--device",
+        &dev,
+        "--proxy",
+        "198.51.100.1",
+        "--cgroup",
+        &sel,
+        "--resolv-conf",
+        rs,
+        "--state",
+        st,
     ];
     ok_script(m, "route-up", &args);
     assert_eq!(std::fs::read_to_string(&net.resolv).unwrap(), SEL_RESOLV);
@@ -969,13 +996,24 @@ fn route_up_cgroup_routes_only_that_cgroup() {
         );
     }
     for (url, want) in [(url4, DIRECT), (url6, DIRECT6)] {
-        assert_eq!(body(outside(&curl(url, "10"))).as_deref(), Ok(want), "outside: {url}");
+        assert_eq!(
+            body(outside(&curl(url, "10"))).as_deref(),
+            Ok(want),
+            "outside: {url}"
+        );
     }
     let fake = dig_answer(in_cg(&dig));
     assert!(is_fake(&fake), "DNS in the cgroup: {fake:?}\n{}", tun.log());
     let fake_lo = dig_answer(in_cg(&dig_lo));
-    assert!(is_fake(&fake_lo), "DNS to a loopback stub in the cgroup: {fake_lo:?}");
-    assert_eq!(dig_answer(outside(&dig)), REAL_ANSWER, "DNS outside the cgroup");
+    assert!(
+        is_fake(&fake_lo),
+        "DNS to a loopback stub in the cgroup: {fake_lo:?}"
+    );
+    assert_eq!(
+        dig_answer(outside(&dig)),
+        REAL_ANSWER,
+        "DNS outside the cgroup"
+    );
 
     ok_script(m, "route-down", &["--state", st]);
     assert_eq!(net.snap(), before, "route-down did not restore");
@@ -994,9 +1032,16 @@ fn route_up_cgroup_routes_only_that_cgroup() {
     );
     for url in [url4, url6] {
         let r = body(in_cg(&curl(url, "3")));
-        assert!(r.is_err(), "the cgroup reaches {url} without the tunnel: {r:?}");
+        assert!(
+            r.is_err(),
+            "the cgroup reaches {url} without the tunnel: {r:?}"
+        );
     }
-    assert_eq!(dig_answer(in_cg(&dig)), "", "the cgroup's DNS leaks without the tunnel");
+    assert_eq!(
+        dig_answer(in_cg(&dig)),
+        "",
+        "the cgroup's DNS leaks without the tunnel"
+    );
     assert_eq!(body(outside(&curl(url4, "10"))).as_deref(), Ok(DIRECT));
     ok_script(m, "route-down", &["--state", st]);
     assert_eq!(net.snap(), before_tun, "route-down after sockstun died");
@@ -1023,8 +1068,17 @@ fn route_up_selection_validates_routes_and_restores() {
     let (rs, st) = (resolv.to_str().unwrap(), state.to_str().unwrap());
     // A PATH with every command but nft.
     let bin = TempDir::new("nonft");
-    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name();
             if name == "nft" || bin.path().join(&name).exists() {
@@ -1035,11 +1089,24 @@ fn route_up_selection_validates_routes_and_restores() {
     }
     let nonft = format!("PATH={}", bin.path().display());
     let up = script("route-up");
-    let base = ["--device", tun.as_str(), "--proxy", "198.51.100.1", "--resolv-conf", rs, "--state", st];
+    let base = [
+        "--device",
+        tun.as_str(),
+        "--proxy",
+        "198.51.100.1",
+        "--resolv-conf",
+        rs,
+        "--state",
+        st,
+    ];
     for (pre, args, why) in [
         (None, vec!["--uid", "no-such-user-st"], "no such user"),
         (None, vec!["--uid", "5-3"], "--uid '5-3'"),
-        (None, vec!["--cgroup", "no-such-cgroup-st/x"], "no such cgroup"),
+        (
+            None,
+            vec!["--cgroup", "no-such-cgroup-st/x"],
+            "no such cgroup",
+        ),
         (None, vec!["--cgroup", "a/../b"], "not a cgroup path"),
         (None, vec!["--cgroup", "a\"b"], "not a cgroup path"),
         (
@@ -1047,8 +1114,16 @@ fn route_up_selection_validates_routes_and_restores() {
             vec!["--cgroup", &cg.rel, "--fwmark", "0x5354"],
             "--cgroup-mark must differ",
         ),
-        (Some(nonft.as_str()), vec!["--cgroup", &cg.rel], "'nft' not found"),
-        (Some(nonft.as_str()), vec!["--uid", "nobody"], "'nft' not found"),
+        (
+            Some(nonft.as_str()),
+            vec!["--cgroup", &cg.rel],
+            "'nft' not found",
+        ),
+        (
+            Some(nonft.as_str()),
+            vec!["--uid", "nobody"],
+            "'nft' not found",
+        ),
     ] {
         let mut cmd: Vec<&str> = Vec::new();
         if let Some(p) = pre {
@@ -1060,22 +1135,53 @@ fn route_up_selection_validates_routes_and_restores() {
         let out = m.exec(&cmd);
         assert!(!out.status.success(), "route-up {args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(why), "route-up {args:?}: want {why:?} in: {err}");
-        assert_eq!(snapshot(m, Some(&resolv)), before, "route-up {args:?} left changes");
+        assert!(
+            err.contains(why),
+            "route-up {args:?}: want {why:?} in: {err}"
+        );
+        assert_eq!(
+            snapshot(m, Some(&resolv)),
+            before,
+            "route-up {args:?} left changes"
+        );
         assert!(!state.exists() || std::fs::read_to_string(&state).unwrap().is_empty());
     }
     // --uid without DNS handling needs no nftables.
-    let mut cmd = vec!["env", nonft.as_str(), up.as_str(), "--uid", "nobody", "--no-dns"];
+    let mut cmd = vec![
+        "env",
+        nonft.as_str(),
+        up.as_str(),
+        "--uid",
+        "nobody",
+        "--no-dns",
+    ];
     cmd.extend_from_slice(&base);
     let out = m.exec(&cmd);
-    assert!(out.status.success(), "route-up --uid --no-dns without nft: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "route-up --uid --no-dns without nft: {}",
+        text(&out)
+    );
     ok_script(m, "route-down", &["--state", st]);
     assert_eq!(snapshot(m, Some(&resolv)), before);
 
-    let mut args = vec!["--uid", "65534", "--uid", "2000-2002", "--cgroup", &cg.rel, "--fwmark", "0x438"];
+    let mut args = vec![
+        "--uid",
+        "65534",
+        "--uid",
+        "2000-2002",
+        "--cgroup",
+        &cg.rel,
+        "--fwmark",
+        "0x438",
+    ];
     args.extend_from_slice(&base);
     ok_script(m, "route-up", &args);
-    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), RESOLV, "resolver rewritten");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        RESOLV,
+        "resolver rewritten"
+    );
     for cmd in ["ip rule", "ip -6 rule"] {
         let rules = stdout(m, cmd);
         for want in [
@@ -1115,7 +1221,10 @@ fn route_up_selection_validates_routes_and_restores() {
         ("route get 203.0.113.2 uid 1234", "via 198.51.100.1 dev up0"),
         ("-6 route get 2001:db8:2::2", "via 2001:db8:1::1 dev up0"),
         // sockstun's own sockets, even as a selected user.
-        ("route get 203.0.113.2 uid 65534 mark 0x438", "via 198.51.100.1 dev up0"),
+        (
+            "route get 203.0.113.2 uid 65534 mark 0x438",
+            "via 198.51.100.1 dev up0",
+        ),
         ("route get 198.51.100.1 uid 65534", "dev up0"),
         // The local subnet stays direct for the selected user too.
         ("route get 198.51.100.3 uid 65534", "dev up0"),
@@ -1140,6 +1249,10 @@ fn route_up_selection_validates_routes_and_restores() {
     let got = route_get(m, "route get 203.0.113.2 uid 1234");
     assert!(got.contains("dev up0"), "{got}");
     ok_script(m, "route-down", &["--state", st]);
-    assert_eq!(snapshot(m, Some(&resolv)), before_tun, "route-down after the TUN vanished");
+    assert_eq!(
+        snapshot(m, Some(&resolv)),
+        before_tun,
+        "route-down after the TUN vanished"
+    );
     assert!(!state.exists(), "state file left behind");
 }
