@@ -15,6 +15,7 @@
 #   nft    FAMILY TABLE          nft delete table FAMILY TABLE
 #   resolv FILE BACKUP WRITTEN   copy BACKUP over FILE in place, if FILE still holds WRITTEN
 #   resolved LINK                resolvectl revert LINK
+#   (route-up --uid/--cgroup adds an `nft` table and `sysctl`s of the TUN)
 
 ST_PROG=${0##*/}
 
@@ -295,6 +296,73 @@ set_sysctl() {
     [[ $old == "$new" ]] && return 0
     record sysctl "$path" "$old"
     printf '%s\n' "$new" >"/proc/sys/$path"
+}
+
+# --- per-user / per-cgroup selection (route-up --uid / --cgroup) -------------
+
+# A user name, a uid or a uid range A-B: prints "A-B" (uids of names from
+# the user database).
+parse_uid() {
+    local s=$1 a b
+    if [[ $s =~ ^([0-9]{1,10})-([0-9]{1,10})$ ]]; then
+        a=$((10#${BASH_REMATCH[1]})) b=$((10#${BASH_REMATCH[2]}))
+    elif [[ $s =~ ^[0-9]{1,10}$ ]]; then
+        a=$((10#$s)) b=$a
+    elif [[ $s =~ ^[A-Za-z_][A-Za-z0-9_.-]*[$]?$ ]]; then
+        a=$(getent passwd -- "$s" | cut -d: -f3) || return 1
+        [[ $a =~ ^[0-9]+$ ]] || return 1
+        b=$a
+    else
+        return 1
+    fi
+    ((a <= b && b < 4294967295)) || return 1
+    echo "$a-$b"
+}
+
+# A cgroup v2 path as systemd shows it ("/system.slice/foo.service",
+# "user.slice/user-1000.slice"): prints it without leading and trailing
+# slashes. Characters that nft's string syntax cannot carry are refused.
+norm_cgroup() {
+    local p=$1 c
+    while [[ $p == /* ]]; do p=${p#/}; done
+    while [[ $p == */ ]]; do p=${p%/}; done
+    [[ -n $p && $p =~ ^[A-Za-z0-9_.@:+=,/-]+$ ]] || return 1
+    local IFS=/
+    for c in $p; do
+        [[ -n $c && $c != . && $c != .. ]] || return 1
+    done
+    echo "$p"
+}
+
+# The depth of a normalised cgroup path below the root: nft's `socket cgroupv2
+# level N` compares the socket's ancestor at that depth.
+cgroup_level() {
+    local IFS=/
+    # shellcheck disable=SC2086
+    set -- $1
+    echo $#
+}
+
+# Where the cgroup v2 hierarchy is mounted in this mount namespace (first
+# mount), or nothing: /sys/fs/cgroup (unified layout), /sys/fs/cgroup/unified
+# (hybrid layout), none under `ip netns exec` (which remounts /sys).
+cgroup2_mount() {
+    awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' \
+        /proc/self/mountinfo
+}
+
+# Run a command with the cgroup v2 hierarchy at /sys/fs/cgroup, the only place
+# nft looks up `socket cgroupv2` paths (it stats /sys/fs/cgroup/PATH for the
+# cgroup's id). Directly when it is already there; otherwise in a private
+# mount namespace with a fresh cgroup2 mount over /sys/fs/cgroup, which
+# nobody else sees and which goes away with the command.
+with_cgroup2() {
+    if [[ $(stat -f -c %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]]; then
+        "$@"
+    else
+        unshare --mount --propagation private -- \
+            sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"' sh "$@"
+    fi
 }
 
 # IPv6 usable on DEV (module loaded and not disabled on the device)?
