@@ -15,6 +15,16 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => sockstun::config::run_server(args),
         Command::Tun(args) => sockstun::config::run_tun(args),
+        // The program's status; sockstun's own failure is 125, as env(1)
+        // and timeout(1) report theirs, apart from any the program uses.
+        Command::Exec(args) => match sockstun::config::run_exec(args, &cli.log_level) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                std::process::exit(125)
+            }
+        },
+        Command::ExecChild(args) => sockstun::exec::child::run(args),
         Command::Check(args) => {
             if !sockstun::check::run(args)? {
                 std::process::exit(1);
