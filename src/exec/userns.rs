@@ -17,6 +17,9 @@ const TUN_PATH: &str = "/dev/net/tun";
 pub struct Caller {
     pub uid: Uid,
     pub gid: Gid,
+    /// Root where sockstun was started (inside our user namespace
+    /// everyone is root, so this is read once, before).
+    root: bool,
 }
 
 impl Caller {
@@ -24,11 +27,12 @@ impl Caller {
         Caller {
             uid: Uid::current(),
             gid: Gid::current(),
+            root: Uid::effective().is_root(),
         }
     }
 
     pub fn is_root(&self) -> bool {
-        Uid::effective().is_root()
+        self.root
     }
 }
 
