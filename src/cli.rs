@@ -34,9 +34,6 @@ pub enum Command {
     /// the host's network changes. Exit status: the program's (128+N if
     /// signal N ended it).
     Exec(ExecArgs),
-    /// The namespace side of `exec` (internal: sockstun runs it itself).
-    #[command(hide = true)]
-    ExecChild(ExecChildArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Print the man page (roff), as in sockstun man > sockstun.1; with a
@@ -238,9 +235,14 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// What `sockstun exec` tells its namespace side (`exec-child`).
-#[derive(Args, Debug, Clone)]
+/// What `sockstun exec` tells its namespace side, `sockstun exec-child`:
+/// internal (sockstun runs it itself), so not a subcommand of `Cli`, which
+/// would show it in the completions and help.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sockstun exec-child")]
 pub struct ExecChildArgs {
+    #[arg(long = "log", default_value = "info")]
+    pub log: String,
     /// The inherited socket to sockstun (SOCK_SEQPACKET).
     #[arg(long = "sock", value_parser = number::<i32>)]
     pub sock: i32,

@@ -1,17 +1,28 @@
 use anyhow::Result;
-use sockstun::cli::{Cli, Command};
+use clap::Parser;
+use sockstun::cli::{Cli, Command, ExecChildArgs};
+use sockstun::exec;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> Result<()> {
-    // The command line with its config file (--config), if any.
-    let cli: Cli = sockstun::config::cli_or_exit();
-    let filter = EnvFilter::try_from_env("SOCKSTUN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
+fn logs(level: &str) {
+    let filter = EnvFilter::try_from_env("SOCKSTUN_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn main() -> Result<()> {
+    // `sockstun exec`'s namespace side, which it starts itself.
+    if std::env::args_os().nth(1).is_some_and(|a| a == exec::CHILD) {
+        let args = ExecChildArgs::parse_from(std::env::args_os().skip(1));
+        logs(&args.log);
+        exec::child::run(args);
+    }
+    // The command line with its config file (--config), if any.
+    let cli: Cli = sockstun::config::cli_or_exit();
+    logs(&cli.log_level);
     match cli.command {
         Command::Server(args) => sockstun::config::run_server(args),
         Command::Tun(args) => sockstun::config::run_tun(args),
@@ -24,7 +35,6 @@ fn main() -> Result<()> {
                 std::process::exit(125)
             }
         },
-        Command::ExecChild(args) => sockstun::exec::child::run(args),
         Command::Check(args) => {
             if !sockstun::check::run(args)? {
                 std::process::exit(1);

@@ -272,6 +272,21 @@ fn sigterm_reaches_the_program() {
         "the program's TERM trap did not run:\n{log}"
     );
     assert!(log.contains("SIGTERM: passed on"), "{log}");
+    // SIGINT sent with kill (not by a terminal, which reaches the program
+    // itself) is passed on too.
+    let w = Waiter::new("xtw");
+    let script = w
+        .script("exit 1")
+        .replace("TERM;", "TERM; trap 'exit 43' INT;");
+    let mut p = r.spawn(&["sh", "-c", &script]);
+    w.wait_running(&mut p);
+    p.signal(libc::SIGINT);
+    let (st, log) = finish(p);
+    assert_eq!(
+        st.code(),
+        Some(43),
+        "the program's INT trap did not run:\n{log}"
+    );
 }
 
 #[test]

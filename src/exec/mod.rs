@@ -36,6 +36,9 @@ use std::os::fd::{AsRawFd, IntoRawFd};
 use std::rc::Rc;
 use tracing::{error, info};
 
+/// The namespace side's first argument (`sockstun exec-child ...`).
+pub const CHILD: &str = "exec-child";
+
 /// The TUN's IPv6 address in the program's namespace unless --ipv6 says
 /// otherwise: from 2001:2::/48, the IPv6 benchmarking block (RFC 5180), as
 /// 198.18.0.0/15 is IPv4's. A global-scope address, so programs try IPv6
@@ -143,7 +146,7 @@ fn child_args(
     log: &str,
     command: &[String],
 ) -> Vec<String> {
-    let mut v: Vec<String> = vec!["--log".into(), log.into(), "exec-child".into()];
+    let mut v: Vec<String> = vec![CHILD.into(), "--log".into(), log.into()];
     v.extend(["--sock".into(), sock.to_string()]);
     v.extend(["--device".into(), cfg.device.clone()]);
     v.extend(["--mtu".into(), cfg.mtu.to_string()]);
@@ -198,16 +201,15 @@ mod tests {
         let cfg = TunConfig::from_args(&tun_args(&a)).unwrap();
         let ns = resolv::nameserver(&cfg).unwrap();
         let v = child_args(&cfg, ns, 7, "debug", &a.command);
-        let want = "--log debug exec-child --sock 7 --device st9 --mtu 1500 --nameserver \
+        let want = "exec-child --log debug --sock 7 --device st9 --mtu 1500 --nameserver \
                     198.18.0.2 --ipv4 198.18.0.1/15 --ipv6 2001:2::1/64 --offload -- dig x.test";
         assert_eq!(v.join(" "), want);
-        // And the hidden subcommand takes them back.
-        let mut argv = vec!["sockstun".to_string()];
-        argv.extend(v);
-        let Command::ExecChild(c) = Cli::parse_from(argv).command else {
-            panic!("not exec-child")
-        };
-        assert_eq!((c.sock, c.mtu, c.offload), (7, 1500, true));
+        // And the namespace side takes them back (as main.rs parses them).
+        let c = crate::cli::ExecChildArgs::parse_from(v);
+        assert_eq!(
+            (c.sock, c.mtu, c.offload, c.log.as_str()),
+            (7, 1500, true, "debug")
+        );
         assert_eq!(c.command, ["dig", "x.test"]);
         assert_eq!(c.ipv6.as_deref(), Some("2001:2::1/64"));
     }
