@@ -32,6 +32,11 @@ pub enum Command {
     /// UDP ASSOCIATE, pipelining), with the time of each; exit status 0 when
     /// every step that ran passed, 1 otherwise.
     Check(CheckArgs),
+    /// Run one program with all its traffic (TCP, UDP, DNS, IPv4 and IPv6)
+    /// through the proxies, in a network namespace of its own: nothing of
+    /// the host's network changes. Exit status: the program's (128+N if
+    /// signal N ended it).
+    Exec(ExecArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Print the man page (roff), as in sockstun man > sockstun.1; with a
@@ -246,6 +251,45 @@ pub struct TunArgs {
     /// The config file and the admin endpoint.
     #[command(flatten)]
     pub ops: OperateArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Every option of `sockstun tun` (the device is made inside the
+    /// program's namespace; --ipv6 defaults to 2001:2::1/64 there).
+    #[command(flatten)]
+    pub tun: TunArgs,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// What `sockstun exec` tells its namespace side, `sockstun exec-child`:
+/// internal (sockstun runs it itself), so not a subcommand of `Cli`, which
+/// would show it in the completions and help.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sockstun exec-child")]
+pub struct ExecChildArgs {
+    #[arg(long = "log", default_value = "info")]
+    pub log: String,
+    /// The inherited socket to sockstun (SOCK_SEQPACKET).
+    #[arg(long = "sock", value_parser = number::<i32>)]
+    pub sock: i32,
+    #[arg(long = "device")]
+    pub device: String,
+    #[arg(long = "ipv4")]
+    pub ipv4: Option<String>,
+    #[arg(long = "ipv6")]
+    pub ipv6: Option<String>,
+    #[arg(long = "mtu", value_parser = number::<u16>)]
+    pub mtu: u16,
+    #[arg(long = "offload")]
+    pub offload: bool,
+    /// The address /etc/resolv.conf names (the virtual DNS).
+    #[arg(long = "nameserver")]
+    pub nameserver: std::net::IpAddr,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// What both modes take to be operated: the config file (and what it read

@@ -3,7 +3,8 @@
 //! Data path (TUN mode): `tun::device` → `stack` (smoltcp, per-flow demux) →
 //! `relay` (copy both ways) → `upstream` (the one seam to a proxy; SOCKS
 //! through `socks::client`). `tun` assembles them, with `dns` and the UDP
-//! table `tun::udp`. The `server` mode reuses `socks` and `relay`.
+//! table `tun::udp`. The `server` mode reuses `socks` and `relay`. `exec`
+//! runs one program in a namespace whose TUN `tun` serves.
 //! docs/architecture.md draws it.
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod clidoc;
 pub mod config;
 pub mod dns;
+pub mod exec;
 pub mod mem;
 pub mod net;
 pub mod proxy;

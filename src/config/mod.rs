@@ -17,7 +17,7 @@ mod file;
 mod print;
 pub mod secret;
 
-use crate::cli::{Cli, Command, ServerArgs, TunArgs};
+use crate::cli::{Cli, Command, ExecArgs, ServerArgs, TunArgs};
 use crate::server::rules::RuleSpec;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -104,12 +104,16 @@ struct Loaded {
 fn command(relaxed: bool) -> clap::Command {
     let mut c = Cli::command();
     if relaxed {
-        c = c.mut_subcommand("tun", |s| {
-            s.mut_arg("proxy", |a| {
-                a.required(false)
-                    .required_unless_present(clap::builder::Resettable::Reset)
-            })
-        });
+        // Without `tun`'s (and `exec`'s) required --proxy, which the file
+        // may give (--rules-test needs none).
+        for sub in ["tun", "exec"] {
+            c = c.mut_subcommand(sub, |s| {
+                s.mut_arg("proxy", |a| {
+                    a.required(false)
+                        .required_unless_present(clap::builder::Resettable::Reset)
+                })
+            });
+        }
     }
     c.build();
     c
@@ -147,7 +151,12 @@ where
     let extra: &[&str] = if name == "server" { &["rule"] } else { &[] };
     let fa = file::file_args(&path, &text, sub, &given, extra).map_err(LoadError::Config)?;
     let mut full = argv;
-    full.extend(fa.words.iter().map(OsString::from));
+    // `exec`'s program comes after `--`: the file's flags go before it.
+    let at = match name.as_str() {
+        "exec" => full.iter().position(|a| a == "--").unwrap_or(full.len()),
+        _ => full.len(),
+    };
+    full.splice(at..at, fa.words.iter().map(OsString::from));
     let matches = cmd
         .clone()
         .try_get_matches_from(&full)
@@ -159,6 +168,7 @@ where
             a.ops.password_files = fa.passwords;
         }
         Command::Tun(a) => a.ops.password_files = fa.passwords,
+        Command::Exec(a) => a.tun.ops.password_files = fa.passwords,
         #[allow(unreachable_patterns)]
         _ => {}
     }
@@ -214,6 +224,11 @@ pub fn check(argv: &[OsString]) -> Result<String, String> {
             crate::tun::TunConfig::from_args(a).map_err(|e| format!("{e:#}"))?;
             (a.ops.print_config, None)
         }
+        Command::Exec(a) => {
+            crate::tun::TunConfig::from_args(&crate::exec::tun_args(a))
+                .map_err(|e| format!("{e:#}"))?;
+            (a.tun.ops.print_config, None)
+        }
         Command::Server(a) => {
             validate_server(a).map_err(|e| format!("{e:#}"))?;
             let rules = match a.rules.is_empty() {
@@ -232,6 +247,7 @@ pub fn check(argv: &[OsString]) -> Result<String, String> {
     let sub = l.cmd.find_subcommand(name).expect("a subcommand");
     let pf = match &l.cli.command {
         Command::Tun(a) => &a.ops.password_files,
+        Command::Exec(a) => &a.tun.ops.password_files,
         Command::Server(a) => &a.ops.password_files,
         #[allow(unreachable_patterns)]
         _ => return Err("no configuration to print".into()),
@@ -270,6 +286,24 @@ pub fn run_tun(args: TunArgs) -> anyhow::Result<()> {
         }) as crate::tun::Reload
     });
     crate::tun::run_with(args, reload)
+}
+
+/// `sockstun exec`: the program's exit status; with `--config`, SIGHUP
+/// reloads the upstream group as in `sockstun tun`.
+pub fn run_exec(args: ExecArgs, log: &str) -> anyhow::Result<i32> {
+    if args.tun.ops.check_config || args.tun.ops.print_config {
+        check_and_exit();
+    }
+    let reload: Option<crate::tun::Reload> = args.tun.ops.config.as_ref().map(|_| {
+        Box::new(|| -> anyhow::Result<crate::tun::TunConfig> {
+            let a = match load(std::env::args_os())?.command {
+                Command::Exec(a) => a,
+                _ => anyhow::bail!("not `sockstun exec`"),
+            };
+            crate::tun::TunConfig::from_args(&crate::exec::tun_args(&a))
+        }) as crate::tun::Reload
+    });
+    crate::exec::run(args, reload, log)
 }
 
 /// `sockstun server`: with `--config`, SIGHUP reloads users and rules.

@@ -507,3 +507,39 @@ fn inline_passwords_are_masked_when_printed() {
         "{s}"
     );
 }
+
+#[test]
+fn exec_takes_the_file_before_its_program() {
+    let d = Dir::new("exec");
+    let f = d.file(
+        "t.toml",
+        "proxy = [\"socks5://127.0.0.1:1\"]\nmtu = 1500\ndns-pool4 = \"198.19.0.0/20\"\n",
+    );
+    let v = [
+        "sockstun", "exec", "--config", &f, "--", "curl", "--mtu", "x",
+    ];
+    let a = match load(v).map_err(|e| e.to_string()).unwrap().command {
+        Command::Exec(a) => a,
+        _ => unreachable!(),
+    };
+    // The file's settings are exec's, and the program's words its own.
+    assert_eq!(a.tun.proxy, ["socks5://127.0.0.1:1"]);
+    assert_eq!(
+        (a.tun.mtu, a.tun.dns_pool4.as_str()),
+        (Some(1500), "198.19.0.0/20")
+    );
+    assert_eq!(a.command, ["curl", "--mtu", "x"]);
+    let argv: Vec<OsString> = [
+        "sockstun",
+        "exec",
+        "--config",
+        &f,
+        "--check-config",
+        "--",
+        "true",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    assert_eq!(check(&argv).unwrap(), "configuration OK\n");
+}

@@ -212,6 +212,16 @@ fn open_existing(spec: &DeviceSpec<'_>, undo: &mut Vec<Undo>) -> anyhow::Result<
     Ok(dev)
 }
 
+/// Create a device as `spec` says and give its descriptor away, for
+/// `sockstun exec`: made inside the program's namespace, served by a
+/// sockstun in another one, which adopts it (`DeviceSpec::fd`).
+pub fn create_detached(spec: &DeviceSpec<'_>) -> anyhow::Result<std::os::fd::OwnedFd> {
+    let dev = create(spec)?;
+    // SAFETY: into_raw_fd hands over sole ownership of an open descriptor;
+    // OwnedFd closes it exactly once.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(dev.into_raw_fd()) })
+}
+
 impl Drop for TunDevice {
     fn drop(&mut self) {
         if self.reset_offload {

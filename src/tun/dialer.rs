@@ -41,6 +41,9 @@ impl Dialer for FlowDialer {
                 return Box::pin(async { Err(refused(upstream::Error::HostUnreachable)) });
             }
         };
+        if let TargetAddr::Domain(..) = target {
+            tracing::debug!("tcp {src} -> {dst} is {target}: dialing by name");
+        }
         let way = self.router.way(src, &target, Proto::Tcp);
         let note = FlowNote {
             name: match &target {

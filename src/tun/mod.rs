@@ -20,7 +20,8 @@ mod upstreams;
 pub mod vnet;
 
 pub use config::TunConfig;
-pub use device::{DeviceSink, DeviceSource, DeviceSpec, TunDevice};
+pub use device::{create_detached, DeviceSink, DeviceSource, DeviceSpec, TunDevice};
+pub(crate) use ifstate::ip_cmd;
 pub use reload::Reload;
 
 use crate::cli::TunArgs;
@@ -42,6 +43,21 @@ pub fn run(args: TunArgs) -> anyhow::Result<()> {
 
 /// `sockstun tun`; with `reload`, SIGHUP builds the upstream group again.
 pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
+    run_until(args, reload, None)
+}
+
+/// What stops TUN mode instead of SIGINT and SIGTERM (`sockstun exec`: the
+/// program's exit). First polled once the stack runs, so it may also start
+/// what needs the stack running.
+pub type Until = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// `run_with`; with `until`, that future stops it instead of the signals
+/// (which are then left to the caller).
+pub fn run_until(
+    args: TunArgs,
+    reload: Option<Reload>,
+    until: Option<Until>,
+) -> anyhow::Result<()> {
     if !args.rules_test.is_empty() {
         let route = config::RouteConfig::from_args(&args)?;
         print!(
@@ -81,7 +97,10 @@ pub fn run_with(args: TunArgs, reload: Option<Reload>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(run_async_with(cfg, admin, reload));
+    let res = match until {
+        None => rt.block_on(run_async_with(cfg, admin, reload)),
+        Some(u) => rt.block_on(run_async_until(cfg, admin, reload, u)),
+    };
     rt.shutdown_timeout(Duration::from_millis(500));
     res
 }
@@ -103,6 +122,22 @@ pub async fn run_async_with(
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let signals = Box::pin(async move {
+        tokio::select! {
+            _ = sigint.recv() => info!("SIGINT: stopping"),
+            _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        }
+    });
+    run_async_until(cfg, admin, reload, signals).await
+}
+
+/// `run_async_with`, until `until` resolves (polled first once the stack runs).
+async fn run_async_until(
+    cfg: TunConfig,
+    admin: Option<std::net::TcpListener>,
+    reload: Option<Reload>,
+    until: Until,
+) -> anyhow::Result<()> {
     let dev = open_device(&cfg)?;
     let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
     let health = Arc::new(reload::HealthSwitch::new(built.health));
@@ -174,10 +209,7 @@ pub async fn run_async_with(
         crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
     }
     let shutdown = async move {
-        tokio::select! {
-            _ = sigint.recv() => info!("SIGINT: stopping"),
-            _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        }
+        until.await;
         crate::service::stopping();
     };
     crate::service::ready(&format!("device {} up", dev.name));
