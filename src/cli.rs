@@ -158,12 +158,17 @@ pub struct TunArgs {
     /// HOST:PORT the health probes also CONNECT to through each proxy.
     #[arg(long = "health-target")]
     pub health_target: Option<String>,
+    /// A named group of proxies for rules (`=> proxy:NAME`): NAME=URL, URL
+    /// as --proxy takes it (repeatable; the same NAME again adds a member, in
+    /// failover order). It has --proxy's policy and health settings.
+    #[arg(long = "group", value_name = "NAME=URL")]
+    pub group: Vec<String>,
     /// Routing rule `MATCH... => ACTION` (repeatable; the first rule that
     /// holds wins, these before --rules-file's). Matches, all of which must
     /// hold: domain:NAME, suffix:NAME (the name and those below it),
     /// keyword:TEXT, cidr:NET, port:N or port:N-M, src:NET, tcp, udp.
-    /// Actions: proxy, direct (from this host, with --fwmark and
-    /// --bind-interface), block. Name matches see the name behind a virtual
+    /// Actions: proxy, proxy:GROUP (a --group), direct (from this host, with
+    /// --fwmark and --bind-interface), block. Name matches see the name behind a virtual
     /// DNS address only.
     #[arg(long = "rule", value_name = "RULE")]
     pub rule: Vec<String>,
@@ -171,7 +176,7 @@ pub struct TunArgs {
     /// with --config.
     #[arg(long = "rules-file", value_name = "FILE")]
     pub rules_file: Option<PathBuf>,
-    /// What flows no rule matches get: proxy, direct or block.
+    /// What flows no rule matches get: proxy, proxy:GROUP, direct or block.
     #[arg(long = "default-action", default_value = "proxy")]
     pub default_action: String,
     /// Resolver (ADDR or ADDR:PORT; repeatable) for the names a direct rule

@@ -306,11 +306,15 @@ fn udp_rules_go_direct_through_the_proxy_or_nowhere() {
         !dante.contains(DIRECT_TARGET),
         "dante saw a direct flow:\n{dante}"
     );
-    let log = env.tun.log();
+    // Written just after the ICMP answer: wait for it.
+    let logged = |l: &str| {
+        l.contains("blocked (answered with ICMP port unreachable)")
+            && l.contains("rule=\"udp port:9 => block\"")
+    };
     assert!(
-        log.contains("blocked (answered with ICMP port unreachable)")
-            && log.contains("rule=\"udp port:9 => block\""),
-        "{log}"
+        wait_until(Duration::from_secs(5), || logged(&env.tun.log())),
+        "{}",
+        env.tun.log()
     );
 }
 
@@ -424,13 +428,102 @@ fn rules_test_prints_the_way_without_starting() {
     ] {
         assert!(text.contains(&want), "no {want:?} in:\n{text}");
     }
-    let bad = std::process::Command::new(sockstun_bin())
-        .args(["tun", "--rule", "suffix:x => allow", "--rules-test", "x"])
+    for (args, want) in [
+        (
+            &["--rule", "suffix:x => allow"][..],
+            "unknown action \"allow\"",
+        ),
+        (
+            &["--rule", "suffix:x => proxy:eu"][..],
+            "proxy:eu: no --group eu",
+        ),
+        (
+            &["--group", "e u=socks5://127.0.0.1:1"][..],
+            "\"e u\" is not a group name",
+        ),
+    ] {
+        let bad = std::process::Command::new(sockstun_bin())
+            .arg("tun")
+            .args(args)
+            .args(["--rules-test", "x"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            !bad.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    let ok = std::process::Command::new(sockstun_bin())
+        .args([
+            "tun",
+            "--group",
+            "eu=socks5://127.0.0.1:1",
+            "--rule",
+            "udp => proxy:eu",
+        ])
+        .args(["--rules-test", "x:53"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let text = String::from_utf8_lossy(&ok.stdout);
     assert!(
-        !bad.status.success() && err.contains("unknown action \"allow\""),
-        "{err}"
+        text.contains("x:53 udp => proxy:eu  (rule udp => proxy:eu)"),
+        "{text}"
+    );
+}
+
+/// `proxy:GROUP`: the flows a rule names go through that `--group`
+/// (`sockstun server` beside dante), TCP and UDP; the rest through
+/// `--proxy` (dante).
+#[test]
+fn a_named_group_carries_the_flows_its_rule_names() {
+    if !require_root("a_named_group_carries_the_flows_its_rule_names") {
+        return;
+    }
+    let group = format!("second=socks5://{PROXY_V4}:1081");
+    let (env, _d) = rules_env(
+        "rg",
+        &[
+            "cidr:203.0.113.2/32 port:8080 => proxy:second",
+            "udp port:7001 => proxy:second",
+        ],
+        &["--group", &group],
+    );
+    let server = start_server(
+        &env.topo.proxy,
+        Some("debug"),
+        &[
+            "--listen",
+            &format!("{PROXY_V4}:1081"),
+            "--allow-client",
+            "198.51.100.0/24",
+        ],
+    );
+    let to = format!("{TARGET_V4}:{WHOAMI_TCP}");
+    assert_eq!(tcp_whoami(&env, &to), Ok(PROXY_TARGET_SIDE_V4.to_string()));
+    let udp = format!("{TARGET_V4}:{WHOAMI_UDP}");
+    assert_eq!(udp_whoami(&env, &udp), Ok(PROXY_TARGET_SIDE_V4.to_string()));
+    // Named by no rule (a name, not the address): through dante.
+    let via_dante = curl_whoami(&env, "web.test");
+    assert!(
+        via_dante.contains('.') || via_dante.contains(':'),
+        "{via_dante}"
+    );
+    let slog = server.log();
+    assert!(
+        slog.contains(&format!("dest={to}")) && !slog.contains("web.test"),
+        "the group's proxy did not carry exactly the flows its rules name:\n{slog}"
+    );
+    // The UDP association (its session line comes when it ends) holds its
+    // control connection to the group's proxy, none to dante.
+    assert_eq!(tcp_established_to(&env.topo.client, 1081), 1);
+    assert_eq!(tcp_established_to(&env.topo.client, 1080), 0);
+    let via = format!(
+        "via=socks5://{PROXY_V4}:1081 rule=\"cidr:203.0.113.2/32 port:8080 => proxy:second\""
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || env.tun.log().contains(&via)),
+        "{}",
+        env.tun.log()
     );
 }

@@ -164,6 +164,12 @@ fn element(
     match (key, v) {
         ("proxy", DeValue::Table(t)) => secret::proxy_table(t, dir, pf),
         ("user", DeValue::Table(t)) => secret::user_table(t, dir, pf),
+        ("group", DeValue::Table(t)) => secret::group_table(t, dir, pf),
+        ("group", v) => {
+            let s = scalar(v)?;
+            secret::check_group(&s)?;
+            Ok(s)
+        }
         ("proxy", v) => {
             let s = scalar(v)?;
             secret::check_proxy(&s)?;

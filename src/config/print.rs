@@ -69,6 +69,7 @@ fn value_of(key: &str, s: &str, pf: &PasswordFiles) -> toml::Value {
     match key {
         "proxy" => return secret::print_proxy(s, pf),
         "user" => return secret::print_user(s, pf),
+        "group" => return secret::print_group(s, pf),
         _ => {}
     }
     let decimal = !s.is_empty()

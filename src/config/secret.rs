@@ -98,6 +98,23 @@ pub(super) fn proxy_table(
     pf: &mut PasswordFiles,
 ) -> Result<String, String> {
     only_keys(t, &["url", "password-file"])?;
+    url_of_table(t, dir, pf)
+}
+
+/// A `--group` member given as a table, `{ name = "eu", url = "...",
+/// password-file = "..." }`: the `NAME=URL` of `--group`.
+pub(super) fn group_table(
+    t: &DeTable<'_>,
+    dir: &Path,
+    pf: &mut PasswordFiles,
+) -> Result<String, String> {
+    only_keys(t, &["name", "url", "password-file"])?;
+    let name = field(t, "name")?.ok_or("a group table needs `name`")?;
+    Ok(format!("{name}={}", url_of_table(t, dir, pf)?))
+}
+
+/// The URL of a proxy table, with its password file's password in it.
+fn url_of_table(t: &DeTable<'_>, dir: &Path, pf: &mut PasswordFiles) -> Result<String, String> {
     let url = field(t, "url")?.ok_or("a proxy table needs `url`")?;
     let Some(file) = field(t, "password-file")? else {
         check_proxy(url)?;
@@ -150,6 +167,11 @@ pub(super) fn check_proxy(url: &str) -> Result<(), String> {
     }
 }
 
+/// Refuse a `NAME=URL` whose password is the mask.
+pub(super) fn check_group(s: &str) -> Result<(), String> {
+    check_proxy(s.split_once('=').map_or(s, |(_, u)| u))
+}
+
 /// Refuse a `NAME:PASSWORD` whose password is the mask.
 pub(super) fn check_user(s: &str) -> Result<(), String> {
     match s.split_once(':') {
@@ -173,6 +195,20 @@ pub(super) fn print_proxy(url: &str, pf: &PasswordFiles) -> toml::Value {
         ]);
     }
     toml::Value::String(format!("{scheme}{user}:{MASK}@{rest}"))
+}
+
+/// How a `NAME=URL` of `--group` is printed: as its URL would be, with the name.
+pub(super) fn print_group(s: &str, pf: &PasswordFiles) -> toml::Value {
+    let Some((name, url)) = s.split_once('=') else {
+        return toml::Value::String(s.to_string());
+    };
+    match print_proxy(url, pf) {
+        toml::Value::Table(mut t) => {
+            t.insert("name".into(), toml::Value::String(name.to_string()));
+            toml::Value::Table(t)
+        }
+        v => toml::Value::String(format!("{name}={}", v.as_str().unwrap_or(url))),
+    }
 }
 
 /// How a `NAME:PASSWORD` is printed: its table when the password came from a

@@ -119,6 +119,16 @@ const TUN_FLAGS: &[(&str, &str, &[&str])] = &[
     ("socks-pipeline", "true", &["--socks-pipeline"]),
     ("no-offload", "true", &["--no-offload"]),
     (
+        "group",
+        r#"["eu=socks5://127.0.0.1:1081", "eu=http://127.0.0.1:3128"]"#,
+        &[
+            "--group",
+            "eu=socks5://127.0.0.1:1081",
+            "--group",
+            "eu=http://127.0.0.1:3128",
+        ],
+    ),
+    (
         "rule",
         r#"["suffix:lan.example => direct", "port:25 => block"]"#,
         &[
@@ -260,6 +270,7 @@ fn printed_config_loads_back_the_same() {
         "tun.toml",
         &format!(
             "proxy = [{{ url = \"socks5://bob@127.0.0.1:1080\", password-file = \"{pass}\" }}, \"socks4a://127.0.0.1:1081\"]\n\
+             group = [{{ name = \"eu\", url = \"socks5://bob@127.0.0.1:1082\", password-file = \"{pass}\" }}]\n\
              mtu = 1500\nfwmark = 0x438\nsocks-pipeline = true\nipv6 = \"fd00:9::1/64\"\n"
         ),
     );
@@ -295,6 +306,7 @@ fn printed_config_loads_back_the_same() {
             let a = tun(&["--config", f, "--mtu", "9000"]).unwrap();
             assert_eq!(a.mtu, Some(9000));
             assert_eq!(a.proxy[0], "socks5://bob:pa%20ss%3Aw%40rd@127.0.0.1:1080");
+            assert_eq!(a.group, ["eu=socks5://bob:pa%20ss%3Aw%40rd@127.0.0.1:1082"]);
             let b = tun(&["--config", &again]).unwrap_or_else(|e| panic!("{e}\n{printed}"));
             assert_eq!(tun_settings(a), tun_settings(b), "{printed}");
         } else {

@@ -13,14 +13,15 @@ mod rule;
 mod tests;
 
 pub use parse::{parse_file, parse_rule, parse_target, ParseError, TestTarget};
-pub use rule::{Action, Match, Proto, Query, Rule};
+pub use rule::{group_name, Action, Match, Proto, Query, Rule};
 
 use index::Index;
+use std::sync::Arc;
 
 /// The way chosen for a flow, and the rule that chose it (None: the default).
 #[derive(Debug, Clone, Copy)]
 pub struct Decision<'a> {
-    pub action: Action,
+    pub action: &'a Action,
     pub rule: Option<&'a Rule>,
 }
 
@@ -41,7 +42,7 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Rules {
-        Rules::new(Vec::new(), Action::Proxy)
+        Rules::new(Vec::new(), Action::Proxy(None))
     }
 }
 
@@ -57,7 +58,7 @@ impl Rules {
 
     /// No rules, everything through the proxy: nothing to ask per flow.
     pub fn is_plain(&self) -> bool {
-        self.rules.is_empty() && self.default == Action::Proxy
+        self.rules.is_empty() && self.default == Action::Proxy(None)
     }
 
     pub fn len(&self) -> usize {
@@ -68,8 +69,20 @@ impl Rules {
         self.rules.is_empty()
     }
 
-    pub fn default_action(&self) -> Action {
-        self.default
+    pub fn default_action(&self) -> &Action {
+        &self.default
+    }
+
+    /// Every group a rule (or the default) sends flows to, for validation.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.rules
+            .iter()
+            .map(|r| &r.action)
+            .chain(std::iter::once(&self.default))
+            .filter_map(|a| match a {
+                Action::Proxy(Some(g)) => Some(g),
+                _ => None,
+            })
     }
 
     /// Whether any flow can go direct (the host then dials, and may resolve).
@@ -81,7 +94,7 @@ impl Rules {
     pub fn decide<'a>(&'a self, q: &Query<'_>) -> Decision<'a> {
         if self.rules.is_empty() {
             return Decision {
-                action: self.default,
+                action: &self.default,
                 rule: None,
             };
         }
@@ -102,12 +115,12 @@ impl Rules {
             Some(i) => {
                 let r = &self.rules[i];
                 Decision {
-                    action: r.action,
+                    action: &r.action,
                     rule: Some(r),
                 }
             }
             None => Decision {
-                action: self.default,
+                action: &self.default,
                 rule: None,
             },
         }

@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Where a flow goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Through the proxies (`--proxy`).
-    Proxy,
+    /// Through the proxies: `--proxy`'s (None), or the named `--group`'s.
+    Proxy(Option<Arc<str>>),
     /// From the host itself, with the proxy sockets' `--fwmark` and
     /// `--bind-interface`.
     Direct,
@@ -18,31 +18,47 @@ pub enum Action {
     Block,
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Proxy => "proxy",
-            Action::Direct => "direct",
-            Action::Block => "block",
+            Action::Proxy(None) => f.write_str("proxy"),
+            Action::Proxy(Some(g)) => write!(f, "proxy:{g}"),
+            Action::Direct => f.write_str("direct"),
+            Action::Block => f.write_str("block"),
         }
     }
 }
 
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// A group's name: letters, digits, `-` and `_` (it is written in rules).
+pub fn group_name(s: &str) -> Result<Arc<str>, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(Arc::from(s))
+    } else {
+        Err(format!(
+            "{s:?} is not a group name (letters, digits, - and _)"
+        ))
     }
 }
 
 impl std::str::FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Action, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "proxy" => Ok(Action::Proxy),
-            "direct" => Ok(Action::Direct),
-            "block" => Ok(Action::Block),
+        let s = s.trim();
+        let (verb, group) = match s.split_once(':') {
+            Some((v, g)) => (v, Some(g)),
+            None => (s, None),
+        };
+        match (verb.to_ascii_lowercase().as_str(), group) {
+            ("proxy", None) => Ok(Action::Proxy(None)),
+            ("proxy", Some(g)) => Ok(Action::Proxy(Some(group_name(g)?))),
+            ("direct", None) => Ok(Action::Direct),
+            ("block", None) => Ok(Action::Block),
             _ => Err(format!(
-                "unknown action {s:?} (actions: proxy, direct, block)"
+                "unknown action {s:?} (actions: proxy, proxy:GROUP, direct, block)"
             )),
         }
     }

@@ -17,7 +17,7 @@ fn q<'a>(name: Option<&'a str>, dst: Option<&str>, port: u16, proto: Proto) -> Q
 
 fn way(r: &Rules, q: &Query<'_>) -> (Action, String) {
     let d = r.decide(q);
-    (d.action, d.origin().to_string())
+    (d.action.clone(), d.origin().to_string())
 }
 
 #[test]
@@ -33,7 +33,7 @@ fn first_match_wins_and_matches_are_anded() {
             "keyword:video => direct",
             "src:192.168.1.0/24 port:8000-9000 => block",
         ],
-        Action::Proxy,
+        Action::Proxy(None),
     );
     let t = Proto::Tcp;
     assert_eq!(
@@ -63,7 +63,7 @@ fn first_match_wins_and_matches_are_anded() {
     );
     assert_eq!(
         way(&r, &q(None, Some("203.0.113.9"), 80, t)),
-        (Action::Proxy, "default".into())
+        (Action::Proxy(None), "default".into())
     );
 }
 
@@ -71,19 +71,23 @@ fn first_match_wins_and_matches_are_anded() {
 fn suffixes_match_on_label_boundaries_and_names_fold_case() {
     let r = rules(
         &["suffix:example.org => direct", "domain:a.test => block"],
-        Action::Proxy,
+        Action::Proxy(None),
     );
     let t = Proto::Tcp;
     for (n, want) in [
         ("example.org", Action::Direct),
         ("www.example.org", Action::Direct),
         ("WWW.Example.ORG.", Action::Direct),
-        ("badexample.org", Action::Proxy),
-        ("example.org.evil", Action::Proxy),
+        ("badexample.org", Action::Proxy(None)),
+        ("example.org.evil", Action::Proxy(None)),
         ("a.test", Action::Block),
-        ("b.a.test", Action::Proxy),
+        ("b.a.test", Action::Proxy(None)),
     ] {
-        assert_eq!(r.decide(&q(Some(n), None, 80, t)).action, want, "{n}");
+        assert_eq!(
+            r.decide(&q(Some(n), None, 80, t)).action.clone(),
+            want,
+            "{n}"
+        );
     }
 }
 
@@ -91,31 +95,38 @@ fn suffixes_match_on_label_boundaries_and_names_fold_case() {
 fn name_rules_do_not_match_an_address_nor_address_rules_a_name() {
     let r = rules(
         &["cidr:0.0.0.0/0 => block", "keyword:a => direct"],
-        Action::Proxy,
+        Action::Proxy(None),
     );
     assert_eq!(
-        r.decide(&q(Some("a.test"), None, 80, Proto::Tcp)).action,
+        r.decide(&q(Some("a.test"), None, 80, Proto::Tcp))
+            .action
+            .clone(),
         Action::Direct
     );
     assert_eq!(
-        r.decide(&q(None, Some("1.2.3.4"), 80, Proto::Tcp)).action,
+        r.decide(&q(None, Some("1.2.3.4"), 80, Proto::Tcp))
+            .action
+            .clone(),
         Action::Block
     );
     // v4-mapped v6 addresses are their v4 selves.
     assert_eq!(
         r.decide(&q(None, Some("::ffff:1.2.3.4"), 80, Proto::Tcp))
-            .action,
+            .action
+            .clone(),
         Action::Block
     );
     let v6 = rules(&["cidr:2001:db8::/32 => direct"], Action::Block);
     assert_eq!(
         v6.decide(&q(None, Some("2001:db8::1"), 1, Proto::Udp))
-            .action,
+            .action
+            .clone(),
         Action::Direct
     );
     assert_eq!(
         v6.decide(&q(None, Some("2001:db9::1"), 1, Proto::Udp))
-            .action,
+            .action
+            .clone(),
         Action::Block
     );
 }
@@ -156,6 +167,10 @@ fn values_are_read_as_the_surrounding_tools_write_them() {
             Match::Proto(Proto::Tcp),
         ]
     );
+    let (_, a) = parse_rule("udp => proxy:eu-1").unwrap();
+    assert_eq!(a, Action::Proxy(Some("eu-1".into())));
+    assert_eq!(a.to_string(), "proxy:eu-1");
+    assert!(parse_rule("udp => direct:x").is_err());
     let (m, _) = parse_rule("cidr:192.0.2.1 => block").unwrap();
     assert_eq!(m, vec![Match::Cidr("192.0.2.1/32".parse().unwrap())]);
     let r = Rule {
@@ -262,7 +277,10 @@ fn the_index_chooses_as_the_plain_scan_does() {
                 )
             })
             .collect();
-        let r = Rules::new(parse_file("t", &text.join("\n")).unwrap(), Action::Proxy);
+        let r = Rules::new(
+            parse_file("t", &text.join("\n")).unwrap(),
+            Action::Proxy(None),
+        );
         for name in names {
             for dst in dsts {
                 for port in [50u16, 150] {

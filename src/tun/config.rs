@@ -54,6 +54,7 @@ pub struct RouteConfig {
     pub direct_dns: Vec<SocketAddr>,
     /// The proxy sockets' options, which direct sockets get too.
     pub opts: SocketOpts,
+    pub groups: Vec<NamedGroup>,
 }
 
 impl RouteConfig {
@@ -86,15 +87,70 @@ impl RouteConfig {
             .iter()
             .map(|s| parse_resolver(s).map_err(|e| anyhow!("--direct-dns {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let groups = named_groups(args)?;
+        let rules = Rules::new(rules, default);
+        if let Some(g) = rules
+            .groups()
+            .find(|g| !groups.iter().any(|n| n.name == **g))
+        {
+            bail!("proxy:{g}: no --group {g} (--group {g}=URL names its proxies)");
+        }
         Ok(RouteConfig {
-            rules: Rules::new(rules, default),
+            rules,
             direct_dns,
             opts: SocketOpts {
                 fwmark: args.fwmark,
                 bind_interface: args.bind_interface.clone(),
             },
+            groups,
         })
     }
+}
+
+/// A proxy URL as `args` configure every proxy socket. The URL error never
+/// echoes the URL: it may hold a password.
+fn proxy_of(url: &str, args: &TunArgs, what: &str) -> anyhow::Result<Proxy> {
+    let mut proxy = Proxy::from_url(url).map_err(|e| anyhow!("{what}: {e}"))?;
+    proxy.opts.fwmark = args.fwmark;
+    proxy.opts.bind_interface = args.bind_interface.clone();
+    proxy.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    proxy.pipeline = args.socks_pipeline;
+    Ok(proxy)
+}
+
+/// A `--group`: its name, its proxies in failover order, and how they are
+/// used (--proxy-policy and --health-* as for --proxy's).
+pub struct NamedGroup {
+    pub name: Arc<str>,
+    pub proxies: Vec<Proxy>,
+    pub group: GroupConfig,
+}
+
+/// The `--group NAME=URL` flags, gathered by name in the order first given.
+fn named_groups(args: &TunArgs) -> anyhow::Result<Vec<NamedGroup>> {
+    let mut out: Vec<NamedGroup> = Vec::new();
+    for (i, g) in args.group.iter().enumerate() {
+        let Some((name, url)) = g.split_once('=') else {
+            bail!("--group (the {}.): expected NAME=URL", i + 1);
+        };
+        let name = crate::rules::group_name(name).map_err(|e| anyhow!("--group: {e}"))?;
+        let proxy = proxy_of(url, args, &format!("--group {name}"))?;
+        match out.iter_mut().find(|n| n.name == name) {
+            Some(n) => n.proxies.push(proxy),
+            None => out.push(NamedGroup {
+                name,
+                proxies: vec![proxy],
+                group: GroupConfig::from_args(args)?,
+            }),
+        }
+    }
+    for n in &mut out {
+        // As for --proxy: several members are probed unless told otherwise.
+        if args.health_interval.is_none() && n.proxies.len() > 1 {
+            n.group.health_interval = Some(DEFAULT_HEALTH_INTERVAL);
+        }
+    }
+    Ok(out)
 }
 
 /// How several proxies are used (`--proxy-policy`, `--health-*`).
@@ -150,16 +206,11 @@ impl TunConfig {
         let connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
         let mut proxies = Vec::with_capacity(args.proxy.len());
         for (i, url) in args.proxy.iter().enumerate() {
-            // The URL error never echoes the URL: it may hold a password.
-            let mut proxy = Proxy::from_url(url).map_err(|e| match args.proxy.len() {
-                1 => anyhow!("--proxy: {e}"),
-                _ => anyhow!("--proxy (the {}.): {e}", i + 1),
-            })?;
-            proxy.opts.fwmark = args.fwmark;
-            proxy.opts.bind_interface = args.bind_interface.clone();
-            proxy.connect_timeout = connect_timeout;
-            proxy.pipeline = args.socks_pipeline;
-            proxies.push(proxy);
+            let what = match args.proxy.len() {
+                1 => "--proxy".to_string(),
+                _ => format!("--proxy (the {}.)", i + 1),
+            };
+            proxies.push(proxy_of(url, args, &what)?);
         }
         let group = GroupConfig::from_args(args)?;
         let ipv4 = match args.ipv4.as_deref().unwrap_or(DEFAULT_IPV4) {

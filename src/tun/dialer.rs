@@ -53,8 +53,8 @@ impl Dialer for FlowDialer {
             rule: way.rule,
         };
         match way.action {
-            Action::Proxy => {
-                let up = self.upstream.clone();
+            Action::Proxy(_) => {
+                let up = way.upstream.unwrap_or_else(|| self.upstream.clone());
                 Box::pin(async move {
                     let c = up
                         .connect(&target)

@@ -73,7 +73,12 @@ pub fn run_until(
     if let Err(e) = crate::net::raise_fd_limit() {
         warn!("could not raise the descriptor limit: {e}");
     }
-    for proxy in &mut cfg.proxies {
+    let members = cfg
+        .route
+        .groups
+        .iter_mut()
+        .flat_map(|g| g.proxies.iter_mut());
+    for proxy in cfg.proxies.iter_mut().chain(members) {
         proxy
             .resolve()
             .with_context(|| format!("resolving the proxy host {:?}", proxy.host))?;
@@ -140,7 +145,12 @@ async fn run_async_until(
 ) -> anyhow::Result<()> {
     let dev = open_device(&cfg)?;
     let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
-    let health = Arc::new(reload::HealthSwitch::new(built.health));
+    let mut route = cfg.route;
+    let named = upstreams::groups_of(std::mem::take(&mut route.groups), cfg.connect_timeout);
+    let every: Vec<_> = std::iter::once(built.health).chain(named.health).collect();
+    let health = Arc::new(reload::HealthSwitch::new(Arc::new(upstreams::Healths(
+        every,
+    ))));
     // With a reload, flows reach the upstream through a `Switch` (one atomic
     // load) that SIGHUP can point elsewhere.
     let switch = reload
@@ -161,7 +171,8 @@ async fn run_async_until(
         .chain(cfg.ipv6.map(Into::into))
         .collect();
     let router = Arc::new(route::Router::build(
-        cfg.route,
+        route,
+        named.groups,
         &nets,
         dns.pool().cloned(),
         cfg.connect_timeout,
@@ -179,7 +190,7 @@ async fn run_async_until(
             router.clone(),
             health.clone(),
             r,
-            built.probes,
+            built.probes.into_iter().chain(named.probes).collect(),
         ))),
         _ => None,
     };

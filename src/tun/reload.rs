@@ -8,6 +8,7 @@
 
 use super::config::TunConfig;
 use super::route::Router;
+use super::upstreams::{groups_of, upstream_of, Built, BuiltGroups, Healths};
 use crate::rules::Rules;
 use crate::upstream::health::{Health, ProxyHealth};
 use crate::upstream::switch::Switch;
@@ -27,7 +28,7 @@ pub(super) async fn on_sighup(
     router: Arc<Router>,
     health: Arc<HealthSwitch>,
     reload: Reload,
-    mut probes: Option<JoinHandle<()>>,
+    mut probes: Vec<JoinHandle<()>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -39,17 +40,19 @@ pub(super) async fn on_sighup(
     };
     while hup.recv().await.is_some() {
         match new_upstream(&reload).await {
-            Ok((b, rules)) => {
+            Ok((b, rules, named)) => {
                 info!(
                     "SIGHUP: {} rule(s), default action {}, in force for new flows",
                     rules.len(),
                     rules.default_action()
                 );
-                router.replace(rules);
+                router.replace(rules, named.groups);
                 let up = b.upstream;
                 let old = switch.replace(up.clone());
-                health.replace(b.health);
-                if let Some(h) = std::mem::replace(&mut probes, b.probes) {
+                let every = std::iter::once(b.health).chain(named.health).collect();
+                health.replace(Arc::new(Healths(every)));
+                let new_probes = b.probes.into_iter().chain(named.probes).collect();
+                for h in std::mem::replace(&mut probes, new_probes) {
                     h.abort();
                 }
                 info!("SIGHUP: upstream {up} in force for new flows (was {old}); open flows keep theirs");
@@ -59,25 +62,28 @@ pub(super) async fn on_sighup(
             ),
         }
     }
-    if let Some(h) = probes {
+    for h in probes {
         h.abort();
     }
 }
 
-async fn new_upstream(reload: &Reload) -> anyhow::Result<(super::upstreams::Built, Rules)> {
+async fn new_upstream(reload: &Reload) -> anyhow::Result<(Built, Rules, BuiltGroups)> {
     let mut cfg = reload()?;
     let mut proxies = std::mem::take(&mut cfg.proxies);
+    let mut named = std::mem::take(&mut cfg.route.groups);
     // Resolving a proxy's host name blocks: not on the stack's thread.
-    let proxies = tokio::task::spawn_blocking(move || {
-        for p in &mut proxies {
+    let (proxies, named) = tokio::task::spawn_blocking(move || {
+        let members = named.iter_mut().flat_map(|g| g.proxies.iter_mut());
+        for p in proxies.iter_mut().chain(members) {
             p.resolve()
                 .with_context(|| format!("resolving the proxy host {:?}", p.host))?;
         }
-        anyhow::Ok(proxies)
+        anyhow::Ok((proxies, named))
     })
     .await??;
-    let built = super::upstreams::upstream_of(proxies, cfg.group, cfg.connect_timeout);
-    Ok((built, cfg.route.rules))
+    let built = upstream_of(proxies, cfg.group, cfg.connect_timeout);
+    let groups = groups_of(named, cfg.connect_timeout);
+    Ok((built, cfg.route.rules, groups))
 }
 
 /// The health the admin endpoint reads: that of the upstream in force,

@@ -8,11 +8,13 @@ use crate::dns::host::{resolv_conf_servers, HostResolver};
 use crate::dns::pool::FakePool;
 use crate::rules::{parse_target, Action, Proto, Query, Rules};
 use crate::socks::TargetAddr;
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use ipnetwork::IpNetwork;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +24,38 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The way chosen for a flow and the rule that chose it, for its log line
 /// (None when no rule is configured).
+#[derive(Clone)]
 pub struct Way {
     pub action: Action,
+    /// The named group's upstream for `proxy:GROUP` (None: `--proxy`'s).
+    pub upstream: Option<Arc<dyn Upstream>>,
     pub rule: Option<Arc<str>>,
 }
 
+impl Way {
+    /// Through `--proxy`, no rule to tell.
+    pub fn plain() -> Way {
+        Way {
+            action: Action::Proxy(None),
+            upstream: None,
+            rule: None,
+        }
+    }
+}
+
+/// The named groups (`--group`), by name.
+pub type Groups = HashMap<Arc<str>, Arc<dyn Upstream>>;
+
+/// What is replaced together at SIGHUP: the rules and the groups they name.
+struct State {
+    rules: Rules,
+    groups: Groups,
+}
+
 pub struct Router {
-    rules: ArcSwap<Rules>,
+    state: ArcSwap<State>,
+    /// Counts the replacements, so a cache of decisions knows it is stale.
+    generation: AtomicU64,
     direct: Direct,
     /// The TUN's own addresses. A flow from one of them, from the port of
     /// one of sockstun's direct sockets, is that socket come back through
@@ -41,9 +68,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(rules: Rules, direct: Direct, own: Vec<IpAddr>) -> Router {
+    pub fn new(rules: Rules, groups: Groups, direct: Direct, own: Vec<IpAddr>) -> Router {
         Router {
-            rules: ArcSwap::from_pointee(rules),
+            state: ArcSwap::from_pointee(State { rules, groups }),
+            generation: AtomicU64::new(0),
             direct,
             own,
             loop_warned: AtomicBool::new(false),
@@ -56,30 +84,39 @@ impl Router {
         &self.direct
     }
 
-    /// Put `rules` in force for new flows.
-    pub fn replace(&self, rules: Rules) {
-        self.rules.store(Arc::new(rules));
+    /// Put `rules` and the `groups` they name in force for new flows.
+    pub fn replace(&self, rules: Rules, groups: Groups) {
+        self.state.store(Arc::new(State { rules, groups }));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    pub fn rules(&self) -> Arc<Rules> {
-        self.rules.load_full()
+    /// Changes whenever the rules in force do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// No rules, everything through `--proxy`: nothing to decide.
+    pub fn is_plain(&self) -> bool {
+        self.state.load().rules.is_plain()
+    }
+
+    /// The named groups in force.
+    pub fn groups(&self) -> Vec<Arc<dyn Upstream>> {
+        self.state.load().groups.values().cloned().collect()
     }
 
     /// The way of a flow from `src` to `target` (a name when the destination
     /// is a virtual-DNS address).
     pub fn way(&self, src: SocketAddr, target: &TargetAddr, proto: Proto) -> Way {
-        let rules = self.rules.load();
-        if rules.is_plain() {
-            return Way {
-                action: Action::Proxy,
-                rule: None,
-            };
+        let state = self.state.load();
+        if state.rules.is_plain() {
+            return Way::plain();
         }
         let (name, dst, port) = match target {
             TargetAddr::Ip(a) => (None, Some(a.ip()), a.port()),
             TargetAddr::Domain(n, p) => (Some(n.as_str()), None, *p),
         };
-        let d = rules.decide(&Query {
+        let d = state.rules.decide(&Query {
             name,
             dst,
             port: Some(port),
@@ -93,23 +130,35 @@ impl Router {
         if self.own.contains(&crate::net::unmap(src.ip()))
             && self.direct.own_ports().contains(src.port())
         {
-            if !self.loop_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "a direct {proto} flow to {target} came back into the TUN from its own address {}: \
-                     sockstun's direct sockets are routed into the TUN. Give sockstun --fwmark N with a \
-                     policy rule that exempts the mark (scripts/route-up --fwmark N), or \
-                     --bind-interface; such flows are refused (logged once)",
-                    src.ip()
-                );
-            }
+            self.warn_loop(proto, target, src);
             return Way {
                 action: Action::Block,
+                upstream: None,
                 rule: Some(self.loop_label.clone()),
             };
         }
+        // Validation saw every group a rule names; one missing here (it
+        // cannot be) would fall back to --proxy's.
+        let upstream = match d.action {
+            Action::Proxy(Some(g)) => state.groups.get(g).cloned(),
+            _ => None,
+        };
         Way {
-            action: d.action,
+            action: d.action.clone(),
+            upstream,
             rule,
+        }
+    }
+
+    fn warn_loop(&self, proto: Proto, target: &TargetAddr, src: SocketAddr) {
+        if !self.loop_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a direct {proto} flow to {target} came back into the TUN from its own address {}: \
+                 sockstun's direct sockets are routed into the TUN. Give sockstun --fwmark N with a \
+                 policy rule that exempts the mark (scripts/route-up --fwmark N), or \
+                 --bind-interface; such flows are refused (logged once)",
+                src.ip()
+            );
         }
     }
 }
@@ -120,6 +169,7 @@ impl Router {
     /// the TUN's networks left out: they are sockstun's own virtual DNS).
     pub fn build(
         cfg: RouteConfig,
+        groups: Groups,
         nets: &[IpNetwork],
         pool: Option<Arc<FakePool>>,
         timeout: Duration,
@@ -169,7 +219,12 @@ impl Router {
         }
         let resolver = HostResolver::new(servers, cfg.opts.clone(), pool, RESOLVE_TIMEOUT);
         let own = nets.iter().map(|n| n.ip()).collect();
-        Router::new(cfg.rules, Direct::new(cfg.opts, resolver, timeout), own)
+        Router::new(
+            cfg.rules,
+            groups,
+            Direct::new(cfg.opts, resolver, timeout),
+            own,
+        )
     }
 }
 

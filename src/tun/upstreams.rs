@@ -2,9 +2,10 @@
 //! one proxy as it is, or a group with its health probes. Used at start
 //! and by a reload.
 
-use super::config::GroupConfig;
+use super::config::{GroupConfig, NamedGroup};
+use super::route::Groups;
 use crate::upstream::group::Group;
-use crate::upstream::health::Health;
+use crate::upstream::health::{Health, ProxyHealth};
 use crate::upstream::watched::Watched;
 use crate::upstream::{self, Upstream};
 use std::sync::Arc;
@@ -48,6 +49,39 @@ pub(crate) fn upstream_of(
         upstream: g.clone(),
         health: g,
         probes: Some(probes),
+    }
+}
+
+/// The named groups (`--group`), each built as `--proxy`'s is.
+pub(crate) struct BuiltGroups {
+    pub groups: Groups,
+    pub health: Vec<Arc<dyn Health>>,
+    pub probes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) fn groups_of(named: Vec<NamedGroup>, budget: Duration) -> BuiltGroups {
+    let mut out = BuiltGroups {
+        groups: Groups::new(),
+        health: Vec::new(),
+        probes: Vec::new(),
+    };
+    for n in named {
+        info!("group {}: {} proxy(ies)", n.name, n.proxies.len());
+        let b = upstream_of(n.proxies, n.group, budget);
+        out.groups.insert(n.name, b.upstream);
+        out.health.push(b.health);
+        out.probes.extend(b.probes);
+    }
+    out
+}
+
+/// Several upstreams' health as one list (the admin endpoint shows every
+/// proxy, of `--proxy` and of each `--group`).
+pub(crate) struct Healths(pub Vec<Arc<dyn Health>>);
+
+impl Health for Healths {
+    fn proxies(&self) -> Vec<ProxyHealth> {
+        self.0.iter().flat_map(|h| h.proxies()).collect()
     }
 }
 

@@ -6,7 +6,9 @@
 
 use super::packet::{build_udp, BuildError};
 use super::reply::{reply_source, FakeDest};
-use super::shared::{inc, FlowState, Out, Shared, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS};
+use super::shared::{
+    inc, Backoff, FlowState, Out, Shared, WayKey, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS,
+};
 use crate::socks::{codec, TargetAddr};
 use crate::upstream;
 use std::collections::HashSet;
@@ -34,8 +36,11 @@ struct Live {
 /// What the task of one association gets from the table.
 pub(super) struct Flow {
     pub local: SocketAddr,
-    /// Sent from this host (a `direct` rule), not through the proxy.
-    pub direct: bool,
+    /// The way (part of the table's key): through a proxy, or direct.
+    pub way: WayKey,
+    /// The upstream that associates (`--proxy`'s or a group's; unused direct).
+    pub upstream: Arc<dyn upstream::Upstream>,
+    pub backoff: Arc<Backoff>,
     pub id: u64,
     pub rx: mpsc::UnboundedReceiver<Out>,
     pub evicted: oneshot::Receiver<()>,
@@ -67,7 +72,10 @@ enum Ev {
 struct Assoc {
     sh: Arc<Shared>,
     local: SocketAddr,
+    /// Sent from this host (a `direct` rule), not through a proxy.
     direct: bool,
+    upstream: Arc<dyn upstream::Upstream>,
+    backoff: Arc<Backoff>,
     /// The rule of the first datagram, for the log line.
     rule: Option<Arc<str>>,
     state: Arc<FlowState>,
@@ -94,7 +102,9 @@ struct Assoc {
 pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     let Flow {
         local,
-        direct,
+        way,
+        upstream,
+        backoff,
         id,
         mut rx,
         mut evicted,
@@ -110,7 +120,9 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         pkt: Vec::with_capacity(sh.cfg.mtu + 263),
         sh: sh.clone(),
         local,
-        direct,
+        direct: way == WayKey::Direct,
+        upstream,
+        backoff,
         rule: None,
         state,
         live: None,
@@ -143,8 +155,9 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     };
     {
         let mut t = sh.table();
-        if t.flows.get(&(local, direct)).is_some_and(|h| h.id == id) {
-            t.flows.remove(&(local, direct));
+        let key = (local, way);
+        if t.flows.get(&key).is_some_and(|h| h.id == id) {
+            t.flows.remove(&key);
         }
     }
     a.log(started, &outcome);
@@ -238,7 +251,7 @@ impl Assoc {
         }
         // Evicted while the proxy is still answering: give the slot up at once.
         let assoc = tokio::select! {
-            a = sh.upstream.associate() => a,
+            a = self.upstream.associate() => a,
             _ = evicted => return Err("evicted".into()),
         };
         match assoc {
@@ -246,7 +259,7 @@ impl Assoc {
                 tracing::debug!("udp {local}: associated through {via}, relay {}", a.relay);
                 self.state.set_via(via.clone());
                 self.via = Some(via);
-                sh.mark_associated();
+                sh.mark_associated(&self.backoff);
                 self.state.live.store(true, Ordering::Relaxed);
                 self.live = Some(Live {
                     relay: Some(a.relay),
@@ -259,13 +272,13 @@ impl Assoc {
             }
             Err(upstream::Error::CommandNotSupported) => {
                 inc(&sh.stats.dropped_unsupported);
-                sh.mark_unsupported();
+                sh.mark_unsupported(&self.backoff);
                 Err("proxy has no UDP ASSOCIATE".into())
             }
             Err(e) => {
                 // The task ends and its queue goes with it: what arrives
                 // during the backoff is dropped up front.
-                let backoff = sh.mark_failed();
+                let backoff = sh.mark_failed(&self.backoff);
                 inc(&sh.stats.dropped_backoff);
                 let mut n = 0;
                 while rx.try_recv().is_ok() {

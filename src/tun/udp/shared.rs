@@ -5,7 +5,7 @@ use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
 use crate::socks::TargetAddr;
 use crate::stack::PacketSink;
-use crate::tun::route::Router;
+use crate::tun::route::{Router, Way};
 use crate::upstream::Upstream;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -155,9 +155,39 @@ pub(super) struct FlowHandle {
     pub(super) _evict: oneshot::Sender<()>,
 }
 
-/// An association's key: the application's endpoint, and whether it goes
-/// direct (one endpoint may have both: rules choose per destination).
-pub(super) type Key = (SocketAddr, bool);
+/// Which way an association goes: through `--proxy`'s upstream (None) or a
+/// named group's, or direct.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum WayKey {
+    Proxy(Option<Arc<str>>),
+    Direct,
+}
+
+/// An association's key: the application's endpoint, and its way (one
+/// endpoint may have several: rules choose per destination).
+pub(super) type Key = (SocketAddr, WayKey);
+
+/// Ways remembered, valid for the router's `generation`.
+#[derive(Default)]
+pub(super) struct WayCache {
+    pub(super) generation: u64,
+    /// (source, destination) -> (when decided, ms since the epoch; the way).
+    pub(super) ways: HashMap<(SocketAddr, SocketAddr), (u64, Way)>,
+}
+
+/// One upstream's UDP ASSOCIATE state: the backoffs after it failed or said
+/// it has none (each upstream its own: one failing group must not stop
+/// another's datagrams).
+#[derive(Default)]
+pub(super) struct Backoff {
+    pub(super) unsupported_logged: AtomicBool,
+    /// `epoch`-relative millisecond until which UDP is not even tried (0: try).
+    pub(super) unsupported_until: AtomicU64,
+    /// `epoch`-relative millisecond until which no UDP ASSOCIATE is tried
+    /// after a failure (0: try), and the failures in a row behind it.
+    pub(super) failed_until: AtomicU64,
+    pub(super) failed_streak: AtomicU32,
+}
 
 #[derive(Default)]
 pub(super) struct Table {
@@ -175,19 +205,17 @@ pub(super) struct Shared {
     pub(super) table: Mutex<Table>,
     pub(super) stats: Arc<UdpStats>,
     pub(super) epoch: Instant,
-    pub(super) unsupported_logged: AtomicBool,
-    /// `epoch`-relative millisecond until which UDP is not even tried (0: try).
-    pub(super) unsupported_until: AtomicU64,
-    /// `epoch`-relative millisecond until which no UDP ASSOCIATE is tried
-    /// after a failure (0: try), and the failures in a row behind it.
-    pub(super) failed_until: AtomicU64,
-    pub(super) failed_streak: AtomicU32,
+    /// `--proxy`'s backoffs, and each named group's (made on first use).
+    pub(super) backoff: Arc<Backoff>,
+    pub(super) group_backoffs: Mutex<HashMap<Arc<str>, Arc<Backoff>>>,
     /// Bytes queued towards all associations.
     pub(super) queued: AtomicUsize,
     pub(super) oversize_logged: AtomicBool,
     /// (source, destination) pairs whose block was logged (once per flow;
     /// forgotten all at once when full).
     pub(super) blocked_logged: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
+    /// The ways of recent (source, destination) pairs (`UdpRelay::way_of`).
+    pub(super) ways: Mutex<WayCache>,
     pub(super) dns_slots: Arc<tokio::sync::Semaphore>,
     pub(super) rt: tokio::runtime::Handle,
 }
@@ -235,24 +263,38 @@ impl Shared {
     /// A UDP ASSOCIATE failed: back off. Failures of attempts that ran
     /// while a backoff was already set (many flows trying at once) do not
     /// lengthen it.
-    pub(super) fn mark_failed(&self) -> Duration {
+    /// The backoffs of the way `group` names (None: `--proxy`'s).
+    pub(super) fn backoff_of(&self, group: Option<&Arc<str>>) -> Arc<Backoff> {
+        match group {
+            None => self.backoff.clone(),
+            Some(g) => {
+                let mut m = self
+                    .group_backoffs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                m.entry(g.clone()).or_default().clone()
+            }
+        }
+    }
+
+    pub(super) fn mark_failed(&self, b: &Backoff) -> Duration {
         let now = self.now_ms();
-        let until = self.failed_until.load(Ordering::Relaxed);
+        let until = b.failed_until.load(Ordering::Relaxed);
         if now < until {
             return Duration::from_millis(until - now);
         }
-        let streak = self.failed_streak.fetch_add(1, Ordering::Relaxed).min(16);
+        let streak = b.failed_streak.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = FAILED_BACKOFF_MIN
             .saturating_mul(1 << streak)
             .min(FAILED_BACKOFF_MAX);
-        self.failed_until
+        b.failed_until
             .store(now + backoff.as_millis() as u64, Ordering::Relaxed);
         backoff
     }
 
-    pub(super) fn mark_associated(&self) {
-        self.failed_streak.store(0, Ordering::Relaxed);
-        self.failed_until.store(0, Ordering::Relaxed);
+    pub(super) fn mark_associated(&self, b: &Backoff) {
+        b.failed_streak.store(0, Ordering::Relaxed);
+        b.failed_until.store(0, Ordering::Relaxed);
     }
 
     /// Take `cost` bytes of queue room for a flow, or None when full.
@@ -279,12 +321,12 @@ impl Shared {
         self.queued.fetch_sub(cost, Ordering::Relaxed);
     }
 
-    pub(super) fn mark_unsupported(&self) {
-        self.unsupported_until.store(
+    pub(super) fn mark_unsupported(&self, b: &Backoff) {
+        b.unsupported_until.store(
             self.now_ms() + UNSUPPORTED_BACKOFF.as_millis() as u64,
             Ordering::Relaxed,
         );
-        if !self.unsupported_logged.swap(true, Ordering::Relaxed) {
+        if !b.unsupported_logged.swap(true, Ordering::Relaxed) {
             let dns = match self.dns.as_ref().map(|d| d.mode()) {
                 Some(m) if m != crate::dns::DnsMode::Udp => format!("DNS still works ({m} mode)"),
                 _ => "DNS over UDP fails too (use --dns virtual or tcp)".to_string(),

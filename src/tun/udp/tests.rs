@@ -209,9 +209,10 @@ async fn bounded_oldest_idle_evicted() {
     // The three most recent survive.
     let t = r.shared.table();
     for i in 7..10 {
-        assert!(t
-            .flows
-            .contains_key(&(sa(&format!("198.18.0.1:{}", 6000 + i)), false)));
+        assert!(t.flows.contains_key(&(
+            sa(&format!("198.18.0.1:{}", 6000 + i)),
+            shared::WayKey::Proxy(None)
+        )));
     }
 }
 
@@ -413,7 +414,7 @@ async fn failed_associate_backs_off() {
     let got = cap.wait(1).await;
     assert_eq!(got[0].2, b"ok");
     assert_eq!(attempts(), 3);
-    assert_eq!(r.shared.failed_until.load(Ordering::Relaxed), 0);
+    assert_eq!(r.shared.backoff.failed_until.load(Ordering::Relaxed), 0);
 }
 
 /// A blackholed proxy: the queue of a flow that is still associating
