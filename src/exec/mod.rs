@@ -71,6 +71,11 @@ pub fn run(args: ExecArgs, reload: Option<Reload>, log: &str) -> anyhow::Result<
         bail!("--fd: exec makes its own TUN, in the program's namespace");
     }
     let mut tun = tun_args(&args);
+    if !tun.rules_test.is_empty() {
+        // As `sockstun tun --rules-test`: print, start nothing.
+        crate::tun::run_until(tun, None, None)?;
+        return Ok(0);
+    }
     let cfg = TunConfig::from_args(&tun)?;
     let nameserver = resolv::nameserver(&cfg)?;
     // Before any thread exists (the runtime starts in `run_until`).
