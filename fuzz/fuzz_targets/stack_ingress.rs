@@ -80,6 +80,7 @@ impl Dialer for FuzzDialer {
             Ok(Dialed {
                 stream: Box::new(a),
                 via: "fuzz".into(),
+                note: Default::default(),
             })
         })
     }
@@ -380,7 +381,7 @@ async fn run(cfg: u8, packets: Vec<Vec<u8>>, tally: &Tally) {
         max_flows: 4,
         mtu,
     };
-    let udp = UdpRelay::new(udp_cfg, Some(Arc::new(dns)), proxy, sink.clone());
+    let udp = UdpRelay::new(udp_cfg, Some(Arc::new(dns)), proxy, None, sink.clone());
     let stack = Stack::new(
         scfg,
         Arc::new(FuzzDialer((cfg >> 1) & 3)),

@@ -61,6 +61,11 @@ impl Rules {
         self.rules.is_empty() && self.default == Action::Proxy(None)
     }
 
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

@@ -107,7 +107,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub(super) fn holds(&self, q: &Query<'_>) -> bool {
+    /// Whether every match of the rule holds for `q`.
+    pub fn holds(&self, q: &Query<'_>) -> bool {
         self.matches.iter().all(|m| matches(m, q))
     }
 }
