@@ -2,7 +2,9 @@
 # sockstun benchmark: one machine, throwaway network namespaces, one table.
 #
 #   client (netbench; TUN + sockstun tun) --veth-- proxy (SOCKS upstream) --veth-- target (netbench server)
-#    198.51.100.2/24                        198.51.100.1/24   203.0.113.1/24     203.0.113.2/24, .3/24
+#    198.51.100.2/24                        198.51.100.1/24   203.0.113.1/24     203.0.113.2/24, .3, .4, .10...
+#   wan scenario only: client --TAP wcc == delayline (in proxy ns) == TAP wpc-- proxy, carrying
+#   the client's traffic to and from 198.51.100.1 (and the redsocks client's, over wcr/wpr)
 #
 # Rows (TUN mode, the default), all set up at once and run one after another for each
 # scenario, so a ratio compares figures taken under the same machine load:
@@ -45,7 +47,7 @@
 #   own lateness (p50/p99/max beyond the delay) is printed with it.
 #   udp-rtt: UDP echo with one datagram in flight (--secs; rounds, median): p50, p99.
 #   udp-max: the highest offered rate with under 1 % loss, searched (double from the udp
-#   scenario's rate, then bisect; 2 s probes, 1 s with --quick).
+#   scenario's rate, then bisect; 2 s probes, 0.5 s with --quick).
 #   --variant NAME='ARGS': a row `sockstun tun ARGS` beside the sockstun row (its own
 #   device and target; --sockstun-args is not added), e.g. --variant warm='--warm 4', or
 #   --variant q1='--queues 1' --variant q2='--queues 2' --only tcp-up-10,tcp-down-10,crr
@@ -139,7 +141,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$QUICK" = 1 ]; then
   SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000; ROUNDS=${ROUNDS:-1}
-  WAN_CONNS=20; UDPMAX_SECS=1; UDPMAX_PROBES=4
+  WAN_CONNS=20; UDPMAX_SECS=0.5; UDPMAX_PROBES=3
 fi
 ROUNDS=${ROUNDS:-3}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive number" >&2; exit 2; }
