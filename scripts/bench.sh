@@ -39,7 +39,7 @@
 #              memory idle hold
 #   (cpu is taken during tcp-up-1, and for the rows with a process of their own during the
 #   other tcp-* runs and crr; idle is measured after start and again after the load.)
-#   wan: the client's link to the proxy goes through a delay line (examples/delayline.rs,
+#   wan (TUN mode only): the client's link to the proxy goes through a delay line (delayline.rs,
 #   two TAP devices, --wan-ms each way, default 10: 20 ms round trip; this kernel has no
 #   netem) for this scenario only; --wan-conns connections (default 200) opened one at a
 #   time per row, the rows taking turns in --rounds rounds: time from connect() to the
