@@ -14,7 +14,7 @@
 //! - `G` source: write until the peer goes away. Used by `down`.
 //! - `E` echo: echo until EOF. Used by `rr` and `hold`.
 //! - `C` one echo, then the server closes first (so TIME-WAIT lands on the
-//!   target, not on the client's ports). Used by `crr`.
+//!   target, not on the client's ports). Used by `crr` and `fb`.
 //!
 //! UDP: every datagram is echoed to its sender.
 //!
@@ -87,12 +87,34 @@ enum Mode {
         #[arg(long, default_value_t = 4)]
         workers: usize,
     },
+    /// Connections opened one at a time: the time from `connect()` (the
+    /// SOCKS handshake included with `--socks`) to the first byte of the
+    /// answer to a 1-byte request; p50, p99 and every sample (`samples_us`).
+    Fb {
+        #[command(flatten)]
+        c: Common,
+        /// Stop after this many connections (or after `--secs`).
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
     /// UDP echo at a fixed offered rate: answered packets/s and loss.
     Udp {
         #[command(flatten)]
         c: Common,
         #[arg(long, default_value_t = 50_000)]
         pps: u64,
+        /// Datagram payload size, bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// How long replies are still counted after the last datagram, ms.
+        #[arg(long, default_value_t = 1000)]
+        grace_ms: u64,
+    },
+    /// UDP echo with one datagram in flight: round trip p50, p99 and lost
+    /// datagrams (no reply within 1 s).
+    UdpRtt {
+        #[command(flatten)]
+        c: Common,
         /// Datagram payload size, bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
@@ -120,7 +142,14 @@ fn main() {
         Mode::Down { c, streams } => down(&c, streams),
         Mode::Rr { c } => rr(&c),
         Mode::Crr { c, workers } => crr(&c, workers),
-        Mode::Udp { c, pps, size } => udp(&c, pps, size),
+        Mode::Fb { c, count } => fb(&c, count),
+        Mode::Udp {
+            c,
+            pps,
+            size,
+            grace_ms,
+        } => udp(&c, pps, size, grace_ms),
+        Mode::UdpRtt { c, size } => udp_rtt(&c, size),
         Mode::Hold { c, conns, workers } => hold(&c, conns, workers),
     };
     if let Err(e) = r {
@@ -412,11 +441,68 @@ fn crr(c: &Common, workers: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn udp(c: &Common, pps: u64, size: usize) -> io::Result<()> {
-    let size = size.max(8);
-    // With a proxy: UDP ASSOCIATE, datagrams go to the relay with the RFC 1928
-    // section 7 header; without: straight to the target.
-    let (_ctl, relay, hdr) = match c.socks {
+fn fb(c: &Common, count: usize) -> io::Result<()> {
+    let dur = Duration::from_secs_f64(c.secs);
+    let mut lat = Vec::with_capacity(count);
+    let mut errors = 0u64;
+    let mut first_err = None;
+    let start = Instant::now();
+    while lat.len() < count && start.elapsed() < dur {
+        let t0 = Instant::now();
+        let r = (|| -> io::Result<Duration> {
+            let mut s = connect(c)?;
+            s.write_all(b"Cx")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            let t = t0.elapsed();
+            // The server closes first (TIME-WAIT on its side); wait for it
+            // so the next connection starts on a quiet path.
+            let mut rest = [0u8; 16];
+            while s.read(&mut rest)? > 0 {}
+            Ok(t)
+        })();
+        match r {
+            Ok(t) => lat.push(t.as_nanos() as u64),
+            Err(e) => {
+                errors += 1;
+                first_err.get_or_insert(e.to_string());
+                if errors > 10 && lat.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    let samples: Vec<String> = lat.iter().map(|n| (n / 1000).to_string()).collect();
+    let mut sorted = lat.clone();
+    sorted.sort_unstable();
+    result(&[
+        ("n", sorted.len().to_string()),
+        ("errors", errors.to_string()),
+        (
+            "p50_ms",
+            format!("{:.2}", percentile(&sorted, 0.50) / 1000.0),
+        ),
+        (
+            "p99_ms",
+            format!("{:.2}", percentile(&sorted, 0.99) / 1000.0),
+        ),
+        ("samples_us", samples.join(",")),
+    ]);
+    if let Some(e) = first_err {
+        eprintln!("netbench fb: first error: {e}");
+    }
+    if lat.is_empty() {
+        return Err(io::Error::other("no connection answered"));
+    }
+    Ok(())
+}
+
+/// A UDP socket towards the target: with a proxy, through UDP ASSOCIATE
+/// (datagrams go to the relay with the RFC 1928 section 7 header, returned
+/// in `hdr`); without, straight to the target. The control connection must
+/// live as long as the association.
+fn udp_path(c: &Common) -> io::Result<(Option<TcpStream>, UdpSocket, Vec<u8>)> {
+    let (ctl, relay, hdr) = match c.socks {
         None => (None, c.target, Vec::new()),
         Some(p) => {
             let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
@@ -435,6 +521,68 @@ fn udp(c: &Common, pps: u64, size: usize) -> io::Result<()> {
     })?;
     force_bufs(sock.as_raw_fd(), 8 << 20);
     sock.connect(relay)?;
+    Ok((ctl, sock, hdr))
+}
+
+fn udp_rtt(c: &Common, size: usize) -> io::Result<()> {
+    let size = size.max(8);
+    let (_ctl, sock, hdr) = udp_path(c)?;
+    let hlen = hdr.len();
+    let mut pkt = hdr.clone();
+    pkt.resize(hlen + size, 0x5a);
+    let mut buf = vec![0u8; 65536];
+    let dur = Duration::from_secs_f64(c.secs);
+    let mut lat = Vec::with_capacity(1 << 16);
+    let mut lost = 0u64;
+    let start = Instant::now();
+    let mut seq = 0u64;
+    // One timeout for every wait (not a setsockopt per datagram inside the
+    // timed window); a stale answer ends the wait early, the deadline holds.
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    while start.elapsed() < dur {
+        seq += 1;
+        pkt[hlen..hlen + 8].copy_from_slice(&seq.to_be_bytes());
+        let t0 = Instant::now();
+        sock.send(&pkt)?;
+        let deadline = t0 + Duration::from_secs(1);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                lost += 1;
+                break;
+            }
+            match sock.recv(&mut buf) {
+                // A late answer to an earlier datagram is skipped.
+                Ok(n) if n >= hlen + 8 && buf[hlen..hlen + 8] == seq.to_be_bytes() => {
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    lat.sort_unstable();
+    result(&[
+        ("n", lat.len().to_string()),
+        ("lost", lost.to_string()),
+        ("p50_us", format!("{:.1}", percentile(&lat, 0.50))),
+        ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),
+    ]);
+    if lat.is_empty() {
+        return Err(io::Error::other("no datagram answered"));
+    }
+    Ok(())
+}
+
+fn udp(c: &Common, pps: u64, size: usize, grace_ms: u64) -> io::Result<()> {
+    let size = size.max(8);
+    let (_ctl, sock, hdr) = udp_path(c)?;
     let rx = sock.try_clone()?;
     let dur = Duration::from_secs_f64(c.secs);
     let total = (pps as f64 * c.secs) as u64;
@@ -484,8 +632,8 @@ fn udp(c: &Common, pps: u64, size: usize) -> io::Result<()> {
         std::thread::sleep(Duration::from_micros(500));
     }
     let send_secs = start.elapsed().as_secs_f64();
-    // Replies still in flight get a grace second.
-    std::thread::sleep(Duration::from_secs(1));
+    // Replies still in flight get a grace period (1 s unless told).
+    std::thread::sleep(Duration::from_millis(grace_ms));
     done.store(true, Ordering::Relaxed);
     let got = receiver.join().unwrap_or(0);
     result(&[

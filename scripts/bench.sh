@@ -2,7 +2,9 @@
 # sockstun benchmark: one machine, throwaway network namespaces, one table.
 #
 #   client (netbench; TUN + sockstun tun) --veth-- proxy (SOCKS upstream) --veth-- target (netbench server)
-#    198.51.100.2/24                        198.51.100.1/24   203.0.113.1/24     203.0.113.2/24, .3/24
+#    198.51.100.2/24                        198.51.100.1/24   203.0.113.1/24     203.0.113.2/24, .3, .4, .10...
+#   wan scenario only: client --TAP wcc == delayline (in proxy ns) == TAP wpc-- proxy, carrying
+#   the client's traffic to and from 198.51.100.1 (and the redsocks client's, over wcr/wpr)
 #
 # Rows (TUN mode, the default), all set up at once and run one after another for each
 # scenario, so a ratio compares figures taken under the same machine load:
@@ -15,6 +17,10 @@
 #               redirected by nftables to redsocks, Debian's transparent socksifier,
 #               which dials it through the same upstream: a field peer with the
 #               kernel's TCP on both legs and no userspace stack, in a second table
+#   NAME        one row per --variant NAME='ARGS' (`sockstun tun ARGS`, its own TUN) and per
+#               --peer NAME='COMMAND' (any TUN program), each in the client namespace
+#               with its own target address (203.0.113.10, .11, ... in the order given)
+#               routed into its own device; a table each, against sockstun
 # With --server the rows are SOCKS servers side by side in the proxy namespace
 # (dante-server :1080, microsocks :1081, sockstun server :1082), each the upstream of a
 # SOCKS-speaking client.
@@ -26,16 +32,42 @@
 # Usage: scripts/bench.sh [--server] [--quick] [--only S1,S2] [--rows R1,R2]
 #                         [--upstream auto|dante|sockstun|microsocks] [--secs N]
 #                         [--idle-secs N] [--rounds N] [--iperf3] [--perf DIR] [--sockstun-args "ARGS"]
+#                         [--variant NAME='ARGS']... [--peer NAME='COMMAND']...
+#                         [--wan-ms N] [--wan-conns N]
 #                         [--save FILE] [--compare FILE] [--no-build] [--keep-logs]
-#   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp memory idle hold
-#   (cpu is taken during tcp-up-1; idle is measured after start and again after the load.)
+#   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp wan udp-rtt udp-max
+#              memory idle hold
+#   (cpu is taken during tcp-up-1, and for the rows with a process of their own during the
+#   other tcp-* runs and crr; idle is measured after start and again after the load.)
+#   wan (TUN mode only): the client's link to the proxy goes through a delay line (delayline.rs,
+#   two TAP devices, --wan-ms each way, default 10: 20 ms round trip; this kernel has no
+#   netem) for this scenario only; --wan-conns connections (default 200) opened one at a
+#   time per row, the rows taking turns in --rounds rounds: time from connect() to the
+#   first byte of the answer, p50 and p99 over all of a row's connections. The delay line's
+#   own lateness (p50/p99/max beyond the delay) is printed with it.
+#   udp-rtt: UDP echo with one datagram in flight (--secs; rounds, median): p50, p99.
+#   udp-max: the highest offered rate with under 1 % loss, searched (double from the udp
+#   scenario's rate, then bisect; 2 s probes, 0.5 s with --quick).
+#   --variant NAME='ARGS': a row `sockstun tun ARGS` beside the sockstun row (its own
+#   device and target; --sockstun-args is not added), e.g. --variant warm='--warm 4', or
+#   --variant q1='--queues 1' --variant q2='--queues 2' --only tcp-up-10,tcp-down-10,crr
+#   (with two or more variants, each later one also gets a table against the first).
+#   --peer NAME='COMMAND': a row for any TUN program, run with `sh -c` in the client
+#   namespace after these placeholders are replaced: {dev} (the TUN device it must create
+#   or open), {tun_addr} (198.18.X.1/24, its address; {tun_ip} without the prefix),
+#   {proxy_host} {proxy_port} {proxy} (host:port) {proxy_url} (socks5://host:port),
+#   {target} (the address routed into {dev}), {work} (this run's scratch directory),
+#   and {conf:FILE}: FILE copied into {work} with the placeholders above replaced in it,
+#   replaced by the copy's path (for programs that read a config file). Once {dev} exists
+#   the bench sets it up, adds {tun_addr} if it has no IPv4 address, and routes {target}
+#   into it. E.g. --peer hev='hev-socks5-tunnel {conf:/path/hev.yml}'.
 #   --rounds N: tcp-up-1, tcp-down-1 (the issue's targets), rr and crr run N rounds
 #   (default 3), the rows taking turns in each round (rr and crr after a 1 s warm-up of
 #   each), and report each row's median: one slow spell of the machine or the upstream
 #   (dante's crr moves by 2-4x between runs) then lands in one round of one row, not in
 #   the ratio.
-#   --quick: 1 s runs, 1 round, 200 held connections, 3 s idle:
-#   a smoke run of the whole pipeline in under a minute.
+#   --quick: 1 s runs, 1 round, 200 held connections, 3 s idle, 20 wan connections a row:
+#   a smoke run of the whole pipeline in about a minute.
 #   --iperf3: also tcp-up-1/tcp-down-1 with iperf3 on the direct, sockstun and redsocks rows
 #   (iperf3 cannot speak SOCKS, so socks-only has no iperf3 figure).
 #   --perf DIR: record a CPU profile of sockstun (perf record, cpu-clock, DWARF call graphs)
@@ -73,6 +105,12 @@ MEM_CONNS=1000
 # (sockstun gives an idle flow's buffer pages back after 1-2 s).
 IDLE_HOLD=3
 HOLD_CONNS=10000
+WAN_MS=10
+WAN_CONNS=200
+UDPMAX_SECS=2
+UDPMAX_PROBES=8
+VARIANTS=()
+PEERS=()
 
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -88,6 +126,10 @@ while [ $# -gt 0 ]; do
     --iperf3) IPERF=1 ;;
     --perf) PERF_DIR=$(realpath -m "$2"); shift ;;
     --sockstun-args) TUN_ARGS="$2"; shift ;;
+    --variant) VARIANTS+=("$2"); shift ;;
+    --peer) PEERS+=("$2"); shift ;;
+    --wan-ms) WAN_MS="$2"; shift ;;
+    --wan-conns) WAN_CONNS="$2"; shift ;;
     --save) SAVE=$(realpath -m "$2"); shift ;;
     --compare) COMPARE=$(realpath -m "$2"); shift ;;
     --no-build) BUILD=0 ;;
@@ -99,9 +141,31 @@ while [ $# -gt 0 ]; do
 done
 if [ "$QUICK" = 1 ]; then
   SECS=1; IDLE_SECS=3; MEM_CONNS=200; HOLD_CONNS=500; UDP_PPS=20000; ROUNDS=${ROUNDS:-1}
+  WAN_CONNS=20; UDPMAX_SECS=0.5; UDPMAX_PROBES=3
 fi
 ROUNDS=${ROUNDS:-3}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds wants a positive number" >&2; exit 2; }
+[[ "$WAN_CONNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --wan-conns wants a positive number" >&2; exit 2; }
+[[ "$WAN_MS" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench.sh: --wan-ms wants a number of milliseconds" >&2; exit 2; }
+
+# Extra TUN rows (--variant, --peer): each gets a device, a TUN address and a target
+# address of its own, in the order given.
+EXTRA=()
+declare -A XKIND XSPEC XDEV XTARGET XTUN
+for x in "${VARIANTS[@]/#/variant:}" "${PEERS[@]/#/peer:}"; do
+  kind=${x%%:*}; x=${x#*:}; name=${x%%=*}
+  if [[ "$x" != *=* ]] || ! [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+    echo "bench.sh: --$kind wants NAME='...' (NAME: letters, digits, . _ -)" >&2; exit 2
+  fi
+  case "$name" in direct|socks-only|sockstun|redsocks|delayline)
+    echo "bench.sh: --$kind $name: that name is a built-in row" >&2; exit 2 ;; esac
+  [ -z "${XKIND[$name]:-}" ] || { echo "bench.sh: row $name given twice" >&2; exit 2; }
+  i=${#EXTRA[@]}
+  [ "$i" -lt 40 ] || { echo "bench.sh: at most 40 --variant/--peer rows" >&2; exit 2; }
+  EXTRA+=("$name"); XKIND[$name]=$kind; XSPEC[$name]=${x#*=}
+  XDEV[$name]=$([ "$kind" = variant ] && echo bsv || echo bsp)$i
+  XTARGET[$name]=203.0.113.$((10 + i)); XTUN[$name]=198.18.$((10 + i)).1/24
+done
 
 # ------------------------------------------------------------------ requirements
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root (network namespaces, TUN)" >&2; exit 2; }
@@ -122,12 +186,13 @@ if [ "$MODE" = tun ] && [ -z "$ROWS" ] && ! { have redsocks && have nft; }; then
 fi
 
 if [ "$BUILD" = 1 ]; then
-  cargo build --release --locked --bins --example netbench >&2
+  cargo build --release --locked --bins --example netbench --example delayline >&2
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SOCKSTUN=$TARGET_DIR/release/sockstun
 NB=$TARGET_DIR/release/examples/netbench
-for b in "$SOCKSTUN" "$NB"; do
+DL=$TARGET_DIR/release/examples/delayline
+for b in "$SOCKSTUN" "$NB" "$DL"; do
   [ -x "$b" ] || { echo "bench.sh: $b not built (run without --no-build)" >&2; exit 2; }
 done
 
@@ -178,6 +243,65 @@ inns "$NSP" sysctl -qw net.ipv4.ip_forward=0
 
 PROXY_IP=198.51.100.1
 
+# ------------------------------------------------------------------ delay line (wan)
+# delay_link KEY NS CLIENT_IP: a second link between namespace NS (whose address on
+# its veth to the proxy is CLIENT_IP) and the proxy namespace, through the delay line:
+# delayline runs in the proxy namespace, creates two TAP devices there (wp<KEY>, wc<KEY>)
+# and the client one moves to NS. The link carries nothing until wan_on routes the
+# client's traffic to the proxy (and the proxy's back) over it. Neighbours are static, so
+# no ARP crosses the delay. KEY: one character; the delay line's PID in DLPID[KEY].
+declare -A DLPID DLNS DLIP
+DLKEYS=()
+delay_link() {
+  local k=$1 ns=$2 ip=$3 n=${#DLKEYS[@]}
+  start_bg "$NSP" "$WORK/delayline-$k.log" "$DL" --dev "wp$k" --dev "wc$k" --delay-ms "$WAN_MS" --rt
+  DLPID[$k]=$BGPID; DLNS[$k]=$ns; DLIP[$k]=$ip; DLKEYS+=("$k")
+  for _ in $(seq 100); do grep -q '^READY' "$WORK/delayline-$k.log" && break; sleep 0.1; done
+  grep -q '^READY' "$WORK/delayline-$k.log" ||
+    { say "delay line did not start: $(tail -2 "$WORK/delayline-$k.log")"; exit 1; }
+  ip -n "$NSP" link set "wc$k" netns "$ns"
+  ip -n "$ns" link set "wc$k" address "02:00:00:00:$((10 + n)):01" up
+  ip -n "$NSP" link set "wp$k" address "02:00:00:00:$((10 + n)):02" up
+  ip -n "$ns" neigh replace "$PROXY_IP" lladdr "02:00:00:00:$((10 + n)):02" dev "wc$k" nud permanent
+  ip -n "$NSP" neigh replace "$ip" lladdr "02:00:00:00:$((10 + n)):01" dev "wp$k" nud permanent
+}
+# wan_on / wan_off: the client namespaces reach the proxy (and, for the direct row, the
+# target through it) over the delay line, and the proxy answers over it; then back.
+wan_on() {
+  local k ns ip
+  for k in "${DLKEYS[@]}"; do
+    ns=${DLNS[$k]}; ip=${DLIP[$k]}
+    ip -n "$ns" route replace "$PROXY_IP/32" dev "wc$k" src "$ip"
+    [ "$ns" = "$NSC" ] && [ -n "${ARGS[direct]:-}" ] &&
+      ip -n "$ns" route replace 203.0.113.2/32 via "$PROXY_IP" dev "wc$k" onlink src "$ip"
+    ip -n "$NSP" route replace "$ip/32" dev "wp$k"
+  done
+}
+wan_off() {
+  local k ns ip
+  for k in "${DLKEYS[@]}"; do
+    ns=${DLNS[$k]}; ip=${DLIP[$k]}
+    if [ "$ns" = "$NSC" ]; then
+      ip -n "$ns" route del "$PROXY_IP/32" dev "wc$k"
+      [ -n "${ARGS[direct]:-}" ] && ip -n "$ns" route replace 203.0.113.2/32 via "$PROXY_IP" dev c0
+      ip -n "$NSP" route del "$ip/32" dev "wp$k"
+    else # the redsocks client: a /32 on its own veth, both ways
+      ip -n "$ns" route replace "$PROXY_IP/32" dev r0
+      ip -n "$NSP" route replace "$ip/32" dev p2
+    fi
+  done
+}
+# delay_stats: ask every delay line for its counters since the last call (SIGUSR1).
+delay_stats() {
+  local k log n
+  for k in "${DLKEYS[@]}"; do
+    log="$WORK/delayline-$k.log"; n=$(grep -c '^STATS' "$log" || true)
+    kill -USR1 "${DLPID[$k]}" 2>/dev/null || continue
+    for _ in $(seq 50); do [ "$(grep -c '^STATS' "$log" || true)" -gt "$n" ] && break; sleep 0.1; done
+    grep '^STATS' "$log" | tail -1
+  done
+}
+
 # start_bg NS LOG CMD...: start a process in a namespace; its PID in $BGPID.
 # (`ip netns exec` execs the command, so the PID is the command's own.)
 start_bg() {
@@ -203,8 +327,13 @@ wait_listen() {
 }
 
 ip -n "$NST" addr add 203.0.113.4/24 dev t0
+XLISTEN=()
+for x in "${EXTRA[@]}"; do
+  ip -n "$NST" addr add "${XTARGET[$x]}/24" dev t0
+  XLISTEN+=(--listen "${XTARGET[$x]}:9000")
+done
 start_bg "$NST" "$WORK/target.log" "$NB" server --listen 203.0.113.2:9000 --listen 203.0.113.3:9000 \
-  --listen 203.0.113.4:9000
+  --listen 203.0.113.4:9000 "${XLISTEN[@]}"
 wait_listen "$NST" 9000 || { echo "netbench server did not start" >&2; cat "$WORK/target.log" >&2; exit 1; }
 if [ "$IPERF" = 1 ]; then
   start_bg "$NST" "$WORK/iperf3.log" iperf3 -s -p 5201
@@ -321,7 +450,7 @@ perf_stop() {
 
 # scenario ROW NAME: one measurement of one row.
 scenario() {
-  local row=$1 s=$2 r t0 t1 dir n
+  local row=$1 s=$2 r t0 t1 dir n k
   NBNS=${CLIENTNS[$row]:-$NSC}
   # shellcheck disable=SC2086
   set -- ${ARGS[$row]}
@@ -334,12 +463,15 @@ scenario() {
       perf_stop
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$(kv "$r" gbps)
-      if [ "$s" = tcp-up-1 ] && [ -n "${CPUW[$row]:-}" ]; then
+      # CPU per 10^9 bytes of the row's own process: "cpu" for tcp-up-1 (the
+      # historical key), cpu-SCENARIO for the others.
+      k=cpu; [ "$s" = tcp-up-1 ] || k=cpu-$s
+      if [ -n "${CPUW[$row]:-}" ]; then
         t1=$(ticks "${CPUW[$row]}")
-        R["$row|cpu"]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v b="$(kv "$r" bytes)" \
+        R["$row|$k"]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v b="$(kv "$r" bytes)" \
           'BEGIN {printf "%.2f", (t / hz) / (b / 1e9)}')
       fi
-      say "  $row $s: ${R[$row|$s]} Gbit/s$([ "$s" = tcp-up-1 ] && [ -n "${R[$row|cpu]:-}" ] && echo " (CPU ${R[$row|cpu]} s/GB)")" ;;
+      say "  $row $s: ${R[$row|$s]} Gbit/s${R[$row|$k]:+ (CPU ${R[$row|$k]} s/GB)}" ;;
     iperf3-*)
       [[ "$*" == *--socks* ]] && return
       dir=${s#iperf3-}; dir=${dir%-1}
@@ -349,6 +481,19 @@ scenario() {
         awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") print $(i - 1)}') || true
       [ -n "$r" ] || { fail "$row" "$s"; return; }
       R["$row|$s"]=$r; say "  $row $s: $r Gbit/s" ;;
+    udp-rtt)
+      [ "$row" = redsocks ] && return
+      r=$(nb udp-rtt "$@" --secs "$SECS")
+      if [ -n "$r" ]; then
+        R["$row|udp-rtt"]=$(kv "$r" p50_us); R["$row|udp-rtt-p99"]=$(kv "$r" p99_us)
+        [ "$(kv "$r" lost)" = 0 ] || R["$row|udp-rtt-p99"]="${R[$row|udp-rtt-p99]}($(kv "$r" lost)lost)"
+        say "  $row udp-rtt: p50 ${R[$row|udp-rtt]} us p99 ${R[$row|udp-rtt-p99]} us ($(kv "$r" n) echoes)"
+      elif tail -1 "$WORK/netbench.err" | grep -q 'socks reply 0x07'; then
+        R["$row|udp-rtt"]=unsupported; say "  $row udp-rtt: the upstream does not support UDP ASSOCIATE"
+      else fail "$row" udp-rtt; fi ;;
+    udp-max)
+      [ "$row" = redsocks ] && return
+      udp_max "$row" "$@" ;;
     rr)
       perf_start "$row" rr
       r=$(nb rr "$@" --secs "$SECS")
@@ -357,11 +502,17 @@ scenario() {
       R["$row|rr"]=$(kv "$r" tps); R["$row|rr-p50"]=$(kv "$r" p50_us); R["$row|rr-p99"]=$(kv "$r" p99_us)
       say "  $row rr: ${R[$row|rr]} tps p50 ${R[$row|rr-p50]} us p99 ${R[$row|rr-p99]} us" ;;
     crr)
+      [ -n "${CPUW[$row]:-}" ] && t0=$(ticks "${CPUW[$row]}")
       perf_start "$row" crr
       r=$(nb crr "$@" --secs "$SECS")
       perf_stop
       if [ -z "$r" ] || [ "$(kv "$r" ok)" = 0 ]; then fail "$row" crr; return; fi
       R["$row|crr"]=$(kv "$r" cps)
+      if [ -n "${CPUW[$row]:-}" ]; then
+        t1=$(ticks "${CPUW[$row]}")
+        R["$row|crr-cpu"]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$(kv "$r" ok)" \
+          'BEGIN {printf "%.0f", (t / hz) * 1e6 / n}')
+      fi
       if [ "$(kv "$r" errors)" != 0 ]; then
         R["$row|crr"]="${R[$row|crr]}($(kv "$r" errors)err)"; ERRORS=$((ERRORS + 1))
       fi
@@ -382,13 +533,107 @@ scenario() {
   esac
 }
 
+# udp_max ROW ARGS...: the highest offered rate with under 1 % loss. From the udp
+# scenario's rate, double while a probe passes, then bisect between the best passing
+# and the lowest failing rate until they are within 15 % (UDPMAX_PROBES probes at most,
+# UDPMAX_SECS each, replies counted 300 ms past the end). The figure is the rate the
+# probe really offered (netbench's pacing may fall short of the asked one: then the
+# sender is the limit, said in the log).
+udp_max() {
+  local row=$1 rate=$UDP_PPS lo=0 hi=0 best="" bestloss="" r off loss probes=0 short=""
+  shift
+  while [ "$probes" -lt "$UDPMAX_PROBES" ]; do
+    probes=$((probes + 1))
+    r=$(nb udp "$@" --secs "$UDPMAX_SECS" --pps "$rate" --grace-ms 300)
+    if [ -z "$r" ]; then
+      if tail -1 "$WORK/netbench.err" | grep -q 'socks reply 0x07'; then
+        R["$row|udp-max"]=unsupported; say "  $row udp-max: the upstream does not support UDP ASSOCIATE"
+      else fail "$row" udp-max; fi
+      return
+    fi
+    off=$(kv "$r" offered_pps); loss=$(kv "$r" loss_pct)
+    say "  $row udp-max probe $probes: asked $rate offered $off pps, loss $loss %"
+    if awk -v l="$loss" 'BEGIN {exit !(l < 1)}'; then
+      lo=$rate; best=$off; bestloss=$loss
+      awk -v o="$off" -v a="$rate" 'BEGIN {exit !(o < 0.9 * a)}' && { short=1; break; }
+    else
+      hi=$rate
+    fi
+    if [ "$hi" = 0 ]; then rate=$((rate * 2))
+    elif [ "$lo" = 0 ]; then rate=$((rate / 4)); [ "$rate" -ge 100 ] || break
+    else
+      awk -v a="$lo" -v b="$hi" 'BEGIN {exit !(b < 1.15 * a)}' && break
+      rate=$(( (lo + hi) / 2 ))
+    fi
+  done
+  if [ -z "$best" ]; then R["$row|udp-max"]="<$rate"; say "  $row udp-max: no probe under 1 % loss"; return; fi
+  R["$row|udp-max"]=$best; R["$row|udp-max-loss"]=$bestloss
+  say "  $row udp-max: $best pps at $bestloss % loss ($probes probes${short:+; the sender could not offer more: netbench is the limit})"
+}
+
+# pct P: the P-quantile (0..1) of the numbers on stdin, as netbench takes it.
+pct() { sort -n | awk -v p="$1" '{a[NR] = $1} END {if (NR) {i = int((NR - 1) * p + 0.5) + 1; print a[i]}}'; }
+
+# wan ROW...: connections opened one at a time over the delayed link, the rows taking
+# turns in $ROUNDS rounds of WAN_CONNS/ROUNDS connections each; p50/p99 in ms of the
+# time from connect() to the first byte of the answer, over all of a row's samples.
+wan() {
+  local row round per r samp v
+  local -A acc=()
+  per=$(( (WAN_CONNS + ROUNDS - 1) / ROUNDS ))
+  [ ${#DLKEYS[@]} -gt 0 ] || { say "  wan: no delay line"; ERRORS=$((ERRORS + 1)); return; }
+  delay_stats >/dev/null
+  wan_on
+  sleep 0.2
+  for round in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" = 1 ] || say "  wan round $round/$ROUNDS"
+    for row in "$@"; do
+      NBNS=${CLIENTNS[$row]:-$NSC}
+      # shellcheck disable=SC2086
+      r=$(nb fb ${ARGS[$row]} --count "$per" --secs $((per * 2 + 10)))
+      samp=$(kv "$r" samples_us)
+      if [ -z "$samp" ]; then fail "$row" wan; continue; fi
+      [ "$(kv "$r" errors)" = 0 ] || { ERRORS=$((ERRORS + 1)); acc["$row|err"]+="$(kv "$r" errors) "; }
+      acc[$row]+="${samp//,/ } "
+    done
+  done
+  wan_off
+  for row in "$@"; do
+    [ -n "${acc[$row]:-}" ] || continue
+    R["$row|wan-p50"]=$(tr ' ' '\n' <<<"${acc[$row]}" | grep -v '^$' | pct 0.50 | awk '{printf "%.1f", $1 / 1000}')
+    R["$row|wan-p99"]=$(tr ' ' '\n' <<<"${acc[$row]}" | grep -v '^$' | pct 0.99 | awk '{printf "%.1f", $1 / 1000}')
+    v=$(wc -w <<<"${acc[$row]}")
+    [ -z "${acc[$row|err]:-}" ] || R["$row|wan-p99"]="${R[$row|wan-p99]}(errors)"
+    say "  $row wan: first byte p50 ${R[$row|wan-p50]} ms p99 ${R[$row|wan-p99]} ms ($v connections)"
+  done
+  while read -r v; do
+    [ -n "$v" ] || continue
+    R[delayline|late-p50]=$(kv "$v" late_p50_us); R[delayline|late-p99]=$(kv "$v" late_p99_us)
+    R[delayline|late-max]=$(kv "$v" late_max_us)
+    say "  delay line: ${WAN_MS} ms each way; $(kv "$v" frames_ab) frames to the client, $(kv "$v" frames_ba) to the proxy, $(kv "$v" write_errors) write errors; released late by p50 $(kv "$v" late_p50_us) us, p99 $(kv "$v" late_p99_us) us, max $(kv "$v" late_max_us) us"
+    DLSTATS+="${DLSTATS:+; }$(kv "$v" frames_ab)+$(kv "$v" frames_ba) frames, late p50 $(kv "$v" late_p50_us) us p99 $(kv "$v" late_p99_us) us max $(kv "$v" late_max_us) us, $(kv "$v" write_errors) write errors"
+  done < <(delay_stats)
+  # Frames the kernel dropped because the delay line did not read them in time.
+  for v in "${DLKEYS[@]}"; do
+    r=$(( $(inns "${DLNS[$v]}" cat "/sys/class/net/wc$v/statistics/tx_dropped") +
+      $(inns "$NSP" cat "/sys/class/net/wp$v/statistics/tx_dropped") ))
+    R[delayline|dropped]=$(( ${R[delayline|dropped]:-0} + r ))
+  done
+  say "  delay line: frames dropped by the TAP devices (queue full): ${R[delayline|dropped]}"
+  DLSTATS+=", ${R[delayline|dropped]} dropped at the TAP queues"
+}
+DLSTATS=""
+
 # rounds NAME ROW...: one scenario in $ROUNDS rounds, the rows taking turns in each (rr
 # and crr after an unmeasured 1 s warm-up of each row: dante forks its workers on
 # demand); each figure is the median of its rounds, or the first failure.
 rounds() {
   local s=$1 row k v round keys
   shift
-  case "$s" in rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; *) keys=$s ;; esac
+  case "$s" in
+    rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; tcp-*) keys="$s cpu-$s" ;;
+    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99" ;; *) keys=$s ;;
+  esac
   local -A acc=()
   if [ "$ROUNDS" -gt 1 ] && [[ "$s" == *rr ]]; then
     for row in "$@"; do
@@ -424,7 +669,7 @@ rounds() {
 }
 
 # Open descriptors of PID and its children.
-fds() { local p s=0; for p in $(tree "$1"); do s=$((s + $(ls "/proc/$p/fd" 2>/dev/null | wc -l))); done; echo "$s"; }
+fds() { local p s=0; for p in $(tree "$1"); do s=$((s + $(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l))); done; echo "$s"; }
 
 # settle_closed PID FDS: wait (30 s at most) until PID is back to FDS open descriptors
 # (every upstream connection of the closed flows is gone) and then stays quiet for a
@@ -532,6 +777,15 @@ crr;crr connections/s
 udp-offered;udp offered pps
 udp;udp answered pps
 udp-loss;udp loss %
+wan-p50;wan first byte p50 ms
+wan-p99;wan first byte p99 ms
+udp-rtt;udp-rtt p50 us
+udp-rtt-p99;udp-rtt p99 us
+udp-max;udp-max pps (<1 % loss)
+cpu-tcp-up-10;CPU s per GB (tcp-up-10)
+cpu-tcp-down-1;CPU s per GB (tcp-down-1)
+cpu-tcp-down-10;CPU s per GB (tcp-down-10)
+crr-cpu;CPU us per conn (crr)
 cpu;CPU s per GB (tcp-up-1)
 rss-idle;RSS idle MB
 mem-rss;RSS MEMN held MB
@@ -565,20 +819,78 @@ print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW
 
 TRAFFIC=(tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10)
 [ "$IPERF" = 1 ] && TRAFFIC+=(iperf3-up-1 iperf3-down-1)
-TRAFFIC+=(rr crr udp)
+TRAFFIC+=(rr crr udp wan udp-rtt udp-max)
 
 # ------------------------------------------------------------------ TUN mode
+# subst NAME TEXT: TEXT with the --peer placeholders of row NAME replaced.
+subst() {
+  local x=$1 t=$2
+  t=${t//\{dev\}/${XDEV[$x]}}; t=${t//\{tun_addr\}/${XTUN[$x]}}; t=${t//\{tun_ip\}/${XTUN[$x]%/*}}
+  t=${t//\{proxy_host\}/$PROXY_IP}; t=${t//\{proxy_port\}/1080}; t=${t//\{proxy\}/$PROXY_IP:1080}
+  t=${t//\{proxy_url\}/socks5://$PROXY_IP:1080}; t=${t//\{target\}/${XTARGET[$x]}}; t=${t//\{work\}/$WORK}
+  printf '%s' "$t"
+}
+# start_extra NAME: start a --variant or --peer row in the client namespace, wait for
+# its device, route its target address into it.
+start_extra() {
+  local x=$1 dev=${XDEV[$1]} cmd f copy ok=0 p
+  if [ "${XKIND[$x]}" = variant ]; then
+    # shellcheck disable=SC2086 # the variant's arguments are a list of options
+    start_bg "$NSC" "$WORK/$x.log" env SOCKSTUN_LOG=warn "$SOCKSTUN" tun \
+      --proxy "socks5://$PROXY_IP:1080" --device "$dev" --ipv4 "${XTUN[$x]}" ${XSPEC[$x]}
+  else
+    cmd=${XSPEC[$x]}
+    # {conf:FILE}: a copy of FILE with the placeholders replaced.
+    while [[ "$cmd" =~ \{conf:([^}]*)\} ]]; do
+      f=${BASH_REMATCH[1]}
+      [ -r "$f" ] || { say "--peer $x: cannot read $f"; exit 2; }
+      copy="$WORK/$x-$(basename "$f")"
+      subst "$x" "$(cat "$f")" >"$copy"
+      cmd=${cmd//"{conf:$f}"/$copy}
+    done
+    cmd=$(subst "$x" "$cmd")
+    echo "$cmd" >"$WORK/$x.cmd"
+    start_bg "$NSC" "$WORK/$x.log" sh -c "$cmd"
+  fi
+  p=$BGPID
+  for _ in $(seq 100); do
+    kill -0 "$p" 2>/dev/null || break
+    # A variant brings its device up itself; a peer may leave that to us.
+    if ip -n "$NSC" link show "$dev" 2>/dev/null | grep -q ',UP' ||
+      { [ "${XKIND[$x]}" = peer ] && ip -n "$NSC" link show "$dev" >/dev/null 2>&1; }; then
+      ok=1; break
+    fi
+    sleep 0.1
+  done
+  if [ "$ok" != 1 ]; then
+    say "row $x did not bring up its device $dev: $(tail -3 "$WORK/$x.log" | tr '\n' ' ')"
+    R[$x|na]=1; stop_bg "$p"; return 0
+  fi
+  if [ "${XKIND[$x]}" = peer ]; then
+    sleep 0.5 # let it finish configuring the device it made
+    ip -n "$NSC" link set "$dev" up
+    [ -n "$(ip -n "$NSC" -4 addr show dev "$dev")" ] || ip -n "$NSC" addr add "${XTUN[$x]}" dev "$dev"
+  fi
+  ip -n "$NSC" route replace "${XTARGET[$x]}/32" dev "$dev"
+  ARGS[$x]="--target ${XTARGET[$x]}:9000"
+  CPUW[$x]=$p
+  say "  row $x: ${XKIND[$x]} on $dev, target ${XTARGET[$x]}"
+}
+
 run_tun() {
   local rows=() row up="" dev=bst0 pid="" s
-  local def=direct,socks-only,sockstun
+  local def=direct,socks-only,sockstun x
   have redsocks && have nft && def+=,redsocks
+  for x in "${EXTRA[@]}"; do def+=",$x"; done
   IFS=, read -r -a rows <<<"${ROWS:-$def}"
-  if [[ " ${rows[*]} " =~ \ (socks-only|sockstun|redsocks)\  ]]; then
+  if [ "${rows[*]}" != direct ]; then
     up=$(pick_upstream)
     [ "$up" != none ] || { say "no SOCKS upstream available (install dante-server)"; exit 2; }
     start_upstream "$up" 1080 || { say "upstream $up did not start"; exit 1; }
     UPNAME=$up
   fi
+  # After pick_upstream, which clears the proxy namespace of its probes.
+  want wan && delay_link c "$NSC" 198.51.100.2
   for row in "${rows[@]}"; do
     case "$row" in
       direct)
@@ -631,10 +943,13 @@ run_tun() {
           '}' | inns "$NSR" nft -f - || { say "redsocks row: nft failed"; exit 1; }
         start_bg "$NSR" "$WORK/redsocks.log" redsocks -c "$WORK/redsocks.conf"
         wait_listen "$NSR" 12345 || { say "redsocks did not start: $(tail -3 "$WORK/redsocks.log")"; exit 1; }
+        want wan && delay_link r "$NSR" 198.51.100.3
         CLIENTNS[redsocks]=$NSR
         ARGS[redsocks]="--target 203.0.113.4:9000"
         CPUW[redsocks]=$BGPID ;;
-      *) say "unknown row $row"; exit 2 ;;
+      *)
+        [ -n "${XKIND[$row]:-}" ] || { say "unknown row $row"; exit 2; }
+        start_extra "$row" ;;
     esac
   done
   if [ -n "$pid" ]; then
@@ -653,9 +968,9 @@ run_tun() {
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
     case "$s" in
-      tcp-up-1|tcp-down-1|rr|crr)
+      tcp-up-1|tcp-down-1|rr|crr|udp-rtt|wan)
         local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
-        rounds "$s" "${live[@]}" ;;
+        if [ "$s" = wan ]; then wan "${live[@]}"; else rounds "$s" "${live[@]}"; fi ;;
       *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;
     esac
   done
@@ -773,6 +1088,7 @@ if [ "$MODE" = tun ]; then
   echo
   echo "sockstun bench, $(date -u +%FT%TZ): $(nproc) cores, kernel $(uname -r), upstream $UPNAME, ${SECS} s per run,"
   echo "udp offered ${UDP_PPS} pps, idle window ${IDLE_SECS} s; ratios are sockstun to each baseline"
+  echo "(for the rows in ms, us and CPU, lower is better: a ratio under 1 is in sockstun's favour)"
   [ -n "$TUN_ARGS" ] && echo "sockstun tun extra options: $TUN_ARGS"
   [ -n "${R[sockstun|na]:-}" ] && echo "(sockstun tun mode is not available in this build: its column is empty)"
   echo
@@ -783,6 +1099,28 @@ if [ "$MODE" = tun ]; then
     echo
     print_table socks-only redsocks sockstun
   fi
+  first=""
+  for x in "${EXTRA[@]}"; do
+    [ -n "${ARGS[$x]:-}" ] || continue
+    echo
+    if [ "${XKIND[$x]}" = peer ]; then
+      echo "against peer $x (sh -c '$(cat "$WORK/$x.cmd")'; ratios are sockstun to it):"
+      echo
+      print_table socks-only "$x" sockstun
+    else
+      echo "variant $x: sockstun tun ${XSPEC[$x]} (ratios are $x to each)"
+      echo
+      print_table socks-only sockstun "$x"
+      if [ -n "$first" ]; then
+        echo
+        echo "variant $x against variant $first (ratios are $x to each)"
+        echo
+        print_table sockstun "$first" "$x"
+      fi
+      first=${first:-$x}
+    fi
+  done
+  [ -z "$DLSTATS" ] || { echo; echo "wan: delay line ${WAN_MS} ms each way; $DLSTATS"; }
   [ -z "$COMPARE" ] || compare_table socks-only sockstun
 else
   run_server
