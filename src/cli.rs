@@ -243,12 +243,25 @@ pub struct TunArgs {
     /// Seconds to wait for the proxy to accept a CONNECT.
     #[arg(long = "connect-timeout", default_value_t = 10, value_parser = number::<u64>)]
     pub connect_timeout: u64,
-    /// SOCKS5: send greeting, credentials and request in one write (one round
-    /// trip instead of two or three). dante and sockstun server take it;
-    /// servers that drop bytes after the greeting (microsocks) hang. With
-    /// credentials only username/password is offered.
-    #[arg(long = "socks-pipeline")]
+    /// SOCKS5: always send greeting, credentials and request in one write
+    /// (one round trip instead of two or three), without asking the proxy
+    /// first. With credentials only username/password is offered. [default:
+    /// each proxy is asked once in the background whether it takes it (dante
+    /// and sockstun server do, microsocks does not) and dials are pipelined
+    /// when it does]
+    #[arg(long = "socks-pipeline", conflicts_with = "no_socks_pipeline")]
     pub socks_pipeline: bool,
+    /// SOCKS5: never pipeline the handshake, nor ask the proxy whether it
+    /// takes it.
+    #[arg(long = "no-socks-pipeline")]
+    pub no_socks_pipeline: bool,
+    /// Connections kept ready (connected, greeted, authenticated) to each
+    /// SOCKS proxy, so a new flow sends only its request: one round trip to
+    /// the proxy. Each is replaced after 7 s (before a server's handshake
+    /// timeout); the pool is kept full while flows came in the last 5
+    /// minutes. 0: no pool.
+    #[arg(long = "warm", default_value_t = 4, value_parser = number::<usize>)]
+    pub warm: usize,
     /// Do not ask the TUN for checksum and segmentation offload (virtio-net
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]

@@ -64,8 +64,15 @@ pub struct Proxy {
     /// proxy instead of two or three). RFC 1928 does not forbid it and dante
     /// and `sockstun server` parse incrementally, but servers that read the
     /// greeting with one large read and drop the rest (microsocks) then hang:
-    /// off unless asked for.
+    /// true forces it on every dial (`--socks-pipeline`).
     pub pipeline: bool,
+    /// SOCKS5, `pipeline` off: learn whether the proxy takes a pipelined
+    /// handshake and pipeline when it does (`upstream::pipelining`; TUN
+    /// mode's default, `--no-socks-pipeline` turns it off).
+    pub learn_pipeline: bool,
+    /// Connections kept ready for new flows (`upstream::pool`, `--warm`);
+    /// 0: none.
+    pub warm: usize,
 }
 
 impl fmt::Display for Proxy {
@@ -317,6 +324,8 @@ impl Proxy {
             opts: SocketOpts::default(),
             connect_timeout: Duration::from_secs(10),
             pipeline: false,
+            learn_pipeline: false,
+            warm: 0,
         })
     }
 }

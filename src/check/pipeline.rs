@@ -8,10 +8,10 @@
 use super::plan::Plan;
 use super::report::{Report, Status};
 use super::session::{close, within};
-use crate::socks::client::{self, DialError};
+use crate::socks::client;
 use crate::socks::codec::cmd;
 use crate::socks::TargetAddr;
-use crate::upstream::{self, Blame};
+use crate::upstream::pipelining;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
@@ -41,18 +41,19 @@ pub async fn run(plan: &Plan, report: &mut Report) {
         Err(e) => return report.timed(NAME, Status::Fail, start, e.to_string()),
     };
     let r = within(plan, client::handshake(&mut s, &proxy, command, dest)).await;
-    let (status, detail) = match r {
-        Ok(_) => (Status::Ok, format!("accepted ({what} answered): --socks-pipeline works with this proxy")),
+    // Read as `sockstun tun` reads its own probe of the proxy.
+    let (status, detail) = match (pipelining::verdict(&r), r) {
+        (Some(true), Ok(_)) => (Status::Ok, format!("accepted ({what} answered): sockstun tun pipelines with this proxy")),
         // Refused, unreachable, not allowed, not supported: an answer to the
         // request all the same.
-        Err(e) if upstream::blame(&e) != Blame::Proxy => {
-            (Status::Ok, format!("accepted ({what} answered: {e}): --socks-pipeline works with this proxy"))
+        (Some(true), Err(e)) => {
+            (Status::Ok, format!("accepted ({what} answered: {e}): sockstun tun pipelines with this proxy"))
         }
-        Err(e @ (DialError::Timeout | DialError::Protocol(_) | DialError::AuthFailed)) => (
+        (Some(false), r) => (
             Status::No,
-            format!("not accepted ({what}: {e}): the proxy drops what follows the greeting; leave --socks-pipeline off"),
+            format!("not accepted ({what}: {}): the proxy drops what follows the greeting; sockstun tun learns this itself: leave --socks-pipeline off", r.err().map(|e| e.to_string()).unwrap_or_default()),
         ),
-        Err(e) => (Status::Fail, e.to_string()),
+        (None, r) => (Status::Fail, r.err().map(|e| e.to_string()).unwrap_or_default()),
     };
     report.timed(NAME, status, start, detail);
     close(s).await;

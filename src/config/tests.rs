@@ -117,6 +117,8 @@ const TUN_FLAGS: &[(&str, &str, &[&str])] = &[
     ("max-tcp-flows", "100", &["--max-tcp-flows", "100"]),
     ("connect-timeout", "3", &["--connect-timeout", "3"]),
     ("socks-pipeline", "true", &["--socks-pipeline"]),
+    ("no-socks-pipeline", "true", &["--no-socks-pipeline"]),
+    ("warm", "0", &["--warm", "0"]),
     ("no-offload", "true", &["--no-offload"]),
     (
         "group",

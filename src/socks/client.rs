@@ -40,7 +40,7 @@ pub async fn connect_proxy(up: &Proxy) -> Result<TcpStream, DialError> {
 }
 
 /// Refuse before connecting what the dialect cannot carry.
-fn check_carriable(kind: ProxyKind, dest: &TargetAddr) -> Result<(), DialError> {
+pub fn check_carriable(kind: ProxyKind, dest: &TargetAddr) -> Result<(), DialError> {
     match (kind, dest) {
         (ProxyKind::Socks4 | ProxyKind::Socks4a, TargetAddr::Ip(SocketAddr::V6(_))) => {
             Err(DialError::AddrTypeNotSupported)
@@ -112,6 +112,18 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     command: u8,
     dest: &TargetAddr,
 ) -> Result<(TargetAddr, Vec<u8>), DialError> {
+    handshake_as(s, up, command, dest, up.pipeline).await
+}
+
+/// `handshake`, SOCKS5 pipelined or not as `pipelined` says (whatever
+/// `up.pipeline` is): the upstream decides per dial what it learned.
+pub async fn handshake_as<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    up: &Proxy,
+    command: u8,
+    dest: &TargetAddr,
+    pipelined: bool,
+) -> Result<(TargetAddr, Vec<u8>), DialError> {
     check_carriable(up.kind, dest)?;
     let mut r = Replies::new(up.kind.is_socks5());
     if !up.kind.is_socks5() {
@@ -127,7 +139,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok((TargetAddr::Ip(reply.into()), r.rest()));
     }
 
-    if up.pipeline {
+    if pipelined {
         let bound = handshake_pipelined(s, &mut r, up, command, dest).await?;
         return Ok((bound, r.rest()));
     }
@@ -401,11 +413,20 @@ impl crate::relay::RelayStream for ProxyStream {
 
 /// CONNECT to `dest` through the proxy.
 pub async fn connect(up: &Proxy, dest: &TargetAddr) -> Result<ProxyStream, DialError> {
+    connect_as(up, dest, up.pipeline).await
+}
+
+/// `connect`, the SOCKS5 handshake pipelined or not as `pipelined` says.
+pub async fn connect_as(
+    up: &Proxy,
+    dest: &TargetAddr,
+    pipelined: bool,
+) -> Result<ProxyStream, DialError> {
     check_carriable(up.kind, dest)?;
     let mut s = connect_proxy(up).await?;
     match tokio::time::timeout(
         up.connect_timeout,
-        handshake(&mut s, up, cmd::CONNECT, dest),
+        handshake_as(&mut s, up, cmd::CONNECT, dest, pipelined),
     )
     .await
     {
@@ -445,30 +466,47 @@ fn relay_addr(bound: TargetAddr, proxy_ip: IpAddr) -> SocketAddr {
     }
 }
 
+/// DST.ADDR of a UDP ASSOCIATE: the address we will send from; not known
+/// yet, so all zeros (RFC 1928 §7 allows it).
+fn any_addr() -> TargetAddr {
+    TargetAddr::Ip(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0))
+}
+
 /// UDP ASSOCIATE through a SOCKS5 proxy.
 pub async fn udp_associate(up: &Proxy) -> Result<UdpAssociation, DialError> {
+    udp_associate_as(up, up.pipeline).await
+}
+
+/// `udp_associate`, the handshake pipelined or not as `pipelined` says.
+pub async fn udp_associate_as(up: &Proxy, pipelined: bool) -> Result<UdpAssociation, DialError> {
     if !up.kind.is_socks5() {
         return Err(DialError::CommandNotSupported);
     }
     let mut control = connect_proxy(up).await?;
-    let proxy_ip = control
-        .peer_addr()
-        .map_err(DialError::ProxyUnreachable)?
-        .ip();
-    // DST.ADDR: the address we will send from; not known yet, so all zeros
-    // (RFC 1928 §7 allows it).
-    let any = TargetAddr::Ip(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
     // The control connection carries no data: anything after the reply is
     // dropped with the rest of what the proxy may send on it.
     let bound = match tokio::time::timeout(
         up.connect_timeout,
-        handshake(&mut control, up, cmd::UDP_ASSOCIATE, &any),
+        handshake_as(&mut control, up, cmd::UDP_ASSOCIATE, &any_addr(), pipelined),
     )
     .await
     {
         Ok(r) => r?.0,
         Err(_) => return Err(DialError::Timeout),
     };
+    associated(up, control, bound)
+}
+
+/// The association the proxy's reply `bound` names, on `control`.
+fn associated(
+    up: &Proxy,
+    control: TcpStream,
+    bound: TargetAddr,
+) -> Result<UdpAssociation, DialError> {
+    let proxy_ip = control
+        .peer_addr()
+        .map_err(DialError::ProxyUnreachable)?
+        .ip();
     let relay = relay_addr(bound, proxy_ip);
     if relay.port() == 0 {
         return Err(proto("UDP relay port 0"));
@@ -486,6 +524,97 @@ pub async fn udp_associate(up: &Proxy) -> Result<UdpAssociation, DialError> {
         relay,
         socket,
     })
+}
+
+/// Why a request on a ready connection (`ready`, kept in a warm pool)
+/// failed.
+#[derive(Debug)]
+pub enum ReadyError {
+    /// The connection was dead before the proxy answered anything: closed
+    /// or reset while it waited (a proxy restarted, its handshake timeout).
+    /// Not an answer to this request: try it again on a fresh connection.
+    Stale(DialError),
+    /// The proxy's answer, or its failure, as on a fresh connection.
+    Failed(DialError),
+}
+
+/// A connection to the proxy ready for its request: connected and, for
+/// SOCKS5, greeted and authenticated (within the connect timeout). What a
+/// warm pool keeps.
+pub async fn ready(up: &Proxy) -> Result<TcpStream, DialError> {
+    let mut s = connect_proxy(up).await?;
+    if up.kind.is_socks5() {
+        let mut r = Replies::new(true);
+        match tokio::time::timeout(up.connect_timeout, greet(&mut s, &mut r, up)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(DialError::Timeout),
+        }
+        if !r.rest().is_empty() {
+            return Err(proto("bytes after the method choice"));
+        }
+    }
+    Ok(s)
+}
+
+/// Whether a ready connection still looks open: nothing (no close, no
+/// reset, no stray byte) has come from the proxy since it was greeted.
+pub fn still_open(s: &TcpStream) -> bool {
+    matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The request alone on a connection `ready` made, within the connect
+/// timeout: the bound address and the target's early bytes, as
+/// `handshake` gives them.
+pub async fn request_on(
+    s: &mut TcpStream,
+    up: &Proxy,
+    command: u8,
+    dest: &TargetAddr,
+) -> Result<(TargetAddr, Vec<u8>), ReadyError> {
+    check_carriable(up.kind, dest).map_err(ReadyError::Failed)?;
+    let mut r = Replies::new(up.kind.is_socks5());
+    let ask = async {
+        if up.kind.is_socks5() {
+            return request(s, &mut r, command, dest).await;
+        }
+        let uid = up.auth.as_ref().map(|(u, _)| u.as_bytes());
+        let req = codec::encode_socks4_request(command, dest, uid.unwrap_or_default())
+            .map_err(|_| DialError::AddrTypeNotSupported)?;
+        s.write_all(&req).await.map_err(read_err)?;
+        Ok(TargetAddr::Ip(read_socks4_reply(s, &mut r).await?.into()))
+    };
+    match tokio::time::timeout(up.connect_timeout, ask).await {
+        Ok(Ok(bound)) => Ok((bound, r.rest())),
+        // Closed or reset (the only `Protocol` errors with nothing read):
+        // the proxy never saw this request.
+        Ok(Err(e @ DialError::Protocol(_))) if r.r.pending().is_empty() => {
+            Err(ReadyError::Stale(e))
+        }
+        Ok(Err(e)) => Err(ReadyError::Failed(e)),
+        Err(_) => Err(ReadyError::Failed(DialError::Timeout)),
+    }
+}
+
+/// CONNECT to `dest` on a connection `ready` made.
+pub async fn connect_on(
+    mut s: TcpStream,
+    up: &Proxy,
+    dest: &TargetAddr,
+) -> Result<ProxyStream, ReadyError> {
+    let (_bound, early) = request_on(&mut s, up, cmd::CONNECT, dest).await?;
+    Ok(ProxyStream::new(s, early))
+}
+
+/// UDP ASSOCIATE (SOCKS5) on a connection `ready` made.
+pub async fn udp_associate_on(
+    mut control: TcpStream,
+    up: &Proxy,
+) -> Result<UdpAssociation, ReadyError> {
+    if !up.kind.is_socks5() {
+        return Err(ReadyError::Failed(DialError::CommandNotSupported));
+    }
+    let (bound, _) = request_on(&mut control, up, cmd::UDP_ASSOCIATE, &any_addr()).await?;
+    associated(up, control, bound).map_err(ReadyError::Failed)
 }
 
 #[cfg(test)]

@@ -115,6 +115,8 @@ fn proxy_of(url: &str, args: &TunArgs, what: &str) -> anyhow::Result<Proxy> {
     proxy.opts.bind_interface = args.bind_interface.clone();
     proxy.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     proxy.pipeline = args.socks_pipeline;
+    proxy.learn_pipeline = !args.socks_pipeline && !args.no_socks_pipeline;
+    proxy.warm = args.warm;
     Ok(proxy)
 }
 

@@ -8,6 +8,8 @@
 pub mod group;
 pub mod health;
 pub mod http;
+pub mod pipelining;
+pub mod pool;
 mod seam;
 pub mod socks;
 pub mod switch;

@@ -11,7 +11,8 @@ pub const TUN_V4: &str = "198.18.0.1/15";
 pub const TUN_V6: &str = "2001:db8:ff::1/64";
 
 /// `sockstun --log LOG tun --proxy PROXY --device DEV ARGS...` spawned in
-/// `ns`, not waited for.
+/// `ns`, not waited for. `SOCKSTUN_TEST_TUN_ARGS` (words split at spaces)
+/// comes after ARGS: a whole test file run again with, say, `--warm 0`.
 pub fn spawn_tun(ns: &Netns, log: &str, proxy: &str, dev: &str, args: &[&str]) -> Proc {
     let bin = sockstun_bin();
     let mut cmd = vec![
@@ -25,6 +26,8 @@ pub fn spawn_tun(ns: &Netns, log: &str, proxy: &str, dev: &str, args: &[&str]) -
         dev,
     ];
     cmd.extend_from_slice(args);
+    let more = std::env::var("SOCKSTUN_TEST_TUN_ARGS").unwrap_or_default();
+    cmd.extend(more.split_whitespace());
     ns.spawn(&cmd)
 }
 
