@@ -15,6 +15,12 @@
 //! keeps. So thousands of quiet or interactive connections cost no relay
 //! buffers at all, bulk transfers get 64 KiB reads and writes, and nothing is
 //! allocated per chunk.
+//!
+//! Between two plain TCP sockets (the server's CONNECT and BIND sessions) a
+//! direction does not copy at all: `splice` moves the bytes socket -> pipe ->
+//! socket inside the kernel (`splice.rs`), with the same half-close, reset and
+//! idle semantics; the copy loop stays for everything else (TUN mode's
+//! far side is smoltcp's buffer) and for sockets the kernel will not splice.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
@@ -24,6 +30,8 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+mod splice;
 
 /// Initial per-direction buffer.
 const SMALL_BUF: usize = 8 * 1024;
@@ -42,6 +50,13 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Abortive close: arrange for the peer to see a reset (TCP RST) when the
     /// stream is dropped, which the relay does right after calling this.
     fn reset(&mut self);
+
+    /// The TCP socket this stream is, for a relay that moves bytes between
+    /// two sockets in the kernel (`splice`). Only for a stream that keeps no
+    /// bytes of its own in user space. `None`: copy.
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
 
     /// Received bytes lent in place, for a stream that keeps them in a
     /// buffer of its own (the TUN side: smoltcp's receive ring), so the
@@ -89,6 +104,10 @@ impl RelayStream for tokio::net::TcpStream {
         // unsent data (the meaning of a reset).
         let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
     }
+
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
 }
 
 impl RelayStream for tokio::io::DuplexStream {
@@ -99,6 +118,10 @@ impl RelayStream for tokio::io::DuplexStream {
 impl<T: RelayStream + ?Sized> RelayStream for Box<T> {
     fn reset(&mut self) {
         (**self).reset()
+    }
+
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).socket()
     }
 
     fn poll_read_in_place(
@@ -164,6 +187,10 @@ impl Outcome {
 pub struct RelayStats {
     pub a_to_b: u64,
     pub b_to_a: u64,
+    /// How much of `a_to_b` and `b_to_a` went by `splice`, never through
+    /// user space.
+    pub a_to_b_spliced: u64,
+    pub b_to_a_spliced: u64,
     pub outcome: Outcome,
 }
 
@@ -177,6 +204,7 @@ struct Dir {
     grow: bool,
     done: bool,
     amt: u64,
+    splice: splice::Splicer,
 }
 
 /// Which end of a direction failed.
@@ -196,6 +224,7 @@ impl Dir {
             grow: false,
             done: false,
             amt: 0,
+            splice: splice::Splicer::default(),
         }
     }
 
@@ -356,6 +385,17 @@ impl Dir {
         R: RelayStream + ?Sized,
         W: RelayStream + ?Sized,
     {
+        if !self.splice.off && self.pos == self.cap && !self.read_eof {
+            if let (Some(rs), Some(ws)) = (r.socket(), w.socket()) {
+                match self.splice.poll(cx, rs, ws, &mut self.amt, moved) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(splice::End::Eof)) => self.read_eof = true,
+                    // Copy from here on.
+                    Poll::Ready(Ok(splice::End::Unsupported)) => {}
+                }
+            }
+        }
         loop {
             if self.pos == self.cap && !self.read_eof {
                 let step = if self.buf.is_empty() {
@@ -519,6 +559,8 @@ pub async fn relay_until<A: RelayStream, B: RelayStream>(
     RelayStats {
         a_to_b: ab.amt,
         b_to_a: ba.amt,
+        a_to_b_spliced: ab.splice.spliced,
+        b_to_a_spliced: ba.splice.spliced,
         outcome,
     }
 }

@@ -34,6 +34,8 @@ async fn copies_both_ways_with_half_close() {
     let st = r.await.unwrap();
     assert_eq!(st.outcome, Outcome::Closed);
     assert_eq!((st.a_to_b, st.b_to_a), (300_000, 16));
+    // Not sockets: copied, nothing spliced.
+    assert_eq!((st.a_to_b_spliced, st.b_to_a_spliced), (0, 0));
 }
 
 /// Poll one direction until it is pending; returns it.
@@ -119,6 +121,58 @@ async fn bulk_both_ways_over_tcp() {
         (st.a_to_b, st.b_to_a, st.outcome),
         (3_000_000, 3_000_000, Outcome::Closed)
     );
+    // Two sockets: every byte went by splice.
+    assert_eq!(
+        (st.a_to_b_spliced, st.b_to_a_spliced),
+        (3_000_000, 3_000_000)
+    );
+}
+
+/// Poll one direction between two sockets once (it runs until it would
+/// block).
+async fn drive_tcp(dir: &mut Dir, r: &mut TcpStream, w: &mut TcpStream) {
+    poll_fn(|cx| {
+        let mut moved = false;
+        match dir.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w), &mut moved) {
+            Poll::Ready(Err(_)) => panic!("relay error"),
+            _ => Poll::Ready(()),
+        }
+    })
+    .await
+}
+
+/// Between two sockets a direction splices, and holds its pipe only while
+/// it moves bytes: once its reader has nothing, the pipe is back in the
+/// thread's pool (a quiet connection holds none), and EOF passes through.
+#[tokio::test]
+async fn a_spliced_direction_holds_no_pipe_while_quiet() {
+    let (mut src, mut r) = pair().await;
+    let (mut w, mut dst) = pair().await;
+    let mut dir = Dir::new();
+    for round in 1..=3u64 {
+        src.write_all(&[round as u8; 3000]).await.unwrap();
+        while dir.amt < 3000 * round {
+            drive_tcp(&mut dir, &mut r, &mut w).await;
+            tokio::task::yield_now().await;
+        }
+        let mut got = [0u8; 3000];
+        dst.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round as u8; 3000]);
+        assert_eq!(dir.splice.spliced, 3000 * round);
+        assert!(!dir.splice.holds_pipe(), "a quiet direction holds a pipe");
+        assert!(dir.buf.is_empty(), "a spliced direction allocated a buffer");
+        assert_eq!(splice::pooled(), 1, "the one pipe is not back in the pool");
+    }
+    src.shutdown().await.unwrap();
+    while !dir.done {
+        drive_tcp(&mut dir, &mut r, &mut w).await;
+        tokio::task::yield_now().await;
+    }
+    let mut rest = Vec::new();
+    dst.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    drop(dir);
+    assert_eq!(splice::pooled(), 1);
 }
 
 #[tokio::test]
