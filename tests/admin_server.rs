@@ -127,9 +127,9 @@ fn admin_server_counts_udp_datagrams() {
     assert!(done, "{want:?} not all in\n{s}");
 }
 
-/// A CONNECT session between two sockets goes by splice: the session's
+/// A bulk CONNECT session between two sockets goes by splice: the session's
 /// line and the metrics say how many of its bytes never crossed user space
-/// (all of them here).
+/// (all but each direction's first reads, copied until one fills 64 KiB).
 #[test]
 fn admin_server_counts_spliced_bytes() {
     if !require_root("admin_server_counts_spliced_bytes") {
@@ -152,8 +152,6 @@ fn admin_server_counts_spliced_bytes() {
     assert!(back == data, "echo differs: {} bytes back", back.len());
     let n = data.len() as f64;
     let want = [
-        ("sockstun_spliced_bytes_total{direction=\"up\"}", n),
-        ("sockstun_spliced_bytes_total{direction=\"down\"}", n),
         ("sockstun_bytes_total{direction=\"up\"}", n),
         ("sockstun_bytes_total{direction=\"down\"}", n),
     ];
@@ -163,6 +161,11 @@ fn admin_server_counts_spliced_bytes() {
     });
     let s = scrape(&lab);
     assert!(done, "{want:?} not all in\n{s}");
-    let spliced = format!("spliced={}", 2 * data.len());
+    let up = sample(&s, "sockstun_spliced_bytes_total{direction=\"up\"}").unwrap_or(0.0);
+    let down = sample(&s, "sockstun_spliced_bytes_total{direction=\"down\"}").unwrap_or(0.0);
+    let copied_max = (1 << 20) as f64;
+    assert!(up <= n && up + copied_max >= n, "{s}");
+    assert!(down <= n && down + copied_max >= n, "{s}");
+    let spliced = format!("spliced={} ", up + down);
     assert!(server.log().contains(&spliced), "{}", server.log());
 }

@@ -1,8 +1,8 @@
 //! The zero-copy TCP relay of `sockstun server` (issue 19): between the
-//! client's socket and the destination's the payload moves by `splice(2)`
-//! through a pipe, with the semantics of the copy loop. Each test checks the
-//! session's `spliced=` (bytes that never crossed into user space) so that
-//! it fails when the relay falls back to copying.
+//! client's socket and the destination's, a direction that moves bulk data
+//! moves it by `splice(2)` through a pipe, with the semantics of the copy
+//! loop. Each test checks the session's `spliced=` (bytes that never crossed
+//! into user space) so that it fails when the relay falls back to copying.
 //!
 //! Payloads are a pseudo-random pattern of a period no read or write size
 //! divides; the far end checks every byte it receives against the pattern at
@@ -16,7 +16,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -115,6 +115,21 @@ fn field(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
+/// Bytes a bulk direction may copy before it turns to splice: it does from
+/// its first read that fills the relay's 64 KiB buffer, in practice the
+/// very first.
+const COPIED_MAX: u64 = MIB;
+
+/// `spliced=` of a session line that moved `up` and `down` bytes: all of
+/// each bulk direction but its first reads.
+fn assert_spliced(line: &str, up: u64, down: u64) {
+    let spliced = field(line, "spliced");
+    assert!(
+        spliced <= up + down && spliced + 2 * COPIED_MAX >= up + down,
+        "not spliced: {line}"
+    );
+}
+
 /// Bytes held in the pipes of process `pid` (each pipe counted once).
 fn pipe_bytes(pid: u32) -> u64 {
     let mut seen = std::collections::HashSet::new();
@@ -207,7 +222,7 @@ fn one_gib_each_way_spliced_and_verified() {
         (GIB, GIB),
         "{line}"
     );
-    assert_eq!(field(&line, "spliced"), 2 * GIB, "not all spliced: {line}");
+    assert_spliced(&line, GIB, GIB);
 }
 
 /// The client sends its request and half-closes while the answer is still
@@ -258,11 +273,7 @@ fn half_close_in_the_middle_of_a_spliced_transfer() {
         (UP, 2 * HALF),
         "{line}"
     );
-    assert_eq!(
-        field(&line, "spliced"),
-        UP + 2 * HALF,
-        "not all spliced: {line}"
-    );
+    assert_spliced(&line, UP, 2 * HALF);
 }
 
 /// The client streams to a target that reads nothing, until the server's
@@ -284,35 +295,45 @@ fn target_reset_while_the_pipe_holds_data() {
     let (target, l) = acceptor.join().unwrap();
     let pat = pattern(5);
     let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut w = c.try_clone().unwrap();
-    let (pat2, sent2) = (pat.clone(), sent.clone());
-    let writer = std::thread::spawn(move || loop {
-        let off = sent2.load(Ordering::Relaxed);
-        let i = (off % PERIOD as u64) as usize;
-        let n = 65536.min(PERIOD - i);
-        match w.write(&pat2[i..i + n]) {
-            Ok(n) => sent2.fetch_add(n as u64, Ordering::Relaxed),
-            Err(e) => return e.kind(),
-        };
+    // Writes that give up after a while, so the writer can be stopped: the
+    // reset must then be seen by the reader alone (a socket reports its
+    // error once, to whichever call comes first).
+    w.set_write_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let (pat2, sent2, stop2) = (pat.clone(), sent.clone(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            let off = sent2.load(Ordering::Relaxed);
+            let i = (off % PERIOD as u64) as usize;
+            let n = 65536.min(PERIOD - i);
+            match w.write(&pat2[i..i + n]) {
+                Ok(n) => sent2.fetch_add(n as u64, Ordering::Relaxed),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => 0,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(())
     });
     assert!(
         wait_until(Duration::from_secs(20), || pipe_bytes(pid) > 0),
         "the server's pipe never held the bytes the target does not read (sent {})",
         sent.load(Ordering::Relaxed)
     );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap().expect("writing to the proxy");
     socket2::SockRef::from(&target)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(target);
     let mut rest = Vec::new();
-    let e = c
-        .read_to_end(&mut rest)
-        .expect_err("clean EOF instead of a reset");
-    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
-    let werr = writer.join().unwrap();
+    let got = c.read_to_end(&mut rest);
     assert!(
-        [ErrorKind::ConnectionReset, ErrorKind::BrokenPipe].contains(&werr),
-        "{werr:?}"
+        got.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        "{got:?} instead of a reset: {}",
+        session_line(&srv)
     );
     let line = session_line(&srv);
     assert!(
@@ -321,7 +342,8 @@ fn target_reset_while_the_pipe_holds_data() {
     );
     let (up, down) = (field(&line, "up"), field(&line, "down"));
     assert!(up > 0 && up <= sent.load(Ordering::Relaxed), "{line}");
-    assert_eq!((down, field(&line, "spliced")), (0, up), "{line}");
+    let spliced = field(&line, "spliced");
+    assert!(down == 0 && spliced > 0 && spliced <= up, "{line}");
     assert_eq!(
         pipe_bytes(pid),
         0,

@@ -17,10 +17,12 @@
 //! allocated per chunk.
 //!
 //! Between two plain TCP sockets (the server's CONNECT and BIND sessions) a
-//! direction does not copy at all: `splice` moves the bytes socket -> pipe ->
-//! socket inside the kernel (`splice.rs`), with the same half-close, reset and
-//! idle semantics; the copy loop stays for everything else (TUN mode's
-//! far side is smoltcp's buffer) and for sockets the kernel will not splice.
+//! direction that moves bulk data (a read filled the 64 KiB scratch buffer)
+//! stops copying: `splice` moves the bytes socket -> pipe -> socket inside
+//! the kernel (`splice.rs`), with the same half-close, reset and idle
+//! semantics. The copy loop stays for small messages (cheaper there), for
+//! everything else (TUN mode's far side is smoltcp's buffer) and for sockets
+//! the kernel will not splice.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
@@ -204,6 +206,12 @@ struct Dir {
     grow: bool,
     done: bool,
     amt: u64,
+    /// A read filled `BIG_BUF`: this direction moves bulk data, and splices
+    /// from now on when both ends are sockets. (For small messages splice
+    /// costs more than a copy: the kernel copies a small segment's bytes
+    /// into a page to lend it to the pipe, and one connection's pipe work
+    /// is paid for a few hundred bytes.)
+    bulk: bool,
     splice: splice::Splicer,
 }
 
@@ -224,6 +232,7 @@ impl Dir {
             grow: false,
             done: false,
             amt: 0,
+            bulk: false,
             splice: splice::Splicer::default(),
         }
     }
@@ -256,6 +265,7 @@ impl Dir {
                 self.read_eof = true;
                 return Some(Poll::Ready(Ok(())));
             }
+            self.bulk |= n == BIG_BUF;
             *moved = true;
             let mut off = 0;
             while off < n {
@@ -385,18 +395,12 @@ impl Dir {
         R: RelayStream + ?Sized,
         W: RelayStream + ?Sized,
     {
-        if !self.splice.off && self.pos == self.cap && !self.read_eof {
-            if let (Some(rs), Some(ws)) = (r.socket(), w.socket()) {
-                match self.splice.poll(cx, rs, ws, &mut self.amt, moved) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(splice::End::Eof)) => self.read_eof = true,
-                    // Copy from here on.
-                    Poll::Ready(Ok(splice::End::Unsupported)) => {}
+        loop {
+            if self.bulk && !self.splice.off && self.pos == self.cap && !self.read_eof {
+                if let Some(p) = self.poll_splice(cx, &r, &w, moved) {
+                    return p;
                 }
             }
-        }
-        loop {
             if self.pos == self.cap && !self.read_eof {
                 let step = if self.buf.is_empty() {
                     match self.poll_in_place(cx, &mut r, &mut w, moved) {
@@ -448,6 +452,40 @@ impl Dir {
         }
     }
 
+    /// A bulk direction between two sockets: splice, once what the copy
+    /// loop holds is written. `Some`: return that; `None`: go on copying
+    /// (EOF came through the pipe, or splicing is not possible).
+    fn poll_splice<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &Pin<&mut R>,
+        w: &Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Option<Poll<Result<(), DirErr>>>
+    where
+        R: RelayStream + ?Sized,
+        W: RelayStream + ?Sized,
+    {
+        let (Some(rs), Some(ws)) = (r.socket(), w.socket()) else {
+            self.splice.off = true;
+            return None;
+        };
+        // Empty (pos == cap): nothing is lost, and a spliced direction
+        // needs no buffer.
+        self.buf = Box::default();
+        (self.pos, self.cap, self.grow) = (0, 0, false);
+        match self.splice.poll(cx, rs, ws, &mut self.amt, moved) {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(Err(e)) => Some(Poll::Ready(Err(e))),
+            Poll::Ready(Ok(splice::End::Eof)) => {
+                self.read_eof = true;
+                None
+            }
+            // Copy from here on.
+            Poll::Ready(Ok(splice::End::Unsupported)) => None,
+        }
+    }
+
     /// With a buffer of our own (empty now): read into it.
     fn poll_fill<R>(
         &mut self,
@@ -472,6 +510,7 @@ impl Dir {
             self.read_eof = true;
         } else {
             self.cap = n;
+            self.bulk |= n == BIG_BUF;
             *moved = true;
             if n == self.buf.len() && self.buf.len() < BIG_BUF {
                 self.grow = true;
