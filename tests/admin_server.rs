@@ -1,11 +1,12 @@
 //! `--admin` of `sockstun server`: /metrics counts sessions by command and
-//! outcome, and an authentication failure. Queried with curl inside the
-//! namespace.
+//! outcome, an authentication failure, and the bytes moved by splice.
+//! Queried with curl inside the namespace.
 
 mod common;
 
 use common::server_lab::*;
 use common::*;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -124,4 +125,47 @@ fn admin_server_counts_udp_datagrams() {
     });
     let s = scrape(&lab);
     assert!(done, "{want:?} not all in\n{s}");
+}
+
+/// A bulk CONNECT session between two sockets goes by splice: the session's
+/// line and the metrics say how many of its bytes never crossed user space
+/// (all but each direction's first reads, copied until one fills 64 KiB).
+#[test]
+fn admin_server_counts_spliced_bytes() {
+    if !require_root("admin_server_counts_spliced_bytes") {
+        return;
+    }
+    let lab = Lab::new("asz");
+    let server = lab.server(&["--admin", ADMIN]);
+    let mut s = lab.tcp(PROXY);
+    assert_eq!(socks5_connect(&mut s, &addr4(T4, ECHO))[1], 0);
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let d2 = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&d2).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == data, "echo differs: {} bytes back", back.len());
+    let n = data.len() as f64;
+    let want = [
+        ("sockstun_bytes_total{direction=\"up\"}", n),
+        ("sockstun_bytes_total{direction=\"down\"}", n),
+    ];
+    let done = wait_until(Duration::from_secs(10), || {
+        let s = scrape(&lab);
+        want.iter().all(|(k, v)| sample(&s, k) == Some(*v))
+    });
+    let s = scrape(&lab);
+    assert!(done, "{want:?} not all in\n{s}");
+    let up = sample(&s, "sockstun_spliced_bytes_total{direction=\"up\"}").unwrap_or(0.0);
+    let down = sample(&s, "sockstun_spliced_bytes_total{direction=\"down\"}").unwrap_or(0.0);
+    let copied_max = (1 << 20) as f64;
+    assert!(up <= n && up + copied_max >= n, "{s}");
+    assert!(down <= n && down + copied_max >= n, "{s}");
+    let spliced = format!("spliced={} ", up + down);
+    assert!(server.log().contains(&spliced), "{}", server.log());
 }

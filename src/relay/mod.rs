@@ -15,6 +15,14 @@
 //! keeps. So thousands of quiet or interactive connections cost no relay
 //! buffers at all, bulk transfers get 64 KiB reads and writes, and nothing is
 //! allocated per chunk.
+//!
+//! Between two plain TCP sockets (the server's CONNECT and BIND sessions) a
+//! direction that moves bulk data (a read filled the 64 KiB scratch buffer)
+//! stops copying: `splice` moves the bytes socket -> pipe -> socket inside
+//! the kernel (`splice.rs`), with the same half-close, reset and idle
+//! semantics. The copy loop stays for small messages (cheaper there), for
+//! everything else (TUN mode's far side is smoltcp's buffer) and for sockets
+//! the kernel will not splice.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
@@ -24,6 +32,10 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+mod splice;
+
+use splice::DirErr;
 
 /// Initial per-direction buffer.
 const SMALL_BUF: usize = 8 * 1024;
@@ -42,6 +54,13 @@ pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Abortive close: arrange for the peer to see a reset (TCP RST) when the
     /// stream is dropped, which the relay does right after calling this.
     fn reset(&mut self);
+
+    /// The TCP socket this stream is, for a relay that moves bytes between
+    /// two sockets in the kernel (`splice`). Only for a stream that keeps no
+    /// bytes of its own in user space. `None`: copy.
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
 
     /// Received bytes lent in place, for a stream that keeps them in a
     /// buffer of its own (the TUN side: smoltcp's receive ring), so the
@@ -89,6 +108,10 @@ impl RelayStream for tokio::net::TcpStream {
         // unsent data (the meaning of a reset).
         let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
     }
+
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
 }
 
 impl RelayStream for tokio::io::DuplexStream {
@@ -99,6 +122,10 @@ impl RelayStream for tokio::io::DuplexStream {
 impl<T: RelayStream + ?Sized> RelayStream for Box<T> {
     fn reset(&mut self) {
         (**self).reset()
+    }
+
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).socket()
     }
 
     fn poll_read_in_place(
@@ -164,6 +191,10 @@ impl Outcome {
 pub struct RelayStats {
     pub a_to_b: u64,
     pub b_to_a: u64,
+    /// How much of `a_to_b` and `b_to_a` went by `splice`, never through
+    /// user space.
+    pub a_to_b_spliced: u64,
+    pub b_to_a_spliced: u64,
     pub outcome: Outcome,
 }
 
@@ -177,12 +208,13 @@ struct Dir {
     grow: bool,
     done: bool,
     amt: u64,
-}
-
-/// Which end of a direction failed.
-enum DirErr {
-    Read(io::Error),
-    Write(io::Error),
+    /// A read filled `BIG_BUF`: this direction moves bulk data, and splices
+    /// from now on when both ends are sockets. (For small messages splice
+    /// costs more than a copy: the kernel copies a small segment's bytes
+    /// into a page to lend it to the pipe, and one connection's pipe work
+    /// is paid for a few hundred bytes.)
+    bulk: bool,
+    splice: splice::Splicer,
 }
 
 impl Dir {
@@ -196,6 +228,8 @@ impl Dir {
             grow: false,
             done: false,
             amt: 0,
+            bulk: false,
+            splice: splice::Splicer::default(),
         }
     }
 
@@ -227,6 +261,7 @@ impl Dir {
                 self.read_eof = true;
                 return Some(Poll::Ready(Ok(())));
             }
+            self.bulk |= n == BIG_BUF;
             *moved = true;
             let mut off = 0;
             while off < n {
@@ -357,6 +392,11 @@ impl Dir {
         W: RelayStream + ?Sized,
     {
         loop {
+            if self.bulk && !self.splice.off && self.pos == self.cap && !self.read_eof {
+                if let Some(p) = self.poll_splice(cx, &r, &w, moved) {
+                    return p;
+                }
+            }
             if self.pos == self.cap && !self.read_eof {
                 let step = if self.buf.is_empty() {
                     match self.poll_in_place(cx, &mut r, &mut w, moved) {
@@ -408,6 +448,40 @@ impl Dir {
         }
     }
 
+    /// A bulk direction between two sockets: splice, once what the copy
+    /// loop holds is written. `Some`: return that; `None`: go on copying
+    /// (EOF came through the pipe, or splicing is not possible).
+    fn poll_splice<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &Pin<&mut R>,
+        w: &Pin<&mut W>,
+        moved: &mut bool,
+    ) -> Option<Poll<Result<(), DirErr>>>
+    where
+        R: RelayStream + ?Sized,
+        W: RelayStream + ?Sized,
+    {
+        let (Some(rs), Some(ws)) = (r.socket(), w.socket()) else {
+            self.splice.off = true;
+            return None;
+        };
+        // Empty (pos == cap): nothing is lost, and a spliced direction
+        // needs no buffer.
+        self.buf = Box::default();
+        (self.pos, self.cap, self.grow) = (0, 0, false);
+        match self.splice.poll(cx, rs, ws, &mut self.amt, moved) {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(Err(e)) => Some(Poll::Ready(Err(e))),
+            Poll::Ready(Ok(splice::End::Eof)) => {
+                self.read_eof = true;
+                None
+            }
+            // Copy from here on.
+            Poll::Ready(Ok(splice::End::Unsupported)) => None,
+        }
+    }
+
     /// With a buffer of our own (empty now): read into it.
     fn poll_fill<R>(
         &mut self,
@@ -432,6 +506,7 @@ impl Dir {
             self.read_eof = true;
         } else {
             self.cap = n;
+            self.bulk |= n == BIG_BUF;
             *moved = true;
             if n == self.buf.len() && self.buf.len() < BIG_BUF {
                 self.grow = true;
@@ -519,6 +594,8 @@ pub async fn relay_until<A: RelayStream, B: RelayStream>(
     RelayStats {
         a_to_b: ab.amt,
         b_to_a: ba.amt,
+        a_to_b_spliced: ab.splice.spliced,
+        b_to_a_spliced: ba.splice.spliced,
         outcome,
     }
 }

@@ -34,6 +34,8 @@ async fn copies_both_ways_with_half_close() {
     let st = r.await.unwrap();
     assert_eq!(st.outcome, Outcome::Closed);
     assert_eq!((st.a_to_b, st.b_to_a), (300_000, 16));
+    // Not sockets: copied, nothing spliced.
+    assert_eq!((st.a_to_b_spliced, st.b_to_a_spliced), (0, 0));
 }
 
 /// Poll one direction until it is pending; returns it.
@@ -119,6 +121,83 @@ async fn bulk_both_ways_over_tcp() {
         (st.a_to_b, st.b_to_a, st.outcome),
         (3_000_000, 3_000_000, Outcome::Closed)
     );
+    // Two sockets, bulk: (nearly) every byte went by splice.
+    assert!(
+        st.a_to_b_spliced > 2_000_000 && st.b_to_a_spliced > 2_000_000,
+        "{st:?}"
+    );
+}
+
+/// Poll one direction between two sockets once (it runs until it would
+/// block).
+async fn drive_tcp(dir: &mut Dir, r: &mut TcpStream, w: &mut TcpStream) {
+    poll_fn(|cx| {
+        let mut moved = false;
+        match dir.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w), &mut moved) {
+            Poll::Ready(Err(_)) => panic!("relay error"),
+            _ => Poll::Ready(()),
+        }
+    })
+    .await
+}
+
+/// Drive one direction between two sockets until it wrote `amt` bytes (or
+/// finished), letting the other tasks run in between.
+async fn drive_until(dir: &mut Dir, r: &mut TcpStream, w: &mut TcpStream, amt: u64) {
+    while dir.amt < amt && !dir.done {
+        drive_tcp(dir, r, w).await;
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Between two sockets, small messages are copied (no pipe is ever made);
+/// from the first read that fills the scratch buffer the direction splices,
+/// holding its pipe only while it moves bytes: once its reader has nothing,
+/// the pipe is back in the thread's pool. EOF passes through the pipe.
+#[tokio::test]
+async fn bulk_is_spliced_small_messages_copied_and_quiet_holds_no_pipe() {
+    let (mut src, mut r) = pair().await;
+    let (mut w, mut dst) = pair().await;
+    let reader = tokio::spawn(async move {
+        let mut v = Vec::new();
+        dst.read_to_end(&mut v).await.unwrap();
+        v
+    });
+    let mut dir = Dir::new();
+    let mut sent = vec![1u8; 3000];
+    src.write_all(&sent).await.unwrap();
+    drive_until(&mut dir, &mut r, &mut w, 3000).await;
+    assert_eq!((dir.amt, dir.splice.spliced), (3000, 0), "small: copied");
+    assert_eq!(splice::pooled(), 0, "a pipe was made for a small message");
+
+    let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    sent.extend_from_slice(&bulk);
+    let writer = tokio::spawn(async move {
+        src.write_all(&bulk).await.unwrap();
+        src
+    });
+    drive_until(&mut dir, &mut r, &mut w, sent.len() as u64).await;
+    let mut src = writer.await.unwrap();
+    assert!(dir.splice.spliced > 0, "bulk was not spliced");
+    assert!(!dir.splice.holds_pipe(), "a quiet direction holds a pipe");
+    assert!(dir.buf.is_empty(), "a spliced direction keeps a buffer");
+    assert_eq!(splice::pooled(), 1, "the one pipe is not back in the pool");
+
+    // Once bulk, a small message goes by the pipe too, which goes back.
+    let before = dir.splice.spliced;
+    src.write_all(&[2u8; 500]).await.unwrap();
+    sent.extend_from_slice(&[2u8; 500]);
+    drive_until(&mut dir, &mut r, &mut w, sent.len() as u64).await;
+    assert_eq!(dir.splice.spliced, before + 500);
+    assert!(!dir.splice.holds_pipe());
+
+    src.shutdown().await.unwrap();
+    drive_until(&mut dir, &mut r, &mut w, u64::MAX).await;
+    assert!(dir.done, "EOF did not pass through");
+    drop(w);
+    assert!(reader.await.unwrap() == sent, "bytes differ");
+    drop(dir);
+    assert_eq!(splice::pooled(), 1);
 }
 
 #[tokio::test]

@@ -40,7 +40,9 @@ const FD_RESERVE: u64 = 128;
 /// CONNECT session holds two (client and destination), a handshake one, and
 /// handshakes get a quarter of the sessions' count: 2C + C/4 = 9C/4. (A UDP
 /// association holds up to four, a BIND three while it waits: a server full
-/// of those meets the descriptor limit first, and accept backs off.)
+/// of those meets the descriptor limit first, and accept backs off. A relay
+/// holds a pipe, two more, per direction only while bytes move, from
+/// `FD_RESERVE`; with no descriptor for one it copies instead.)
 fn default_clients(fd_limit: u64) -> usize {
     (fd_limit.saturating_sub(FD_RESERVE) * 4 / 9).max(16) as usize
 }

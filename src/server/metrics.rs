@@ -22,6 +22,8 @@ pub(crate) struct ServerStats {
     auth_failures: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    spliced_up: AtomicU64,
+    spliced_down: AtomicU64,
     datagrams_up: AtomicU64,
     datagrams_down: AtomicU64,
     pub clients_refused: [AtomicU64; CLIENT_REFUSALS.len()],
@@ -70,6 +72,15 @@ impl ServerStats {
             self.datagrams_down.fetch_add(down, Ordering::Relaxed);
         }
     }
+
+    /// The part of one session's bytes that went by splice, counted when it
+    /// ends like its bytes.
+    pub(crate) fn spliced(&self, up: u64, down: u64) {
+        if up + down > 0 {
+            self.spliced_up.fetch_add(up, Ordering::Relaxed);
+            self.spliced_down.fetch_add(down, Ordering::Relaxed);
+        }
+    }
 }
 
 pub(crate) struct ServerReport(pub Arc<ServerStats>);
@@ -108,6 +119,15 @@ impl Report for ServerReport {
             "Bytes relayed: up (client to destination), down (back).",
             "direction",
             &[("up", get(&st.bytes_up)), ("down", get(&st.bytes_down))],
+        )?;
+        m.counters(
+            "spliced_bytes",
+            "Of the bytes relayed, those moved by splice(2) inside the kernel, never copied through user space.",
+            "direction",
+            &[
+                ("up", get(&st.spliced_up)),
+                ("down", get(&st.spliced_down)),
+            ],
         )?;
         m.counters(
             "udp_datagrams",

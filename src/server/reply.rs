@@ -77,6 +77,9 @@ pub(super) struct SessionLog {
     /// Bytes client → destination and back.
     pub up: u64,
     pub down: u64,
+    /// How much of `up` and `down` went by splice (never through user space).
+    pub spliced_up: u64,
+    pub spliced_down: u64,
     /// UDP datagrams relayed client → destination and back (UDP ASSOCIATE).
     pub datagrams_up: u64,
     pub datagrams_down: u64,
@@ -208,6 +211,8 @@ pub(super) async fn reply_and_relay(
     let st = crate::relay::relay_until(client, other, idle, cfg.stopped()).await;
     log.up += st.a_to_b;
     log.down += st.b_to_a;
+    log.spliced_up += st.a_to_b_spliced;
+    log.spliced_down += st.b_to_a_spliced;
     st.outcome.describe("client", other_name)
 }
 

@@ -37,6 +37,8 @@ pub(super) async fn handle(
         via: None,
         up: 0,
         down: 0,
+        spliced_up: 0,
+        spliced_down: 0,
         datagrams_up: 0,
         datagrams_down: 0,
     };
@@ -73,6 +75,7 @@ pub(super) async fn handle(
     };
     stats.session(log.cmd, &outcome, log.up, log.down);
     stats.datagrams(log.datagrams_up, log.datagrams_down);
+    stats.spliced(log.spliced_up, log.spliced_down);
     if [PROBE, PROBE_BARE, EVICTED].contains(&outcome.as_str()) {
         debug!(client = %peer, proto = %log.proto, outcome, "session");
         return;
@@ -93,6 +96,7 @@ pub(super) async fn handle(
         via = %via,
         up = log.up,
         down = log.down,
+        spliced = log.spliced_up + log.spliced_down,
         ms = start.elapsed().as_millis() as u64,
         outcome = %Escaped(&outcome),
         "session"
