@@ -58,10 +58,16 @@ impl fmt::Display for ResolveError {
 
 impl std::error::Error for ResolveError {}
 
+/// An answer kept: the addresses, or (empty) a name that has none or that no
+/// resolver could give, kept `FAILED_FOR` so a flow's every datagram does
+/// not ask again.
 struct Cached {
     addrs: Arc<[IpAddr]>,
     until: Instant,
 }
+
+/// How long a failure (no such name, no answer) is remembered.
+const FAILED_FOR: Duration = Duration::from_secs(5);
 
 /// A stub resolver over the resolvers of the host (or `--direct-dns`).
 pub struct HostResolver {
@@ -112,7 +118,10 @@ impl HostResolver {
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = cache.get(name).filter(|c| c.until > now) {
-                return Ok(c.addrs.clone());
+                return match c.addrs.is_empty() {
+                    true => Err(ResolveError::NotFound),
+                    false => Ok(c.addrs.clone()),
+                };
             }
         }
         if self.servers.is_empty() {
@@ -125,9 +134,21 @@ impl HostResolver {
                 self.ask(server, name, TYPE_AAAA)
             );
             let (addrs, ttl) = match (a, aaaa) {
+                // The name does not exist: another resolver would say the
+                // same, and need not hear the name.
+                (Err(ResolveError::NotFound), _) | (_, Err(ResolveError::NotFound)) => {
+                    self.remember(name, Arc::from(Vec::new()), now + FAILED_FOR);
+                    return Err(ResolveError::NotFound);
+                }
                 (Ok((mut v4, t4)), Ok((v6, t6))) => {
+                    // A side with no address has no TTL to go by.
+                    let ttl = match (v4.is_empty(), v6.is_empty()) {
+                        (false, false) => t4.min(t6),
+                        (true, _) => t6,
+                        (_, true) => t4,
+                    };
                     v4.extend(v6);
-                    (v4, t4.min(t6))
+                    (v4, ttl)
                 }
                 (Ok(r), Err(_)) | (Err(_), Ok(r)) => r,
                 (Err(e), Err(_)) => {
@@ -141,12 +162,16 @@ impl HostResolver {
                 }
             }
             if addrs.is_empty() {
+                self.remember(name, Arc::from(Vec::new()), now + FAILED_FOR);
                 return Err(ResolveError::NotFound);
             }
             let addrs: Arc<[IpAddr]> = addrs.into();
             let keep = Duration::from_secs(ttl.into()).clamp(TTL_MIN, TTL_MAX);
             self.remember(name, addrs.clone(), now + keep);
             return Ok(addrs);
+        }
+        if matches!(last, ResolveError::Timeout) {
+            self.remember(name, Arc::from(Vec::new()), now + FAILED_FOR);
         }
         Err(last)
     }

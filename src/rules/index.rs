@@ -146,7 +146,11 @@ impl Index {
             // short of a size limit thousands of keywords are far from.
             match AhoCorasick::new(patterns.iter().map(|p| p.as_bytes())) {
                 Ok(ac) => ix.keywords = Some(ac),
-                Err(_) => ix.rest.extend(ix.keyword_rules.drain(..).flatten()),
+                Err(_) => {
+                    // The in-order list must stay in rule order.
+                    ix.rest.extend(ix.keyword_rules.drain(..).flatten());
+                    ix.rest.sort_unstable();
+                }
             }
         }
         ix

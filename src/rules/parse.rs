@@ -41,9 +41,7 @@ impl fmt::Display for ParseError {
                     "{p:?} is not a port or range (1-65535, as 443 or 8000-9000)"
                 )
             }
-            ParseError::BadAction(a) => {
-                write!(f, "unknown action {a:?} (actions: proxy, direct, block)")
-            }
+            ParseError::BadAction(why) => f.write_str(why),
         }
     }
 }
@@ -76,6 +74,15 @@ fn net(s: &str) -> Result<IpNetwork, ParseError> {
     let n: IpNetwork = match s.parse::<IpAddr>() {
         Ok(ip) => IpNetwork::from(ip),
         Err(_) => s.parse().map_err(|_| bad())?,
+    };
+    // An IPv4-mapped network is the IPv4 one it maps (flows are compared
+    // unmapped: as written it would never match).
+    let n = match n {
+        IpNetwork::V6(v6) if v6.prefix() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNetwork::new(v4.into(), v6.prefix() - 96).map_err(|_| bad())?,
+            None => n,
+        },
+        _ => n,
     };
     IpNetwork::new(n.network(), n.prefix()).map_err(|_| bad())
 }
@@ -127,7 +134,7 @@ pub fn parse_rule(text: &str) -> Result<(Vec<Match>, Action), ParseError> {
     let action = rhs
         .trim()
         .parse::<Action>()
-        .map_err(|_| ParseError::BadAction(rhs.trim().into()))?;
+        .map_err(ParseError::BadAction)?;
     let matches = lhs
         .split(|c: char| c.is_whitespace() || c == ',')
         .filter(|t| !t.is_empty())

@@ -171,6 +171,10 @@ fn values_are_read_as_the_surrounding_tools_write_them() {
     assert_eq!(a, Action::Proxy(Some("eu-1".into())));
     assert_eq!(a.to_string(), "proxy:eu-1");
     assert!(parse_rule("udp => direct:x").is_err());
+    let (m, _) = parse_rule("cidr:::ffff:10.0.0.0/104 => block").unwrap();
+    assert_eq!(m, vec![Match::Cidr("10.0.0.0/8".parse().unwrap())]);
+    let e = parse_rule("udp => proxy:e u").unwrap_err().to_string();
+    assert!(e.contains("not a group name"), "{e}");
     let (m, _) = parse_rule("cidr:192.0.2.1 => block").unwrap();
     assert_eq!(m, vec![Match::Cidr("192.0.2.1/32".parse().unwrap())]);
     let r = Rule {

@@ -135,7 +135,14 @@ fn named_groups(args: &TunArgs) -> anyhow::Result<Vec<NamedGroup>> {
         let Some((name, url)) = g.split_once('=') else {
             bail!("--group (the {}.): expected NAME=URL", i + 1);
         };
-        let name = crate::rules::group_name(name).map_err(|e| anyhow!("--group: {e}"))?;
+        // The text is not echoed: a forgotten `NAME=` leaves a URL here,
+        // password and all.
+        let name = crate::rules::group_name(name).map_err(|_| {
+            anyhow!(
+                "--group (the {}.): the name before '=' is letters, digits, - and _",
+                i + 1
+            )
+        })?;
         let proxy = proxy_of(url, args, &format!("--group {name}"))?;
         match out.iter_mut().find(|n| n.name == name) {
             Some(n) => n.proxies.push(proxy),

@@ -7,13 +7,15 @@
 
 use crate::dns::host::{HostResolver, ResolveError};
 use crate::net::SocketOpts;
+use crate::rules::Proto;
 use crate::socks::codec::Reply;
 use crate::socks::TargetAddr;
 use crate::stack::{DialFailed, Refusal, Unreachable};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -22,48 +24,49 @@ pub struct Direct {
     resolver: HostResolver,
     timeout: Duration,
     ports: Arc<OwnPorts>,
+    warned: AtomicBool,
 }
 
-/// The local ports of sockstun's own direct sockets: TCP ones while they
-/// connect, UDP ones while they live. A new flow from one of them, coming
-/// in through the TUN, is such a socket routed back into the TUN (a loop),
-/// told apart from an application of this host that has the TUN's address
-/// too. One bit per port, no lock.
-pub struct OwnPorts([AtomicU64; 1024]);
+/// The local ports of sockstun's own direct sockets, per protocol: TCP ones
+/// while they connect, UDP ones while they live. A new flow of that
+/// protocol from one of them, coming in through the TUN, is such a socket
+/// routed back into the TUN (a loop), told apart from an application of
+/// this host that has the TUN's address too. Counted, so two sockets on one
+/// port number (a v4 and a v6 one) do not clear each other's mark. Touched
+/// when a direct socket opens or closes, and asked only for flows from the
+/// TUN's own address.
+#[derive(Default)]
+pub struct OwnPorts(Mutex<HashMap<(Proto, u16), u32>>);
 
 impl OwnPorts {
-    fn new() -> OwnPorts {
-        OwnPorts(std::array::from_fn(|_| AtomicU64::new(0)))
-    }
-
-    fn bit(port: u16) -> (usize, u64) {
-        ((port >> 6) as usize, 1 << (port & 63))
-    }
-
-    fn set(&self, port: u16, on: bool) {
-        let (i, b) = OwnPorts::bit(port);
+    fn set(&self, key: (Proto, u16), on: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
         if on {
-            self.0[i].fetch_or(b, Ordering::Relaxed);
+            *n += 1;
         } else {
-            self.0[i].fetch_and(!b, Ordering::Relaxed);
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&key);
+            }
         }
     }
 
-    pub fn contains(&self, port: u16) -> bool {
-        let (i, b) = OwnPorts::bit(port);
-        self.0[i].load(Ordering::Relaxed) & b != 0
+    pub fn contains(&self, proto: Proto, port: u16) -> bool {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.contains_key(&(proto, port))
     }
 }
 
 /// A port marked in `OwnPorts` until dropped.
 pub struct PortMark {
     ports: Arc<OwnPorts>,
-    port: u16,
+    key: (Proto, u16),
 }
 
 impl Drop for PortMark {
     fn drop(&mut self) {
-        self.ports.set(self.port, false);
+        self.ports.set(self.key, false);
     }
 }
 
@@ -79,9 +82,13 @@ fn connect_failed(e: io::Error) -> DialFailed {
     DialFailed::new(answer, format!("direct: {e}"))
 }
 
-fn resolve_failed(name: &str, e: ResolveError) -> DialFailed {
-    if matches!(e, ResolveError::Loop(_) | ResolveError::NoServer) {
-        tracing::warn!("direct: cannot resolve {name} on this host: {e}");
+/// A failure to resolve `name` on the host; a misconfiguration (no resolver,
+/// or the resolver is sockstun itself) is warned of once.
+fn resolve_failed(name: &str, e: ResolveError, warned: &AtomicBool) -> DialFailed {
+    if matches!(e, ResolveError::Loop(_) | ResolveError::NoServer)
+        && !warned.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!("direct: cannot resolve {name} on this host: {e} (said once)");
     }
     DialFailed::new(
         Refusal::Unreachable(Unreachable::Host),
@@ -95,7 +102,8 @@ impl Direct {
             opts,
             resolver,
             timeout,
-            ports: Arc::new(OwnPorts::new()),
+            ports: Arc::default(),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -103,12 +111,12 @@ impl Direct {
         &self.ports
     }
 
-    /// Mark `port` as one of ours until the mark is dropped.
-    pub fn mark(&self, port: u16) -> PortMark {
-        self.ports.set(port, true);
+    /// Mark `port` of `proto` as one of ours until the mark is dropped.
+    pub fn mark(&self, proto: Proto, port: u16) -> PortMark {
+        self.ports.set((proto, port), true);
         PortMark {
             ports: self.ports.clone(),
-            port,
+            key: (proto, port),
         }
     }
 
@@ -121,7 +129,7 @@ impl Direct {
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         sock.bind(any)?;
-        let _mark = self.mark(sock.local_addr()?.port());
+        let _mark = self.mark(Proto::Tcp, sock.local_addr()?.port());
         sock.connect(a).await
     }
 
@@ -138,7 +146,7 @@ impl Direct {
                     .resolver
                     .resolve(name)
                     .await
-                    .map_err(|e| resolve_failed(name, e))?;
+                    .map_err(|e| resolve_failed(name, e, &self.warned))?;
                 tracing::info!(
                     "direct: {name} resolved on this host (not at the proxy): {}",
                     ips.iter()

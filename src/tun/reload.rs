@@ -38,6 +38,7 @@ pub(super) async fn on_sighup(
             return;
         }
     };
+    let reload = Arc::new(reload);
     while hup.recv().await.is_some() {
         match new_upstream(&reload).await {
             Ok((b, rules, named)) => {
@@ -67,18 +68,20 @@ pub(super) async fn on_sighup(
     }
 }
 
-async fn new_upstream(reload: &Reload) -> anyhow::Result<(Built, Rules, BuiltGroups)> {
-    let mut cfg = reload()?;
-    let mut proxies = std::mem::take(&mut cfg.proxies);
-    let mut named = std::mem::take(&mut cfg.route.groups);
-    // Resolving a proxy's host name blocks: not on the stack's thread.
-    let (proxies, named) = tokio::task::spawn_blocking(move || {
+async fn new_upstream(reload: &Arc<Reload>) -> anyhow::Result<(Built, Rules, BuiltGroups)> {
+    let reload = reload.clone();
+    // Reading the files (a rules file of thousands of lines, indexed) and
+    // resolving a proxy's host name block: not on the stack's thread.
+    let (cfg, proxies, named) = tokio::task::spawn_blocking(move || {
+        let mut cfg = reload()?;
+        let mut proxies = std::mem::take(&mut cfg.proxies);
+        let mut named = std::mem::take(&mut cfg.route.groups);
         let members = named.iter_mut().flat_map(|g| g.proxies.iter_mut());
         for p in proxies.iter_mut().chain(members) {
             p.resolve()
                 .with_context(|| format!("resolving the proxy host {:?}", p.host))?;
         }
-        anyhow::Ok((proxies, named))
+        anyhow::Ok((cfg, proxies, named))
     })
     .await??;
     let built = upstream_of(proxies, cfg.group, cfg.connect_timeout);

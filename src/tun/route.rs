@@ -112,6 +112,16 @@ impl Router {
         if state.rules.is_plain() {
             return Way::plain();
         }
+        if self.own.contains(&crate::net::unmap(src.ip()))
+            && self.direct.own_ports().contains(proto, src.port())
+        {
+            self.warn_loop(proto, target, src);
+            return Way {
+                action: Action::Block,
+                upstream: None,
+                rule: Some(self.loop_label.clone()),
+            };
+        }
         let (name, dst, port) = match target {
             TargetAddr::Ip(a) => (None, Some(a.ip()), a.port()),
             TargetAddr::Domain(n, p) => (Some(n.as_str()), None, *p),
@@ -127,16 +137,6 @@ impl Router {
             d.rule
                 .map_or_else(|| self.default_label.clone(), |r| r.origin.clone()),
         );
-        if self.own.contains(&crate::net::unmap(src.ip()))
-            && self.direct.own_ports().contains(src.port())
-        {
-            self.warn_loop(proto, target, src);
-            return Way {
-                action: Action::Block,
-                upstream: None,
-                rule: Some(self.loop_label.clone()),
-            };
-        }
         // Validation saw every group a rule names; one missing here (it
         // cannot be) would fall back to --proxy's.
         let upstream = match d.action {

@@ -355,7 +355,7 @@ impl Assoc {
             .local_addr()
             .map_err(|e| format!("direct UDP socket: {e}"))?;
         let dual = local.is_ipv6();
-        let mark = router.direct().mark(local.port());
+        let mark = router.direct().mark(crate::rules::Proto::Udp, local.port());
         let via: Arc<str> = Arc::from("direct");
         self.state.set_via(via.clone());
         self.via = Some(via);
@@ -398,9 +398,19 @@ impl Assoc {
         let addrs = match direct {
             Some(d) => d.addresses(&o.target).await,
             None => return Err(io::ErrorKind::Unsupported.into()),
-        }
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        let first = *addrs.first().ok_or(io::ErrorKind::NotFound)?;
+        };
+        let first = match addrs.as_deref().map(|a| a.first()) {
+            Ok(Some(a)) => *a,
+            // Not kept waiting for an address: on this open socket, a reply
+            // from anyone on that port would be taken for the name's.
+            Ok(None) | Err(_) => {
+                self.fakes.retain(|f| f.fake != o.dst);
+                return Err(match addrs {
+                    Err(e) => io::Error::other(e.to_string()),
+                    Ok(_) => io::ErrorKind::NotFound.into(),
+                });
+            }
+        };
         if let Some(f) = self.fakes.iter_mut().find(|f| f.fake == o.dst) {
             f.resolved = Some(crate::net::unmap(first.ip()));
         }

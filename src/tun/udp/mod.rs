@@ -161,7 +161,7 @@ impl UdpRelay {
         };
         let now = sh.now_ms();
         let key = match way.action {
-            Action::Block => return self.block(pkt, d.src, &target, way.rule),
+            Action::Block => return self.block(pkt, (d.src, d.dst), &target, way.rule),
             Action::Direct if !self.fits(d.payload.len()) => return,
             Action::Direct => (d.src, WayKey::Direct),
             Action::Proxy(group) => {
@@ -193,17 +193,27 @@ impl UdpRelay {
     /// may come to stand for another name), or all at once when full.
     fn way_of(&self, r: &Router, src: SocketAddr, dst: SocketAddr, target: &TargetAddr) -> Way {
         let sh = &self.shared;
-        let (now, gen) = (sh.now_ms(), r.generation());
+        let now = sh.now_ms();
         let mut c = sh.ways.lock().unwrap_or_else(|p| p.into_inner());
+        let gen = r.generation();
         if c.generation != gen || c.ways.len() >= MAX_WAYS {
             c.ways.clear();
             c.generation = gen;
         }
+        // A fake address stands for one name at a time, but may come to
+        // stand for another: the way is the name's, so the name must match.
+        let name = match target {
+            TargetAddr::Domain(n, _) => Some(n.as_str()),
+            TargetAddr::Ip(_) => None,
+        };
         match c.ways.get(&(src, dst)) {
-            Some((at, w)) if now.saturating_sub(*at) < WAY_TTL_MS => w.clone(),
+            Some((at, n, w)) if now.saturating_sub(*at) < WAY_TTL_MS && n.as_deref() == name => {
+                w.clone()
+            }
             _ => {
                 let w = r.way(src, target, Proto::Udp);
-                c.ways.insert((src, dst), (now, w.clone()));
+                let n = name.map(Box::from);
+                c.ways.insert((src, dst), (now, n, w.clone()));
                 w
             }
         }
@@ -244,16 +254,18 @@ impl UdpRelay {
 
     /// A `block` rule: ICMP port unreachable back to the application, as a
     /// host with nothing on that port answers; logged once per flow.
-    fn block(&self, pkt: &[u8], src: SocketAddr, target: &TargetAddr, rule: Option<Arc<str>>) {
+    fn block(
+        &self,
+        pkt: &[u8],
+        (src, dst): (SocketAddr, SocketAddr),
+        target: &TargetAddr,
+        rule: Option<Arc<str>>,
+    ) {
         let sh = &self.shared;
         inc(&sh.stats.blocked);
         if let Some(icmp) = icmp_unreachable(&pkt[..quote_len(pkt)], Unreachable::Port) {
             sh.tun.send(&icmp);
         }
-        let dst = match target {
-            TargetAddr::Ip(a) => *a,
-            TargetAddr::Domain(..) => parse_udp(pkt).map(|d| d.dst).unwrap_or(src),
-        };
         let first = {
             let mut seen = sh.blocked_logged.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() >= MAX_BLOCKED_LOGGED {

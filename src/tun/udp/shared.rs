@@ -167,12 +167,16 @@ pub(super) enum WayKey {
 /// endpoint may have several: rules choose per destination).
 pub(super) type Key = (SocketAddr, WayKey);
 
+/// A pair's way: when it was decided (ms since the epoch), the name behind a
+/// fake destination then, and the way.
+pub(super) type KnownWay = (u64, Option<Box<str>>, Way);
+
 /// Ways remembered, valid for the router's `generation`.
 #[derive(Default)]
 pub(super) struct WayCache {
     pub(super) generation: u64,
-    /// (source, destination) -> (when decided, ms since the epoch; the way).
-    pub(super) ways: HashMap<(SocketAddr, SocketAddr), (u64, Way)>,
+    /// (source, destination) -> its way.
+    pub(super) ways: HashMap<(SocketAddr, SocketAddr), KnownWay>,
 }
 
 /// One upstream's UDP ASSOCIATE state: the backoffs after it failed or said
