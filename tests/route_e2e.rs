@@ -16,7 +16,7 @@ mod common;
 
 use common::routes::*;
 use common::{
-    http_dir_server, require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc,
+    http_dir_server, require_root, spawn_tun, uniq, wait_until, Dante, EtcNetns, Netns, Proc,
     TempDir, DANTE_UDP, TUN_V4, TUN_V6,
 };
 use std::time::Duration;
@@ -43,15 +43,7 @@ struct Net {
 impl Net {
     fn new(tag: &str, with_lan: bool) -> Net {
         let (m, isp) = uplinked_machine(tag);
-        let target = Netns::new(&format!("{tag}t"));
-        veth(
-            &isp,
-            "p1",
-            &["203.0.113.1/24", "2001:db8:2::1/64"],
-            &target,
-            "t0",
-            &["203.0.113.2/24", "2001:db8:2::2/64"],
-        );
+        let target = target_behind(tag, &isp);
         isp.ip(&["addr", "add", "198.51.100.200/32", "dev", "lo"]);
         isp.ip(&["addr", "add", "2001:db8:1:ff::1/128", "dev", "lo"]);
         isp.sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");

@@ -9,7 +9,7 @@ mod common;
 
 use common::routes::*;
 use common::{
-    require_root, spawn_tun, uniq, veth, wait_until, Dante, EtcNetns, Netns, Proc, TempDir, TUN_V4,
+    require_root, spawn_tun, uniq, wait_until, Dante, EtcNetns, Netns, Proc, TempDir, TUN_V4,
     TUN_V6,
 };
 use std::os::unix::fs::MetadataExt;
@@ -679,15 +679,7 @@ const SEL_RESOLV: &str =
 impl SelNet {
     fn new(tag: &str) -> SelNet {
         let (m, isp) = uplinked_machine(tag);
-        let target = Netns::new(&format!("{tag}t"));
-        veth(
-            &isp,
-            "p1",
-            &["203.0.113.1/24", "2001:db8:2::1/64"],
-            &target,
-            "t0",
-            &["203.0.113.2/24", "2001:db8:2::2/64"],
-        );
+        let target = target_behind(tag, &isp);
         target.ip(&["route", "add", "default", "via", "203.0.113.1"]);
         target.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
         isp.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");

@@ -98,28 +98,8 @@ fn direct_side(env: &Env) -> Direct {
             let _ = u.send_to(who.as_bytes(), from);
         }
     });
-    let pid = env.dir.file("dnsmasq-direct.pid");
-    let dnsmasq = t.spawn(&[
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--log-facility=-",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--log-queries",
-        &format!("--pid-file={pid}"),
-        &format!("--listen-address={DIRECT_TARGET}"),
-        "--bind-interfaces",
-        &format!("--address=/direct.test/{DIRECT_TARGET}"),
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            String::from_utf8_lossy(&t.exec(&["ss", "-Hlun", "sport = :53"]).stdout)
-                .contains(DIRECT_TARGET)
-        }),
-        "dnsmasq (direct side) did not start"
-    );
+    let direct_test = format!("--address=/direct.test/{DIRECT_TARGET}");
+    let dnsmasq = start_dnsmasq_on(t, &env.dir, DIRECT_TARGET, &[&direct_test]);
     Direct { _dnsmasq: dnsmasq }
 }
 

@@ -109,6 +109,24 @@ pub fn uplinked_machine(tag: &str) -> (Netns, Netns) {
     (m, isp)
 }
 
+/// The target (namespace `<tag>t`) behind the isp, as the internet is:
+///
+/// ```text
+///  isp p1 203.0.113.1/24, 2001:db8:2::1/64 -- t0 .2, ::2  target
+/// ```
+pub fn target_behind(tag: &str, isp: &Netns) -> Netns {
+    let target = Netns::new(&format!("{tag}t"));
+    veth(
+        isp,
+        "p1",
+        &["203.0.113.1/24", "2001:db8:2::1/64"],
+        &target,
+        "t0",
+        &["203.0.113.2/24", "2001:db8:2::2/64"],
+    );
+    target
+}
+
 /// A LAN client (namespace `<tag>l`) behind the machine `m`, with default
 /// routes through it.
 ///

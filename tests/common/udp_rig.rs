@@ -34,8 +34,25 @@ pub struct Env {
 }
 
 pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
-    let pid = dir.file("dnsmasq.pid");
-    let p = ns.spawn(&[
+    start_dnsmasq_on(
+        ns,
+        dir,
+        TARGET_V4,
+        &[
+            &format!("--address=/web.test/{TARGET_V4}"),
+            &format!("--address=/web.test/{TARGET_V6}"),
+            &format!("--address=/echo.test/{TARGET_V4}"),
+            "--mx-host=mail.test,mx.mail.test,10",
+            "--txt-record=txt.test,hello sockstun",
+        ],
+    )
+}
+
+/// dnsmasq in `ns` answering on `listen` alone (port 53, UDP and TCP) from
+/// `records` (dnsmasq options), logging every query; once it listens.
+pub fn start_dnsmasq_on(ns: &Netns, dir: &TempDir, listen: &str, records: &[&str]) -> Proc {
+    let pid = dir.file(&format!("dnsmasq-{listen}.pid"));
+    let mut cmd = vec![
         "dnsmasq",
         // Not --no-daemon: that mode serves TCP in the main process and
         // stops answering UDP while a TCP connection stays open.
@@ -46,21 +63,21 @@ pub fn start_dnsmasq(ns: &Netns, dir: &TempDir) -> Proc {
         "--no-hosts",
         "--user=root",
         "--log-queries",
-        &format!("--pid-file={pid}"),
-        &format!("--listen-address={TARGET_V4}"),
         "--bind-interfaces",
-        &format!("--address=/web.test/{TARGET_V4}"),
-        &format!("--address=/web.test/{TARGET_V6}"),
-        &format!("--address=/echo.test/{TARGET_V4}"),
-        "--mx-host=mail.test,mx.mail.test,10",
-        "--txt-record=txt.test,hello sockstun",
-    ]);
+    ];
+    let (pid_arg, listen_arg) = (
+        format!("--pid-file={pid}"),
+        format!("--listen-address={listen}"),
+    );
+    cmd.extend([pid_arg.as_str(), listen_arg.as_str()]);
+    cmd.extend_from_slice(records);
+    let p = ns.spawn(&cmd);
     assert!(
         wait_until(Duration::from_secs(10), || {
             String::from_utf8_lossy(&ns.exec(&["ss", "-Hlun", "sport = :53"]).stdout)
-                .contains(TARGET_V4)
+                .contains(listen)
         }),
-        "dnsmasq did not start"
+        "dnsmasq on {listen} did not start"
     );
     p
 }
