@@ -104,15 +104,7 @@ impl Net {
         let mut args = vec!["--ipv4", TUN_V4, "--ipv6", TUN_V6, "--connect-timeout", "3"];
         args.extend_from_slice(extra);
         let p = spawn_tun(&self.m, "debug,smoltcp=info", proxy, &dev, &args);
-        let up = wait_until(Duration::from_secs(10), || {
-            let out = self.m.exec(&["ip", "-o", "link", "show", "dev", &dev]);
-            let s = String::from_utf8_lossy(&out.stdout);
-            s.contains(",UP") && !s.contains("NO-CARRIER")
-        });
-        assert!(up, "sockstun tun did not bring {dev} up:\n{}", p.log());
-        // The kernel gives the TUN a link-local address shortly after the
-        // carrier comes up; wait for it so that snapshots taken now stay valid.
-        settle(&self.m, &[&dev]);
+        wait_tun_up(&self.m, &dev, &p);
         (p, dev)
     }
 }

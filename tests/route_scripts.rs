@@ -745,13 +745,7 @@ impl SelNet {
             &dev,
             &args,
         );
-        let up = wait_until(Duration::from_secs(10), || {
-            let out = self.m.exec(&["ip", "-o", "link", "show", "dev", &dev]);
-            let s = String::from_utf8_lossy(&out.stdout);
-            s.contains(",UP") && !s.contains("NO-CARRIER")
-        });
-        assert!(up, "sockstun tun did not bring {dev} up:\n{}", p.log());
-        settle(&self.m, &[&dev]);
+        wait_tun_up(&self.m, &dev, &p);
         (p, dev)
     }
 

@@ -109,6 +109,19 @@ pub fn uplinked_machine(tag: &str) -> (Netns, Netns) {
     (m, isp)
 }
 
+/// Wait until `sockstun tun` (`p`) brought `dev` in `m` up with its carrier,
+/// then for the link-local address the kernel gives it shortly after, so
+/// that snapshots taken from now on stay valid.
+pub fn wait_tun_up(m: &Netns, dev: &str, p: &Proc) {
+    let up = wait_until(Duration::from_secs(10), || {
+        let out = m.exec(&["ip", "-o", "link", "show", "dev", dev]);
+        let s = String::from_utf8_lossy(&out.stdout);
+        s.contains(",UP") && !s.contains("NO-CARRIER")
+    });
+    assert!(up, "sockstun tun did not bring {dev} up:\n{}", p.log());
+    settle(m, &[dev]);
+}
+
 /// The target (namespace `<tag>t`) behind the isp, as the internet is:
 ///
 /// ```text
