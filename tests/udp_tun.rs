@@ -65,7 +65,8 @@ fn full_cone_two_remotes() {
     if !require_root("full_cone_two_remotes") {
         return;
     }
-    let env = env("uc", Upstream::Dante, &[]);
+    // No warm pool: the test counts the connections to the proxy.
+    let env = env("uc", Upstream::Dante, &["--warm", "0"]);
     let (from7, from9) = env.topo.client.run_in(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -96,7 +97,12 @@ fn many_endpoints_stay_within_the_bound() {
     if !require_root("many_endpoints_stay_within_the_bound") {
         return;
     }
-    let mut env = env("um", Upstream::Dante, &["--max-udp-flows", "100"]);
+    // No warm pool: the test counts the connections to the proxy.
+    let mut env = env(
+        "um",
+        Upstream::Dante,
+        &["--max-udp-flows", "100", "--warm", "0"],
+    );
     // 500 endpoints at once: the table evicts the oldest idle ones as new
     // ones arrive, so the association count never exceeds the bound.
     let socks: Vec<UdpSocket> = env.topo.client.run_in(|| {
@@ -173,7 +179,12 @@ fn expiry_and_reassociation() {
     if !require_root("expiry_and_reassociation") {
         return;
     }
-    let mut env = env("ux", Upstream::Sockstun, &["--udp-timeout", "2"]);
+    // No warm pool: the test counts the connections to the proxy.
+    let mut env = env(
+        "ux",
+        Upstream::Sockstun,
+        &["--udp-timeout", "2", "--warm", "0"],
+    );
     let port = env
         .topo
         .client
