@@ -266,6 +266,18 @@ pub struct TunArgs {
     /// headers): one packet of at most the MTU per read, as without it.
     #[arg(long = "no-offload")]
     pub no_offload: bool,
+    /// Queues of the TUN, each read by a thread of its own with its own
+    /// stack and flow table (the kernel keeps each flow on one queue): the
+    /// device is opened multi-queue (IFF_MULTI_QUEUE) when more than 1. An
+    /// existing device is opened as it was made: a single-queue one with 1.
+    /// `--fd` uses 1. [default: the CPUs this process may run on, at most
+    /// 8]
+    #[arg(long = "queues", value_parser = number::<usize>)]
+    pub queues: Option<usize>,
+    /// The other queues of the device `--fd` is one queue of (`sockstun
+    /// exec` passes them); not a flag.
+    #[arg(skip)]
+    pub queue_fds: Vec<i32>,
     /// The config file and the admin endpoint.
     #[command(flatten)]
     pub ops: OperateArgs,
@@ -303,6 +315,9 @@ pub struct ExecChildArgs {
     pub mtu: u16,
     #[arg(long = "offload")]
     pub offload: bool,
+    /// Queues to make (a multi-queue device when more than 1).
+    #[arg(long = "queues", default_value_t = 1, value_parser = number::<usize>)]
+    pub queues: usize,
     /// The address /etc/resolv.conf names (the virtual DNS).
     #[arg(long = "nameserver")]
     pub nameserver: std::net::IpAddr,

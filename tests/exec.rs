@@ -179,6 +179,30 @@ fn curl_by_name_goes_through_the_proxy() {
     );
 }
 
+/// With `--queues 2` the program's device is made multi-queue and every
+/// queue reaches sockstun: 24 connections by name all get the page, and
+/// both queues carried some (one run in 2^23 would not).
+#[test]
+fn two_queues_reach_sockstun() {
+    if !require_root("two_queues_reach_sockstun") {
+        return;
+    }
+    let r = rig("xq");
+    let script = "for i in $(seq 24); do curl -sS --max-time 10 http://web.test/ || exit 9; done";
+    let (st, log) = finish(r.spawn_wrapped(&[], &["--queues", "2"], &["sh", "-c", script]));
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert_eq!(log.matches(PAGE).count(), 24, "{log}");
+    assert!(log.contains("queues=2"), "{log}");
+    let by_queue = log
+        .lines()
+        .find_map(|l| l.split("tcp_by_queue=[").nth(1)?.split(']').next())
+        .unwrap_or_else(|| panic!("no totals line:\n{log}"));
+    let n: Vec<u64> = by_queue.split(", ").map(|x| x.parse().unwrap()).collect();
+    // curl may race IPv6 and IPv4 (happy eyeballs): a fetch opens 1 or 2.
+    assert!(n.iter().sum::<u64>() >= 24, "{by_queue}");
+    assert!(n.len() == 2 && n.iter().all(|&x| x > 0), "{by_queue}");
+}
+
 #[test]
 fn dig_gets_a_fake_answer() {
     if !require_root("dig_gets_a_fake_answer") {

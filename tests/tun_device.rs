@@ -77,8 +77,10 @@ fn tun_existing_device_keeps_what_the_operator_set() {
         "{before:?}"
     );
 
-    // Opened with no address or MTU flag: nothing changes, flows work.
-    let tun = start_tun_on(&topo, &url, &dev, &[]);
+    // Opened with no address or MTU flag: nothing changes, flows work. A
+    // single-queue device is read on its one queue whatever --queues says.
+    let admin = "127.0.0.1:9912";
+    let tun = start_tun_on(&topo, &url, &dev, &["--queues", "2", "--admin", admin]);
     let mut r = Rig {
         tun,
         dev: dev.clone(),
@@ -94,6 +96,11 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     );
     assert!(
         r.tun.log().contains("opened existing TUN device"),
+        "{}",
+        r.tun.log()
+    );
+    assert!(
+        r.tun.log().contains("is a single-queue device") && r.tun.log().contains("queues=1"),
         "{}",
         r.tun.log()
     );
@@ -178,6 +185,83 @@ fn tun_existing_device_keeps_what_the_operator_set() {
     assert!(!is_up(&r), "left up");
     let exists = r.topo.client.exec(&["ip", "link", "show", "dev", &dev]);
     assert!(exists.status.success(), "the operator's device was removed");
+}
+
+/// The operator's persistent multi-queue device (`ip tuntap add ...
+/// multi_queue`) is opened as it was made: `--queues 2` attaches 2 queues,
+/// flows of both families work on both, the default opens as many as it
+/// can use (1 with --queues 1), and at exit the device is still there,
+/// still multi-queue, with nothing of the operator's changed.
+#[test]
+fn tun_existing_multi_queue_device_is_read_on_its_queues() {
+    if !require_root("tun_existing_multi_queue_device_is_read_on_its_queues") {
+        return;
+    }
+    let (topo, dir, dante, dev) = operator_rig("tm", &["multi_queue"]);
+    let url = format!("socks5://{PROXY_V4}:{DANTE_PORT}");
+    let before = snapshot(&topo.client, &dev);
+    let admin = "127.0.0.1:9912";
+    let tun = start_tun_on(&topo, &url, &dev, &["--queues", "2", "--admin", admin]);
+    let mut r = Rig {
+        tun,
+        dev: dev.clone(),
+        upstream: Some(dante),
+        _dir: dir,
+        topo,
+    };
+    let sys = |r: &Rig, path: &str| {
+        let out = r
+            .topo
+            .client
+            .exec(&["sh", "-c", &format!("ls /sys/class/net/{dev}/{path}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(r.tun.log().contains("queues=2"), "{}", r.tun.log());
+    assert_eq!(
+        sys(&r, "queues").matches("rx-").count(),
+        2,
+        "{}",
+        sys(&r, "queues")
+    );
+    // Enough flows that both queues carry some (one in 2^16 runs would not).
+    for i in 0..16 {
+        assert_eq!(echo(&r, i % 2 == 1), Ok(()), "flow {i}\n{}", r.tun.log());
+    }
+    let url_m = format!("http://{admin}/metrics");
+    let out = r
+        .topo
+        .client
+        .exec(&["curl", "-sS", "--max-time", "5", &url_m]);
+    let scrape = String::from_utf8_lossy(&out.stdout).into_owned();
+    for q in ["0", "1"] {
+        let series = format!("sockstun_queue_tcp_flows_opened_total{{queue=\"{q}\"}} ");
+        let n: f64 = scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n > 0.0, "queue {q} carried no flow\n{scrape}");
+    }
+    stop(&mut r.tun);
+    let flags = r
+        .topo
+        .client
+        .exec(&["cat", &format!("/sys/class/net/{dev}/tun_flags")]);
+    let flags = String::from_utf8_lossy(&flags.stdout);
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_ne!(flags & 0x100, 0, "no longer multi-queue: {flags:#x}");
+    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+    r.tun = start_tun_on(&r.topo, &url, &dev, &["--queues", "1"]);
+    assert!(
+        r.tun.log().contains("is a multi-queue device") && r.tun.log().contains("queues=1"),
+        "{}",
+        r.tun.log()
+    );
+    for v6 in [false, true] {
+        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
+    }
+    stop(&mut r.tun);
+    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
 }
 
 /// An unprivileged user runs sockstun on a persistent device made for it

@@ -120,6 +120,7 @@ const TUN_FLAGS: &[(&str, &str, &[&str])] = &[
     ("no-socks-pipeline", "true", &["--no-socks-pipeline"]),
     ("warm", "0", &["--warm", "0"]),
     ("no-offload", "true", &["--no-offload"]),
+    ("queues", "2", &["--queues", "2"]),
     (
         "group",
         r#"["eu=socks5://127.0.0.1:1081", "eu=http://127.0.0.1:3128"]"#,

@@ -70,7 +70,7 @@ pub fn run(a: ExecChildArgs) -> ! {
 }
 
 /// Everything before the program, in its namespaces. Returns the TUN.
-fn set_up(a: &ExecChildArgs, caller: userns::Caller) -> anyhow::Result<OwnedFd> {
+fn set_up(a: &ExecChildArgs, caller: userns::Caller) -> anyhow::Result<Vec<OwnedFd>> {
     let rootless = !caller.is_root();
     let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
     if rootless {
@@ -97,12 +97,14 @@ fn set_up(a: &ExecChildArgs, caller: userns::Caller) -> anyhow::Result<OwnedFd> 
     let tun = create_detached(&DeviceSpec {
         name: &a.device,
         fd: None,
+        queue_fds: &[],
         ipv4,
         ipv6,
         mtu: a.mtu,
         explicit_ipv4: true,
         explicit_mtu: true,
         offload: a.offload,
+        queues: a.queues.max(1),
     })?;
     if ipv4.is_some() {
         ip_cmd(&["route", "replace", "default", "dev", &a.device])?;

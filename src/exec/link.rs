@@ -13,6 +13,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const TUN: u8 = b'T';
+/// The most descriptors one message carries: a TUN's queues at most.
+const MAX_QUEUES: usize = crate::tun::config::MAX_QUEUES;
 const ERROR: u8 = b'E';
 const GO: u8 = b'G';
 
@@ -48,9 +50,10 @@ fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<()> {
     sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).map(|_| ())
 }
 
-/// The namespace side: here is the TUN.
-pub fn send_tun(sock: &OwnedFd, tun: &OwnedFd) -> anyhow::Result<()> {
-    send(sock, &[TUN], &[tun.as_raw_fd()]).context("passing the TUN descriptor to sockstun")
+/// The namespace side: here is the TUN, a descriptor per queue.
+pub fn send_tun(sock: &OwnedFd, tun: &[OwnedFd]) -> anyhow::Result<()> {
+    let fds: Vec<RawFd> = tun.iter().map(AsRawFd::as_raw_fd).collect();
+    send(sock, &[TUN], &fds).context("passing the TUN descriptors to sockstun")
 }
 
 /// The namespace side: the set-up failed, and why.
@@ -61,10 +64,11 @@ pub fn send_error(sock: &OwnedFd, why: &str) {
     let _ = send(sock, &msg, &[]);
 }
 
-/// sockstun: the TUN descriptor, or the namespace side's error text.
-pub fn recv_tun(sock: &OwnedFd) -> anyhow::Result<OwnedFd> {
+/// sockstun: the TUN's descriptors (one per queue), or the namespace
+/// side's error text.
+pub fn recv_tun(sock: &OwnedFd) -> anyhow::Result<Vec<OwnedFd>> {
     let mut buf = vec![0u8; 32 * 1024];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut space = nix::cmsg_space!([RawFd; MAX_QUEUES]);
     let (n, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(
@@ -88,12 +92,12 @@ pub fn recv_tun(sock: &OwnedFd) -> anyhow::Result<OwnedFd> {
     };
     // SAFETY: each descriptor came with the message (SCM_RIGHTS): new in
     // this process, owned by nothing else; OwnedFd closes each once.
-    let mut owned: Vec<OwnedFd> = fds
+    let owned: Vec<OwnedFd> = fds
         .into_iter()
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect();
     match buf[..n].first() {
-        Some(&TUN) if owned.len() == 1 => Ok(owned.remove(0)),
+        Some(&TUN) if !owned.is_empty() => Ok(owned),
         Some(&ERROR) => bail!("{}", String::from_utf8_lossy(&buf[1..n])),
         None => bail!("the namespace side ended without a word (see its messages above)"),
         Some(_) => bail!("the namespace side sent a malformed message"),
@@ -130,9 +134,9 @@ mod tests {
         // A descriptor crosses: a pipe's write end, written through.
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut r = std::fs::File::from(r);
-        send_tun(&b, &w).unwrap();
+        send_tun(&b, std::slice::from_ref(&w)).unwrap();
         drop(w);
-        let got = recv_tun(&a).unwrap();
+        let got = recv_tun(&a).unwrap().remove(0);
         nix::unistd::write(&got, b"x").unwrap();
         drop(got);
         let mut s = String::new();

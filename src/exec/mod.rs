@@ -88,8 +88,8 @@ pub fn run(args: ExecArgs, reload: Option<Reload>, log: &str) -> anyhow::Result<
         .context("starting sockstun's namespace side (/proc/self/exe)")?;
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
-    let fd = match link::recv_tun(&ours) {
-        Ok(fd) => fd,
+    let fds = match link::recv_tun(&ours) {
+        Ok(fds) => fds,
         Err(e) => {
             let _ = waitpid(pid, None);
             return Err(e.context("setting up the program's namespace"));
@@ -109,7 +109,10 @@ pub fn run(args: ExecArgs, reload: Option<Reload>, log: &str) -> anyhow::Result<
         cfg.ipv6.map_or("no IPv6".into(), |n| n.to_string()),
     );
     // `sockstun tun --fd`: the TUN stack adopts (and closes) it.
-    tun.fd = Some(fd.into_raw_fd());
+    // Each queue of a multi-queue device is a descriptor of its own.
+    let mut fds = fds.into_iter().map(IntoRawFd::into_raw_fd);
+    tun.fd = fds.next();
+    tun.queue_fds = fds.collect();
     let state = Rc::new(Cell::new(Program::Waiting));
     let st = state.clone();
     let until = Box::pin(async move {
@@ -165,6 +168,7 @@ fn child_args(
     if cfg.offload {
         v.push("--offload".into());
     }
+    v.extend(["--queues".into(), cfg.queues.to_string()]);
     v.push("--".into());
     v.extend(command.iter().cloned());
     v

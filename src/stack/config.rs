@@ -1,6 +1,7 @@
 //! The stack's settings and counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,10 @@ pub struct StackConfig {
     pub segment_offload: bool,
     /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
     pub max_flows: usize,
+    /// The live flows of every stack that shares `max_flows` (the queues of
+    /// one device), counted here when set: one atomic per flow opened and
+    /// closed, none per packet. Unset: this stack's own table.
+    pub shared_flows: Option<Arc<AtomicUsize>>,
     /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
     pub rx_buffer: usize,
     pub tx_buffer: usize,
@@ -50,6 +55,7 @@ impl Default for StackConfig {
             read_slot: None,
             segment_offload: false,
             max_flows: 65536,
+            shared_flows: None,
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
             connect_timeout: Duration::from_secs(10),

@@ -293,8 +293,27 @@ impl Engine {
     }
 
     /// A SYN for a new tuple: listen for exactly it, hold the SYN-ACK, dial.
+    /// Room for one more flow under `max_flows`, taken (given back by
+    /// `unadmit`, or by `remove` once the flow is in the table).
+    fn admit(&self) -> bool {
+        match &self.cfg.shared_flows {
+            Some(n) if n.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_flows => {
+                n.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
+            Some(_) => true,
+            None => self.flows.len() < self.cfg.max_flows,
+        }
+    }
+
+    fn unadmit(&self) {
+        if let Some(n) = &self.cfg.shared_flows {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn open(&mut self, key: FlowKey, syn: &[u8]) -> bool {
-        if self.flows.len() >= self.cfg.max_flows {
+        if !self.admit() {
             bump(&self.stats.tcp_over_limit);
             debug!(src = %key.src, dst = %key.dst, "tcp flow limit reached, refusing");
             return false;
@@ -302,6 +321,7 @@ impl Engine {
         let (mut mem, reused) = match self.pool.take() {
             Ok(m) => m,
             Err(e) => {
+                self.unadmit();
                 debug!(src = %key.src, dst = %key.dst, "no memory for the flow's buffers: {e}");
                 return false;
             }
@@ -321,6 +341,7 @@ impl Engine {
             port: key.dst.port(),
         };
         if sock.listen(ep).is_err() {
+            self.unadmit();
             return false;
         }
         let mut set = SocketSet::new(Vec::with_capacity(1));
@@ -434,6 +455,7 @@ impl Engine {
 
     pub(super) fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let flow = self.flows.remove(key)?;
+        self.unadmit();
         if let Some(t) = flow.timer {
             self.timers.remove(&t);
         }

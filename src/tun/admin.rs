@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 pub struct TunReport {
     pub stats: Stats,
-    pub udp: UdpRelay,
+    /// One per queue.
+    pub udp: Vec<UdpRelay>,
     pub dns: Arc<Dns>,
     pub health: Arc<dyn Health>,
     pub flows: Arc<Flows>,
@@ -32,12 +33,15 @@ impl Report for TunReport {
         self.udp(m)?;
         self.dns(m)?;
         self.device(m)?;
+        self.queues(m)?;
         self.proxies(m)
     }
 
     fn flows(&self) -> Vec<FlowInfo> {
         let mut v = self.flows.list();
-        v.extend(self.udp.snapshot().into_iter().map(udp_flow));
+        for udp in &self.udp {
+            v.extend(udp.snapshot().into_iter().map(udp_flow));
+        }
         v
     }
 
@@ -65,23 +69,23 @@ fn udp_flow(u: UdpFlowInfo) -> FlowInfo {
 
 impl TunReport {
     fn tcp(&self, m: &mut Scrape<'_>) -> fmt::Result {
-        let st = &self.stats.stack;
+        let st = &self.stats;
         m.gauge(
             "tcp_flows_open",
             "TCP flows in the stack's table (dialing, relaying or closing).",
-            get(&st.tcp_active) as f64,
+            st.stack(|s| &s.tcp_active) as f64,
         )?;
         m.counter(
             "tcp_flows_opened",
             "TCP flows started (a SYN for a new tuple).",
-            get(&st.tcp_opened),
+            st.stack(|s| &s.tcp_opened),
         )?;
         let mut refused: Vec<(&str, u64)> = Refusal::LABELS
             .iter()
-            .zip(&st.tcp_refused_by)
-            .map(|(l, c)| (*l, get(c)))
+            .enumerate()
+            .map(|(i, l)| (*l, st.stack(|s| &s.tcp_refused_by[i])))
             .collect();
-        refused.push(("flow_limit", get(&st.tcp_over_limit)));
+        refused.push(("flow_limit", st.stack(|s| &s.tcp_over_limit)));
         m.counters(
             "tcp_flows_refused",
             "TCP flows refused, by the answer the application got (reset, ICMP unreachable) or flow_limit (--max-tcp-flows).",
@@ -94,36 +98,36 @@ impl TunReport {
             "Bytes relayed by TCP flows: up (application to proxy), down (back).",
             "direction",
             &[
-                ("up", get(&st.bytes_up) + up),
-                ("down", get(&st.bytes_down) + down),
+                ("up", st.stack(|s| &s.bytes_up) + up),
+                ("down", st.stack(|s| &s.bytes_down) + down),
             ],
         )
     }
 
     fn udp(&self, m: &mut Scrape<'_>) -> fmt::Result {
-        let st = &self.stats.udp;
+        let st = &self.stats;
         m.gauge(
             "udp_associations_open",
             "UDP associations (one per local endpoint).",
-            self.udp.flows() as f64,
+            self.udp.iter().map(|u| u.flows()).sum::<usize>() as f64,
         )?;
         m.counter(
             "udp_associations_opened",
             "UDP associations started.",
-            get(&st.flows_opened),
+            st.udp(|s| &s.flows_opened),
         )?;
         m.counter(
             "udp_associations_evicted",
             "UDP associations evicted at --max-udp-flows.",
-            get(&st.flows_evicted),
+            st.udp(|s| &s.flows_evicted),
         )?;
         m.counters(
             "udp_datagrams",
             "UDP datagrams relayed: out (to the proxy), in (replies to the application).",
             "direction",
             &[
-                ("out", get(&st.datagrams_out)),
-                ("in", get(&st.datagrams_in)),
+                ("out", st.udp(|s| &s.datagrams_out)),
+                ("in", st.udp(|s| &s.datagrams_in)),
             ],
         )?;
         m.counters(
@@ -131,11 +135,11 @@ impl TunReport {
             "UDP datagrams dropped, by reason.",
             "reason",
             &[
-                ("oversize", get(&st.dropped_oversize)),
-                ("unsupported", get(&st.dropped_unsupported)),
-                ("backoff", get(&st.dropped_backoff)),
-                ("queue_full", get(&st.dropped_queue_full)),
-                ("other", get(&st.dropped_other)),
+                ("oversize", st.udp(|s| &s.dropped_oversize)),
+                ("unsupported", st.udp(|s| &s.dropped_unsupported)),
+                ("backoff", st.udp(|s| &s.dropped_backoff)),
+                ("queue_full", st.udp(|s| &s.dropped_queue_full)),
+                ("other", st.udp(|s| &s.dropped_other)),
             ],
         )
     }
@@ -178,7 +182,7 @@ impl TunReport {
             "direction",
             &[("in", k.tx_bytes), ("out", k.rx_bytes)],
         )?;
-        let st = &self.stats.stack;
+        let st = &self.stats;
         m.counters(
             "device_dropped",
             "Packets dropped: write_queue_full (the device would not take it), malformed, other_protocol (neither TCP nor UDP, ICMP echo included).",
@@ -187,10 +191,41 @@ impl TunReport {
                 ("write_queue_full", get(&self.stats.device_write_drops)),
                 (
                     "malformed",
-                    get(&self.stats.device_malformed) + get(&st.malformed),
+                    get(&self.stats.device_malformed) + st.stack(|s| &s.malformed),
                 ),
-                ("other_protocol", get(&st.other_dropped)),
+                ("other_protocol", st.stack(|s| &s.other_dropped)),
             ],
+        )
+    }
+
+    /// How the flows spread over the device's queues (each read by a
+    /// stack of its own).
+    fn queues(&self, m: &mut Scrape<'_>) -> fmt::Result {
+        let stacks = &self.stats.stacks;
+        m.gauge(
+            "tun_queues",
+            "Queues of the TUN read, each by a stack and thread of its own.",
+            stacks.len() as f64,
+        )?;
+        let names: Vec<String> = (0..stacks.len()).map(|i| i.to_string()).collect();
+        let per = |f: fn(&crate::stack::StackStats) -> &AtomicU64| -> Vec<(&str, u64)> {
+            names
+                .iter()
+                .zip(stacks)
+                .map(|(n, s)| (n.as_str(), get(f(s))))
+                .collect()
+        };
+        m.counters(
+            "queue_tcp_flows_opened",
+            "TCP flows started, by the queue they came in on.",
+            "queue",
+            &per(|s| &s.tcp_opened),
+        )?;
+        m.counters(
+            "queue_udp_packets",
+            "UDP packets read (DNS queries included), by queue.",
+            "queue",
+            &per(|s| &s.udp_packets),
         )
     }
 

@@ -30,6 +30,8 @@ pub struct TunConfig {
     pub connect_timeout: Duration,
     pub device: String,
     pub fd: Option<i32>,
+    /// With `fd`: the descriptors of the device's other queues.
+    pub queue_fds: Vec<i32>,
     pub ipv4: Option<Ipv4Network>,
     pub ipv6: Option<Ipv6Network>,
     /// Used on a device sockstun creates; on an existing device only when
@@ -39,6 +41,10 @@ pub struct TunConfig {
     pub explicit_mtu: bool,
     /// Ask the device for checksum and segmentation offload.
     pub offload: bool,
+    /// Queues to open (a multi-queue device when more than 1).
+    pub queues: usize,
+    /// `queues` was given, not the default.
+    pub explicit_queues: bool,
     pub stack: StackConfig,
     pub dns: DnsConfig,
     /// `mtu` is the device's, known once it is open.
@@ -271,17 +277,47 @@ impl TunConfig {
             connect_timeout,
             device: args.device.clone(),
             fd: args.fd,
+            queue_fds: args.queue_fds.clone(),
             ipv4,
             ipv6,
             mtu,
             explicit_ipv4: args.ipv4.is_some(),
             explicit_mtu: args.mtu.is_some(),
             offload: !args.no_offload,
+            queues: queues_of(args)?,
+            explicit_queues: args.queues.is_some(),
             stack,
             dns,
             udp,
             route: RouteConfig::from_args(args)?,
         })
+    }
+}
+
+/// The kernel's limit on the queues of one TUN (MAX_TAP_QUEUES).
+pub const MAX_QUEUES: usize = 256;
+
+/// Past 8, a queue more adds a thread, a stack and their memory for flows
+/// that the ones there already carry at line rate.
+const DEFAULT_MAX_QUEUES: usize = 8;
+
+/// `--queues`, or one per CPU this process may run on (its affinity and
+/// cgroup quota counted), at most 8. Adopted descriptors are a queue each.
+fn queues_of(args: &TunArgs) -> anyhow::Result<usize> {
+    let adopted = args.fd.map(|_| 1 + args.queue_fds.len());
+    match (args.queues, adopted) {
+        (Some(0), _) => bail!("--queues must be at least 1"),
+        (Some(n), _) if n > MAX_QUEUES => {
+            bail!("--queues {n}: a TUN has at most {MAX_QUEUES} queues")
+        }
+        (Some(n), Some(a)) if n != a => {
+            bail!("--queues {n} with --fd: an adopted descriptor is one queue")
+        }
+        (_, Some(a)) => Ok(a),
+        (Some(n), None) => Ok(n),
+        (None, None) => Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(DEFAULT_MAX_QUEUES)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! crate), configure it, and expose it as the stack's packet source and sink.
 
 use super::ifstate::{self, Undo};
+use super::queue::{self, QueueFile};
 use super::vnet;
 use crate::stack::{PacketBatch, PacketSink, PacketSource};
 use anyhow::{bail, Context as _};
@@ -22,6 +23,8 @@ const TXQUEUELEN: u32 = 4000;
 pub struct DeviceSpec<'a> {
     pub name: &'a str,
     pub fd: Option<i32>,
+    /// With `fd`: the device's other queues, adopted too.
+    pub queue_fds: &'a [i32],
     /// Set on a device sockstun creates; on an existing one only when
     /// `explicit` (then added beside what is there, and removed at exit).
     pub ipv4: Option<Ipv4Network>,
@@ -32,6 +35,9 @@ pub struct DeviceSpec<'a> {
     pub explicit_mtu: bool,
     /// Ask for checksum and segmentation offload (virtio-net headers).
     pub offload: bool,
+    /// Queues to open: more than 1 makes (or needs) a multi-queue device.
+    /// An existing device is opened as it was made, single-queue with 1.
+    pub queues: usize,
 }
 
 /// The largest packet a read can return with TSO: an IPv6 header plus the
@@ -55,6 +61,11 @@ pub struct TunDevice {
     /// hand us TSO segments and unfinished checksums (see `vnet`).
     pub offload: bool,
     pub malformed: Arc<AtomicU64>,
+    /// The queues beyond the first, for threads of their own
+    /// ([`TunDevice::take_queues`]).
+    extra: Vec<File>,
+    /// Queues opened, the first included.
+    pub queues: usize,
 }
 
 /// The device's `IFF_*` flags (TUNGETIFF).
@@ -112,10 +123,13 @@ fn quiet_ipv6(dev: &str) {
 }
 
 fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
-    let io = match e {
-        tun::Error::Io(io) => io,
-        _ => return None,
-    };
+    match e {
+        tun::Error::Io(io) => io_hint(io),
+        _ => None,
+    }
+}
+
+fn io_hint(io: &io::Error) -> Option<&'static str> {
     match io.kind() {
         // EACCES: /dev/net/tun itself is not readable and writable for us.
         io::ErrorKind::PermissionDenied if io.raw_os_error() == Some(libc::EACCES) => Some(
@@ -136,35 +150,68 @@ fn privilege_hint(e: &tun::Error) -> Option<&'static str> {
 
 fn tun_error(e: tun::Error, what: String) -> anyhow::Error {
     let hint = privilege_hint(&e);
-    let e = anyhow::Error::new(e).context(what);
+    with_hint(anyhow::Error::new(e).context(what), hint)
+}
+
+fn queue_error(e: io::Error, what: String) -> anyhow::Error {
+    let hint = io_hint(&e);
+    with_hint(anyhow::Error::new(e).context(what), hint)
+}
+
+fn with_hint(e: anyhow::Error, hint: Option<&'static str>) -> anyhow::Error {
     match hint {
         Some(h) => e.context(h),
         None => e,
     }
 }
 
-fn adopt(fd: i32) -> anyhow::Result<tun::Device> {
+/// A device the `tun` crate opened, as a plain non-blocking descriptor.
+fn into_file(dev: tun::Device) -> anyhow::Result<File> {
+    dev.set_nonblock()
+        .context("making the TUN descriptor non-blocking")?;
+    // SAFETY: into_raw_fd hands us sole ownership of an open descriptor;
+    // File closes it exactly once.
+    Ok(unsafe { File::from_raw_fd(dev.into_raw_fd()) })
+}
+
+fn is_einval(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = match c.downcast_ref::<tun::Error>() {
+            Some(tun::Error::Io(io)) => Some(io),
+            _ => c.downcast_ref::<io::Error>(),
+        };
+        io.and_then(|io| io.raw_os_error()) == Some(libc::EINVAL)
+    })
+}
+
+fn adopt(fd: i32) -> anyhow::Result<File> {
     if fd < 0 {
         bail!("--fd {fd}: not a file descriptor");
     }
     let mut cfg = tun::Configuration::default();
     cfg.raw_fd(fd).close_fd_on_drop(true);
-    tun::create(&cfg).with_context(|| format!("adopting TUN fd {fd}"))
+    into_file(tun::create(&cfg).with_context(|| format!("adopting TUN fd {fd}"))?)
 }
 
-/// Create the device and give it everything `spec` says.
-fn create(spec: &DeviceSpec<'_>) -> anyhow::Result<tun::Device> {
-    let mut cfg = tun::Configuration::default();
-    cfg.tun_name(spec.name).mtu(spec.mtu).up();
-    cfg.platform_config(|p| {
-        p.vnet_hdr(spec.offload);
-    });
-    if let Some(v4) = spec.ipv4 {
-        cfg.address(v4.ip()).netmask(v4.mask());
-    }
-    let dev = tun::create(&cfg)
-        .map_err(|e| tun_error(e, format!("creating TUN device {}", spec.name)))?;
+/// Create the device and give it everything `spec` says: its queues, the
+/// first one first.
+fn create(spec: &DeviceSpec<'_>) -> anyhow::Result<Vec<File>> {
     let name = spec.name;
+    let files = if spec.queues > 1 {
+        create_multi(spec)?
+    } else {
+        let mut cfg = tun::Configuration::default();
+        cfg.tun_name(name).mtu(spec.mtu).up();
+        cfg.platform_config(|p| {
+            p.vnet_hdr(spec.offload);
+        });
+        if let Some(v4) = spec.ipv4 {
+            cfg.address(v4.ip()).netmask(v4.mask());
+        }
+        let dev =
+            tun::create(&cfg).map_err(|e| tun_error(e, format!("creating TUN device {name}")))?;
+        vec![into_file(dev)?]
+    };
     quiet_ipv6(name);
     if let Some(v6) = spec.ipv6 {
         // The tun crate configures IPv4 only on Linux.
@@ -176,20 +223,80 @@ fn create(spec: &DeviceSpec<'_>) -> anyhow::Result<tun::Device> {
     if let Err(e) = ifstate::ip_cmd(&["link", "set", "dev", name, "txqueuelen", &qlen]) {
         tracing::warn!("could not lengthen the queue of {name}: {e:#}");
     }
-    Ok(dev)
+    Ok(files)
+}
+
+/// A multi-queue device, configured as the `tun` crate configures the
+/// single-queue one (MTU, IPv4 address, up). Closing its queues on an error
+/// removes it.
+fn create_multi(spec: &DeviceSpec<'_>) -> anyhow::Result<Vec<File>> {
+    let name = spec.name;
+    let files = queue::open_all(name, spec.queues, spec.offload).map_err(|e| {
+        queue_error(
+            e,
+            format!("creating TUN device {name} with {} queues", spec.queues),
+        )
+    })?;
+    let mtu = spec.mtu.to_string();
+    ifstate::ip_cmd(&["link", "set", "dev", name, "mtu", &mtu])
+        .with_context(|| format!("setting the MTU of {name}"))?;
+    if let Some(v4) = spec.ipv4 {
+        let cidr = v4.to_string();
+        ifstate::ip_cmd(&["addr", "replace", &cidr, "dev", name])
+            .with_context(|| format!("adding {cidr} to {name}"))?;
+    }
+    ifstate::ip_cmd(&["link", "set", "dev", name, "up"])
+        .with_context(|| format!("bringing {name} up"))?;
+    Ok(files)
+}
+
+/// The queues of an existing device, opened the way it was made: a
+/// multi-queue device refuses a single-queue open and the other way round
+/// (EINVAL), so the other way is tried after the one asked for.
+fn attach_existing(spec: &DeviceSpec<'_>) -> anyhow::Result<Vec<File>> {
+    let name = spec.name;
+    let single = || -> anyhow::Result<Vec<File>> {
+        let mut cfg = tun::Configuration::default();
+        cfg.tun_name(name);
+        cfg.platform_config(|p| {
+            p.vnet_hdr(spec.offload);
+        });
+        let dev = tun::create(&cfg)
+            .map_err(|e| tun_error(e, format!("opening the existing TUN device {name}")))?;
+        Ok(vec![into_file(dev)?])
+    };
+    let multi = |n: usize| -> anyhow::Result<Vec<File>> {
+        queue::open_all(name, n, spec.offload).map_err(|e| {
+            queue_error(
+                e,
+                format!("opening {n} queue(s) of the existing TUN device {name}"),
+            )
+        })
+    };
+    if spec.queues > 1 {
+        match multi(spec.queues) {
+            Err(e) if is_einval(&e) => {
+                tracing::info!("{name} is a single-queue device: one queue is read");
+                single()
+            }
+            r => r,
+        }
+    } else {
+        match single() {
+            Err(e) if is_einval(&e) => {
+                tracing::info!("{name} is a multi-queue device: one of its queues is read");
+                multi(1)
+            }
+            r => r,
+        }
+    }
 }
 
 /// Attach to a device someone else made (`ip tuntap add`, systemd-networkd,
 /// a container runtime): its addresses, routes, MTU and queue are theirs.
-fn open_existing(spec: &DeviceSpec<'_>, undo: &mut Vec<Undo>) -> anyhow::Result<tun::Device> {
+fn open_existing(spec: &DeviceSpec<'_>, undo: &mut Vec<Undo>) -> anyhow::Result<Vec<File>> {
     let name = spec.name;
-    let mut cfg = tun::Configuration::default();
-    cfg.tun_name(name);
-    cfg.platform_config(|p| {
-        p.vnet_hdr(spec.offload);
-    });
-    let dev = tun::create(&cfg)
-        .map_err(|e| tun_error(e, format!("opening the existing TUN device {name}")))?;
+    let files = attach_existing(spec)?;
     let found = ifstate::read(name);
     tracing::info!("opened existing TUN device {name}: {found}; its settings are kept");
     if spec.explicit_mtu {
@@ -209,17 +316,14 @@ fn open_existing(spec: &DeviceSpec<'_>, undo: &mut Vec<Undo>) -> anyhow::Result<
             found.qlen.unwrap_or(0)
         );
     }
-    Ok(dev)
+    Ok(files)
 }
 
 /// Create a device as `spec` says and give its descriptor away, for
 /// `sockstun exec`: made inside the program's namespace, served by a
 /// sockstun in another one, which adopts it (`DeviceSpec::fd`).
-pub fn create_detached(spec: &DeviceSpec<'_>) -> anyhow::Result<std::os::fd::OwnedFd> {
-    let dev = create(spec)?;
-    // SAFETY: into_raw_fd hands over sole ownership of an open descriptor;
-    // OwnedFd closes it exactly once.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(dev.into_raw_fd()) })
+pub fn create_detached(spec: &DeviceSpec<'_>) -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
+    Ok(create(spec)?.into_iter().map(Into::into).collect())
 }
 
 impl Drop for TunDevice {
@@ -244,8 +348,14 @@ impl TunDevice {
     pub fn open(spec: &DeviceSpec<'_>) -> anyhow::Result<TunDevice> {
         // Undone when dropped: on any error below, as at exit.
         let mut changes = ifstate::Changes::new(spec.name);
-        let (dev, created) = match spec.fd {
-            Some(fd) => (adopt(fd)?, false),
+        let (files, created) = match spec.fd {
+            Some(fd) => (
+                std::iter::once(fd)
+                    .chain(spec.queue_fds.iter().copied())
+                    .map(adopt)
+                    .collect::<anyhow::Result<Vec<File>>>()?,
+                false,
+            ),
             None => match ifstate::kind(spec.name) {
                 ifstate::Kind::Missing => (create(spec)?, true),
                 ifstate::Kind::Tun => (open_existing(spec, &mut changes.list)?, false),
@@ -260,11 +370,12 @@ impl TunDevice {
                 ),
             },
         };
-        dev.set_nonblock()
-            .context("making the TUN descriptor non-blocking")?;
+        let queues = files.len();
+        let mut files = files.into_iter();
+        let file = files.next().context("no queue was opened")?;
         // An adopted descriptor has whatever flags its opener chose: with
         // virtio-net headers every packet carries one, asked for or not.
-        let flags = match tun_flags(dev.as_raw_fd()) {
+        let flags = match tun_flags(file.as_raw_fd()) {
             Ok(f) => Some(f),
             Err(e) if spec.fd.is_some() => {
                 return Err(anyhow::Error::new(e).context("reading the adopted TUN's flags"))
@@ -276,11 +387,11 @@ impl TunDevice {
         });
         let mut offload_set = false;
         if offload {
-            set_vnet_hdr_size(dev.as_raw_fd())
+            set_vnet_hdr_size(file.as_raw_fd())
                 .context("setting the TUN's virtio-net header size")?;
             // An adopted descriptor with headers is read with them either
             // way; --no-offload then only turns the offloads off.
-            match set_offload(dev.as_raw_fd(), spec.offload) {
+            match set_offload(file.as_raw_fd(), spec.offload) {
                 Ok(()) => offload_set = spec.offload,
                 // Headers without offloads still work: plain packets, each
                 // with an all-zero header.
@@ -298,9 +409,6 @@ impl TunDevice {
             None => ifstate::mtu(spec.name).unwrap_or(spec.mtu),
             Some(_) => spec.mtu,
         };
-        // SAFETY: into_raw_fd hands us sole ownership of an open descriptor;
-        // File closes it exactly once.
-        let file = unsafe { File::from_raw_fd(dev.into_raw_fd()) };
         // SAFETY: `file` owns the descriptor and AsyncFd keeps it, unreplaced
         // and open, until the AsyncFd is dropped.
         let fd = unsafe { AsyncFd::register(file) }
@@ -317,7 +425,23 @@ impl TunDevice {
             write_drops: Arc::new(AtomicU64::new(0)),
             offload,
             malformed: Arc::new(AtomicU64::new(0)),
+            extra: files.collect(),
+            queues,
         })
+    }
+
+    /// The queues beyond the first, each to be read by a thread of its own;
+    /// their drops and malformed reads are counted with the first's.
+    pub fn take_queues(&mut self) -> Vec<QueueFile> {
+        std::mem::take(&mut self.extra)
+            .into_iter()
+            .map(|file| QueueFile {
+                file,
+                offload: self.offload,
+                write_drops: self.write_drops.clone(),
+                malformed: self.malformed.clone(),
+            })
+            .collect()
     }
 
     pub fn source(&self) -> DeviceSource {
@@ -341,6 +465,20 @@ pub struct DeviceSource {
     fd: Arc<AsyncFd<File>>,
     offload: bool,
     malformed: Arc<AtomicU64>,
+}
+
+impl DeviceSource {
+    pub(super) fn new(
+        fd: Arc<AsyncFd<File>>,
+        offload: bool,
+        malformed: Arc<AtomicU64>,
+    ) -> DeviceSource {
+        DeviceSource {
+            fd,
+            offload,
+            malformed,
+        }
+    }
 }
 
 impl PacketSource for DeviceSource {
@@ -391,6 +529,10 @@ pub struct DeviceSink {
 }
 
 impl DeviceSink {
+    pub(super) fn new(fd: Arc<AsyncFd<File>>, drops: Arc<AtomicU64>, offload: bool) -> DeviceSink {
+        DeviceSink { fd, drops, offload }
+    }
+
     /// One packet in one write(2), or header and packet in one writev(2) (no
     /// copy to prepend the header). A packet the kernel does not take is
     /// dropped and counted.

@@ -12,12 +12,14 @@ mod dialer;
 pub(crate) mod direct;
 mod flows;
 mod ifstate;
+mod queue;
 mod reload;
 pub mod route;
 pub mod stats;
 pub mod udp;
 mod upstreams;
 pub mod vnet;
+mod workers;
 
 pub use config::TunConfig;
 pub use device::{create_detached, DeviceSink, DeviceSource, DeviceSpec, TunDevice};
@@ -26,7 +28,6 @@ pub use reload::Reload;
 
 use crate::cli::TunArgs;
 use crate::dns::{Dns, DnsMode};
-use crate::stack::{PacketSink, Stack};
 use crate::upstream::{self, Upstream};
 use anyhow::Context as _;
 use dialer::FlowDialer;
@@ -143,7 +144,7 @@ async fn run_async_until(
     reload: Option<Reload>,
     until: Until,
 ) -> anyhow::Result<()> {
-    let dev = open_device(&cfg)?;
+    let mut dev = open_device(&cfg)?;
     let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
     let mut route = cfg.route;
     let named = upstreams::groups_of(std::mem::take(&mut route.groups), cfg.connect_timeout);
@@ -163,10 +164,11 @@ async fn run_async_until(
     if !upstream.carries_udp() {
         warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
     }
-    let sink: Arc<dyn PacketSink> = dev.sink();
     let dns = dns_service(cfg.dns, &upstream);
     let mut udp_cfg = cfg.udp;
     udp_cfg.mtu = dev.mtu as usize;
+    // Each queue keeps a table of its own: the bound is shared out.
+    udp_cfg.max_flows = udp_cfg.max_flows.div_ceil(dev.queues);
     let nets: Vec<ipnetwork::IpNetwork> = (cfg.ipv4.map(Into::into).into_iter())
         .chain(cfg.ipv6.map(Into::into))
         .collect();
@@ -177,13 +179,6 @@ async fn run_async_until(
         dns.pool().cloned(),
         cfg.connect_timeout,
     ));
-    let udp = UdpRelay::new(
-        udp_cfg,
-        Some(dns.clone()),
-        upstream.clone(),
-        Some(router.clone()),
-        sink.clone(),
-    );
     let reloader = match (reload, switch) {
         (Some(r), Some(switch)) => Some(tokio::spawn(reload::on_sighup(
             switch,
@@ -195,47 +190,96 @@ async fn run_async_until(
         _ => None,
     };
     let dialer = Arc::new(FlowDialer {
-        upstream,
+        upstream: upstream.clone(),
         dns: dns.clone(),
-        router,
+        router: router.clone(),
     });
-    let stack_cfg = stack_config(cfg.stack, &dev, cfg.offload);
-    let mut stack = Stack::new(stack_cfg, dialer, Arc::new(udp.clone()), sink);
-    let stats = Stats {
-        stack: stack.stats(),
-        udp: udp.stats_handle(),
-        device_write_drops: dev.write_drops.clone(),
-        device_malformed: dev.malformed.clone(),
-    };
-    if let Some(l) = admin {
-        let report = admin::TunReport {
-            stats: stats.clone(),
-            udp: udp.clone(),
-            dns: dns.clone(),
-            health,
-            flows: Arc::new(flows::Flows::new(dns)),
-            device: dev.name.clone(),
-        };
-        stack.observe(report.flows.clone());
-        crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
-    }
-    let shutdown = async move {
-        until.await;
-        crate::service::stopping();
-    };
-    crate::service::ready(&format!("device {} up", dev.name));
-    let res = stack.run(dev.source(), shutdown).await;
+    let flows = admin
+        .as_ref()
+        .map(|_| Arc::new(flows::Flows::new(dns.clone())));
+    let common = Arc::new(workers::Common {
+        stack: stack_config(cfg.stack, &dev, cfg.offload),
+        udp: udp_cfg,
+        dns: dns.clone(),
+        upstream,
+        router,
+        dialer,
+        observer: flows
+            .clone()
+            .map(|f| f as Arc<dyn crate::stack::FlowObserver>),
+    });
+    let device = dev.name.clone();
+    let res = serve(&mut dev, common, until, |stats, udp| {
+        if let (Some(l), Some(flows)) = (admin, flows) {
+            let report = admin::TunReport {
+                stats,
+                udp,
+                dns,
+                health,
+                flows,
+                device,
+            };
+            crate::admin::spawn(l, Arc::new(report)).context("--admin")?;
+        }
+        Ok(())
+    })
+    .await;
     if let Some(task) = reloader {
         task.abort();
     }
-    stats.log_totals();
     let name = dev.name.clone();
     let created = dev.created;
     drop(dev);
     if created {
         info!("removed TUN device {name}");
     }
-    res.context("reading the TUN device")
+    res
+}
+
+/// Run a stack on every queue of `dev` (the first here, the others on
+/// threads of their own) until `until` resolves or a queue fails; `expose`
+/// gets their counters and UDP tables once all are built. Every queue is
+/// stopped and waited for before this returns.
+async fn serve(
+    dev: &mut TunDevice,
+    common: Arc<workers::Common>,
+    until: Until,
+    expose: impl FnOnce(Stats, Vec<UdpRelay>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (stack, first) = workers::build(&common, dev.sink());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let mut threads = Vec::new();
+    let mut parts = vec![first];
+    for (i, q) in dev.take_queues().into_iter().enumerate() {
+        // On an error the threads started stop: `stop_tx` goes.
+        let (w, p) = workers::spawn(i + 1, q, common.clone(), stop_rx.clone(), ended_tx.clone())?;
+        threads.push(w);
+        parts.push(p);
+    }
+    let stats = Stats {
+        stacks: parts.iter().map(|p| p.stack.clone()).collect(),
+        udp: parts.iter().map(|p| p.udp.stats_handle()).collect(),
+        device_write_drops: dev.write_drops.clone(),
+        device_malformed: dev.malformed.clone(),
+    };
+    expose(stats.clone(), parts.into_iter().map(|p| p.udp).collect())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = until => {}
+            Some(q) = ended.recv() => warn!("queue {q} of the TUN stopped: stopping"),
+        }
+        crate::service::stopping();
+    };
+    crate::service::ready(&format!("device {} up", dev.name));
+    let res = stack
+        .run(dev.source(), shutdown)
+        .await
+        .context("reading the TUN device");
+    let _ = stop_tx.send(true);
+    let joined: Vec<anyhow::Result<()>> = threads.into_iter().map(|w| w.join()).collect();
+    stats.log_totals();
+    joined.into_iter().fold(res, |acc, r| acc.and(r))
 }
 
 /// The device of `cfg`, created or opened (or adopted), logged.
@@ -243,18 +287,27 @@ fn open_device(cfg: &TunConfig) -> anyhow::Result<TunDevice> {
     let dev = TunDevice::open(&DeviceSpec {
         name: &cfg.device,
         fd: cfg.fd,
+        queue_fds: &cfg.queue_fds,
         ipv4: cfg.ipv4,
         ipv6: cfg.ipv6,
         mtu: cfg.mtu,
         explicit_ipv4: cfg.explicit_ipv4,
         explicit_mtu: cfg.explicit_mtu,
         offload: cfg.offload,
+        queues: cfg.queues,
     })?;
+    if cfg.explicit_queues && dev.queues < cfg.queues {
+        warn!(
+            "--queues {}: {} has {} queue(s) open here",
+            cfg.queues, dev.name, dev.queues
+        );
+    }
     info!(
         device = %dev.name,
         created = dev.created,
         mtu = dev.mtu,
         offload = dev.offload,
+        queues = dev.queues,
         "TUN device up"
     );
     Ok(dev)
@@ -274,6 +327,10 @@ fn stack_config(
         // --no-offload on such a descriptor turned the offloads off: then
         // smoltcp keeps to the MTU and nothing is cut for it.
         stack_cfg.segment_offload = offload;
+    }
+    if dev.queues > 1 {
+        // One --max-tcp-flows for the device, whichever queue a flow is on.
+        stack_cfg.shared_flows = Some(Arc::new(std::sync::atomic::AtomicUsize::new(0)));
     }
     stack_cfg
 }

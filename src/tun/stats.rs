@@ -1,5 +1,5 @@
-//! Every counter of TUN mode, reachable from one place: the stack's, the UDP
-//! table's and the device's.
+//! Every counter of TUN mode, reachable from one place: the stacks', the UDP
+//! tables' (one of each per queue) and the device's.
 
 use super::udp::UdpStats;
 use crate::stack::StackStats;
@@ -9,27 +9,46 @@ use tracing::info;
 
 #[derive(Clone)]
 pub struct Stats {
-    pub stack: Arc<StackStats>,
-    pub udp: Arc<UdpStats>,
+    /// One per queue, the first queue's first.
+    pub stacks: Vec<Arc<StackStats>>,
+    pub udp: Vec<Arc<UdpStats>>,
     /// Packets the device could not take (its queue was full).
     pub device_write_drops: Arc<AtomicU64>,
     /// Malformed reads from the device (bad virtio-net header).
     pub device_malformed: Arc<AtomicU64>,
 }
 
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 impl Stats {
-    /// The line logged when TUN mode stops. (The UDP table logs its own
-    /// totals when it goes.)
+    /// A stack counter summed over the queues.
+    pub fn stack(&self, f: impl Fn(&StackStats) -> &AtomicU64) -> u64 {
+        self.stacks.iter().map(|s| get(f(s))).sum()
+    }
+
+    /// A UDP table counter summed over the queues.
+    pub fn udp(&self, f: impl Fn(&UdpStats) -> &AtomicU64) -> u64 {
+        self.udp.iter().map(|s| get(f(s))).sum()
+    }
+
+    /// The line logged when TUN mode stops. (The UDP tables log their own
+    /// totals when they go.)
     pub fn log_totals(&self) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let st = &self.stack;
         info!(
-            tcp_opened = get(&st.tcp_opened),
-            tcp_refused = get(&st.tcp_refused),
-            udp_packets = get(&st.udp_packets),
-            other_dropped = get(&st.other_dropped),
-            malformed = get(&st.malformed) + get(&self.device_malformed),
+            tcp_opened = self.stack(|s| &s.tcp_opened),
+            tcp_refused = self.stack(|s| &s.tcp_refused),
+            udp_packets = self.stack(|s| &s.udp_packets),
+            other_dropped = self.stack(|s| &s.other_dropped),
+            malformed = self.stack(|s| &s.malformed) + get(&self.device_malformed),
             write_drops = get(&self.device_write_drops),
+            queues = self.stacks.len(),
+            tcp_by_queue = ?self
+                .stacks
+                .iter()
+                .map(|s| get(&s.tcp_opened))
+                .collect::<Vec<_>>(),
             "stopped"
         );
     }

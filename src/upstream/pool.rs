@@ -210,6 +210,8 @@ pub type Opener<T, E> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, E>> + Send 
 /// pool is dropped (its connections are closed then).
 pub struct Pool<T: Send + 'static> {
     shared: Arc<Shared<T>>,
+    /// The thread whose runtime opens the connections (the keeper's).
+    home: std::thread::ThreadId,
 }
 
 impl<T: Send + 'static> Pool<T> {
@@ -227,7 +229,18 @@ impl<T: Send + 'static> Pool<T> {
             name,
         });
         tokio::spawn(keep(shared.clone(), open));
-        Pool { shared }
+        Pool {
+            shared,
+            home: std::thread::current().id(),
+        }
+    }
+
+    /// Whether the caller runs on the thread whose runtime opened the
+    /// connections. A connection is watched by that runtime's reactor: taken
+    /// on another thread (another queue of the TUN), it should be moved to
+    /// the caller's, or every readiness would wake two threads.
+    pub fn at_home(&self) -> bool {
+        std::thread::current().id() == self.home
     }
 
     /// A ready connection for a new flow, if one is there and `alive` says

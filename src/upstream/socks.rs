@@ -124,7 +124,12 @@ impl Socks {
         Fut: Future<Output = Result<T, ReadyError>>,
     {
         let pool = self.pool.as_ref()?;
-        let s = pool.take(client::still_open)?;
+        let mut s = pool.take(client::still_open)?;
+        if !pool.at_home() {
+            // Watched from here on by this thread's reactor (two epoll_ctl
+            // calls); a failure leaves nothing behind: dial afresh.
+            s = s.into_std().and_then(TcpStream::from_std).ok()?;
+        }
         match f(s).await {
             Ok(t) => Some(Ok(t)),
             Err(ReadyError::Failed(e)) => Some(Err(e)),
