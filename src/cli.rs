@@ -270,8 +270,8 @@ pub struct TunArgs {
     /// stack and flow table (the kernel keeps each flow on one queue): the
     /// device is opened multi-queue (IFF_MULTI_QUEUE) when more than 1. An
     /// existing device is opened as it was made: a single-queue one with 1.
-    /// `--fd` uses 1. [default: the CPUs this process may run on, at most
-    /// 8]
+    /// `--fd` uses 1. [default: half the CPUs this process may run on, at
+    /// least 1, at most 8]
     #[arg(long = "queues", value_parser = number::<usize>)]
     pub queues: Option<usize>,
     /// The other queues of the device `--fd` is one queue of (`sockstun

@@ -29,6 +29,21 @@ fn metric(env: &Env, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The client's /flows.
+fn flows(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.topo.client.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{ADMIN}/flows"),
+    ]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
 /// Flows counted by queue: (queue 0, queue 1).
 fn per_queue(env: &Env, name: &str) -> (f64, f64) {
     let q = |i: u32| metric(env, &format!("sockstun_{name}_total{{queue=\"{i}\"}}")).unwrap_or(0.0);
@@ -211,6 +226,18 @@ fn the_flow_limit_is_shared_by_the_queues() {
         q0 > 0.0 && q1 > 0.0,
         "the held flows are on one queue: {q0} / {q1}"
     );
+    // /flows lists each held flow once, whichever queue it is on (flow
+    // numbers are one series for the device).
+    let sources: std::collections::BTreeSet<String> = held
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
+    let listed: std::collections::BTreeSet<String> = flows(&env)
+        .into_iter()
+        .filter(|f| f["protocol"] == "tcp")
+        .map(|f| f["source"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(listed, sources, "/flows does not list the held flows");
     drop(held);
     let again = wait_until(Duration::from_secs(10), || {
         env.topo.client.run_in(move || open().is_ok())

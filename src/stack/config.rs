@@ -20,10 +20,11 @@ pub struct StackConfig {
     pub segment_offload: bool,
     /// Most TCP flows open at once; SYNs beyond it are answered with a RST.
     pub max_flows: usize,
-    /// The live flows of every stack that shares `max_flows` (the queues of
-    /// one device), counted here when set: one atomic per flow opened and
-    /// closed, none per packet. Unset: this stack's own table.
-    pub shared_flows: Option<Arc<AtomicUsize>>,
+    /// What the stacks of one device's queues share, when set: their flows
+    /// are counted against one `max_flows` and numbered in one series (the
+    /// observer tells flows apart by number). One atomic per flow opened and
+    /// closed, none per packet. Unset: this stack's own table and numbers.
+    pub shared: Option<Arc<StackShare>>,
     /// Per-flow socket buffers. Above 64 KiB the window is scaled (RFC 7323).
     pub rx_buffer: usize,
     pub tx_buffer: usize,
@@ -55,7 +56,7 @@ impl Default for StackConfig {
             read_slot: None,
             segment_offload: false,
             max_flows: 65536,
-            shared_flows: None,
+            shared: None,
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -65,6 +66,15 @@ impl Default for StackConfig {
             release_idle: Duration::from_secs(1),
         }
     }
+}
+
+/// See [`StackConfig::shared`].
+#[derive(Debug, Default)]
+pub struct StackShare {
+    /// Live flows of all the stacks.
+    pub flows: AtomicUsize,
+    /// The last flow number given out.
+    pub ids: AtomicU64,
 }
 
 /// Counters, readable while the stack runs.

@@ -296,9 +296,9 @@ impl Engine {
     /// Room for one more flow under `max_flows`, taken (given back by
     /// `unadmit`, or by `remove` once the flow is in the table).
     fn admit(&self) -> bool {
-        match &self.cfg.shared_flows {
-            Some(n) if n.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_flows => {
-                n.fetch_sub(1, Ordering::Relaxed);
+        match &self.cfg.shared {
+            Some(s) if s.flows.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_flows => {
+                s.flows.fetch_sub(1, Ordering::Relaxed);
                 false
             }
             Some(_) => true,
@@ -307,8 +307,8 @@ impl Engine {
     }
 
     fn unadmit(&self) {
-        if let Some(n) = &self.cfg.shared_flows {
-            n.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.cfg.shared {
+            s.flows.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -346,8 +346,13 @@ impl Engine {
         }
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(sock);
-        self.next_id += 1;
-        let id = self.next_id;
+        let id = match &self.cfg.shared {
+            Some(s) => s.ids.fetch_add(1, Ordering::Relaxed) + 1,
+            None => {
+                self.next_id += 1;
+                self.next_id
+            }
+        };
         let shared = Arc::new(FlowShared {
             key,
             id,

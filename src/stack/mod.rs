@@ -44,7 +44,7 @@ pub mod ring;
 mod seam;
 pub mod wire;
 
-pub use config::{StackConfig, StackStats};
+pub use config::{StackConfig, StackShare, StackStats};
 pub use flow::TunStream;
 pub use phy::{PacketBatch, PacketSink, PacketSource};
 pub use seam::{

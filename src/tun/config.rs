@@ -301,8 +301,16 @@ pub const MAX_QUEUES: usize = 256;
 /// that the ones there already carry at line rate.
 const DEFAULT_MAX_QUEUES: usize = 8;
 
-/// `--queues`, or one per CPU this process may run on (its affinity and
-/// cgroup quota counted), at most 8. Adopted descriptors are a queue each.
+/// `--queues`, or one per two CPUs this process may run on (its affinity
+/// and cgroup quota counted), at least 1, at most 8. Adopted descriptors
+/// are a queue each.
+///
+/// Half, not all: a flow through the TUN costs the machine's kernel about
+/// as much again as it costs sockstun (the application's TCP and our
+/// upstream socket's), and on the machine itself the applications need
+/// CPUs too. Measured on 2 CPUs (docs/performance.md, "Multi-queue"): 2
+/// queues carried no more bytes than 1 and 15-26 % fewer new connections
+/// per second, each thread waiting for a CPU the other work held.
 fn queues_of(args: &TunArgs) -> anyhow::Result<usize> {
     let adopted = args.fd.map(|_| 1 + args.queue_fds.len());
     match (args.queues, adopted) {
@@ -315,9 +323,10 @@ fn queues_of(args: &TunArgs) -> anyhow::Result<usize> {
         }
         (_, Some(a)) => Ok(a),
         (Some(n), None) => Ok(n),
-        (None, None) => Ok(std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(DEFAULT_MAX_QUEUES)),
+        (None, None) => Ok(
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2)
+                .clamp(1, DEFAULT_MAX_QUEUES),
+        ),
     }
 }
 

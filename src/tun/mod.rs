@@ -139,12 +139,13 @@ pub async fn run_async_with(
 
 /// `run_async_with`, until `until` resolves (polled first once the stack runs).
 async fn run_async_until(
-    cfg: TunConfig,
+    mut cfg: TunConfig,
     admin: Option<std::net::TcpListener>,
     reload: Option<Reload>,
     until: Until,
 ) -> anyhow::Result<()> {
     let mut dev = open_device(&cfg)?;
+    upstreams::share_warm(&mut cfg.proxies, &mut cfg.route.groups, dev.queues);
     let built = upstreams::upstream_of(cfg.proxies, cfg.group, cfg.connect_timeout);
     let mut route = cfg.route;
     let named = upstreams::groups_of(std::mem::take(&mut route.groups), cfg.connect_timeout);
@@ -186,6 +187,7 @@ async fn run_async_until(
             health.clone(),
             r,
             built.probes.into_iter().chain(named.probes).collect(),
+            dev.queues,
         ))),
         _ => None,
     };
@@ -329,8 +331,9 @@ fn stack_config(
         stack_cfg.segment_offload = offload;
     }
     if dev.queues > 1 {
-        // One --max-tcp-flows for the device, whichever queue a flow is on.
-        stack_cfg.shared_flows = Some(Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        // One --max-tcp-flows for the device, whichever queue a flow is on,
+        // and flow numbers that /flows can tell apart.
+        stack_cfg.shared = Some(Arc::default());
     }
     stack_cfg
 }

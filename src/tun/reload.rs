@@ -8,7 +8,7 @@
 
 use super::config::TunConfig;
 use super::route::Router;
-use super::upstreams::{groups_of, upstream_of, Built, BuiltGroups, Healths};
+use super::upstreams::{groups_of, share_warm, upstream_of, Built, BuiltGroups, Healths};
 use crate::rules::Rules;
 use crate::upstream::health::{Health, ProxyHealth};
 use crate::upstream::switch::Switch;
@@ -29,6 +29,7 @@ pub(super) async fn on_sighup(
     health: Arc<HealthSwitch>,
     reload: Reload,
     mut probes: Vec<JoinHandle<()>>,
+    queues: usize,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -40,7 +41,7 @@ pub(super) async fn on_sighup(
     };
     let reload = Arc::new(reload);
     while hup.recv().await.is_some() {
-        match new_upstream(&reload).await {
+        match new_upstream(&reload, queues).await {
             Ok((b, rules, named)) => {
                 info!(
                     "SIGHUP: {} rule(s), default action {}, in force for new flows",
@@ -68,7 +69,10 @@ pub(super) async fn on_sighup(
     }
 }
 
-async fn new_upstream(reload: &Arc<Reload>) -> anyhow::Result<(Built, Rules, BuiltGroups)> {
+async fn new_upstream(
+    reload: &Arc<Reload>,
+    queues: usize,
+) -> anyhow::Result<(Built, Rules, BuiltGroups)> {
     let reload = reload.clone();
     // Reading the files (a rules file of thousands of lines, indexed) and
     // resolving a proxy's host name block: not on the stack's thread.
@@ -81,6 +85,7 @@ async fn new_upstream(reload: &Arc<Reload>) -> anyhow::Result<(Built, Rules, Bui
             p.resolve()
                 .with_context(|| format!("resolving the proxy host {:?}", p.host))?;
         }
+        share_warm(&mut proxies, &mut named, queues);
         anyhow::Ok((cfg, proxies, named))
     })
     .await??;

@@ -98,3 +98,16 @@ async fn probe(up: Arc<dyn Upstream>) {
         Err(_) => warn!("upstream {up} did not answer in 3 s; flows fail until it answers"),
     }
 }
+
+/// `--warm` is for the device: each queue's thread keeps a pool of its own
+/// (`upstream::pool::Pools`), so each gets its share, at least one.
+pub(crate) fn share_warm(
+    proxies: &mut [crate::proxy::Proxy],
+    named: &mut [NamedGroup],
+    queues: usize,
+) {
+    let members = named.iter_mut().flat_map(|g| g.proxies.iter_mut());
+    for p in proxies.iter_mut().chain(members) {
+        p.warm = p.warm.div_ceil(queues.max(1));
+    }
+}

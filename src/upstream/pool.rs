@@ -210,8 +210,6 @@ pub type Opener<T, E> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, E>> + Send 
 /// pool is dropped (its connections are closed then).
 pub struct Pool<T: Send + 'static> {
     shared: Arc<Shared<T>>,
-    /// The thread whose runtime opens the connections (the keeper's).
-    home: std::thread::ThreadId,
 }
 
 impl<T: Send + 'static> Pool<T> {
@@ -229,18 +227,7 @@ impl<T: Send + 'static> Pool<T> {
             name,
         });
         tokio::spawn(keep(shared.clone(), open));
-        Pool {
-            shared,
-            home: std::thread::current().id(),
-        }
-    }
-
-    /// Whether the caller runs on the thread whose runtime opened the
-    /// connections. A connection is watched by that runtime's reactor: taken
-    /// on another thread (another queue of the TUN), it should be moved to
-    /// the caller's, or every readiness would wake two threads.
-    pub fn at_home(&self) -> bool {
-        std::thread::current().id() == self.home
+        Pool { shared }
     }
 
     /// A ready connection for a new flow, if one is there and `alive` says
@@ -351,6 +338,58 @@ async fn open_one<T: Send + 'static, E: fmt::Display>(shared: Arc<Shared<T>>, op
         }
     }
     shared.wake.notify_one();
+}
+
+/// A pool for each thread that takes connections (each queue of the TUN runs
+/// its flows on a thread and runtime of its own): a connection is opened,
+/// watched and taken by one runtime. Were one pool shared, a flow on another
+/// queue would wake the pool's thread at every take and readiness (on 2
+/// cores, crr through 2 queues lost a fifth of its connections/s to that).
+/// The first thread's pool starts with this; another's at its first take.
+pub struct Pools<T: Send + 'static, E> {
+    cfg: PoolConfig,
+    name: Arc<str>,
+    open: Opener<T, E>,
+    /// Few (one per queue): a scan under a lock taken once per take.
+    by_thread: Mutex<Vec<(std::thread::ThreadId, Arc<Pool<T>>)>>,
+}
+
+impl<T: Send + 'static, E: fmt::Display + Send + 'static> Pools<T, E> {
+    /// Needs a tokio runtime, as every thread that takes does.
+    pub fn new(cfg: PoolConfig, name: Arc<str>, open: Opener<T, E>) -> Pools<T, E> {
+        let p = Pools {
+            cfg,
+            name,
+            open,
+            by_thread: Mutex::default(),
+        };
+        p.here();
+        p
+    }
+
+    /// This thread's pool, started now if it has none.
+    pub fn here(&self) -> Arc<Pool<T>> {
+        let me = std::thread::current().id();
+        let mut all = self
+            .by_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, p)) = all.iter().find(|(t, _)| *t == me) {
+            return p.clone();
+        }
+        let p = Arc::new(Pool::new(self.cfg, self.name.clone(), self.open.clone()));
+        all.push((me, p.clone()));
+        p
+    }
+
+    /// Connections ready now, in every thread's pool.
+    pub fn ready(&self) -> usize {
+        let all = self
+            .by_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.iter().map(|(_, p)| p.ready()).sum()
+    }
 }
 
 #[cfg(test)]

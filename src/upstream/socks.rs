@@ -11,7 +11,7 @@
 //! failure is reported as it comes, so a proxy that is down is seen down.
 
 use super::pipelining::{self, Learned};
-use super::pool::{Opener, Pool, PoolConfig};
+use super::pool::{Opener, PoolConfig, Pools};
 use super::seam::{Associated, BoxFuture, Connected, Error, Upstream};
 use crate::proxy::{Proxy, ProxyKind, UrlError};
 use crate::socks::client::{self, ReadyError};
@@ -27,7 +27,7 @@ pub struct Socks {
     proxy: Arc<Proxy>,
     /// Its URL without the password, for log lines.
     name: Arc<str>,
-    pool: Option<Pool<TcpStream>>,
+    pool: Option<Pools<TcpStream, Error>>,
     /// SOCKS5 without `--socks-pipeline` or `--no-socks-pipeline`.
     learned: Option<Arc<Learned>>,
 }
@@ -45,7 +45,7 @@ impl Socks {
                 let p = p.clone();
                 Box::pin(async move { client::ready(&p).await })
             });
-            Pool::new(PoolConfig::new(proxy.warm), name.clone(), open)
+            Pools::new(PoolConfig::new(proxy.warm), name.clone(), open)
         });
         let learned =
             (runtime && proxy.kind.is_socks5() && proxy.learn_pipeline && !proxy.pipeline)
@@ -68,7 +68,7 @@ impl Socks {
 
     /// Ready connections in the pool now.
     pub fn pooled(&self) -> usize {
-        self.pool.as_ref().map_or(0, Pool::ready)
+        self.pool.as_ref().map_or(0, Pools::ready)
     }
 
     /// What was learned of pipelining: Some(takes it), None not yet (or
@@ -123,13 +123,8 @@ impl Socks {
         F: FnOnce(TcpStream) -> Fut,
         Fut: Future<Output = Result<T, ReadyError>>,
     {
-        let pool = self.pool.as_ref()?;
-        let mut s = pool.take(client::still_open)?;
-        if !pool.at_home() {
-            // Watched from here on by this thread's reactor (two epoll_ctl
-            // calls); a failure leaves nothing behind: dial afresh.
-            s = s.into_std().and_then(TcpStream::from_std).ok()?;
-        }
+        let pool = self.pool.as_ref()?.here();
+        let s = pool.take(client::still_open)?;
         match f(s).await {
             Ok(t) => Some(Ok(t)),
             Err(ReadyError::Failed(e)) => Some(Err(e)),

@@ -170,3 +170,48 @@ async fn keeper_does_not_hammer_a_proxy_that_is_down() {
     assert_eq!(tries.load(Ordering::SeqCst), 7);
     assert_eq!(pool.ready(), 0);
 }
+
+/// Each thread that takes gets a pool of its own, kept by its own runtime:
+/// the first at once, another at its first take; `ready` counts all.
+#[test]
+fn each_thread_has_its_own_pool() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let n = opened.clone();
+    let open: Opener<usize, String> = Arc::new(move || {
+        let n = n.clone();
+        Box::pin(async move { Ok(n.fetch_add(1, Ordering::SeqCst)) })
+    });
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let settle = || async { tokio::time::sleep(Duration::from_millis(50)).await };
+    let main = rt();
+    let pools = Arc::new(main.block_on(async { Pools::new(cfg(2), "t".into(), open) }));
+    main.block_on(settle());
+    assert_eq!(pools.ready(), 2);
+    let mine = main.block_on(async { pools.here() });
+    let p = pools.clone();
+    let (other, took) = std::thread::spawn(move || {
+        let rt = rt();
+        rt.block_on(async {
+            let here = p.here();
+            settle().await;
+            let took = here.take(|_| true);
+            settle().await;
+            (here, took)
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(!Arc::ptr_eq(&mine, &other), "one pool for two threads");
+    assert!(took.is_some(), "the other thread's pool did not fill");
+    assert_eq!(
+        mine.ready(),
+        2,
+        "the other thread took from the first's pool"
+    );
+    assert_eq!(opened.load(Ordering::SeqCst), 5);
+}
