@@ -14,6 +14,7 @@
 //! ends the flow and its queue; datagrams are then dropped (and counted) for
 //! a backoff that doubles from 1 s to 30 s while the proxy keeps failing.
 
+mod fast;
 mod flow;
 mod packet;
 mod reply;
@@ -180,10 +181,11 @@ impl UdpRelay {
             dst: d.dst,
             target,
             pin,
-            payload: d.payload.to_vec(),
+            // Filled only if it is queued.
+            payload: Vec::new(),
             rule: way.rule,
         };
-        self.enqueue(key, out, now, way.upstream);
+        self.enqueue(key, out, d.payload, now, way.upstream);
     }
 
     /// The way of a datagram from `src` to `dst`: remembered per pair for a
@@ -281,15 +283,30 @@ impl UdpRelay {
         }
     }
 
-    /// Queue a datagram for the association of `local`, opening one (and
-    /// evicting the one idle the longest when the table is full) if needed.
-    fn enqueue(&self, key: Key, mut out: Out, now: u64, group: Option<Arc<dyn Upstream>>) {
+    /// Send a datagram through the association of `local` from here when it
+    /// is live, knows the destination and has nothing queued (order is kept);
+    /// else queue it for the association's task, opening one (and evicting
+    /// the one idle the longest when the table is full) if needed.
+    fn enqueue(
+        &self,
+        key: Key,
+        mut out: Out,
+        payload: &[u8],
+        now: u64,
+        group: Option<Arc<dyn Upstream>>,
+    ) {
         let sh = &self.shared;
         let local = key.0;
-        let cost = out.cost();
         let mut table = sh.table();
         if let Some(h) = table.flows.get(&key) {
             h.state.last_used.store(now, Ordering::Relaxed);
+            if self.sent_fast(h, &out, payload) {
+                return;
+            }
+        }
+        out.payload = payload.to_vec();
+        let cost = out.cost();
+        if let Some(h) = table.flows.get(&key) {
             if sh.reserve(&h.state, cost).is_none() {
                 inc(&sh.stats.dropped_queue_full);
                 tracing::debug!("udp: {}: queue full, datagram dropped", local);
@@ -344,6 +361,7 @@ impl UdpRelay {
                 tx,
                 state: state.clone(),
                 _evict: evict_tx,
+                fast: None,
             },
         );
         drop(table);
@@ -363,6 +381,31 @@ impl UdpRelay {
             state,
         };
         sh.rt.spawn(run_flow(sh.clone(), flow));
+    }
+
+    /// Whether the datagram was dealt with on the fast path (`fast.rs`):
+    /// sent, or failed as the task's send would have (dropped, counted).
+    /// Not while anything is queued: it would overtake it.
+    fn sent_fast(&self, h: &FlowHandle, out: &Out, payload: &[u8]) -> bool {
+        let sh = &self.shared;
+        let Some(f) = &h.fast else { return false };
+        if h.state.queued.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        match f.try_send(out.dst, payload) {
+            None => false,
+            Some(Ok(_)) => {
+                h.state.count(true, payload.len());
+                inc(&sh.stats.datagrams_out);
+                true
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Some(Err(e)) => {
+                inc(&sh.stats.dropped_other);
+                tracing::debug!("udp: send to {}: {e}", out.target);
+                true
+            }
+        }
     }
 
     fn answer_dns(&self, dns: Arc<Dns>, client: SocketAddr, server: SocketAddr, query: Vec<u8>) {

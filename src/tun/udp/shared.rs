@@ -1,6 +1,7 @@
 //! What the table and the association tasks share: settings, counters,
 //! the queues' byte budgets, the backoffs, and the table itself.
 
+use super::fast::FastPath;
 use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
 use crate::socks::TargetAddr;
@@ -153,6 +154,8 @@ pub(super) struct FlowHandle {
     /// Dropped with the handle: tells the task it was evicted, even while it
     /// is still setting up its association.
     pub(super) _evict: oneshot::Sender<()>,
+    /// Set by the task while its association is live (`fast.rs`).
+    pub(super) fast: Option<FastPath>,
 }
 
 /// Which way an association goes: through `--proxy`'s upstream (None) or a
