@@ -5,7 +5,7 @@
 //! application expects (`reply::reply_source`).
 
 use super::fast::{send_parts_async, FastPath, Prefix};
-use super::packet::{build_udp_in_place, BuildError, IPV6_HEADER, UDP_HEADER};
+use super::packet::{build_udp_in_place, same_family, BuildError, IPV6_HEADER, UDP_HEADER};
 use super::reply::{reply_source, FakeDest};
 use super::shared::{
     inc, Backoff, FlowHandle, FlowState, Key, Out, Shared, WayKey, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS,
@@ -562,6 +562,9 @@ impl Assoc {
             sh.drop_oversize("from the proxy", payload_len);
             return;
         }
+        if matches!(self.key.1, WayKey::DnsMux(_)) {
+            return self.pass_back_answer(hdr, n);
+        }
         let Some(src) = reply_source(&hdr.addr, &mut self.fakes, &self.ip_dsts, local) else {
             inc(&sh.stats.dropped_other);
             tracing::debug!("udp {local}: reply from {} dropped: no name it answers for, or several names on that port wait for an address", hdr.addr);
@@ -576,6 +579,42 @@ impl Assoc {
                 sh.tun.send(&self.buf[p]);
             }
             Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", payload_len),
+            Err(BuildError::FamilyMismatch) => {
+                inc(&sh.stats.dropped_other);
+            }
+        }
+    }
+
+    /// A DNS answer on the shared association (`dnsmux.rs`): to whoever
+    /// asked, with their id, from the server they asked.
+    fn pass_back_answer(&mut self, hdr: codec::UdpHeader, n: usize) {
+        let sh = &self.sh;
+        let payload = ROOM + hdr.header_len..ROOM + n;
+        let asked = match (&hdr.addr, payload.len() >= 12) {
+            (TargetAddr::Ip(from), true) => {
+                let ours =
+                    u16::from_be_bytes([self.buf[payload.start], self.buf[payload.start + 1]]);
+                sh.dns_mux.answer(ours, *from, &self.key.1)
+            }
+            _ => None,
+        };
+        let Some(asked) = asked else {
+            inc(&sh.stats.dropped_other);
+            tracing::debug!(
+                "udp: DNS answer from {} dropped: not to a query of ours",
+                hdr.addr
+            );
+            return;
+        };
+        self.buf[payload.start..payload.start + 2].copy_from_slice(&asked.id.to_be_bytes());
+        let src = same_family(asked.server, asked.client);
+        match build_udp_in_place(&mut self.buf, payload, src, asked.client, sh.cfg.mtu) {
+            Ok(p) => {
+                self.state.count(false, n - hdr.header_len);
+                inc(&sh.stats.datagrams_in);
+                sh.tun.send(&self.buf[p]);
+            }
+            Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", n - hdr.header_len),
             Err(BuildError::FamilyMismatch) => {
                 inc(&sh.stats.dropped_other);
             }

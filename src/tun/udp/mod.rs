@@ -14,6 +14,7 @@
 //! ends the flow and its queue; datagrams are then dropped (and counted) for
 //! a backoff that doubles from 1 s to 30 s while the proxy keeps failing.
 
+mod dnsmux;
 mod fast;
 mod flow;
 mod packet;
@@ -88,6 +89,7 @@ impl UdpRelay {
                 blocked_logged: Mutex::default(),
                 ways: Mutex::default(),
                 dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
+                dns_mux: Default::default(),
                 rt: tokio::runtime::Handle::current(),
             }),
         }
@@ -166,9 +168,16 @@ impl UdpRelay {
             Action::Direct if !self.fits(d.payload.len()) => return,
             Action::Direct => (d.src, WayKey::Direct),
             Action::Proxy(group) => {
-                let key = (d.src, WayKey::Proxy(group));
+                let key = match &target {
+                    TargetAddr::Ip(_) if d.dst.port() == 53 && dnsmux::is_query(d.payload) => {
+                        (dnsmux::MUX_LOCAL, WayKey::DnsMux(group))
+                    }
+                    _ => (d.src, WayKey::Proxy(group)),
+                };
                 let admitted = match &key.1 {
-                    WayKey::Proxy(Some(g)) => self.proxy_admits(&key, now, &sh.backoff_of(Some(g))),
+                    WayKey::Proxy(Some(g)) | WayKey::DnsMux(Some(g)) => {
+                        self.proxy_admits(&key, now, &sh.backoff_of(Some(g)))
+                    }
                     _ => self.proxy_admits(&key, now, &sh.backoff),
                 };
                 if !admitted || !self.fits(d.payload.len() + codec::udp_header_len(&target)) {
@@ -185,7 +194,32 @@ impl UdpRelay {
             payload: Vec::new(),
             rule: way.rule,
         };
-        self.enqueue(key, out, d.payload, now, way.upstream);
+        match key.1 {
+            WayKey::DnsMux(g) => self.enqueue_query(g, out, &d, now, way.upstream),
+            _ => self.enqueue(key, out, d.payload, now, way.upstream),
+        }
+    }
+
+    /// A DNS query onto the association its way's queries share, with an id
+    /// of ours in place of the asker's (`dnsmux.rs`); onto the asker's own
+    /// association when too many queries wait.
+    fn enqueue_query(
+        &self,
+        group: Option<Arc<str>>,
+        out: Out,
+        d: &Datagram<'_>,
+        now: u64,
+        upstream: Option<Arc<dyn Upstream>>,
+    ) {
+        let way = WayKey::DnsMux(group.clone());
+        let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
+        let Some(ours) = self.shared.dns_mux.ask(d.src, d.dst, id, &way, now) else {
+            let own = (d.src, WayKey::Proxy(group));
+            return self.enqueue(own, out, d.payload, now, upstream);
+        };
+        let mut query = d.payload.to_vec();
+        query[..2].copy_from_slice(&ours.to_be_bytes());
+        self.enqueue((dnsmux::MUX_LOCAL, way), out, &query, now, upstream);
     }
 
     /// The way of a datagram from `src` to `dst`: remembered per pair for a
@@ -367,7 +401,7 @@ impl UdpRelay {
         drop(table);
         inc(&sh.stats.flows_opened);
         let backoff = match &key.1 {
-            WayKey::Proxy(g) => sh.backoff_of(g.as_ref()),
+            WayKey::Proxy(g) | WayKey::DnsMux(g) => sh.backoff_of(g.as_ref()),
             WayKey::Direct => sh.backoff.clone(),
         };
         let flow = Flow {

@@ -1,6 +1,7 @@
 //! What the table and the association tasks share: settings, counters,
 //! the queues' byte budgets, the backoffs, and the table itself.
 
+use super::dnsmux::DnsMux;
 use super::fast::FastPath;
 use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
@@ -164,6 +165,9 @@ pub(super) struct FlowHandle {
 pub(super) enum WayKey {
     Proxy(Option<Arc<str>>),
     Direct,
+    /// The association DNS queries of every endpoint share on that proxy
+    /// way (`dnsmux.rs`).
+    DnsMux(Option<Arc<str>>),
 }
 
 /// An association's key: the application's endpoint, and its way (one
@@ -224,6 +228,8 @@ pub(super) struct Shared {
     /// The ways of recent (source, destination) pairs (`UdpRelay::way_of`).
     pub(super) ways: Mutex<WayCache>,
     pub(super) dns_slots: Arc<tokio::sync::Semaphore>,
+    /// Who asked the DNS queries that share an association.
+    pub(super) dns_mux: DnsMux,
     pub(super) rt: tokio::runtime::Handle,
 }
 

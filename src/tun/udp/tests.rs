@@ -588,3 +588,43 @@ async fn replies_built_in_place_v4_and_v6() {
         assert_eq!(g.2, vec![i as u8; 300]);
     }
 }
+
+/// `--dns udp`: queries from many endpoints (each its own source port, all
+/// with the same id) share one association, and each endpoint gets its own
+/// answer, with its own id, from the server it asked.
+#[tokio::test]
+async fn dns_queries_share_one_association() {
+    let (_, proxy, cap) = relay(16, false, false);
+    let dns = Arc::new(Dns::new(DnsMode::Udp, None, None, proxy.clone()).unwrap());
+    let cfg = UdpConfig {
+        timeout: Duration::from_secs(60),
+        max_flows: 16,
+        mtu: 1500,
+    };
+    let r = UdpRelay::new(cfg, Some(dns), proxy.clone(), None, cap.clone());
+    let q = |i: u16| crate::dns::message::tests::query(0x4242, &format!("n{i}.test"), 1);
+    let ask = |i: u16| {
+        let src = format!("198.18.0.1:{}", 40000 + i);
+        r.handle_packet(&pkt(&src, "203.0.113.53:53", &q(i)));
+    };
+    ask(0);
+    cap.wait(1).await;
+    // The rest while the association is live: sent from the stack task.
+    for i in 1..50 {
+        ask(i);
+    }
+    let got = cap.wait(50).await;
+    assert_eq!(got.len(), 50);
+    for (src, dst, payload) in got {
+        assert_eq!(src, sa("203.0.113.53:53"));
+        let i = dst.port() - 40000;
+        assert_eq!(payload, q(i), "answer of endpoint {i}");
+    }
+    assert_eq!(proxy.associations.load(Ordering::SeqCst), 1);
+    // Not a query (QR set), or not to port 53: the endpoint's own association.
+    let mut resp = q(99);
+    resp[2] |= 0x80;
+    r.handle_packet(&pkt("198.18.0.1:41000", "203.0.113.53:53", &resp));
+    cap.wait(51).await;
+    assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+}
