@@ -502,7 +502,8 @@ scenario() {
     dns)
       [ "$row" = redsocks ] && return
       r=$(nb dns "$@" --secs "$SECS")
-      if [ -n "$r" ]; then
+      # A row that answered nothing in the round prints n=0 and no figure.
+      if [ -n "$r" ] && [ "$(kv "$r" n)" != 0 ]; then
         R["$row|dns"]=$(kv "$r" p50_us); R["$row|dns-p99"]=$(kv "$r" p99_us)
         [ "$(kv "$r" lost)" = 0 ] || R["$row|dns-p99"]="${R[$row|dns-p99]}($(kv "$r" lost)lost)"
         say "  $row dns: p50 ${R[$row|dns]} us p99 ${R[$row|dns-p99]} us ($(kv "$r" n) queries)"
