@@ -628,12 +628,16 @@ impl Assoc {
             (Some(f), n) => format!("{f} (+{n} more)"),
         };
         let via = self.via.as_deref().unwrap_or("-");
+        // The shared DNS association has no endpoint of its own to name.
+        let from = match self.key.1 {
+            WayKey::DnsMux(_) => "dns queries (shared)".to_string(),
+            _ => self.local.to_string(),
+        };
         let st = &self.state;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
             rule = self.rule.as_deref(),
-            "udp {} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
-            self.local,
+            "udp {from} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
             get(&st.n_out),
             get(&st.b_out),
             get(&st.n_in),
