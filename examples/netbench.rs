@@ -16,7 +16,9 @@
 //! - `C` one echo, then the server closes first (so TIME-WAIT lands on the
 //!   target, not on the client's ports). Used by `crr` and `fb`.
 //!
-//! UDP: every datagram is echoed to its sender.
+//! UDP: every datagram is echoed to its sender. On port 53 of each address
+//! the server answers DNS queries (the query back with QR and RA set and no
+//! records: NOERROR, NODATA), so a DNS round trip can be timed.
 //!
 //! Every client mode prints one line `RESULT key=value ...` for bench.sh.
 //! This is a benchmark tool, not a test: it is never run by `cargo test`.
@@ -119,6 +121,17 @@ enum Mode {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// DNS queries one at a time, each from a new socket (a new source port,
+    /// as a stub resolver asks) to port `--port` of the target's address:
+    /// p50, p99 and lost queries (no answer within 1 s). With `--socks` one
+    /// association carries every query (an application that speaks SOCKS
+    /// keeps its association).
+    Dns {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+    },
     /// Open N connections, prove each end to end, hold them `--secs`, check
     /// each again. Prints `ESTABLISHED n` when all are up (bench.sh samples
     /// memory then).
@@ -150,6 +163,7 @@ fn main() {
             grace_ms,
         } => udp(&c, pps, size, grace_ms),
         Mode::UdpRtt { c, size } => udp_rtt(&c, size),
+        Mode::Dns { c, port } => dns(&c, port),
         Mode::Hold { c, conns, workers } => hold(&c, conns, workers),
     };
     if let Err(e) = r {
@@ -580,6 +594,86 @@ fn udp_rtt(c: &Common, size: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A query for `n<seq>.bench.test` type A, id `id`.
+fn dns_query(id: u16, seq: u64) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in [format!("n{seq}"), "bench".into(), "test".into()] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn dns(c: &Common, port: u16) -> io::Result<()> {
+    let mut c = c.clone();
+    c.target.set_port(port);
+    let shared = match c.socks {
+        Some(_) => Some(udp_path(&c)?),
+        None => None,
+    };
+    let dur = Duration::from_secs_f64(c.secs);
+    let mut lat = Vec::with_capacity(1 << 14);
+    let (mut lost, mut seq) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        seq += 1;
+        let id = (seq as u16).wrapping_mul(40503);
+        let own;
+        let (sock, hdr) = match &shared {
+            Some((_, s, h)) => (s, h.as_slice()),
+            None => {
+                own = UdpSocket::bind(match c.target {
+                    SocketAddr::V4(_) => "0.0.0.0:0",
+                    SocketAddr::V6(_) => "[::]:0",
+                })?;
+                own.connect(c.target)?;
+                (&own, &[][..])
+            }
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut pkt = hdr.to_vec();
+        pkt.extend_from_slice(&dns_query(id, seq));
+        let t0 = Instant::now();
+        sock.send(&pkt)?;
+        let deadline = t0 + Duration::from_secs(1);
+        loop {
+            if Instant::now() >= deadline {
+                lost += 1;
+                break;
+            }
+            match sock.recv(&mut buf) {
+                Ok(n)
+                    if n >= hdr.len() + 12 && buf[hdr.len()..hdr.len() + 2] == id.to_be_bytes() =>
+                {
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    lat.sort_unstable();
+    result(&[
+        ("n", lat.len().to_string()),
+        ("lost", lost.to_string()),
+        ("p50_us", format!("{:.1}", percentile(&lat, 0.50))),
+        ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),
+    ]);
+    if lat.is_empty() {
+        return Err(io::Error::other("no query answered"));
+    }
+    Ok(())
+}
+
 fn udp(c: &Common, pps: u64, size: usize, grace_ms: u64) -> io::Result<()> {
     let size = size.max(8);
     let (_ctl, sock, hdr) = udp_path(c)?;
@@ -746,7 +840,18 @@ fn server(listen: Vec<SocketAddr>) -> io::Result<()> {
                     let _ = udp.send_to(&buf[..n], from);
                 }
             });
-            eprintln!("netbench server on {a}");
+            let dns = std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 53))?;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = dns.recv_from(&mut buf) {
+                    if n >= 12 {
+                        buf[2] |= 0x80; // QR: a response
+                        buf[3] = 0x80; // RA, NOERROR
+                        let _ = dns.send_to(&buf[..n], from);
+                    }
+                }
+            });
+            eprintln!("netbench server on {a} (DNS on port 53)");
         }
         let tasks: Vec<tokio::task::JoinHandle<()>> = listeners
             .into_iter()

@@ -35,7 +35,7 @@
 #                         [--variant NAME='ARGS']... [--peer NAME='COMMAND']...
 #                         [--wan-ms N] [--wan-conns N]
 #                         [--save FILE] [--compare FILE] [--no-build] [--keep-logs]
-#   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp wan udp-rtt udp-max
+#   scenarios: tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10 rr crr udp wan udp-rtt udp-max dns
 #              memory idle hold
 #   (cpu is taken during tcp-up-1, and for the rows with a process of their own during the
 #   other tcp-* runs and crr; idle is measured after start and again after the load.)
@@ -46,6 +46,11 @@
 #   first byte of the answer, p50 and p99 over all of a row's connections. The delay line's
 #   own lateness (p50/p99/max beyond the delay) is printed with it.
 #   udp-rtt: UDP echo with one datagram in flight (--secs; rounds, median): p50, p99.
+#   dns: DNS queries over UDP one at a time, each from a new source port as a stub
+#   resolver asks, to port 53 of the row's target (netbench answers NODATA): p50, p99
+#   (rounds, median). socks-only keeps one association for all of them. The sockstun
+#   row answers A queries itself in its default --dns virtual mode: give
+#   --sockstun-args "--dns udp" to send them through the proxy as peers do.
 #   udp-max: the highest offered rate with under 1 % loss, searched (double from the udp
 #   scenario's rate, then bisect; 2 s probes, 0.5 s with --quick).
 #   --variant NAME='ARGS': a row `sockstun tun ARGS` beside the sockstun row (its own
@@ -494,6 +499,15 @@ scenario() {
     udp-max)
       [ "$row" = redsocks ] && return
       udp_max "$row" "$@" ;;
+    dns)
+      [ "$row" = redsocks ] && return
+      r=$(nb dns "$@" --secs "$SECS")
+      # A row that answered nothing in the round prints n=0 and no figure.
+      if [ -n "$r" ] && [ "$(kv "$r" n)" != 0 ]; then
+        R["$row|dns"]=$(kv "$r" p50_us); R["$row|dns-p99"]=$(kv "$r" p99_us)
+        [ "$(kv "$r" lost)" = 0 ] || R["$row|dns-p99"]="${R[$row|dns-p99]}($(kv "$r" lost)lost)"
+        say "  $row dns: p50 ${R[$row|dns]} us p99 ${R[$row|dns-p99]} us ($(kv "$r" n) queries)"
+      else fail "$row" dns; fi ;;
     rr)
       perf_start "$row" rr
       r=$(nb rr "$@" --secs "$SECS")
@@ -632,7 +646,8 @@ rounds() {
   shift
   case "$s" in
     rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; tcp-*) keys="$s cpu-$s" ;;
-    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99" ;; *) keys=$s ;;
+    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99" ;; dns) keys="dns dns-p99" ;;
+    *) keys=$s ;;
   esac
   local -A acc=()
   if [ "$ROUNDS" -gt 1 ] && [[ "$s" == *rr ]]; then
@@ -782,6 +797,8 @@ wan-p99;wan first byte p99 ms
 udp-rtt;udp-rtt p50 us
 udp-rtt-p99;udp-rtt p99 us
 udp-max;udp-max pps (<1 % loss)
+dns;dns query p50 us
+dns-p99;dns query p99 us
 cpu-tcp-up-10;CPU s per GB (tcp-up-10)
 cpu-tcp-down-1;CPU s per GB (tcp-down-1)
 cpu-tcp-down-10;CPU s per GB (tcp-down-10)
@@ -819,7 +836,7 @@ print_table() { # print_table ROW1 ROW2 ROW3: ratios are ROW3 to ROW1 and to ROW
 
 TRAFFIC=(tcp-up-1 tcp-up-10 tcp-down-1 tcp-down-10)
 [ "$IPERF" = 1 ] && TRAFFIC+=(iperf3-up-1 iperf3-down-1)
-TRAFFIC+=(rr crr udp wan udp-rtt udp-max)
+TRAFFIC+=(rr crr udp wan udp-rtt udp-max dns)
 
 # ------------------------------------------------------------------ TUN mode
 # subst NAME TEXT: TEXT with the --peer placeholders of row NAME replaced.
@@ -968,7 +985,7 @@ run_tun() {
   for s in "${TRAFFIC[@]}"; do
     want "$s" || { [ "$s" = tcp-up-1 ] && want cpu; } || continue
     case "$s" in
-      tcp-up-1|tcp-down-1|rr|crr|udp-rtt|wan)
+      tcp-up-1|tcp-down-1|rr|crr|udp-rtt|dns|wan)
         local live=(); for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && live+=("$row"); done
         if [ "$s" = wan ]; then wan "${live[@]}"; else rounds "$s" "${live[@]}"; fi ;;
       *) for row in "${rows[@]}"; do [ -n "${ARGS[$row]:-}" ] && scenario "$row" "$s"; done ;;

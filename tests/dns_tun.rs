@@ -188,3 +188,70 @@ fn malformed_queries_are_answered_or_dropped() {
     // Still alive and answering.
     assert!(dig_short(&env, "web.test", "A", &[]).starts_with("198.19."));
 }
+
+/// A DNS query for `name` (type `qtype`, id `id`), as a stub resolver asks.
+fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// `--dns udp`: queries from 20 source ports at once, all with the same id,
+/// go over one association, and each gets the answer to its own question,
+/// with its own id.
+#[test]
+fn udp_mode_queries_share_one_association() {
+    if !require_root("udp_mode_queries_share_one_association") {
+        return;
+    }
+    // No warm pool: the test counts the connections to the proxy. One
+    // queue: each queue's UDP table has its own shared association.
+    let env = env(
+        "dq",
+        Upstream::Dante,
+        &["--dns", "udp", "--warm", "0", "--queues", "1"],
+    );
+    let asked: Vec<(&str, u16)> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                ("web.test", 1)
+            } else {
+                ("txt.test", 16)
+            }
+        })
+        .collect();
+    let qs: Vec<Vec<u8>> = asked.iter().map(|(n, t)| query(0x5151, n, *t)).collect();
+    let sent = qs.clone();
+    let answers: Vec<Option<Vec<u8>>> = env.topo.client.run_in(move || {
+        let socks: Vec<std::net::UdpSocket> = (0..sent.len())
+            .map(|_| std::net::UdpSocket::bind("0.0.0.0:0").unwrap())
+            .collect();
+        for (s, q) in socks.iter().zip(&sent) {
+            s.send_to(q, format!("{RESOLVER}:53")).unwrap();
+        }
+        socks
+            .iter()
+            .map(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 1500];
+                s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+            })
+            .collect()
+    });
+    for (i, (a, q)) in answers.iter().zip(&qs).enumerate() {
+        let a = a.as_ref().unwrap_or_else(|| panic!("query {i} unanswered"));
+        assert_eq!(&a[..2], &[0x51, 0x51], "query {i}: the asker's id");
+        assert_ne!(a[2] & 0x80, 0, "query {i}: a response");
+        // Its own question, and an answer to it.
+        assert_eq!(&a[12..q.len()], &q[12..], "query {i} ({:?})", asked[i]);
+        assert_ne!(&a[6..8], &[0, 0], "query {i} ({:?}): no answer", asked[i]);
+    }
+    assert_eq!(tcp_established_to(&env.topo.client, 1080), 1);
+}

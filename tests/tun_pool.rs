@@ -64,7 +64,8 @@ fn pool_flow_rides_a_connection_opened_before_it() {
     if !require_root("pool_flow_rides_a_connection_opened_before_it") {
         return;
     }
-    let r = rig_args("wp", Up::Dante, &["--warm", "3"]);
+    // One queue: each queue's thread keeps a pool of its own.
+    let r = rig_args("wp", Up::Dante, &["--warm", "3", "--queues", "1"]);
     assert!(
         wait_until(Duration::from_secs(10), || to_proxy(&r).len() == 3),
         "not 3 ready connections: {:?}\n{}",
@@ -104,7 +105,7 @@ fn pool_killed_connections_are_invisible_to_flows() {
     if !require_root("pool_killed_connections_are_invisible_to_flows") {
         return;
     }
-    let mut r = rig_args("wk", Up::Dante, &["--warm", "2"]);
+    let mut r = rig_args("wk", Up::Dante, &["--warm", "2", "--queues", "1"]);
     assert!(
         wait_until(Duration::from_secs(10), || to_proxy(&r).len() == 2),
         "{:?}",
@@ -189,7 +190,7 @@ fn pipelining_is_learned_without_a_flag() {
     start_servers(&topo);
     let seen = recording_proxy(&topo);
     let url = format!("socks5://{PROXY_V4}:1081");
-    let (tun, dev) = start_tun_with(&topo, &url, &["--warm", "0"]);
+    let (tun, dev) = start_tun_with(&topo, &url, &["--warm", "0", "--queues", "1"]);
     let r = Rig {
         tun,
         dev,

@@ -66,7 +66,7 @@ fn full_cone_two_remotes() {
         return;
     }
     // No warm pool: the test counts the connections to the proxy.
-    let env = env("uc", Upstream::Dante, &["--warm", "0"]);
+    let env = env("uc", Upstream::Dante, &["--warm", "0", "--queues", "1"]);
     let (from7, from9) = env.topo.client.run_in(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -101,7 +101,7 @@ fn many_endpoints_stay_within_the_bound() {
     let mut env = env(
         "um",
         Upstream::Dante,
-        &["--max-udp-flows", "100", "--warm", "0"],
+        &["--max-udp-flows", "100", "--warm", "0", "--queues", "1"],
     );
     // 500 endpoints at once: the table evicts the oldest idle ones as new
     // ones arrive, so the association count never exceeds the bound.
@@ -183,7 +183,7 @@ fn expiry_and_reassociation() {
     let mut env = env(
         "ux",
         Upstream::Sockstun,
-        &["--udp-timeout", "2", "--warm", "0"],
+        &["--udp-timeout", "2", "--warm", "0", "--queues", "1"],
     );
     let port = env
         .topo

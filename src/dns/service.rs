@@ -1,7 +1,8 @@
 //! Answering DNS queries caught on the TUN (UDP and TCP, port 53), by mode:
 //! `virtual` answers A/AAAA from the fake pool and forwards the rest over
 //! DNS-over-TCP through the proxy; `tcp` forwards everything that way; `udp`
-//! does not intercept (queries travel through UDP ASSOCIATE like any UDP).
+//! does not intercept (queries travel through UDP ASSOCIATE, the queries of
+//! every endpoint sharing one association: TUN mode's UDP table does that).
 
 use super::message::{self, Answer, Query, Rcode, CLASS_IN, HEADER_LEN, TYPE_A, TYPE_AAAA};
 use super::pool::{FakePool, PoolPin};

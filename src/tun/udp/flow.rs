@@ -4,28 +4,40 @@
 //! writes the relay's replies back to the TUN with the source the
 //! application expects (`reply::reply_source`).
 
-use super::packet::{build_udp, BuildError};
+use super::fast::{send_parts_async, FastPath, Prefix};
+use super::packet::{build_udp_in_place, same_family, BuildError, IPV6_HEADER, UDP_HEADER};
 use super::reply::{reply_source, FakeDest};
 use super::shared::{
-    inc, Backoff, FlowState, Out, Shared, WayKey, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS, MAX_IP_DESTS,
+    inc, Backoff, FlowHandle, FlowState, Key, Out, Shared, WayKey, DNS_UDP_TIMEOUT, MAX_FAKE_DESTS,
+    MAX_IP_DESTS,
 };
 use crate::socks::{codec, TargetAddr};
 use crate::upstream;
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+
+/// Bytes kept free before a reply in `Assoc::buf`: the largest IP + UDP
+/// header, written there so the reply becomes its TUN packet in place.
+const ROOM: usize = IPV6_HEADER + UDP_HEADER;
+/// Replies taken from the socket per wake-up, at most, before the task
+/// looks at its queue again.
+const REPLY_BATCH: usize = 64;
 
 /// The socket of a live association and the proxy's relay address (None:
 /// a direct one, whose datagrams go to their destinations unframed).
 struct Live {
     relay: Option<SocketAddr>,
-    socket: UdpSocket,
+    /// Shared with the stack task's fast path while live.
+    socket: Arc<UdpSocket>,
     /// An IPv6 socket that also carries IPv4 (direct: both families).
     dual: bool,
     /// A direct socket's port, known as sockstun's own while it lives (a
@@ -72,6 +84,10 @@ enum Ev {
 struct Assoc {
     sh: Arc<Shared>,
     local: SocketAddr,
+    /// Its entry in the table (the key, and the id that tells a successor
+    /// under the same key apart).
+    key: Key,
+    id: u64,
     /// Sent from this host (a `direct` rule), not through a proxy.
     direct: bool,
     upstream: Arc<dyn upstream::Upstream>,
@@ -90,11 +106,13 @@ struct Assoc {
     /// For the log line: the first destination and how many others (up to a cap).
     first_dst: Option<TargetAddr>,
     other_dsts: Vec<TargetAddr>,
-    /// Room for the largest SOCKS header (domain: 3 + 1 + 1 + 255 + 2) and an
-    /// MTU's worth of payload, plus one byte to tell a datagram that did not fit.
+    /// `ROOM`, then room for the largest SOCKS header (domain: 3 + 1 + 1 +
+    /// 255 + 2) and an MTU's worth of payload, plus one byte to tell a
+    /// datagram that did not fit.
     buf: Vec<u8>,
-    pkt: Vec<u8>,
-    last_activity: Instant,
+    /// Fires at the idle deadline as it was when armed; re-armed from
+    /// `FlowState::last_used` (datagrams the stack task sent count too).
+    idle: Pin<Box<Sleep>>,
     /// The proxy of the last association, for the log line.
     via: Option<Arc<str>>,
 }
@@ -116,10 +134,12 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
     };
     let started = Instant::now();
     let mut a = Assoc {
-        buf: vec![0u8; sh.cfg.mtu + 263],
-        pkt: Vec::with_capacity(sh.cfg.mtu + 263),
+        buf: vec![0u8; ROOM + sh.cfg.mtu + 263],
+        idle: Box::pin(tokio::time::sleep(sh.cfg.timeout.min(DNS_UDP_TIMEOUT))),
         sh: sh.clone(),
         local,
+        key: (local, way.clone()),
+        id,
         direct: way == WayKey::Direct,
         upstream,
         backoff,
@@ -132,12 +152,12 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         dns_only: true,
         first_dst: None,
         other_dsts: Vec::new(),
-        last_activity: Instant::now(),
         via: None,
     };
     let outcome: String = loop {
         match a.next_event(&mut rx, &mut evicted).await {
-            Ev::Idle => break "idle".into(),
+            Ev::Idle if a.idle_passed() => break "idle".into(),
+            Ev::Idle => {}
             Ev::Out(None) => break "evicted".into(),
             Ev::Ctrl(Ok(n)) if n > 0 => {} // nothing is expected; ignore
             Ev::Ctrl(r) => a.control_ended(r),
@@ -150,7 +170,10 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
                 // ICMP errors from the relay (port unreachable) land here.
                 tracing::debug!("udp {local}: relay socket: {e}");
             }
-            Ev::In(Ok((n, from))) => a.reply(n, from),
+            Ev::In(Ok((n, from))) => {
+                a.reply(n, from);
+                a.drain_replies();
+            }
         }
     };
     {
@@ -169,12 +192,7 @@ impl Assoc {
         rx: &mut mpsc::UnboundedReceiver<Out>,
         evicted: &mut oneshot::Receiver<()>,
     ) -> Ev {
-        let idle = if self.dns_only {
-            self.sh.cfg.timeout.min(DNS_UDP_TIMEOUT)
-        } else {
-            self.sh.cfg.timeout
-        };
-        let (live, buf, control) = (&self.live, &mut self.buf, &mut self.control);
+        let (live, buf, control) = (&self.live, &mut self.buf[ROOM..], &mut self.control);
         let recv = async {
             match live {
                 Some(l) => l.socket.recv_from(buf).await,
@@ -193,7 +211,56 @@ impl Assoc {
             o = rx.recv() => Ev::Out(o),
             r = recv => Ev::In(r),
             c = ctrl => Ev::Ctrl(c),
-            _ = tokio::time::sleep_until(self.last_activity + idle) => Ev::Idle,
+            _ = self.idle.as_mut() => Ev::Idle,
+        }
+    }
+
+    /// Whether the association has been idle for its timeout; if not, the
+    /// timer is re-armed for when it will have been.
+    fn idle_passed(&mut self) -> bool {
+        let idle = if self.dns_only {
+            self.sh.cfg.timeout.min(DNS_UDP_TIMEOUT)
+        } else {
+            self.sh.cfg.timeout
+        };
+        let last = self.state.last_used.load(Ordering::Relaxed);
+        let deadline = self.sh.epoch + Duration::from_millis(last) + idle;
+        if Instant::now() >= deadline {
+            return true;
+        }
+        self.idle.as_mut().reset(deadline);
+        false
+    }
+
+    /// Its entry in the table, if it is still this task's.
+    fn with_handle(&self, f: impl FnOnce(&mut FlowHandle)) {
+        let mut t = self.sh.table();
+        if let Some(h) = t.flows.get_mut(&self.key).filter(|h| h.id == self.id) {
+            f(h);
+        }
+    }
+
+    /// Live: the stack task may send on the socket itself (`fast.rs`).
+    fn open_fast_path(&self) {
+        if let Some(l) = &self.live {
+            let socket = l.socket.clone();
+            self.with_handle(|h| h.fast = Some(FastPath::new(socket)));
+        }
+    }
+
+    /// The replies that queued up behind the one just read, without going
+    /// back through the select (and its timer and futures) for each.
+    fn drain_replies(&mut self) {
+        for _ in 0..REPLY_BATCH {
+            let Some(l) = &self.live else { return };
+            match l.socket.try_recv_from(&mut self.buf[ROOM..]) {
+                Ok((n, from)) => self.reply(n, from),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("udp {}: relay socket: {e}", self.local);
+                    return;
+                }
+            }
         }
     }
 
@@ -205,6 +272,7 @@ impl Assoc {
         self.live = None;
         self.control = None;
         self.state.live.store(false, Ordering::Relaxed);
+        self.with_handle(|h| h.fast = None);
     }
 
     /// Remember where a datagram goes: replies are matched against it.
@@ -257,17 +325,25 @@ impl Assoc {
         match assoc {
             Ok(upstream::Associated { assoc: a, via }) => {
                 tracing::debug!("udp {local}: associated through {via}, relay {}", a.relay);
+                // Replies come from the relay only (anything else was
+                // dropped): connected, the kernel filters them, and a
+                // datagram is header and payload sent as they lie.
+                if let Err(e) = a.socket.connect(a.relay).await {
+                    inc(&sh.stats.dropped_other);
+                    return Err(format!("UDP relay {}: {e}", a.relay));
+                }
                 self.state.set_via(via.clone());
                 self.via = Some(via);
                 sh.mark_associated(&self.backoff);
                 self.state.live.store(true, Ordering::Relaxed);
                 self.live = Some(Live {
                     relay: Some(a.relay),
-                    socket: a.socket,
+                    socket: Arc::new(a.socket),
                     dual: false,
                     _mark: None,
                 });
                 self.control = Some(a.control);
+                self.open_fast_path();
                 Ok(())
             }
             Err(upstream::Error::CommandNotSupported) => {
@@ -292,15 +368,15 @@ impl Assoc {
     }
 
     /// A datagram from the application, towards the relay (associating
-    /// first if needed). Err ends the task with that outcome.
+    /// first if needed). Err ends the task with that outcome. Its queue room
+    /// is given back once it is sent: until then the stack task's fast path
+    /// must not overtake it.
     async fn send(
         &mut self,
         mut o: Out,
         rx: &mut mpsc::UnboundedReceiver<Out>,
         evicted: &mut oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        self.sh.release(&self.state, o.cost());
-        self.last_activity = Instant::now();
         self.note_destination(&mut o);
         if self.rule.is_none() {
             self.rule = o.rule.take();
@@ -308,15 +384,18 @@ impl Assoc {
         if self.live.is_none() {
             self.associate(rx, evicted).await?;
         }
-        let sent = match self.live.as_ref().and_then(|l| l.relay) {
-            Some(relay) => self.send_framed(&o, relay).await,
-            None => self.send_direct(&o).await,
-        };
+        let sent = self.send_out(&o).await;
+        self.sh.release(&self.state, o.cost());
         let sh = &self.sh;
         match sent {
-            Ok(_) => {
+            Ok(prefix) => {
                 self.state.count(true, o.payload.len());
                 inc(&sh.stats.datagrams_out);
+                self.with_handle(|h| {
+                    if let Some(f) = &mut h.fast {
+                        f.learn(o.dst, &prefix);
+                    }
+                });
                 match &self.first_dst {
                     None => {
                         let name = match &o.target {
@@ -342,6 +421,34 @@ impl Assoc {
         Ok(())
     }
 
+    /// `o` out of the association's socket: to the proxy's relay behind the
+    /// RFC 1928 §7 header, or (direct) straight to its destination. Returns
+    /// what went before it and where, for the fast path to do the same.
+    async fn send_out(&mut self, o: &Out) -> io::Result<Prefix> {
+        let prefix = match self.live.as_ref().map(|l| l.relay) {
+            None => return Err(io::ErrorKind::NotConnected.into()),
+            Some(Some(_)) => {
+                let mut header = Vec::with_capacity(codec::udp_header_len(&o.target));
+                codec::encode_udp_header(&o.target, &mut header).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "address not encodable")
+                })?;
+                Prefix {
+                    header: header.into(),
+                    to: None,
+                }
+            }
+            Some(None) => Prefix {
+                header: Box::default(),
+                to: Some(self.direct_dest(o).await?),
+            },
+        };
+        let Some(l) = &self.live else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        send_parts_async(&l.socket, &prefix, &o.payload).await?;
+        Ok(prefix)
+    }
+
     /// A direct association: one socket of this host for every destination.
     fn open_direct(&mut self) -> Result<(), String> {
         let Some(router) = &self.sh.router else {
@@ -362,16 +469,17 @@ impl Assoc {
         self.state.live.store(true, Ordering::Relaxed);
         self.live = Some(Live {
             relay: None,
-            socket,
+            socket: Arc::new(socket),
             dual,
             _mark: Some(mark),
         });
+        self.open_fast_path();
         Ok(())
     }
 
-    /// `o` straight to its destination; a name (a fake address) is sent to
+    /// Where `o` goes from a direct socket; a name (a fake address) goes to
     /// the address this host resolves it to, learnt once per association.
-    async fn send_direct(&mut self, o: &Out) -> io::Result<usize> {
+    async fn direct_dest(&mut self, o: &Out) -> io::Result<SocketAddr> {
         let dest = match &o.target {
             TargetAddr::Ip(a) => *a,
             TargetAddr::Domain(_, port) => {
@@ -382,14 +490,12 @@ impl Assoc {
                 }
             }
         };
-        let Some(l) = &self.live else { return Ok(0) };
-        let to = match dest {
-            SocketAddr::V4(a) if l.dual => {
+        Ok(match dest {
+            SocketAddr::V4(a) if self.live.as_ref().is_some_and(|l| l.dual) => {
                 SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
             }
             d => d,
-        };
-        l.socket.send_to(&o.payload, to).await
+        })
     }
 
     async fn resolve_direct(&mut self, o: &Out) -> io::Result<SocketAddr> {
@@ -417,17 +523,8 @@ impl Assoc {
         Ok(first)
     }
 
-    /// `o` to the proxy's relay, behind the RFC 1928 §7 header.
-    async fn send_framed(&mut self, o: &Out, relay: SocketAddr) -> io::Result<usize> {
-        let Some(l) = &self.live else { return Ok(0) };
-        self.pkt.clear();
-        codec::encode_udp_header(&o.target, &mut self.pkt)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "address not encodable"))?;
-        self.pkt.extend_from_slice(&o.payload);
-        l.socket.send_to(&self.pkt, relay).await
-    }
-
-    /// `n` bytes from `from` in `buf`: a reply to pass back to the application.
+    /// `n` bytes from `from` at `buf[ROOM..]`: a reply to pass back to the
+    /// application.
     fn reply(&mut self, n: usize, from: SocketAddr) {
         let Some(l) = &self.live else { return };
         let sh = &self.sh;
@@ -446,7 +543,7 @@ impl Assoc {
             inc(&sh.stats.dropped_other);
             return;
         }
-        match codec::parse_udp_header(&self.buf[..n]) {
+        match codec::parse_udp_header(&self.buf[ROOM..ROOM + n]) {
             Ok(h) if h.frag == 0 => self.pass_back(h, n),
             _ => {
                 // RFC 1928 §7: fragments we do not reassemble are dropped.
@@ -455,29 +552,69 @@ impl Assoc {
         }
     }
 
-    /// The `n` bytes in `buf` after `hdr`, back to the application with the
-    /// source it expects.
+    /// The `n` bytes at `buf[ROOM..]` after `hdr`, back to the application
+    /// with the source it expects: the IP and UDP headers are written just
+    /// before the payload, over the SOCKS header and `ROOM`.
     fn pass_back(&mut self, hdr: codec::UdpHeader, n: usize) {
         let (sh, local) = (&self.sh, self.local);
         let payload_len = n - hdr.header_len;
-        if n == self.buf.len() {
+        if ROOM + n == self.buf.len() {
             sh.drop_oversize("from the proxy", payload_len);
             return;
+        }
+        if matches!(self.key.1, WayKey::DnsMux(_)) {
+            return self.pass_back_answer(hdr, n);
         }
         let Some(src) = reply_source(&hdr.addr, &mut self.fakes, &self.ip_dsts, local) else {
             inc(&sh.stats.dropped_other);
             tracing::debug!("udp {local}: reply from {} dropped: no name it answers for, or several names on that port wait for an address", hdr.addr);
             return;
         };
-        self.last_activity = Instant::now();
         self.state.last_used.store(sh.now_ms(), Ordering::Relaxed);
-        match build_udp(src, local, &self.buf[hdr.header_len..n], sh.cfg.mtu) {
+        let payload = ROOM + hdr.header_len..ROOM + n;
+        match build_udp_in_place(&mut self.buf, payload, src, local, sh.cfg.mtu) {
             Ok(p) => {
                 self.state.count(false, payload_len);
                 inc(&sh.stats.datagrams_in);
-                sh.tun.send(&p);
+                sh.tun.send(&self.buf[p]);
             }
             Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", payload_len),
+            Err(BuildError::FamilyMismatch) => {
+                inc(&sh.stats.dropped_other);
+            }
+        }
+    }
+
+    /// A DNS answer on the shared association (`dnsmux.rs`): to whoever
+    /// asked, with their id, from the server they asked.
+    fn pass_back_answer(&mut self, hdr: codec::UdpHeader, n: usize) {
+        let sh = &self.sh;
+        let payload = ROOM + hdr.header_len..ROOM + n;
+        let asked = match (&hdr.addr, payload.len() >= 12) {
+            (TargetAddr::Ip(from), true) => {
+                let ours =
+                    u16::from_be_bytes([self.buf[payload.start], self.buf[payload.start + 1]]);
+                sh.dns_mux.answer(ours, *from, &self.key.1)
+            }
+            _ => None,
+        };
+        let Some(asked) = asked else {
+            inc(&sh.stats.dropped_other);
+            tracing::debug!(
+                "udp: DNS answer from {} dropped: not to a query of ours",
+                hdr.addr
+            );
+            return;
+        };
+        self.buf[payload.start..payload.start + 2].copy_from_slice(&asked.id.to_be_bytes());
+        let src = same_family(asked.server, asked.client);
+        match build_udp_in_place(&mut self.buf, payload, src, asked.client, sh.cfg.mtu) {
+            Ok(p) => {
+                self.state.count(false, n - hdr.header_len);
+                inc(&sh.stats.datagrams_in);
+                sh.tun.send(&self.buf[p]);
+            }
+            Err(BuildError::TooBig) => sh.drop_oversize("from the proxy", n - hdr.header_len),
             Err(BuildError::FamilyMismatch) => {
                 inc(&sh.stats.dropped_other);
             }
@@ -491,12 +628,16 @@ impl Assoc {
             (Some(f), n) => format!("{f} (+{n} more)"),
         };
         let via = self.via.as_deref().unwrap_or("-");
+        // The shared DNS association has no endpoint of its own to name.
+        let from = match self.key.1 {
+            WayKey::DnsMux(_) => "dns queries (shared)".to_string(),
+            _ => self.local.to_string(),
+        };
         let st = &self.state;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
             rule = self.rule.as_deref(),
-            "udp {} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
-            self.local,
+            "udp {from} -> {to} via {via}: {} datagrams ({} bytes) out, {} ({} bytes) in, {:.1}s, {outcome}",
             get(&st.n_out),
             get(&st.b_out),
             get(&st.n_in),

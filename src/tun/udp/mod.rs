@@ -14,6 +14,8 @@
 //! ends the flow and its queue; datagrams are then dropped (and counted) for
 //! a backoff that doubles from 1 s to 30 s while the proxy keeps failing.
 
+mod dnsmux;
+mod fast;
 mod flow;
 mod packet;
 mod reply;
@@ -87,6 +89,7 @@ impl UdpRelay {
                 blocked_logged: Mutex::default(),
                 ways: Mutex::default(),
                 dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
+                dns_mux: Default::default(),
                 rt: tokio::runtime::Handle::current(),
             }),
         }
@@ -165,9 +168,16 @@ impl UdpRelay {
             Action::Direct if !self.fits(d.payload.len()) => return,
             Action::Direct => (d.src, WayKey::Direct),
             Action::Proxy(group) => {
-                let key = (d.src, WayKey::Proxy(group));
+                let key = match &target {
+                    TargetAddr::Ip(_) if d.dst.port() == 53 && dnsmux::is_query(d.payload) => {
+                        (dnsmux::MUX_LOCAL, WayKey::DnsMux(group))
+                    }
+                    _ => (d.src, WayKey::Proxy(group)),
+                };
                 let admitted = match &key.1 {
-                    WayKey::Proxy(Some(g)) => self.proxy_admits(&key, now, &sh.backoff_of(Some(g))),
+                    WayKey::Proxy(Some(g)) | WayKey::DnsMux(Some(g)) => {
+                        self.proxy_admits(&key, now, &sh.backoff_of(Some(g)))
+                    }
                     _ => self.proxy_admits(&key, now, &sh.backoff),
                 };
                 if !admitted || !self.fits(d.payload.len() + codec::udp_header_len(&target)) {
@@ -180,10 +190,36 @@ impl UdpRelay {
             dst: d.dst,
             target,
             pin,
-            payload: d.payload.to_vec(),
+            // Filled only if it is queued.
+            payload: Vec::new(),
             rule: way.rule,
         };
-        self.enqueue(key, out, now, way.upstream);
+        match key.1 {
+            WayKey::DnsMux(g) => self.enqueue_query(g, out, &d, now, way.upstream),
+            _ => self.enqueue(key, out, d.payload, now, way.upstream),
+        }
+    }
+
+    /// A DNS query onto the association its way's queries share, with an id
+    /// of ours in place of the asker's (`dnsmux.rs`); onto the asker's own
+    /// association when too many queries wait.
+    fn enqueue_query(
+        &self,
+        group: Option<Arc<str>>,
+        out: Out,
+        d: &Datagram<'_>,
+        now: u64,
+        upstream: Option<Arc<dyn Upstream>>,
+    ) {
+        let way = WayKey::DnsMux(group.clone());
+        let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
+        let Some(ours) = self.shared.dns_mux.ask(d.src, d.dst, id, &way, now) else {
+            let own = (d.src, WayKey::Proxy(group));
+            return self.enqueue(own, out, d.payload, now, upstream);
+        };
+        let mut query = d.payload.to_vec();
+        query[..2].copy_from_slice(&ours.to_be_bytes());
+        self.enqueue((dnsmux::MUX_LOCAL, way), out, &query, now, upstream);
     }
 
     /// The way of a datagram from `src` to `dst`: remembered per pair for a
@@ -281,15 +317,30 @@ impl UdpRelay {
         }
     }
 
-    /// Queue a datagram for the association of `local`, opening one (and
-    /// evicting the one idle the longest when the table is full) if needed.
-    fn enqueue(&self, key: Key, mut out: Out, now: u64, group: Option<Arc<dyn Upstream>>) {
+    /// Send a datagram through the association of `local` from here when it
+    /// is live, knows the destination and has nothing queued (order is kept);
+    /// else queue it for the association's task, opening one (and evicting
+    /// the one idle the longest when the table is full) if needed.
+    fn enqueue(
+        &self,
+        key: Key,
+        mut out: Out,
+        payload: &[u8],
+        now: u64,
+        group: Option<Arc<dyn Upstream>>,
+    ) {
         let sh = &self.shared;
         let local = key.0;
-        let cost = out.cost();
         let mut table = sh.table();
         if let Some(h) = table.flows.get(&key) {
             h.state.last_used.store(now, Ordering::Relaxed);
+            if self.sent_fast(h, &out, payload) {
+                return;
+            }
+        }
+        out.payload = payload.to_vec();
+        let cost = out.cost();
+        if let Some(h) = table.flows.get(&key) {
             if sh.reserve(&h.state, cost).is_none() {
                 inc(&sh.stats.dropped_queue_full);
                 tracing::debug!("udp: {}: queue full, datagram dropped", local);
@@ -344,12 +395,13 @@ impl UdpRelay {
                 tx,
                 state: state.clone(),
                 _evict: evict_tx,
+                fast: None,
             },
         );
         drop(table);
         inc(&sh.stats.flows_opened);
         let backoff = match &key.1 {
-            WayKey::Proxy(g) => sh.backoff_of(g.as_ref()),
+            WayKey::Proxy(g) | WayKey::DnsMux(g) => sh.backoff_of(g.as_ref()),
             WayKey::Direct => sh.backoff.clone(),
         };
         let flow = Flow {
@@ -363,6 +415,31 @@ impl UdpRelay {
             state,
         };
         sh.rt.spawn(run_flow(sh.clone(), flow));
+    }
+
+    /// Whether the datagram was dealt with on the fast path (`fast.rs`):
+    /// sent, or failed as the task's send would have (dropped, counted).
+    /// Not while anything is queued: it would overtake it.
+    fn sent_fast(&self, h: &FlowHandle, out: &Out, payload: &[u8]) -> bool {
+        let sh = &self.shared;
+        let Some(f) = &h.fast else { return false };
+        if h.state.queued.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        match f.try_send(out.dst, payload) {
+            None => false,
+            Some(Ok(_)) => {
+                h.state.count(true, payload.len());
+                inc(&sh.stats.datagrams_out);
+                true
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Some(Err(e)) => {
+                inc(&sh.stats.dropped_other);
+                tracing::debug!("udp: send to {}: {e}", out.target);
+                true
+            }
+        }
     }
 
     fn answer_dns(&self, dns: Arc<Dns>, client: SocketAddr, server: SocketAddr, query: Vec<u8>) {

@@ -6,6 +6,7 @@ use smoltcp::wire::{
 };
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 pub(super) const IPV4_HEADER: usize = 20;
 pub(super) const IPV6_HEADER: usize = 40;
@@ -102,18 +103,48 @@ pub fn build_udp(
     payload: &[u8],
     mtu: usize,
 ) -> Result<Vec<u8>, BuildError> {
+    let hdr = headers_len(src, dst)?;
+    let mut buf = vec![0u8; hdr + payload.len()];
+    buf[hdr..].copy_from_slice(payload);
+    build_udp_in_place(&mut buf, hdr..hdr + payload.len(), src, dst, mtu)?;
+    Ok(buf)
+}
+
+/// IP and UDP header bytes of a packet from `src` to `dst`.
+pub(super) fn headers_len(src: SocketAddr, dst: SocketAddr) -> Result<usize, BuildError> {
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => Ok(IPV4_HEADER + UDP_HEADER),
+        (IpAddr::V6(_), IpAddr::V6(_)) => Ok(IPV6_HEADER + UDP_HEADER),
+        _ => Err(BuildError::FamilyMismatch),
+    }
+}
+
+/// Build an IP/UDP packet around the payload already at `payload` in `buf`,
+/// writing the headers into the bytes just before it (there must be
+/// `headers_len` of them): a reply read from the relay becomes the packet
+/// for the TUN where it lies, with no copy and no allocation. Returns where
+/// the packet is in `buf`.
+pub(super) fn build_udp_in_place(
+    buf: &mut [u8],
+    payload: Range<usize>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    mtu: usize,
+) -> Result<Range<usize>, BuildError> {
     let caps = ChecksumCapabilities::default();
-    let udp_len = UDP_HEADER + payload.len();
-    let hdr = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => IPV4_HEADER,
-        (IpAddr::V6(_), IpAddr::V6(_)) => IPV6_HEADER,
-        _ => return Err(BuildError::FamilyMismatch),
-    };
+    let hdr = headers_len(src, dst)?;
+    let len = payload.len();
+    let udp_len = UDP_HEADER + len;
     // IPv4 total length and the UDP length field are both 16 bits.
-    if hdr + udp_len > mtu || hdr + udp_len > u16::MAX as usize {
+    if hdr + len > mtu || hdr + len > u16::MAX as usize {
         return Err(BuildError::TooBig);
     }
-    let mut buf = vec![0u8; hdr + udp_len];
+    let start = payload
+        .start
+        .checked_sub(hdr)
+        .expect("room for the headers before the payload");
+    let pkt = &mut buf[start..payload.end];
+    let ip_len = hdr - UDP_HEADER;
     match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Ipv4Repr {
             src_addr: s,
@@ -122,7 +153,7 @@ pub fn build_udp(
             payload_len: udp_len,
             hop_limit: 64,
         }
-        .emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps),
+        .emit(&mut Ipv4Packet::new_unchecked(&mut pkt[..]), &caps),
         (IpAddr::V6(s), IpAddr::V6(d)) => Ipv6Repr {
             src_addr: s,
             dst_addr: d,
@@ -130,7 +161,7 @@ pub fn build_udp(
             payload_len: udp_len,
             hop_limit: 64,
         }
-        .emit(&mut Ipv6Packet::new_unchecked(&mut buf[..])),
+        .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..])),
         _ => return Err(BuildError::FamilyMismatch),
     }
     UdpRepr {
@@ -138,14 +169,15 @@ pub fn build_udp(
         dst_port: dst.port(),
     }
     .emit(
-        &mut UdpPacket::new_unchecked(&mut buf[hdr..]),
+        &mut UdpPacket::new_unchecked(&mut pkt[ip_len..]),
         &IpAddress::from(src.ip()),
         &IpAddress::from(dst.ip()),
-        payload.len(),
-        |p| p.copy_from_slice(payload),
+        len,
+        // The payload is in place already.
+        |_| {},
         &caps,
     );
-    Ok(buf)
+    Ok(start..payload.end)
 }
 
 /// A reply source in the family of the local endpoint it goes to: IPv4-mapped
@@ -175,6 +207,29 @@ mod tests {
             let p = build_udp(sa(src), sa(dst), b"hello", 1500).unwrap();
             let d = parse_udp(&p).unwrap();
             assert_eq!((d.src, d.dst, d.payload), (sa(src), sa(dst), &b"hello"[..]));
+        }
+    }
+
+    /// Built in place around a payload already in a buffer: the same bytes
+    /// as `build_udp`, and nothing outside the packet's range touched.
+    #[test]
+    fn in_place_matches_build_udp() {
+        for (src, dst) in [
+            ("203.0.113.2:7", "198.18.0.1:40000"),
+            ("[2001:db8:2::2]:7", "[fc00:1::1]:40000"),
+        ] {
+            let (src, dst) = (sa(src), sa(dst));
+            let want = build_udp(src, dst, b"hello world", 1500).unwrap();
+            let mut buf = vec![0xEEu8; 100];
+            buf[60..71].copy_from_slice(b"hello world");
+            let r = build_udp_in_place(&mut buf, 60..71, src, dst, 1500).unwrap();
+            assert_eq!(&buf[r.clone()], &want[..]);
+            assert!(buf[..r.start].iter().all(|b| *b == 0xEE));
+            assert!(buf[r.end..].iter().all(|b| *b == 0xEE));
+            assert_eq!(
+                build_udp_in_place(&mut buf, 60..71, src, dst, want.len() - 1),
+                Err(BuildError::TooBig)
+            );
         }
     }
 

@@ -1,6 +1,8 @@
 //! What the table and the association tasks share: settings, counters,
 //! the queues' byte budgets, the backoffs, and the table itself.
 
+use super::dnsmux::DnsMux;
+use super::fast::FastPath;
 use crate::dns::pool::PoolPin;
 use crate::dns::Dns;
 use crate::socks::TargetAddr;
@@ -153,6 +155,8 @@ pub(super) struct FlowHandle {
     /// Dropped with the handle: tells the task it was evicted, even while it
     /// is still setting up its association.
     pub(super) _evict: oneshot::Sender<()>,
+    /// Set by the task while its association is live (`fast.rs`).
+    pub(super) fast: Option<FastPath>,
 }
 
 /// Which way an association goes: through `--proxy`'s upstream (None) or a
@@ -161,6 +165,9 @@ pub(super) struct FlowHandle {
 pub(super) enum WayKey {
     Proxy(Option<Arc<str>>),
     Direct,
+    /// The association DNS queries of every endpoint share on that proxy
+    /// way (`dnsmux.rs`).
+    DnsMux(Option<Arc<str>>),
 }
 
 /// An association's key: the application's endpoint, and its way (one
@@ -221,6 +228,8 @@ pub(super) struct Shared {
     /// The ways of recent (source, destination) pairs (`UdpRelay::way_of`).
     pub(super) ways: Mutex<WayCache>,
     pub(super) dns_slots: Arc<tokio::sync::Semaphore>,
+    /// Who asked the DNS queries that share an association.
+    pub(super) dns_mux: DnsMux,
     pub(super) rt: tokio::runtime::Handle,
 }
 

@@ -499,3 +499,132 @@ async fn snapshot_shows_each_association_with_its_counts() {
     assert_eq!((s[0].destination, s[0].via.as_deref()), (None, None));
     assert!(!s[0].live);
 }
+
+/// Once an association is live and has sent to a destination, the next
+/// datagram to it leaves from `handle_packet` itself (the stack task), not
+/// through the queue and the association's task.
+#[tokio::test]
+async fn known_destination_is_sent_from_the_stack_task() {
+    let (r, _proxy, cap) = relay(16, false, false);
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"first"));
+    cap.wait(1).await;
+    let out = || r.stats().datagrams_out.load(Ordering::Relaxed);
+    assert_eq!(out(), 1);
+    // No await between: the association's task cannot have run.
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"second"));
+    assert_eq!(out(), 2, "sent on the fast path");
+    assert_eq!(r.shared.queued.load(Ordering::Relaxed), 0);
+    // A destination the association has not sent to yet goes to its task.
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.3:9", b"third"));
+    assert_eq!(out(), 2);
+    let got = cap.wait(3).await;
+    assert_eq!(
+        got[1],
+        (
+            sa("203.0.113.2:7"),
+            sa("198.18.0.1:5000"),
+            b"second".to_vec()
+        )
+    );
+    assert_eq!(
+        got[2],
+        (
+            sa("203.0.113.3:9"),
+            sa("198.18.0.1:5000"),
+            b"third".to_vec()
+        )
+    );
+}
+
+/// A burst mixing a known destination (fast path) with new ones (queued for
+/// the task) reaches the relay in the order the application sent it: the
+/// fast path never overtakes what is queued.
+#[tokio::test]
+async fn burst_is_relayed_in_order() {
+    let (r, _proxy, cap) = relay(16, false, false);
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", &[0, 0]));
+    cap.wait(1).await;
+    let n = 300u16;
+    for i in 1..=n {
+        let dst = match i % 10 {
+            0 => format!("203.0.113.{}:7", 10 + i / 10),
+            _ => "203.0.113.2:7".to_string(),
+        };
+        r.handle_packet(&pkt("198.18.0.1:5000", &dst, &i.to_be_bytes()));
+    }
+    let got = cap.wait(n as usize + 1).await;
+    let seq: Vec<u16> = got
+        .iter()
+        .map(|(_, _, p)| u16::from_be_bytes([p[0], p[1]]))
+        .collect();
+    assert_eq!(seq, (0..=n).collect::<Vec<_>>());
+}
+
+/// A reply is built into its TUN packet where it was received: source, port
+/// and payload as the relay's header says, for IPv4 and IPv6 endpoints, and
+/// several replies read in one wake-up all come back.
+#[tokio::test]
+async fn replies_built_in_place_v4_and_v6() {
+    let (r, _proxy, cap) = relay(16, false, false);
+    r.handle_packet(&pkt("[fc00:1::1]:5000", "[2001:db8:2::2]:7", b"v6"));
+    r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", b"v4"));
+    cap.wait(2).await;
+    for i in 0..50u8 {
+        r.handle_packet(&pkt("198.18.0.1:5000", "203.0.113.2:7", &[i; 300]));
+    }
+    let got = cap.wait(52).await;
+    assert!(got.contains(&(
+        sa("[2001:db8:2::2]:7"),
+        sa("[fc00:1::1]:5000"),
+        b"v6".to_vec()
+    )));
+    let v4: Vec<_> = got
+        .iter()
+        .filter(|g| g.1 == sa("198.18.0.1:5000"))
+        .collect();
+    assert_eq!(v4.len(), 51);
+    for (i, g) in v4[1..].iter().enumerate() {
+        assert_eq!(g.0, sa("203.0.113.2:7"));
+        assert_eq!(g.2, vec![i as u8; 300]);
+    }
+}
+
+/// `--dns udp`: queries from many endpoints (each its own source port, all
+/// with the same id) share one association, and each endpoint gets its own
+/// answer, with its own id, from the server it asked.
+#[tokio::test]
+async fn dns_queries_share_one_association() {
+    let (_, proxy, cap) = relay(16, false, false);
+    let dns = Arc::new(Dns::new(DnsMode::Udp, None, None, proxy.clone()).unwrap());
+    let cfg = UdpConfig {
+        timeout: Duration::from_secs(60),
+        max_flows: 16,
+        mtu: 1500,
+    };
+    let r = UdpRelay::new(cfg, Some(dns), proxy.clone(), None, cap.clone());
+    let q = |i: u16| crate::dns::message::tests::query(0x4242, &format!("n{i}.test"), 1);
+    let ask = |i: u16| {
+        let src = format!("198.18.0.1:{}", 40000 + i);
+        r.handle_packet(&pkt(&src, "203.0.113.53:53", &q(i)));
+    };
+    ask(0);
+    cap.wait(1).await;
+    // The rest while the association is live: sent from the stack task.
+    for i in 1..50 {
+        ask(i);
+    }
+    let got = cap.wait(50).await;
+    assert_eq!(got.len(), 50);
+    for (src, dst, payload) in got {
+        assert_eq!(src, sa("203.0.113.53:53"));
+        let i = dst.port() - 40000;
+        assert_eq!(payload, q(i), "answer of endpoint {i}");
+    }
+    assert_eq!(proxy.associations.load(Ordering::SeqCst), 1);
+    // Not a query (QR set), or not to port 53: the endpoint's own association.
+    let mut resp = q(99);
+    resp[2] |= 0x80;
+    r.handle_packet(&pkt("198.18.0.1:41000", "203.0.113.53:53", &resp));
+    cap.wait(51).await;
+    assert_eq!(proxy.associations.load(Ordering::SeqCst), 2);
+}

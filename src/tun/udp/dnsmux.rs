@@ -1,0 +1,195 @@
+//! DNS over UDP through one association (`--dns udp`). A stub resolver asks
+//! each query from a new source port, so one association per local endpoint
+//! meant a new UDP ASSOCIATE (a round trip to the proxy, a TCP connection)
+//! before every query. Queries to port 53 of a way instead share one
+//! association, and the answers find their askers by query id: each query
+//! leaves with an id of ours, unused among the queries still waiting, and
+//! its answer gets the asker's id back on its way to the asker's endpoint.
+//! An answer must come from the server its query went to.
+
+use super::shared::WayKey;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+/// Queries waiting for an answer, at most; beyond, a query goes through an
+/// association of its own endpoint as before.
+const MAX_PENDING: usize = 4096;
+/// How long a query waits for its answer (a resolver has given up by then).
+const PENDING_MS: u64 = 10_000;
+
+/// The endpoint that stands for the shared association in the table (the
+/// key's way, `WayKey::DnsMux`, keeps it apart from any real endpoint).
+pub(super) const MUX_LOCAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Who asked a query, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Asked {
+    pub(super) client: SocketAddr,
+    /// The server as the application addressed it (replies are from it).
+    pub(super) server: SocketAddr,
+    /// The asker's own id, restored on the answer.
+    pub(super) id: u16,
+    way: WayKey,
+    at_ms: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_id: HashMap<u16, Asked>,
+    /// Our ids in the order they were given, for expiry.
+    order: VecDeque<(u64, u16)>,
+    rng: u64,
+}
+
+#[derive(Default)]
+pub(super) struct DnsMux {
+    pending: Mutex<Pending>,
+}
+
+/// Whether a UDP payload to port 53 is a DNS query (a header, QR clear).
+pub(super) fn is_query(payload: &[u8]) -> bool {
+    payload.len() >= 12 && payload[2] & 0x80 == 0
+}
+
+fn unmap(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(crate::net::unmap(a.ip()), a.port())
+}
+
+impl Pending {
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(at, id)) = self.order.front() {
+            if now_ms.saturating_sub(at) < PENDING_MS {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_id.get(&id).is_some_and(|a| a.at_ms == at) {
+                self.by_id.remove(&id);
+            }
+        }
+        // Answered queries leave their place in `order` behind: dropped
+        // when they outnumber the waiting ones (amortised, no scan per query).
+        if self.order.len() > 2 * MAX_PENDING {
+            let by_id = &self.by_id;
+            self.order
+                .retain(|(at, id)| by_id.get(id).is_some_and(|a| a.at_ms == *at));
+        }
+    }
+
+    /// An unused id, unpredictable to whoever sees the relay's traffic.
+    fn fresh_id(&mut self) -> Option<u16> {
+        if self.rng == 0 {
+            self.rng = RandomState::new().hash_one(0u8) | 1;
+        }
+        for _ in 0..64 {
+            // xorshift64
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let id = (self.rng >> 24) as u16;
+            if !self.by_id.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+impl DnsMux {
+    /// A query of `client` (with its id `id`) to `server` over the
+    /// association of `way`: the id it leaves with, or None when too many
+    /// wait (it then goes on its own endpoint's association).
+    pub(super) fn ask(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        id: u16,
+        way: &WayKey,
+        now_ms: u64,
+    ) -> Option<u16> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.expire(now_ms);
+        if p.by_id.len() >= MAX_PENDING {
+            return None;
+        }
+        let ours = p.fresh_id()?;
+        let asked = Asked {
+            client,
+            server: unmap(server),
+            id,
+            way: way.clone(),
+            at_ms: now_ms,
+        };
+        p.by_id.insert(ours, asked);
+        p.order.push_back((now_ms, ours));
+        Some(ours)
+    }
+
+    /// The asker of the answer with our id `ours` from `from` on the
+    /// association of `way`; None (the answer is dropped) when nobody asked
+    /// that server that on that way.
+    pub(super) fn answer(&self, ours: u16, from: SocketAddr, way: &WayKey) -> Option<Asked> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match p.by_id.get(&ours) {
+            Some(a) if a.server == unmap(from) && a.way == *way => p.by_id.remove(&ours),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn answers_find_their_askers() {
+        let m = DnsMux::default();
+        let way = WayKey::Proxy(None);
+        let server = sa("203.0.113.53:53");
+        // The same id from two endpoints: two ids of ours.
+        let a = m.ask(sa("198.18.0.1:40000"), server, 7, &way, 0).unwrap();
+        let b = m.ask(sa("198.18.0.1:40001"), server, 7, &way, 0).unwrap();
+        assert_ne!(a, b);
+        // From another server, or on another way: not an answer.
+        assert_eq!(m.answer(a, sa("203.0.113.54:53"), &way), None);
+        assert_eq!(m.answer(a, server, &WayKey::Proxy(Some("g".into()))), None);
+        let got = m.answer(b, sa("[::ffff:203.0.113.53]:53"), &way).unwrap();
+        assert_eq!((got.client, got.id), (sa("198.18.0.1:40001"), 7));
+        assert_eq!(
+            m.answer(a, server, &way).unwrap().client,
+            sa("198.18.0.1:40000")
+        );
+        // Answered once only.
+        assert_eq!(m.answer(a, server, &way), None);
+    }
+
+    #[test]
+    fn bounded_and_expired() {
+        let m = DnsMux::default();
+        let way = WayKey::Proxy(None);
+        let server = sa("203.0.113.53:53");
+        let first = m.ask(sa("198.18.0.1:1"), server, 1, &way, 0).unwrap();
+        for i in 1..MAX_PENDING {
+            assert!(m
+                .ask(sa("198.18.0.1:2"), server, i as u16, &way, 0)
+                .is_some());
+        }
+        assert_eq!(m.ask(sa("198.18.0.1:3"), server, 1, &way, 1), None, "full");
+        // Once they are old, room again; the old ones are gone.
+        let other = sa("203.0.113.99:53");
+        assert!(m
+            .ask(sa("198.18.0.1:3"), other, 1, &way, PENDING_MS)
+            .is_some());
+        assert_eq!(m.answer(first, server, &way), None);
+        assert!(is_query(&[0; 12]));
+        assert!(!is_query(&[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!is_query(&[0; 11]));
+    }
+}
