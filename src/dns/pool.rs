@@ -184,6 +184,9 @@ pub struct FakePool {
     net4: Ipv4Network,
     net6: Option<Ipv6Network>,
     inner: Mutex<Inner>,
+    /// Times the lock was taken (the data path's tests count them).
+    #[cfg(test)]
+    pub(crate) locks: std::sync::atomic::AtomicU64,
 }
 
 /// Keeps a pool address (and its name) from being recycled while alive.
@@ -246,10 +249,15 @@ impl FakePool {
             net4,
             net6,
             inner: Mutex::new(Inner { v4, v6, tick: 0 }),
+            #[cfg(test)]
+            locks: Default::default(),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        #[cfg(test)]
+        self.locks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A panic while holding the lock leaves consistent-enough maps; keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

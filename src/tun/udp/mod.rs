@@ -17,6 +17,7 @@
 mod dnsmux;
 mod fast;
 mod flow;
+mod names;
 mod packet;
 mod reply;
 mod shared;
@@ -90,6 +91,7 @@ impl UdpRelay {
                 ways: Mutex::default(),
                 dns_slots: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_INFLIGHT)),
                 dns_mux: Default::default(),
+                names: Mutex::default(),
                 rt: tokio::runtime::Handle::current(),
             }),
         }
@@ -143,26 +145,28 @@ impl UdpRelay {
                 return;
             }
         }
+        let now = sh.now_ms();
         let (target, pin) = match sh.dns.as_ref().and_then(|d| d.pool()) {
-            Some(pool) if pool.contains(d.dst.ip()) => match pool.pin(d.dst.ip()) {
-                Some((name, pin)) => (TargetAddr::Domain(name, d.dst.port()), Some(pin)),
-                None => {
-                    inc(&sh.stats.dropped_other);
-                    tracing::debug!(
-                        "udp: {} -> {}: fake address not assigned (stale DNS answer?)",
-                        d.src,
-                        d.dst
-                    );
-                    return;
+            Some(pool) if pool.contains(d.dst.ip()) => {
+                match sh.names().get(pool, d.dst.ip(), now) {
+                    Some((name, pin)) => (TargetAddr::Domain(name, d.dst.port()), Some(pin)),
+                    None => {
+                        inc(&sh.stats.dropped_other);
+                        tracing::debug!(
+                            "udp: {} -> {}: fake address not assigned (stale DNS answer?)",
+                            d.src,
+                            d.dst
+                        );
+                        return;
+                    }
                 }
-            },
+            }
             _ => (TargetAddr::Ip(d.dst), None),
         };
         let way = match &sh.router {
             Some(r) if !r.is_plain() => self.way_of(r, d.src, d.dst, &target),
             _ => Way::plain(),
         };
-        let now = sh.now_ms();
         let key = match way.action {
             Action::Block => return self.block(pkt, (d.src, d.dst), &target, way.rule),
             Action::Direct if !self.fits(d.payload.len()) => return,

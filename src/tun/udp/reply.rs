@@ -13,7 +13,7 @@ pub(super) struct FakeDest {
     pub(super) port: u16,
     /// The address the proxy resolved the name to, once a reply told us.
     pub(super) resolved: Option<IpAddr>,
-    pub(super) _pin: Option<PoolPin>,
+    pub(super) _pin: Option<std::sync::Arc<PoolPin>>,
 }
 
 /// The source address a reply must carry so the application recognises it

@@ -89,7 +89,7 @@ pub(super) struct Out {
     /// As the application addressed it (a fake address stays fake here).
     pub(super) dst: SocketAddr,
     pub(super) target: TargetAddr,
-    pub(super) pin: Option<PoolPin>,
+    pub(super) pin: Option<Arc<PoolPin>>,
     pub(super) payload: Vec<u8>,
     /// The rule that chose the way (None without rules), for the log line.
     pub(super) rule: Option<Arc<str>>,
@@ -230,6 +230,9 @@ pub(super) struct Shared {
     pub(super) dns_slots: Arc<tokio::sync::Semaphore>,
     /// Who asked the DNS queries that share an association.
     pub(super) dns_mux: DnsMux,
+    /// The names behind fake destinations, so that a datagram does not lock
+    /// the device-wide fake pool.
+    pub(super) names: Mutex<super::names::Names>,
     pub(super) rt: tokio::runtime::Handle,
 }
 
@@ -262,6 +265,10 @@ impl Shared {
 
     pub(super) fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn names(&self) -> MutexGuard<'_, super::names::Names> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn drop_oversize(&self, what: &str, len: usize) {

@@ -275,6 +275,32 @@ async fn fake_destination_goes_by_name_and_replies_from_fake() {
     assert_eq!(cap.wait(2).await.len(), 2);
 }
 
+/// Datagrams to a fake address after the first find its name in the
+/// table's own memory: the fake pool, shared by every queue of the device,
+/// is not locked per datagram.
+#[tokio::test]
+async fn datagrams_to_a_fake_address_do_not_lock_the_pool() {
+    let (r, _proxy, cap) = relay(16, false, true);
+    let q = crate::dns::message::tests::query(1, "echo.test", 1);
+    r.handle_packet(&pkt("198.18.0.1:5353", "198.18.0.2:53", &q));
+    cap.wait(1).await;
+    r.handle_packet(&pkt("198.18.0.1:5000", "198.19.0.1:7", b"0"));
+    cap.wait(2).await;
+    let pool = r.shared.dns.as_ref().unwrap().pool().unwrap().clone();
+    let before = pool.locks.load(Ordering::Relaxed);
+    for i in 1..=50u8 {
+        r.handle_packet(&pkt("198.18.0.1:5000", "198.19.0.1:7", &[i]));
+    }
+    let got = cap.wait(52).await;
+    assert_eq!(got.len(), 52);
+    assert!(got[2..].iter().all(|g| g.0 == sa("198.19.0.1:7")));
+    assert_eq!(
+        pool.locks.load(Ordering::Relaxed),
+        before,
+        "the pool was locked per datagram"
+    );
+}
+
 #[tokio::test]
 async fn oversize_reply_dropped_and_counted() {
     let (r, _proxy, cap) = relay(16, false, false);
