@@ -195,6 +195,11 @@ impl TunReport {
                 ),
                 ("other_protocol", st.stack(|s| &s.other_dropped)),
             ],
+        )?;
+        m.counter(
+            "device_udp_super_packets",
+            "UDP segmentation super-packets read from the TUN (an application's UDP_SEGMENT send, passed whole with USO) and cut into their datagrams.",
+            get(&self.stats.device_super_packets),
         )
     }
 

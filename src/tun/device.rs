@@ -3,7 +3,7 @@
 
 use super::ifstate::{self, Undo};
 use super::queue::{self, QueueFile};
-use super::vnet;
+use super::{uso, vnet};
 use crate::stack::{PacketBatch, PacketSink, PacketSource};
 use anyhow::{bail, Context as _};
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -61,6 +61,8 @@ pub struct TunDevice {
     /// hand us TSO segments and unfinished checksums (see `vnet`).
     pub offload: bool,
     pub malformed: Arc<AtomicU64>,
+    /// UDP segmentation super-packets read (and cut into datagrams).
+    pub super_packets: Arc<AtomicU64>,
     /// The queues beyond the first, for threads of their own
     /// ([`TunDevice::take_queues`]).
     extra: Vec<File>,
@@ -81,21 +83,31 @@ fn tun_flags(fd: RawFd) -> io::Result<libc::c_short> {
     Ok(unsafe { req.ifr_ifru.ifru_flags })
 }
 
-/// Turn on checksum offload and TSO for IPv4 and IPv6 on a descriptor with
-/// virtio-net headers: the kernel then passes segments up to 64 KB through
-/// the TUN instead of cutting them to the MTU and checksumming each.
-/// With `on` false, none: plain packets, each after an all-zero header.
+/// Turn on checksum offload, TSO and USO for IPv4 and IPv6 on a descriptor
+/// with virtio-net headers: the kernel then passes TCP segments up to 64 KB
+/// through the TUN instead of cutting them to the MTU and checksumming each,
+/// and an application's UDP_SEGMENT sends whole (`uso`). A kernel before
+/// 6.2 refuses USO (EINVAL): then TSO alone. With `on` false, none: plain
+/// packets, each after an all-zero header.
 fn set_offload(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = if on {
-        libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+    let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    let tries: &[libc::c_uint] = if on {
+        &[tso | libc::TUN_F_USO4 | libc::TUN_F_USO6, tso]
     } else {
-        0
+        &[0]
     };
-    // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is open.
-    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
-        return Err(io::Error::last_os_error());
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    for flags in tries {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is open.
+        if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, *flags as libc::c_ulong) } == 0 {
+            return Ok(());
+        }
+        last = io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EINVAL) {
+            break;
+        }
     }
-    Ok(())
+    Err(last)
 }
 
 /// The header size is per device and may have been changed by whoever
@@ -425,6 +437,7 @@ impl TunDevice {
             write_drops: Arc::new(AtomicU64::new(0)),
             offload,
             malformed: Arc::new(AtomicU64::new(0)),
+            super_packets: Arc::new(AtomicU64::new(0)),
             extra: files.collect(),
             queues,
         })
@@ -440,16 +453,18 @@ impl TunDevice {
                 offload: self.offload,
                 write_drops: self.write_drops.clone(),
                 malformed: self.malformed.clone(),
+                super_packets: self.super_packets.clone(),
             })
             .collect()
     }
 
     pub fn source(&self) -> DeviceSource {
-        DeviceSource {
-            fd: self.fd.clone(),
-            offload: self.offload,
-            malformed: self.malformed.clone(),
-        }
+        DeviceSource::new(
+            self.fd.clone(),
+            self.offload,
+            self.malformed.clone(),
+            self.super_packets.clone(),
+        )
     }
 
     pub fn sink(&self) -> Arc<DeviceSink> {
@@ -465,6 +480,17 @@ pub struct DeviceSource {
     fd: Arc<AsyncFd<File>>,
     offload: bool,
     malformed: Arc<AtomicU64>,
+    super_packets: Arc<AtomicU64>,
+    /// A UDP segmentation super-packet still being cut into the batches.
+    uso: Pending,
+}
+
+/// The super-packet being cut, and the next datagram to cut from it.
+#[derive(Default)]
+struct Pending {
+    pkt: Vec<u8>,
+    cut: Option<uso::Super>,
+    next: usize,
 }
 
 impl DeviceSource {
@@ -472,17 +498,54 @@ impl DeviceSource {
         fd: Arc<AsyncFd<File>>,
         offload: bool,
         malformed: Arc<AtomicU64>,
+        super_packets: Arc<AtomicU64>,
     ) -> DeviceSource {
         DeviceSource {
             fd,
             offload,
             malformed,
+            super_packets,
+            uso: Pending::default(),
         }
+    }
+}
+
+impl Pending {
+    /// Cut the pending super-packet's datagrams into `batch` while it has
+    /// room; true once none is left.
+    fn cut(&mut self, batch: &mut PacketBatch) -> bool {
+        let p = self;
+        let Some(s) = p.cut else { return true };
+        while p.next < s.count() {
+            let Some(slot) = batch.slot_mut() else {
+                return false;
+            };
+            if slot.len() < s.max_len() {
+                // A slot is at least the largest packet a read returns.
+                break;
+            }
+            let n = s.write(&p.pkt, p.next, slot);
+            batch.commit(n);
+            p.next += 1;
+        }
+        p.cut = None;
+        true
+    }
+}
+
+fn count_malformed(malformed: &AtomicU64, e: vnet::RxError) {
+    let c = malformed.fetch_add(1, Ordering::Relaxed);
+    if c == 0 || c.is_power_of_two() {
+        tracing::debug!("TUN packet dropped ({} so far): {e}", c + 1);
     }
 }
 
 impl PacketSource for DeviceSource {
     fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut PacketBatch) -> Poll<io::Result<()>> {
+        // What is left of a super-packet goes first, in order.
+        if !self.uso.cut(batch) {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             // One read(2) per packet (a TUN has no batch read without
@@ -491,16 +554,33 @@ impl PacketSource for DeviceSource {
                 match self.fd.get_ref().read(slot) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                     Ok(n) if self.offload => {
-                        let r = vnet::VnetHdr::parse(&slot[..n])
-                            .and_then(|h| vnet::prepare_rx(&h, &mut slot[vnet::HDR_LEN..n]));
-                        match r {
-                            Ok(()) => batch.commit_after(vnet::HDR_LEN, n),
+                        let h = match vnet::VnetHdr::parse(&slot[..n]) {
+                            Ok(h) => h,
                             Err(e) => {
-                                let c = self.malformed.fetch_add(1, Ordering::Relaxed);
-                                if c == 0 || c.is_power_of_two() {
-                                    tracing::debug!("TUN packet dropped ({} so far): {e}", c + 1);
-                                }
+                                count_malformed(&self.malformed, e);
+                                continue;
                             }
+                        };
+                        if h.gso_type & !vnet::GSO_ECN == uso::GSO_UDP_L4 {
+                            let pkt = &slot[vnet::HDR_LEN..n];
+                            match uso::Super::parse(pkt, h.gso_size) {
+                                Ok(s) => {
+                                    self.super_packets.fetch_add(1, Ordering::Relaxed);
+                                    self.uso.pkt.clear();
+                                    self.uso.pkt.extend_from_slice(pkt);
+                                    self.uso.cut = Some(s);
+                                    self.uso.next = 0;
+                                    if !self.uso.cut(batch) {
+                                        break;
+                                    }
+                                }
+                                Err(e) => count_malformed(&self.malformed, e),
+                            }
+                            continue;
+                        }
+                        match vnet::prepare_rx(&h, &mut slot[vnet::HDR_LEN..n]) {
+                            Ok(()) => batch.commit_after(vnet::HDR_LEN, n),
+                            Err(e) => count_malformed(&self.malformed, e),
                         }
                     }
                     Ok(n) => batch.commit(n),

@@ -18,6 +18,7 @@ pub mod route;
 pub mod stats;
 pub mod udp;
 mod upstreams;
+pub mod uso;
 pub mod vnet;
 mod workers;
 
@@ -264,6 +265,7 @@ async fn serve(
         udp: parts.iter().map(|p| p.udp.stats_handle()).collect(),
         device_write_drops: dev.write_drops.clone(),
         device_malformed: dev.malformed.clone(),
+        device_super_packets: dev.super_packets.clone(),
     };
     expose(stats.clone(), parts.into_iter().map(|p| p.udp).collect())?;
     let shutdown = async move {

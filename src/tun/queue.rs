@@ -65,6 +65,7 @@ pub struct QueueFile {
     pub(super) offload: bool,
     pub(super) write_drops: Arc<AtomicU64>,
     pub(super) malformed: Arc<AtomicU64>,
+    pub(super) super_packets: Arc<AtomicU64>,
 }
 
 impl QueueFile {
@@ -77,7 +78,7 @@ impl QueueFile {
             unsafe { tokio::io::unix::AsyncFd::register(self.file) }.map_err(io::Error::from)?;
         let fd = Arc::new(fd);
         Ok((
-            DeviceSource::new(fd.clone(), self.offload, self.malformed),
+            DeviceSource::new(fd.clone(), self.offload, self.malformed, self.super_packets),
             Arc::new(DeviceSink::new(fd, self.write_drops, self.offload)),
         ))
     }

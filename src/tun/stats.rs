@@ -16,6 +16,8 @@ pub struct Stats {
     pub device_write_drops: Arc<AtomicU64>,
     /// Malformed reads from the device (bad virtio-net header).
     pub device_malformed: Arc<AtomicU64>,
+    /// UDP segmentation super-packets read from the device and cut.
+    pub device_super_packets: Arc<AtomicU64>,
 }
 
 fn get(c: &AtomicU64) -> u64 {

@@ -42,6 +42,9 @@ pub enum RxError {
     UnsupportedGso(u8),
     /// `csum_start`/`csum_offset` point outside the packet.
     BadChecksumOffsets,
+    /// A UDP segmentation super-packet that is not UDP over IP, or whose
+    /// segment size is zero or too large.
+    BadSuperPacket,
 }
 
 impl std::fmt::Display for RxError {
@@ -50,6 +53,7 @@ impl std::fmt::Display for RxError {
             RxError::Short => write!(f, "shorter than its virtio-net header"),
             RxError::UnsupportedGso(t) => write!(f, "unsupported segmentation type {t:#04x}"),
             RxError::BadChecksumOffsets => write!(f, "checksum offsets outside the packet"),
+            RxError::BadSuperPacket => write!(f, "malformed UDP segmentation super-packet"),
         }
     }
 }
