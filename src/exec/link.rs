@@ -13,8 +13,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const TUN: u8 = b'T';
-/// The most descriptors one message carries: a TUN's queues at most.
-const MAX_QUEUES: usize = crate::tun::config::MAX_QUEUES;
+/// The most descriptors one message carries (the kernel's SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
 const ERROR: u8 = b'E';
 const GO: u8 = b'G';
 
@@ -68,7 +68,7 @@ pub fn send_error(sock: &OwnedFd, why: &str) {
 /// side's error text.
 pub fn recv_tun(sock: &OwnedFd) -> anyhow::Result<Vec<OwnedFd>> {
     let mut buf = vec![0u8; 32 * 1024];
-    let mut space = nix::cmsg_space!([RawFd; MAX_QUEUES]);
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(

@@ -77,6 +77,14 @@ pub fn run(args: ExecArgs, reload: Option<Reload>, log: &str) -> anyhow::Result<
         return Ok(0);
     }
     let cfg = TunConfig::from_args(&tun)?;
+    // The queues' descriptors come over in one message (SCM_MAX_FD).
+    if cfg.queues > link::MAX_FDS {
+        bail!(
+            "--queues {}: sockstun exec passes at most {} queues",
+            cfg.queues,
+            link::MAX_FDS
+        );
+    }
     let nameserver = resolv::nameserver(&cfg)?;
     // Before any thread exists (the runtime starts in `run_until`).
     let sig = signals::block(reload.is_none())?;

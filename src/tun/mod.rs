@@ -255,10 +255,19 @@ async fn serve(
     let mut threads = Vec::new();
     let mut parts = vec![first];
     for (i, q) in dev.take_queues().into_iter().enumerate() {
-        // On an error the threads started stop: `stop_tx` goes.
-        let (w, p) = workers::spawn(i + 1, q, common.clone(), stop_rx.clone(), ended_tx.clone())?;
-        threads.push(w);
-        parts.push(p);
+        match workers::spawn(i + 1, q, common.clone(), stop_rx.clone(), ended_tx.clone()) {
+            Ok((w, p)) => {
+                threads.push(w);
+                parts.push(p);
+            }
+            Err(e) => {
+                // The device's changes are undone after this returns: the
+                // queues started must be done reading first.
+                let _ = stop_tx.send(true);
+                threads.into_iter().for_each(|w| drop(w.join()));
+                return Err(e);
+            }
+        }
     }
     let stats = Stats {
         stacks: parts.iter().map(|p| p.stack.clone()).collect(),
@@ -267,7 +276,11 @@ async fn serve(
         device_malformed: dev.malformed.clone(),
         device_super_packets: dev.super_packets.clone(),
     };
-    expose(stats.clone(), parts.into_iter().map(|p| p.udp).collect())?;
+    if let Err(e) = expose(stats.clone(), parts.into_iter().map(|p| p.udp).collect()) {
+        let _ = stop_tx.send(true);
+        threads.into_iter().for_each(|w| drop(w.join()));
+        return Err(e);
+    }
     let shutdown = async move {
         tokio::select! {
             _ = until => {}

@@ -41,6 +41,13 @@ fn open_one(name: &str, vnet_hdr: bool) -> io::Result<File> {
             format!("{name:?}: not a valid device name (1 to 15 bytes)"),
         ));
     }
+    // A template (`tun%d`) would make a new device per queue.
+    if bytes.contains(&b'%') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?}: a multi-queue device needs a name of its own, not a template"),
+        ));
+    }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }

@@ -68,6 +68,15 @@ pub(super) fn build(c: &Common, sink: Arc<dyn PacketSink>) -> (Stack, Parts) {
     (stack, parts)
 }
 
+/// Tells the main thread, when dropped, that queue `.0` stopped.
+struct Ended(usize, mpsc::UnboundedSender<usize>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
 /// A queue served by a thread of its own.
 pub(super) struct Worker {
     index: usize,
@@ -88,6 +97,10 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("sockstun-q{index}"))
         .spawn(move || {
+            // Told when the stack stops, also by a panic: the main thread then
+            // stops every queue, rather than leave the kernel hashing flows to
+            // a queue nobody reads.
+            let _ended = Ended(index, ended);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -113,7 +126,6 @@ pub(super) fn spawn(
                 };
                 stack.run(source, shutdown).await
             });
-            let _ = ended.send(index);
             rt.shutdown_timeout(Duration::from_millis(500));
             res
         })

@@ -50,9 +50,14 @@ pub(super) struct DnsMux {
     pending: Mutex<Pending>,
 }
 
-/// Whether a UDP payload to port 53 is a DNS query (a header, QR clear).
+/// Whether a UDP payload to port 53 is a standard DNS query: one question,
+/// no answer or authority records. Anything else on port 53 (WireGuard,
+/// OpenVPN or DNSCrypt run there to pass captive portals) keeps its bytes
+/// and its endpoint's own association: rewriting its first two bytes as an
+/// id would break it.
 pub(super) fn is_query(payload: &[u8]) -> bool {
-    payload.len() >= 12 && payload[2] & 0x80 == 0
+    let counts_ok = payload.len() >= 12 && payload[6..10] == [0, 0, 0, 0];
+    counts_ok && crate::dns::message::Query::parse(payload).is_ok()
 }
 
 fn unmap(a: SocketAddr) -> SocketAddr {
@@ -148,6 +153,25 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Only a standard query is taken for one: other traffic on port 53
+    /// (a WireGuard handshake initiation, a DNS answer, a query with an
+    /// answer section) keeps its bytes and its own association.
+    #[test]
+    fn only_standard_queries_are_queries() {
+        let q = crate::dns::message::tests::query(7, "web.test", 1);
+        assert!(is_query(&q));
+        let mut wg = vec![1u8, 0, 0, 0];
+        wg.extend([0x5a; 144]);
+        assert!(!is_query(&wg));
+        let mut answer = q.clone();
+        answer[2] |= 0x80;
+        assert!(!is_query(&answer));
+        let mut with_answers = q.clone();
+        with_answers[7] = 1;
+        assert!(!is_query(&with_answers));
+        assert!(!is_query(&q[..11]));
+    }
+
     #[test]
     fn answers_find_their_askers() {
         let m = DnsMux::default();
@@ -188,7 +212,8 @@ mod tests {
             .ask(sa("198.18.0.1:3"), other, 1, &way, PENDING_MS)
             .is_some());
         assert_eq!(m.answer(first, server, &way), None);
-        assert!(is_query(&[0; 12]));
+        // A bare header has no question: not a query (RFC 9619: QDCOUNT 1).
+        assert!(!is_query(&[0; 12]));
         assert!(!is_query(&[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
         assert!(!is_query(&[0; 11]));
     }
