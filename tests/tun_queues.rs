@@ -248,3 +248,56 @@ fn the_flow_limit_is_shared_by_the_queues() {
         env.tun.log()
     );
 }
+
+/// One UDP endpoint sending to 8 destinations (flows the kernel spreads
+/// over both queues) keeps one association at the proxy, as with one queue
+/// (full cone: one public port for the endpoint), and every destination
+/// answers it.
+#[test]
+fn one_endpoint_is_one_association_whatever_queue() {
+    if !require_root("one_endpoint_is_one_association_whatever_queue") {
+        return;
+    }
+    let mut env = env(
+        "qe",
+        Upstream::Dante,
+        &["--queues", "2", "--admin", ADMIN, "--warm", "0"],
+    );
+    let ports: Vec<u16> = (0..8).map(|i| 7100 + i).collect();
+    for p in &ports {
+        env.echo.push(UdpEcho::start(
+            &env.topo.target,
+            &format!("{TARGET_V4}:{p}"),
+        ));
+    }
+    let answered: Vec<u16> = env.topo.client.run_in({
+        let ports = ports.clone();
+        move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut answered = Vec::new();
+            let mut b = [0u8; 64];
+            for p in &ports {
+                let dst: SocketAddr = format!("{TARGET_V4}:{p}").parse().unwrap();
+                s.send_to(&p.to_be_bytes(), dst).unwrap();
+                if let Ok((n, from)) = s.recv_from(&mut b) {
+                    if from == dst && b[..n] == p.to_be_bytes() {
+                        answered.push(*p);
+                    }
+                }
+            }
+            answered
+        }
+    });
+    assert_eq!(answered, ports, "{}", env.tun.log());
+    assert_eq!(
+        metric(&env, "sockstun_udp_associations_opened_total"),
+        Some(1.0),
+        "one endpoint, more than one association"
+    );
+    let (u0, u1) = per_queue(&env, "queue_udp_packets");
+    assert!(
+        u0 > 0.0 && u1 > 0.0,
+        "the 8 flows reached one queue only: {u0} / {u1}"
+    );
+}

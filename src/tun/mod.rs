@@ -17,6 +17,7 @@ mod reload;
 pub mod route;
 pub mod stats;
 pub mod udp;
+mod udp_shard;
 mod upstreams;
 pub mod uso;
 pub mod vnet;
@@ -163,9 +164,6 @@ async fn run_async_until(
         Some(s) => s.clone(),
         None => built.upstream,
     };
-    if !upstream.carries_udp() {
-        warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
-    }
     let dns = dns_service(cfg.dns, &upstream);
     let mut udp_cfg = cfg.udp;
     udp_cfg.mtu = dev.mtu as usize;
@@ -200,6 +198,7 @@ async fn run_async_until(
     let flows = admin
         .as_ref()
         .map(|_| Arc::new(flows::Flows::new(dns.clone())));
+    let (owners, inboxes) = udp_shard::inboxes(dev.queues);
     let common = Arc::new(workers::Common {
         stack: stack_config(cfg.stack, &dev, cfg.offload),
         udp: udp_cfg,
@@ -210,9 +209,10 @@ async fn run_async_until(
         observer: flows
             .clone()
             .map(|f| f as Arc<dyn crate::stack::FlowObserver>),
+        owners,
     });
     let device = dev.name.clone();
-    let res = serve(&mut dev, common, until, |stats, udp| {
+    let res = serve(&mut dev, common, inboxes, until, |stats, udp| {
         if let (Some(l), Some(flows)) = (admin, flows) {
             let report = admin::TunReport {
                 stats,
@@ -246,16 +246,19 @@ async fn run_async_until(
 async fn serve(
     dev: &mut TunDevice,
     common: Arc<workers::Common>,
+    inboxes: Vec<udp_shard::Inbox>,
     until: Until,
     expose: impl FnOnce(Stats, Vec<UdpRelay>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let (stack, first) = workers::build(&common, dev.sink());
+    let mut inboxes = inboxes.into_iter();
+    let (stack, first) = workers::build(&common, dev.sink(), 0, inboxes.next());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
     let mut threads = Vec::new();
     let mut parts = vec![first];
     for (i, q) in dev.take_queues().into_iter().enumerate() {
-        match workers::spawn(i + 1, q, common.clone(), stop_rx.clone(), ended_tx.clone()) {
+        let (inbox, stop, ended) = (inboxes.next(), stop_rx.clone(), ended_tx.clone());
+        match workers::spawn(i + 1, q, common.clone(), inbox, stop, ended) {
             Ok((w, p)) => {
                 threads.push(w);
                 parts.push(p);
@@ -353,8 +356,12 @@ fn stack_config(
     stack_cfg
 }
 
-/// The DNS service over `upstream`, logged as configured.
+/// The DNS service over `upstream`, logged as configured (with what the
+/// upstream cannot carry).
 fn dns_service(cfg: config::DnsConfig, upstream: &Arc<dyn Upstream>) -> Arc<Dns> {
+    if !upstream.carries_udp() {
+        warn!("upstream {upstream} carries TCP only (HTTP CONNECT): UDP through the TUN is dropped and counted; DNS works in --dns virtual and tcp modes");
+    }
     let pool = cfg
         .pool
         .as_ref()

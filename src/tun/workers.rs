@@ -14,8 +14,9 @@ use super::dialer::FlowDialer;
 use super::queue::QueueFile;
 use super::route::Router;
 use super::udp::{UdpConfig, UdpRelay};
+use super::udp_shard::{serve_inbox, Inbox, Sharded};
 use crate::dns::Dns;
-use crate::stack::{FlowObserver, PacketSink, Stack, StackConfig, StackStats};
+use crate::stack::{FlowObserver, PacketSink, Stack, StackConfig, StackStats, UdpHandler};
 use crate::upstream::Upstream;
 use anyhow::Context as _;
 use std::io;
@@ -34,6 +35,9 @@ pub(super) struct Common {
     pub router: Arc<Router>,
     pub dialer: Arc<FlowDialer>,
     pub observer: Option<Arc<dyn FlowObserver>>,
+    /// Each queue's inbox of datagrams whose source endpoint it owns
+    /// (`udp_shard`); empty with one queue.
+    pub owners: Vec<mpsc::UnboundedSender<Vec<u8>>>,
 }
 
 /// A queue's counters and UDP table, for the admin endpoint and the totals.
@@ -42,9 +46,15 @@ pub(super) struct Parts {
     pub udp: UdpRelay,
 }
 
-/// The stack and UDP table of one queue, answering through `sink`. Called
-/// on the runtime that will run them (the UDP table spawns onto it).
-pub(super) fn build(c: &Common, sink: Arc<dyn PacketSink>) -> (Stack, Parts) {
+/// The stack and UDP table of queue `me`, answering through `sink`, taking
+/// the datagrams the other queues pass from `inbox` (with several queues).
+/// Called on the runtime that will run them (the UDP table spawns onto it).
+pub(super) fn build(
+    c: &Common,
+    sink: Arc<dyn PacketSink>,
+    me: usize,
+    inbox: Option<Inbox>,
+) -> (Stack, Parts) {
     let udp = UdpRelay::new(
         c.udp.clone(),
         Some(c.dns.clone()),
@@ -52,12 +62,18 @@ pub(super) fn build(c: &Common, sink: Arc<dyn PacketSink>) -> (Stack, Parts) {
         Some(c.router.clone()),
         sink.clone(),
     );
-    let mut stack = Stack::new(
-        c.stack.clone(),
-        c.dialer.clone(),
-        Arc::new(udp.clone()),
-        sink,
-    );
+    let handler: Arc<dyn UdpHandler> = match inbox {
+        Some(inbox) => {
+            tokio::spawn(serve_inbox(inbox, udp.clone()));
+            Arc::new(Sharded {
+                me,
+                owners: c.owners.clone(),
+                local: udp.clone(),
+            })
+        }
+        None => Arc::new(udp.clone()),
+    };
+    let mut stack = Stack::new(c.stack.clone(), c.dialer.clone(), handler, sink);
     if let Some(o) = &c.observer {
         stack.observe(o.clone());
     }
@@ -90,6 +106,7 @@ pub(super) fn spawn(
     index: usize,
     queue: QueueFile,
     common: Arc<Common>,
+    inbox: Option<Inbox>,
     mut stop: watch::Receiver<bool>,
     ended: mpsc::UnboundedSender<usize>,
 ) -> anyhow::Result<(Worker, Parts)> {
@@ -119,7 +136,7 @@ pub(super) fn spawn(
                         return Ok(());
                     }
                 };
-                let (stack, parts) = build(&common, sink);
+                let (stack, parts) = build(&common, sink, index, inbox);
                 let _ = tx.send(Ok(parts));
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
