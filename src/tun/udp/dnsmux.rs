@@ -19,6 +19,10 @@ use std::sync::Mutex;
 const MAX_PENDING: usize = 4096;
 /// How long a query waits for its answer (a resolver has given up by then).
 const PENDING_MS: u64 = 10_000;
+/// Queries of a way left unanswered in a row after which its association is
+/// taken for dead (the proxy's relay gone quiet while the control connection
+/// stays up) and replaced by a new UDP ASSOCIATE.
+pub(super) const SILENT_LIMIT: u32 = 8;
 
 /// The endpoint that stands for the shared association in the table (the
 /// key's way, `WayKey::DnsMux`, keeps it apart from any real endpoint).
@@ -43,6 +47,8 @@ struct Pending {
     /// Our ids in the order they were given, for expiry.
     order: VecDeque<(u64, u16)>,
     rng: u64,
+    /// Per way: queries that expired unanswered since its last answer.
+    silent: HashMap<WayKey, u32>,
 }
 
 #[derive(Default)]
@@ -72,7 +78,9 @@ impl Pending {
             }
             self.order.pop_front();
             if self.by_id.get(&id).is_some_and(|a| a.at_ms == at) {
-                self.by_id.remove(&id);
+                if let Some(a) = self.by_id.remove(&id) {
+                    *self.silent.entry(a.way).or_default() += 1;
+                }
             }
         }
         // Answered queries leave their place in `order` behind: dropped
@@ -139,8 +147,26 @@ impl DnsMux {
     pub(super) fn answer(&self, ours: u16, from: SocketAddr, way: &WayKey) -> Option<Asked> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match p.by_id.get(&ours) {
-            Some(a) if a.server == unmap(from) && a.way == *way => p.by_id.remove(&ours),
+            Some(a) if a.server == unmap(from) && a.way == *way => {
+                p.silent.remove(way);
+                p.by_id.remove(&ours)
+            }
             _ => None,
+        }
+    }
+
+    /// Whether the association of `way` went silent (`SILENT_LIMIT` queries
+    /// in a row expired unanswered): then the caller replaces it, and the
+    /// count starts again.
+    pub(super) fn take_silent(&self, way: &WayKey, now_ms: u64) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.expire(now_ms);
+        match p.silent.get(way) {
+            Some(&n) if n >= SILENT_LIMIT => {
+                p.silent.remove(way);
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -156,6 +182,31 @@ mod tests {
     /// Only a standard query is taken for one: other traffic on port 53
     /// (a WireGuard handshake initiation, a DNS answer, a query with an
     /// answer section) keeps its bytes and its own association.
+    /// A way whose queries expire unanswered 8 times in a row is reported
+    /// silent once; an answer in between starts the count again.
+    #[test]
+    fn a_silent_way_is_reported_once() {
+        let m = DnsMux::default();
+        let way = WayKey::Proxy(None);
+        let server = sa("203.0.113.53:53");
+        for i in 0..7 {
+            m.ask(sa("198.18.0.1:1"), server, i, &way, 0).unwrap();
+        }
+        assert!(!m.take_silent(&way, PENDING_MS), "7 unanswered");
+        let answered = m
+            .ask(sa("198.18.0.1:1"), server, 9, &way, PENDING_MS)
+            .unwrap();
+        assert!(m.answer(answered, server, &way).is_some());
+        for i in 0..8 {
+            m.ask(sa("198.18.0.1:1"), server, i, &way, PENDING_MS)
+                .unwrap();
+        }
+        assert!(!m.take_silent(&way, 2 * PENDING_MS - 1));
+        assert!(m.take_silent(&way, 2 * PENDING_MS), "8 unanswered in a row");
+        assert!(!m.take_silent(&way, 2 * PENDING_MS), "reported twice");
+        assert!(!m.take_silent(&WayKey::Proxy(Some("g".into())), 2 * PENDING_MS));
+    }
+
     #[test]
     fn only_standard_queries_are_queries() {
         let q = crate::dns::message::tests::query(7, "web.test", 1);

@@ -217,6 +217,21 @@ impl UdpRelay {
     ) {
         let way = WayKey::DnsMux(group.clone());
         let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
+        if self.shared.dns_mux.take_silent(&way, now) {
+            // Its relay stopped answering while the control connection
+            // stays up: a new UDP ASSOCIATE for the next queries.
+            let gone = self
+                .shared
+                .table()
+                .flows
+                .remove(&(dnsmux::MUX_LOCAL, way.clone()));
+            if gone.is_some() {
+                tracing::info!(
+                    "udp: the shared DNS association left {} queries unanswered in a row: replaced",
+                    dnsmux::SILENT_LIMIT
+                );
+            }
+        }
         let Some(ours) = self.shared.dns_mux.ask(d.src, d.dst, id, &way, now) else {
             let own = (d.src, WayKey::Proxy(group));
             return self.enqueue(own, out, d.payload, now, upstream);
