@@ -84,8 +84,11 @@ pub struct Dns {
     pool: Option<Arc<FakePool>>,
     proxy: Arc<dyn Upstream>,
     /// Connections to the upstream kept after an answer (RFC 7766 §6.2.1:
-    /// reuse them), so a query need not pay for a new proxy connection.
-    idle: std::sync::Mutex<Vec<(Stream, tokio::time::Instant)>>,
+    /// reuse them), so a query need not pay for a new proxy connection; each
+    /// with the thread it was used on, the only one that takes it again (a
+    /// connection is watched by that thread's runtime: the queues of a
+    /// multi-queue TUN each run their own).
+    idle: std::sync::Mutex<Vec<(Stream, tokio::time::Instant, std::thread::ThreadId)>>,
     stats: DnsStats,
 }
 
@@ -290,17 +293,20 @@ impl Dns {
         // Only a connection that just completed an exchange is kept: a
         // cancelled one (timeout) may still have an answer in flight.
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(_, since)| since.elapsed() < IDLE_UPSTREAM_KEEP);
+        idle.retain(|(_, since, _)| since.elapsed() < IDLE_UPSTREAM_KEEP);
         if idle.len() < MAX_IDLE_UPSTREAM {
-            idle.push((s, tokio::time::Instant::now()));
+            let here = std::thread::current().id();
+            idle.push((s, tokio::time::Instant::now(), here));
         }
         Ok(r)
     }
 
     fn take_idle(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(_, since)| since.elapsed() < IDLE_UPSTREAM_KEEP);
-        idle.pop().map(|(s, _)| s)
+        idle.retain(|(_, since, _)| since.elapsed() < IDLE_UPSTREAM_KEEP);
+        let here = std::thread::current().id();
+        let at = idle.iter().rposition(|(_, _, t)| *t == here)?;
+        Some(idle.swap_remove(at).0)
     }
 
     /// Serve DNS-over-TCP (RFC 7766 §8: two-byte length prefix) on a stream
