@@ -7,6 +7,7 @@
 //! (a new destination, the association being set up, a socket that is full)
 //! still goes through its queue.
 
+use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -32,7 +33,9 @@ pub(super) struct Prefix {
 /// destinations (as the application addressed them) it may send to alone.
 pub(super) struct FastPath {
     socket: Arc<UdpSocket>,
-    dests: HashMap<SocketAddr, Prefix>,
+    /// With what each destination stood for when learnt: a fake address's
+    /// name may change once the address is recycled, and its prefix with it.
+    dests: HashMap<SocketAddr, (TargetAddr, Prefix)>,
 }
 
 impl FastPath {
@@ -45,21 +48,34 @@ impl FastPath {
 
     /// The association's task sent to `dst` with `prefix`: the stack task
     /// may do the same from now on.
-    pub(super) fn learn(&mut self, dst: SocketAddr, prefix: &Prefix) {
-        if self.dests.get(&dst) == Some(prefix) {
+    pub(super) fn learn(&mut self, dst: SocketAddr, target: &TargetAddr, prefix: &Prefix) {
+        if self
+            .dests
+            .get(&dst)
+            .is_some_and(|(t, p)| t == target && p == prefix)
+        {
             return;
         }
         if self.dests.len() >= MAX_FAST_DESTS {
             self.dests.clear();
         }
-        self.dests.insert(dst, prefix.clone());
+        self.dests.insert(dst, (target.clone(), prefix.clone()));
     }
 
     /// Send `payload` to `dst` now, without waiting: None when `dst` is not
     /// known here, `WouldBlock` when the socket is full (the caller queues
     /// it for the task then, which waits for room).
-    pub(super) fn try_send(&self, dst: SocketAddr, payload: &[u8]) -> Option<io::Result<usize>> {
-        let p = self.dests.get(&dst)?;
+    pub(super) fn try_send(
+        &self,
+        dst: SocketAddr,
+        target: &TargetAddr,
+        payload: &[u8],
+    ) -> Option<io::Result<usize>> {
+        let (t, p) = self.dests.get(&dst)?;
+        if t != target {
+            // The task learns the new one from this datagram.
+            return None;
+        }
         Some(try_send_parts(&self.socket, p, payload))
     }
 }
@@ -94,4 +110,37 @@ pub(super) async fn send_parts_async(
     socket
         .async_io(Interest::WRITABLE, || send_parts(socket, p, payload))
         .await
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// A destination learnt for one name is not sent to for another (a fake
+    /// address recycled to a new name): the task takes it and learns again.
+    #[tokio::test]
+    async fn a_destination_is_sent_to_only_for_the_target_it_was_learnt_for() {
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(peer.local_addr().unwrap()).await.unwrap();
+        let mut f = FastPath::new(Arc::new(s));
+        let dst: SocketAddr = "198.19.0.1:443".parse().unwrap();
+        let old = TargetAddr::Domain("old.example".into(), 443);
+        let new = TargetAddr::Domain("new.example".into(), 443);
+        let prefix = Prefix {
+            header: Box::new([0, 0, 0]),
+            to: None,
+        };
+        f.learn(dst, &old, &prefix);
+        assert!(
+            f.try_send(dst, &new, b"x").is_none(),
+            "sent for another name"
+        );
+        assert!(
+            f.try_send(dst, &old, b"x").is_some(),
+            "not sent for its own name"
+        );
+        f.learn(dst, &new, &prefix);
+        assert!(f.try_send(dst, &old, b"x").is_none());
+    }
 }

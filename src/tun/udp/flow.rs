@@ -393,7 +393,7 @@ impl Assoc {
                 inc(&sh.stats.datagrams_out);
                 self.with_handle(|h| {
                     if let Some(f) = &mut h.fast {
-                        f.learn(o.dst, &prefix);
+                        f.learn(o.dst, &o.target, &prefix);
                     }
                 });
                 match &self.first_dst {

@@ -445,7 +445,7 @@ impl UdpRelay {
         if h.state.queued.load(Ordering::Relaxed) != 0 {
             return false;
         }
-        match f.try_send(out.dst, payload) {
+        match f.try_send(out.dst, &out.target, payload) {
             None => false,
             Some(Ok(_)) => {
                 h.state.count(true, payload.len());
