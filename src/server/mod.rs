@@ -9,6 +9,7 @@
 //!   reply each dialect gets for them, the reply-and-relay tail;
 //! - `handshake.rs`: the greeting, authentication and request (the session
 //!   puts its timeout on it);
+//! - `mmsg.rs`: batched datagram I/O (recvmmsg/sendmmsg) for `udp.rs`;
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
 //! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
@@ -20,6 +21,7 @@ mod config;
 mod connect;
 mod handshake;
 mod metrics;
+mod mmsg;
 mod reload;
 mod reply;
 pub mod rules;
