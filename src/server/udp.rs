@@ -97,6 +97,7 @@ pub(super) async fn run(
 /// its address (BND.ADDR:BND.PORT).
 async fn relay_socket(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
     let s = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    mmsg::deepen(&s);
     let bound = s.local_addr()?;
     Ok((s, bound))
 }
@@ -270,7 +271,9 @@ impl Association<'_> {
             } else {
                 (Ipv4Addr::UNSPECIFIED, 0).into()
             };
-            *slot = Some(UdpSocket::bind(any).await?);
+            let s = UdpSocket::bind(any).await?;
+            mmsg::deepen(&s);
+            *slot = Some(s);
         }
         Ok(())
     }
