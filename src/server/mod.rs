@@ -285,6 +285,7 @@ impl Gate {
 
 async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
+    let listener = l.local_addr().ok();
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
         // the listen backlog (see admit.rs).
@@ -338,7 +339,7 @@ async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) 
         let live = Live::new(gate.clone());
         let (cfg, g) = (cfg.clone(), gate.clone());
         tokio::spawn(async move {
-            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, hs).await;
+            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, listener, hs).await;
             drop(live);
         });
     }
