@@ -7,11 +7,7 @@ use super::config::Config;
 use super::reply::{Proto, Refusal, Request, SessionLog};
 use crate::socks::codec::{self, method, CodecError, Parsed};
 use crate::socks::handshake::{ReadError, Reader};
-use std::io;
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The outcome of a client that greeted (and authenticated) and closed
@@ -47,11 +43,7 @@ async fn handshake_in(
     buf: &mut HsBuf,
     log: &mut SessionLog,
 ) -> Result<Request, String> {
-    let first = FirstReadNow {
-        s: client,
-        tried: false,
-    };
-    if at_eof(buf, first).await? {
+    if at_eof(buf, client).await? {
         return Err(PROBE_BARE.into());
     }
     match buf.pending()[0] {
@@ -59,7 +51,7 @@ async fn handshake_in(
         codec::SOCKS5_VERSION => {
             log.proto = "socks5";
             greet_and_authenticate(cfg, client, buf, log).await?;
-            if buf.pending().is_empty() && at_eof(buf, &mut *client).await? {
+            if buf.pending().is_empty() && at_eof(buf, client).await? {
                 return Err(PROBE.into());
             }
             let req = match message(buf, client, codec::parse_socks5_request).await? {
@@ -179,47 +171,9 @@ fn lost(e: ReadError) -> String {
     }
 }
 
-/// A new client's socket, for the handshake's first read. A client sends its
-/// greeting as soon as its connect() returns, so the greeting is usually
-/// there when accept() hands the socket over; but tokio knows nothing yet of
-/// a new socket's readiness and would wait for epoll to report it, one more
-/// trip through the event loop per connection. So the first read is tried at
-/// once, and only a socket with nothing to read waits.
-struct FirstReadNow<'a> {
-    s: &'a mut TcpStream,
-    tried: bool,
-}
-
-impl AsyncRead for FirstReadNow<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if !me.tried {
-            me.tried = true;
-            use nix::sys::socket::{recv, MsgFlags};
-            match recv(
-                me.s.as_raw_fd(),
-                buf.initialize_unfilled(),
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(nix::errno::Errno::EAGAIN) => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
-        Pin::new(&mut *me.s).poll_read(cx, buf)
-    }
-}
-
 /// Wait for the client's next bytes: true if it closed cleanly instead.
-async fn at_eof<S: AsyncRead + Unpin>(buf: &mut HsBuf, mut s: S) -> Result<bool, String> {
-    match buf.fill(&mut s).await {
+async fn at_eof(buf: &mut HsBuf, s: &mut TcpStream) -> Result<bool, String> {
+    match buf.fill(s).await {
         Ok(()) => Ok(false),
         Err(ReadError::Closed) if buf.pending().is_empty() => Ok(true),
         Err(e) => Err(lost(e)),
