@@ -46,15 +46,16 @@ pub(super) async fn run(
     client: TcpStream,
     early: Vec<u8>,
     req: &Request,
+    peer: SocketAddr,
     server_ip: Option<IpAddr>,
     log: &mut SessionLog,
 ) -> String {
     let user = who_of(cfg, log);
+    // The address accept() gave: asking the socket again costs a syscall
+    // per connection.
     let who = Subject {
         user: user.as_deref(),
-        client: client
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+        client: peer.ip(),
         cmd: req.cmd,
     };
     match dial(cfg, req, server_ip, &who, log).await {
@@ -126,9 +127,8 @@ async fn dial(
     // A destination that is one of this host's addresses (on any interface)
     // reaches the host's own services: Linux then uses the destination itself
     // as the source address.
-    let is_host = target
-        .peer_addr()
-        .is_ok_and(|p| unmap(p.ip()) == unmap(bound.ip()));
+    // (The peer is `addr`, the address just dialed.)
+    let is_host = unmap(addr.ip()) == unmap(bound.ip());
     if is_host && !cfg.rules.host_address_allowed(addr.ip()) {
         return Err(Refusal::DestIsThisHost);
     }

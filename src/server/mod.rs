@@ -9,6 +9,7 @@
 //!   reply each dialect gets for them, the reply-and-relay tail;
 //! - `handshake.rs`: the greeting, authentication and request (the session
 //!   puts its timeout on it);
+//! - `mmsg.rs`: batched datagram I/O (recvmmsg/sendmmsg) for `udp.rs`;
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
 //! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
@@ -20,6 +21,7 @@ mod config;
 mod connect;
 mod handshake;
 mod metrics;
+mod mmsg;
 mod reload;
 mod reply;
 pub mod rules;
@@ -47,6 +49,9 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux): set
+    // once here, not with a syscall per connection.
+    s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     // Up to net.core.somaxconn (4096 by default): a burst of connections
     // waits in the kernel rather than having its SYNs dropped.
@@ -283,6 +288,7 @@ impl Gate {
 
 async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
+    let listener = l.local_addr().ok();
     loop {
         // A full handshake budget with nothing stalled: newcomers wait in
         // the listen backlog (see admit.rs).
@@ -314,7 +320,6 @@ async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) 
             info!(client = %peer, outcome = "client not allowed", "session");
             continue;
         }
-        let _ = stream.set_nodelay(true);
         if gate.slots.available_permits() == 0 {
             gate.stats.client_refused(ClientRefusal::TooMany);
             refuse_over_limit(&gate, stream, peer);
@@ -336,7 +341,7 @@ async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) 
         let live = Live::new(gate.clone());
         let (cfg, g) = (cfg.clone(), gate.clone());
         tokio::spawn(async move {
-            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, hs).await;
+            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, listener, hs).await;
             drop(live);
         });
     }
@@ -353,5 +358,23 @@ fn refuse_over_limit(gate: &Gate, stream: TcpStream, peer: SocketAddr) {
             });
         }
         Err(_) => debug!(client = %peer, "refused: too many clients (closed at once)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = super::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+            let to = l.local_addr().unwrap();
+            let (c, a) = tokio::join!(tokio::net::TcpStream::connect(to), l.accept());
+            let (_c, (a, _)) = (c.unwrap(), a.unwrap());
+            assert!(a.nodelay().unwrap(), "Nagle is on for an accepted client");
+        });
     }
 }

@@ -25,10 +25,15 @@ pub(super) async fn handle(
     stats: &ServerStats,
     mut client: TcpStream,
     peer: SocketAddr,
+    listener: Option<SocketAddr>,
     hs: Admitted,
 ) {
     let start = Instant::now();
-    let local = client.local_addr().ok();
+    // A listener on one address accepts on that address: no need to ask
+    // each socket (a syscall per connection); on a wildcard, ask.
+    let local = listener
+        .filter(|l| !l.ip().is_unspecified())
+        .or_else(|| client.local_addr().ok());
     let mut log = SessionLog {
         proto: "-",
         user: None,
@@ -121,7 +126,7 @@ async fn dispatch(
     log.dest = Some(req.dest.clone());
     let server_ip = local.map(|l| l.ip());
     match req.cmd {
-        cmd::CONNECT => connect::run(cfg, client, early, &req, server_ip, log).await,
+        cmd::CONNECT => connect::run(cfg, client, early, &req, peer, server_ip, log).await,
         cmd::BIND => bind::run(cfg, client, early, &req, local, log).await,
         _ => udp::run(cfg, client, &req, peer, local, log).await,
     }

@@ -12,6 +12,7 @@
 //! The association ends with its control connection or after the idle timeout.
 
 use super::config::Config;
+use super::mmsg::{self, Got, Out, Slots, BATCH, HEAD_ROOM};
 use super::reply::{refuse, Proto, Refusal, Request, SessionLog};
 use super::rules::is_host_address;
 use crate::net::unmap;
@@ -20,7 +21,8 @@ use crate::socks::TargetAddr;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Duration, Instant};
 use tracing::debug;
@@ -58,6 +60,10 @@ pub(super) async fn run(
         Err(e) => return refuse(control, req.proto, Refusal::UdpBind(e)).await,
     };
     log.via = Some(bound);
+    let slots = match Slots::new() {
+        Ok(s) => s,
+        Err(e) => return refuse(control, req.proto, Refusal::UdpBind(e)).await,
+    };
     if let Err(e) = control.write_all(&Proto::V5.success(bound)).await {
         return format!("client gone before reply: {e}");
     }
@@ -70,8 +76,10 @@ pub(super) async fn run(
         server_ip: Some(local.ip()),
         out4: None,
         out6: None,
-        buf: vec![0u8; 65536],
-        out: Vec::with_capacity(65536 + 262),
+        slots,
+        got: Vec::with_capacity(BATCH),
+        q4: Vec::with_capacity(BATCH),
+        q6: Vec::with_capacity(BATCH),
         names: NameCache::default(),
         hosts: HashMap::new(),
         dropped: 0,
@@ -89,6 +97,7 @@ pub(super) async fn run(
 /// its address (BND.ADDR:BND.PORT).
 async fn relay_socket(ip: IpAddr) -> io::Result<(UdpSocket, SocketAddr)> {
     let s = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    mmsg::deepen(&s);
     let bound = s.local_addr()?;
     Ok((s, bound))
 }
@@ -108,8 +117,14 @@ struct Association<'a> {
     /// Outgoing sockets, made on first use.
     out4: Option<UdpSocket>,
     out6: Option<UdpSocket>,
-    buf: Vec<u8>,
-    out: Vec<u8>,
+    /// Where datagrams wait between receiving and sending, either way
+    /// (one direction at a time: the association is one task).
+    slots: Slots,
+    got: Vec<Got>,
+    /// Datagrams to send on `out4` / `out6` (or, for `q4`, back to the
+    /// client): the batch being relayed.
+    q4: Vec<Out>,
+    q6: Vec<Out>,
     names: NameCache,
     hosts: HashMap<IpAddr, bool>,
     dropped: u64,
@@ -136,9 +151,10 @@ impl Association<'_> {
                     Err(e) => return format!("control connection error: {e}"),
                     Ok(_) => {}
                 },
-                r = self.relay.recv_from(&mut self.buf) => match r {
-                    Ok((n, src)) => self.forward(n, src, log).await,
-                    Err(e) => debug!("udp relay recv: {e}"),
+                r = self.relay.readable() => {
+                    if r.is_ok() {
+                        self.relay_out(log).await;
+                    }
                 },
                 r = readable(self.out4.as_ref()) => {
                     if r.is_ok() {
@@ -161,19 +177,55 @@ impl Association<'_> {
         }
     }
 
-    /// The client's datagram of `n` bytes in `buf`: checked, its header
-    /// taken off, sent to its destination.
-    async fn forward(&mut self, n: usize, src: SocketAddr, log: &mut SessionLog) {
-        if unmap(src.ip()) != self.client_ip || self.client_port.is_some_and(|p| p != src.port()) {
-            self.dropped += 1;
-            return;
+    /// The client's datagrams waiting on the relay socket, one batch:
+    /// each checked, its header taken off, and all sent on with one call
+    /// per outgoing socket.
+    async fn relay_out(&mut self, log: &mut SessionLog) {
+        let (relay, slots, got) = (&self.relay, &mut self.slots, &mut self.got);
+        match relay.try_io(Interest::READABLE, || {
+            mmsg::recv(relay.as_fd(), slots, 0, got)
+        }) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return debug!("udp relay recv: {e}"),
         }
-        self.client_port = Some(src.port());
-        let h = match codec::parse_udp_header(&self.buf[..n]) {
+        self.q4.clear();
+        self.q6.clear();
+        for i in 0..self.got.len() {
+            if let Some(out) = self.route(i).await {
+                if out.to.is_ipv4() {
+                    &mut self.q4
+                } else {
+                    &mut self.q6
+                }
+                .push(out);
+            }
+        }
+        for (sock, q) in [(&self.out4, &self.q4), (&self.out6, &self.q6)] {
+            if let Some(sock) = sock.as_ref().filter(|_| !q.is_empty()) {
+                let (n, bytes) = flush(sock, &self.slots, q, &mut self.dropped).await;
+                log.datagrams_up += n;
+                log.up += bytes;
+                self.last = Instant::now();
+            }
+        }
+    }
+
+    /// The client's datagram `i` of the batch: where it goes (its payload
+    /// after the header), or None when it is dropped (and counted).
+    async fn route(&mut self, i: usize) -> Option<Out> {
+        let Got { len, from } = self.got[i];
+        if unmap(from.ip()) != self.client_ip || self.client_port.is_some_and(|p| p != from.port())
+        {
+            self.dropped += 1;
+            return None;
+        }
+        self.client_port = Some(from.port());
+        let h = match codec::parse_udp_header(&self.slots.get(i)[..len]) {
             Ok(h) if h.frag == 0 => h,
             _ => {
                 self.dropped += 1;
-                return;
+                return None;
             }
         };
         let dest = match &h.addr {
@@ -184,7 +236,7 @@ impl Association<'_> {
             dest.filter(|d| allowed(self.cfg, &mut self.hosts, d.ip(), self.server_ip))
         else {
             self.dropped += 1;
-            return;
+            return None;
         };
         let who = super::rules::Subject {
             user: self.user.as_deref(),
@@ -194,79 +246,119 @@ impl Association<'_> {
         if let Err(rule) = self.cfg.rules.user_verdict(&who, Some(dest)) {
             debug!(%dest, "udp datagram refused by rule {rule:?}");
             self.dropped += 1;
-            return;
+            return None;
         }
-        let slot = if dest.is_ipv4() {
-            &mut self.out4
-        } else {
-            &mut self.out6
-        };
-        if slot.is_none() {
-            let any: SocketAddr = if dest.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            match UdpSocket::bind(any).await {
-                Ok(s) => *slot = Some(s),
-                Err(e) => {
-                    debug!("udp out bind: {e}");
-                    self.dropped += 1;
-                    return;
-                }
-            }
+        if let Err(e) = self.out_socket(dest.is_ipv6()).await {
+            debug!("udp out bind: {e}");
+            self.dropped += 1;
+            return None;
         }
-        let Some(sock) = slot.as_ref() else { return };
-        match sock.send_to(&self.buf[h.header_len..n], dest).await {
-            Ok(m) => {
-                log.up += m as u64;
-                log.datagrams_up += 1;
-                self.last = Instant::now();
-            }
-            Err(e) => {
-                debug!(%dest, "udp send: {e}");
-                self.dropped += 1;
-            }
-        }
+        Some(Out {
+            slot: i,
+            start: h.header_len,
+            end: len,
+            to: dest,
+            counted: len - h.header_len,
+        })
     }
 
-    /// A remote's datagram, on the outgoing socket of its family: given a
-    /// header with its source and sent to the client.
+    /// The outgoing socket of a family, made on first use.
+    async fn out_socket(&mut self, v6: bool) -> io::Result<()> {
+        let slot = if v6 { &mut self.out6 } else { &mut self.out4 };
+        if slot.is_none() {
+            let any: SocketAddr = if v6 {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let s = UdpSocket::bind(any).await?;
+            mmsg::deepen(&s);
+            *slot = Some(s);
+        }
+        Ok(())
+    }
+
+    /// The remotes' datagrams waiting on the outgoing socket of a family,
+    /// one batch: each given a header with its source, in its slot in front
+    /// of the payload, and all sent to the client in one call.
     async fn relay_back(&mut self, v6: bool, log: &mut SessionLog) {
         let sock = if v6 { &self.out6 } else { &self.out4 };
         let Some(sock) = sock.as_ref() else { return };
-        let (n, src) = match sock.try_recv_from(&mut self.buf) {
-            Ok(x) => x,
-            Err(_) => return,
-        };
-        let src = SocketAddr::new(unmap(src.ip()), src.port());
-        let Some(port) = self.client_port else {
-            self.dropped += 1;
-            return;
-        };
-        if !allowed(self.cfg, &mut self.hosts, src.ip(), self.server_ip) {
-            self.dropped += 1;
+        let (slots, got) = (&mut self.slots, &mut self.got);
+        if sock
+            .try_io(Interest::READABLE, || {
+                mmsg::recv(sock.as_fd(), slots, HEAD_ROOM, got)
+            })
+            .is_err()
+        {
             return;
         }
-        self.out.clear();
-        let _ = codec::encode_udp_header(&TargetAddr::Ip(src), &mut self.out);
-        self.out.extend_from_slice(&self.buf[..n]);
-        match self
-            .relay
-            .send_to(&self.out, SocketAddr::new(self.client_ip, port))
-            .await
-        {
-            Ok(_) => {
-                log.down += n as u64;
-                log.datagrams_down += 1;
-                self.last = Instant::now();
-            }
-            Err(e) => {
-                debug!("udp send to client: {e}");
+        let Some(port) = self.client_port else {
+            self.dropped += self.got.len() as u64;
+            return;
+        };
+        let client = SocketAddr::new(self.client_ip, port);
+        self.q4.clear();
+        for i in 0..self.got.len() {
+            let Got { len, from } = self.got[i];
+            let src = SocketAddr::new(unmap(from.ip()), from.port());
+            if !allowed(self.cfg, &mut self.hosts, src.ip(), self.server_ip) {
                 self.dropped += 1;
+                continue;
+            }
+            let (h, n) = codec::udp_header_ip(src);
+            let start = HEAD_ROOM - n;
+            self.slots.get_mut(i)[start..HEAD_ROOM].copy_from_slice(&h[..n]);
+            self.q4.push(Out {
+                slot: i,
+                start,
+                end: HEAD_ROOM + len,
+                to: client,
+                counted: len,
+            });
+        }
+        let (n, bytes) = flush(&self.relay, &self.slots, &self.q4, &mut self.dropped).await;
+        log.datagrams_down += n;
+        log.down += bytes;
+        if n > 0 {
+            self.last = Instant::now();
+        }
+    }
+}
+
+/// Send every datagram of `q` on `sock`, as many per call as it takes,
+/// waiting while its buffer is full; one the kernel refuses is dropped and
+/// counted. The datagrams and payload bytes sent.
+async fn flush(sock: &UdpSocket, slots: &Slots, q: &[Out], dropped: &mut u64) -> (u64, u64) {
+    let (mut done, mut sent, mut bytes) = (0, 0u64, 0u64);
+    while done < q.len() {
+        match sock.try_io(Interest::WRITABLE, || {
+            mmsg::send(sock.as_fd(), slots, &q[done..])
+        }) {
+            Ok(k) if k > 0 => {
+                bytes += q[done..done + k]
+                    .iter()
+                    .map(|o| o.counted as u64)
+                    .sum::<u64>();
+                done += k;
+                sent += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if sock.writable().await.is_err() {
+                    break;
+                }
+            }
+            r => {
+                if let Err(e) = r {
+                    debug!(to = %q[done].to, "udp send: {e}");
+                }
+                *dropped += 1;
+                done += 1;
             }
         }
     }
+    *dropped += (q.len() - done) as u64;
+    (sent, bytes)
 }
 
 /// The rules, plus: one of this host's own addresses (any interface) only

@@ -649,6 +649,27 @@ pub fn encode_udp_header(addr: &TargetAddr, out: &mut Vec<u8>) -> Result<(), Cod
     encode_addr(addr, out)
 }
 
+/// The header `encode_udp_header` makes for an IP address, in a fixed array
+/// (its length beside it): for a relay that writes it in front of a payload
+/// already in place, with no buffer to grow.
+pub fn udp_header_ip(addr: SocketAddr) -> ([u8; 22], usize) {
+    let mut h = [0u8; 22];
+    let n = match addr {
+        SocketAddr::V4(a) => {
+            h[3] = atyp::IPV4;
+            h[4..8].copy_from_slice(&a.ip().octets());
+            8
+        }
+        SocketAddr::V6(a) => {
+            h[3] = atyp::IPV6;
+            h[4..20].copy_from_slice(&a.ip().octets());
+            20
+        }
+    };
+    h[n..n + 2].copy_from_slice(&addr.port().to_be_bytes());
+    (h, n + 2)
+}
+
 /// Length of the header `encode_udp_header` writes for `addr`.
 pub fn udp_header_len(addr: &TargetAddr) -> usize {
     match addr {

@@ -201,6 +201,10 @@ fn udp_header() {
         let mut d = Vec::new();
         encode_udp_header(&dest, &mut d).unwrap();
         assert_eq!(d.len(), udp_header_len(&dest));
+        if let TargetAddr::Ip(a) = dest {
+            let (h, n) = udp_header_ip(a);
+            assert_eq!(&h[..n], &d[..], "the in-place header of {a}");
+        }
         d.extend_from_slice(b"payload");
         let h = parse_udp_header(&d).unwrap();
         assert_eq!((h.frag, &h.addr), (0, &dest));
