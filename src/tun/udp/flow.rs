@@ -61,15 +61,24 @@ pub(super) struct Flow {
 
 /// Gives the queue room of the datagrams still queued back when the task
 /// ends, however it ends.
+/// When the task ends, also by a panic: its queued bytes are given back and
+/// its handle leaves the table (a handle left behind would keep taking
+/// datagrams, on the stack task's fast path too, that nobody relays).
 struct QueueGuard {
     sh: Arc<Shared>,
     state: Arc<FlowState>,
+    key: Key,
+    id: u64,
 }
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         let left = self.state.queued.swap(0, Ordering::Relaxed);
         self.sh.queued.fetch_sub(left, Ordering::Relaxed);
+        let mut t = self.sh.table();
+        if t.flows.get(&self.key).is_some_and(|h| h.id == self.id) {
+            t.flows.remove(&self.key);
+        }
     }
 }
 
@@ -128,9 +137,11 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
         mut evicted,
         state,
     } = flow;
-    let _guard = QueueGuard {
+    let guard = QueueGuard {
         sh: sh.clone(),
         state: state.clone(),
+        key: (local, way.clone()),
+        id,
     };
     let started = Instant::now();
     let mut a = Assoc {
@@ -176,13 +187,7 @@ pub(super) async fn run_flow(sh: Arc<Shared>, flow: Flow) {
             }
         }
     };
-    {
-        let mut t = sh.table();
-        let key = (local, way);
-        if t.flows.get(&key).is_some_and(|h| h.id == id) {
-            t.flows.remove(&key);
-        }
-    }
+    drop(guard);
     a.log(started, &outcome);
 }
 
