@@ -214,18 +214,21 @@ mod tests {
 
     #[test]
     fn the_namespace_side_gets_what_it_needs() {
-        let a = exec_args(&["--device", "st9", "--mtu", "1500", "--", "dig", "x.test"]);
+        let a = exec_args(&[
+            "--device", "st9", "--mtu", "1500", "--queues", "2", "--", "dig", "x.test",
+        ]);
         let cfg = TunConfig::from_args(&tun_args(&a)).unwrap();
         let ns = resolv::nameserver(&cfg).unwrap();
         let v = child_args(&cfg, ns, 7, "debug", &a.command);
         let want = "exec-child --log debug --sock 7 --device st9 --mtu 1500 --nameserver \
-                    198.18.0.2 --ipv4 198.18.0.1/15 --ipv6 2001:2::1/64 --offload -- dig x.test";
+                    198.18.0.2 --ipv4 198.18.0.1/15 --ipv6 2001:2::1/64 --offload --queues 2 -- \
+                    dig x.test";
         assert_eq!(v.join(" "), want);
         // And the namespace side takes them back (as main.rs parses them).
         let c = crate::cli::ExecChildArgs::parse_from(v);
         assert_eq!(
-            (c.sock, c.mtu, c.offload, c.log.as_str()),
-            (7, 1500, true, "debug")
+            (c.sock, c.mtu, c.offload, c.log.as_str(), c.queues),
+            (7, 1500, true, "debug", 2)
         );
         assert_eq!(c.command, ["dig", "x.test"]);
         assert_eq!(c.ipv6.as_deref(), Some("2001:2::1/64"));
