@@ -17,11 +17,16 @@
 //! - `tcp_tx` changes only the TCP checksum field, its offsets and lengths lie
 //!   inside the packet, it asks for segmentation only of a payload larger than
 //!   the segment size, and once the checksum is finished as the kernel would,
-//!   the TCP checksum verifies.
+//!   the TCP checksum verifies;
+//! - with mode bit 1, the packet taken as a UDP segmentation super-packet
+//!   (`tun::uso`): refused, or cut into datagrams whose payloads put together
+//!   are the super-packet's, each no longer than the segment size, none
+//!   longer than `max_len`, every length field matching its datagram.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address, TcpPacket, UdpPacket};
+use sockstun::tun::uso::Super;
 use sockstun::tun::vnet::{self, RxError, VnetHdr};
 
 /// RFC 1071 one's-complement sum, folded, not inverted.
@@ -119,6 +124,7 @@ fn check_rx(hdr: &VnetHdr, pkt: &mut [u8], kernel_like: bool) {
     match r {
         Err(RxError::UnsupportedGso(t)) => assert!(!gso_ok && t == gso, "{hdr:?}"),
         Err(RxError::Short) => panic!("prepare_rx said Short"),
+        Err(RxError::BadSuperPacket) => panic!("prepare_rx cuts no super-packet"),
         Err(RxError::BadChecksumOffsets) => {
             assert!(gso_ok && hdr.flags & vnet::F_NEEDS_CSUM != 0 && proto != Some(6))
         }
@@ -203,6 +209,36 @@ fn check_tx(pkt: &[u8], mss: u16) {
     );
 }
 
+fn check_uso(pkt: &[u8], gso_size: u16) {
+    let Ok(s) = Super::parse(pkt, gso_size) else {
+        return;
+    };
+    let (_, _, off, proto) = addrs(pkt).expect("accepted a non-IP packet");
+    assert_eq!(proto, 17, "accepted a non-UDP packet");
+    let mut out = vec![0u8; s.max_len()];
+    let mut joined = Vec::new();
+    for i in 0..s.count() {
+        let n = s.write(pkt, i, &mut out);
+        let d = &out[..n];
+        let data = &d[off + 8..];
+        assert!(
+            data.len() <= gso_size as usize,
+            "datagram {i}: {} bytes",
+            data.len()
+        );
+        let udp_len = u16::from_be_bytes([d[off + 4], d[off + 5]]) as usize;
+        assert_eq!(udp_len, n - off, "UDP length of datagram {i}");
+        let ip_len = if d[0] >> 4 == 4 {
+            u16::from_be_bytes([d[2], d[3]]) as usize
+        } else {
+            u16::from_be_bytes([d[4], d[5]]) as usize + 40
+        };
+        assert_eq!(ip_len, n, "IP length of datagram {i}");
+        joined.extend_from_slice(data);
+    }
+    assert_eq!(&joined[..], &pkt[off + 8..], "payloads lost or changed");
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
@@ -223,6 +259,9 @@ fuzz_target!(|data: &[u8]| {
     );
     let mut pkt = rest[vnet::HDR_LEN..].to_vec();
     let kernel_like = mode & 1 != 0 && as_kernel_writes(&mut hdr, &mut pkt);
+    if mode & 2 != 0 {
+        check_uso(&pkt, hdr.gso_size);
+    }
     check_rx(&hdr, &mut pkt, kernel_like);
     check_tx(&pkt, mss);
 });
