@@ -168,6 +168,29 @@ pub struct Query {
     pub qclass: u16,
 }
 
+/// The question of a query or of its answer (one question: name, ignoring
+/// case, type, class), as a number to compare them by (RFC 5452 §9.1: an
+/// answer must repeat its query's question). None without one question.
+pub fn question_key(msg: &[u8]) -> Option<u64> {
+    if msg.len() < HEADER_LEN || msg[4..6] != [0, 1] {
+        return None;
+    }
+    let (name, pos) = Name::parse(msg, HEADER_LEN).ok()?;
+    let q = msg.get(pos..pos + 4)?;
+    // FNV-1a: stable, and enough to tell questions apart (not a secret).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for label in name.labels() {
+        eat(label.len() as u8);
+        label.iter().for_each(|b| eat(b.to_ascii_lowercase()));
+    }
+    q.iter().for_each(|b| eat(*b));
+    Some(h)
+}
+
 /// What a malformed query can still be answered with: its id and flags.
 pub fn query_id(msg: &[u8]) -> Option<u16> {
     (msg.len() >= HEADER_LEN).then(|| u16::from_be_bytes([msg[0], msg[1]]))

@@ -37,6 +37,8 @@ pub(super) struct Asked {
     pub(super) server: SocketAddr,
     /// The asker's own id, restored on the answer.
     pub(super) id: u16,
+    /// Its question (`message::question_key`), which the answer must repeat.
+    question: u64,
     way: WayKey,
     at_ms: u64,
 }
@@ -119,7 +121,7 @@ impl DnsMux {
         &self,
         client: SocketAddr,
         server: SocketAddr,
-        id: u16,
+        (id, question): (u16, u64),
         way: &WayKey,
         now_ms: u64,
     ) -> Option<u16> {
@@ -133,6 +135,7 @@ impl DnsMux {
             client,
             server: unmap(server),
             id,
+            question,
             way: way.clone(),
             at_ms: now_ms,
         };
@@ -141,13 +144,16 @@ impl DnsMux {
         Some(ours)
     }
 
-    /// The asker of the answer with our id `ours` from `from` on the
-    /// association of `way`; None (the answer is dropped) when nobody asked
-    /// that server that on that way.
-    pub(super) fn answer(&self, ours: u16, from: SocketAddr, way: &WayKey) -> Option<Asked> {
+    /// The asker of `answer` (with our id) from `from` on the association
+    /// of `way`; None (the answer is dropped) when nobody asked that server
+    /// that question with that id on that way. The relay's port is long-lived
+    /// here, so the id and the question are what a forged answer must guess.
+    pub(super) fn answer(&self, answer: &[u8], from: SocketAddr, way: &WayKey) -> Option<Asked> {
+        let ours = crate::dns::message::query_id(answer)?;
+        let question = crate::dns::message::question_key(answer)?;
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match p.by_id.get(&ours) {
-            Some(a) if a.server == unmap(from) && a.way == *way => {
+            Some(a) if a.server == unmap(from) && a.way == *way && a.question == question => {
                 p.silent.remove(way);
                 p.by_id.remove(&ours)
             }
@@ -174,14 +180,24 @@ impl DnsMux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::message::{question_key, tests::query};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    /// Only a standard query is taken for one: other traffic on port 53
-    /// (a WireGuard handshake initiation, a DNS answer, a query with an
-    /// answer section) keeps its bytes and its own association.
+    /// The question every query of these tests asks.
+    fn q() -> u64 {
+        question_key(&query(0, "web.test", 1)).unwrap()
+    }
+
+    /// The answer to it that carries our id `ours`.
+    fn ans(ours: u16) -> Vec<u8> {
+        let mut a = query(ours, "web.test", 1);
+        a[2] |= 0x80;
+        a
+    }
+
     /// A way whose queries expire unanswered 8 times in a row is reported
     /// silent once; an answer in between starts the count again.
     #[test]
@@ -190,15 +206,16 @@ mod tests {
         let way = WayKey::Proxy(None);
         let server = sa("203.0.113.53:53");
         for i in 0..7 {
-            m.ask(sa("198.18.0.1:1"), server, i, &way, 0).unwrap();
+            m.ask(sa("198.18.0.1:1"), server, (i, q()), &way, 0)
+                .unwrap();
         }
         assert!(!m.take_silent(&way, PENDING_MS), "7 unanswered");
         let answered = m
-            .ask(sa("198.18.0.1:1"), server, 9, &way, PENDING_MS)
+            .ask(sa("198.18.0.1:1"), server, (9, q()), &way, PENDING_MS)
             .unwrap();
-        assert!(m.answer(answered, server, &way).is_some());
+        assert!(m.answer(&ans(answered), server, &way).is_some());
         for i in 0..8 {
-            m.ask(sa("198.18.0.1:1"), server, i, &way, PENDING_MS)
+            m.ask(sa("198.18.0.1:1"), server, (i, q()), &way, PENDING_MS)
                 .unwrap();
         }
         assert!(!m.take_silent(&way, 2 * PENDING_MS - 1));
@@ -207,9 +224,12 @@ mod tests {
         assert!(!m.take_silent(&WayKey::Proxy(Some("g".into())), 2 * PENDING_MS));
     }
 
+    /// Only a standard query is taken for one: other traffic on port 53
+    /// (a WireGuard handshake initiation, a DNS answer, a query with an
+    /// answer section) keeps its bytes and its own association.
     #[test]
     fn only_standard_queries_are_queries() {
-        let q = crate::dns::message::tests::query(7, "web.test", 1);
+        let q = query(7, "web.test", 1);
         assert!(is_query(&q));
         let mut wg = vec![1u8, 0, 0, 0];
         wg.extend([0x5a; 144]);
@@ -229,20 +249,52 @@ mod tests {
         let way = WayKey::Proxy(None);
         let server = sa("203.0.113.53:53");
         // The same id from two endpoints: two ids of ours.
-        let a = m.ask(sa("198.18.0.1:40000"), server, 7, &way, 0).unwrap();
-        let b = m.ask(sa("198.18.0.1:40001"), server, 7, &way, 0).unwrap();
+        let a = m
+            .ask(sa("198.18.0.1:40000"), server, (7, q()), &way, 0)
+            .unwrap();
+        let b = m
+            .ask(sa("198.18.0.1:40001"), server, (7, q()), &way, 0)
+            .unwrap();
         assert_ne!(a, b);
         // From another server, or on another way: not an answer.
-        assert_eq!(m.answer(a, sa("203.0.113.54:53"), &way), None);
-        assert_eq!(m.answer(a, server, &WayKey::Proxy(Some("g".into()))), None);
-        let got = m.answer(b, sa("[::ffff:203.0.113.53]:53"), &way).unwrap();
+        assert_eq!(m.answer(&ans(a), sa("203.0.113.54:53"), &way), None);
+        assert_eq!(
+            m.answer(&ans(a), server, &WayKey::Proxy(Some("g".into()))),
+            None
+        );
+        let got = m
+            .answer(&ans(b), sa("[::ffff:203.0.113.53]:53"), &way)
+            .unwrap();
         assert_eq!((got.client, got.id), (sa("198.18.0.1:40001"), 7));
         assert_eq!(
-            m.answer(a, server, &way).unwrap().client,
+            m.answer(&ans(a), server, &way).unwrap().client,
             sa("198.18.0.1:40000")
         );
         // Answered once only.
-        assert_eq!(m.answer(a, server, &way), None);
+        assert_eq!(m.answer(&ans(a), server, &way), None);
+    }
+
+    /// An answer with the right id but another question (forged, or late
+    /// for an id given again) is not the asker's; the name's case does not
+    /// matter (servers may echo it in another case, RFC 4343).
+    #[test]
+    fn an_answer_must_repeat_the_question() {
+        let m = DnsMux::default();
+        let way = WayKey::Proxy(None);
+        let server = sa("203.0.113.53:53");
+        let a = m
+            .ask(sa("198.18.0.1:1"), server, (5, q()), &way, 0)
+            .unwrap();
+        let mut other = query(a, "evil.test", 1);
+        other[2] |= 0x80;
+        assert_eq!(m.answer(&other, server, &way), None, "another name");
+        let mut aaaa = query(a, "web.test", 28);
+        aaaa[2] |= 0x80;
+        assert_eq!(m.answer(&aaaa, server, &way), None, "another type");
+        assert_eq!(m.answer(&ans(a)[..12], server, &way), None, "no question");
+        let mut upper = query(a, "WEB.test", 1);
+        upper[2] |= 0x80;
+        assert!(m.answer(&upper, server, &way).is_some());
     }
 
     #[test]
@@ -250,19 +302,25 @@ mod tests {
         let m = DnsMux::default();
         let way = WayKey::Proxy(None);
         let server = sa("203.0.113.53:53");
-        let first = m.ask(sa("198.18.0.1:1"), server, 1, &way, 0).unwrap();
+        let first = m
+            .ask(sa("198.18.0.1:1"), server, (1, q()), &way, 0)
+            .unwrap();
         for i in 1..MAX_PENDING {
             assert!(m
-                .ask(sa("198.18.0.1:2"), server, i as u16, &way, 0)
+                .ask(sa("198.18.0.1:2"), server, (i as u16, q()), &way, 0)
                 .is_some());
         }
-        assert_eq!(m.ask(sa("198.18.0.1:3"), server, 1, &way, 1), None, "full");
+        assert_eq!(
+            m.ask(sa("198.18.0.1:3"), server, (1, q()), &way, 1),
+            None,
+            "full"
+        );
         // Once they are old, room again; the old ones are gone.
         let other = sa("203.0.113.99:53");
         assert!(m
-            .ask(sa("198.18.0.1:3"), other, 1, &way, PENDING_MS)
+            .ask(sa("198.18.0.1:3"), other, (1, q()), &way, PENDING_MS)
             .is_some());
-        assert_eq!(m.answer(first, server, &way), None);
+        assert_eq!(m.answer(&ans(first), server, &way), None);
         // A bare header has no question: not a query (RFC 9619: QDCOUNT 1).
         assert!(!is_query(&[0; 12]));
         assert!(!is_query(&[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]));

@@ -597,9 +597,8 @@ impl Assoc {
         let payload = ROOM + hdr.header_len..ROOM + n;
         let asked = match (&hdr.addr, payload.len() >= 12) {
             (TargetAddr::Ip(from), true) => {
-                let ours =
-                    u16::from_be_bytes([self.buf[payload.start], self.buf[payload.start + 1]]);
-                sh.dns_mux.answer(ours, *from, &self.key.1)
+                sh.dns_mux
+                    .answer(&self.buf[payload.clone()], *from, &self.key.1)
             }
             _ => None,
         };

@@ -217,6 +217,8 @@ impl UdpRelay {
     ) {
         let way = WayKey::DnsMux(group.clone());
         let id = u16::from_be_bytes([d.payload[0], d.payload[1]]);
+        // A query (`is_query` parsed it): it has its one question.
+        let question = crate::dns::message::question_key(d.payload).unwrap_or_default();
         if self.shared.dns_mux.take_silent(&way, now) {
             // Its relay stopped answering while the control connection
             // stays up: a new UDP ASSOCIATE for the next queries.
@@ -232,7 +234,11 @@ impl UdpRelay {
                 );
             }
         }
-        let Some(ours) = self.shared.dns_mux.ask(d.src, d.dst, id, &way, now) else {
+        let Some(ours) = self
+            .shared
+            .dns_mux
+            .ask(d.src, d.dst, (id, question), &way, now)
+        else {
             let own = (d.src, WayKey::Proxy(group));
             return self.enqueue(own, out, d.payload, now, upstream);
         };
