@@ -161,6 +161,13 @@ impl DnsMux {
         }
     }
 
+    /// The query that left with our id `ours` was dropped before it went:
+    /// nobody waits for its answer.
+    pub(super) fn forget(&self, ours: u16) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.by_id.remove(&ours);
+    }
+
     /// Whether the association of `way` went silent (`SILENT_LIMIT` queries
     /// in a row expired unanswered): then the caller replaces it, and the
     /// count starts again.
@@ -315,6 +322,14 @@ mod tests {
             None,
             "full"
         );
+        // A query dropped before it went gives its place back at once.
+        let dropped = m.ask(sa("198.18.0.1:4"), server, (1, q()), &way, 1);
+        assert_eq!(dropped, None);
+        m.forget(first);
+        assert_eq!(m.answer(&ans(first), server, &way), None, "forgotten");
+        assert!(m
+            .ask(sa("198.18.0.1:4"), server, (1, q()), &way, 1)
+            .is_some());
         // Once they are old, room again; the old ones are gone.
         let other = sa("203.0.113.99:53");
         assert!(m

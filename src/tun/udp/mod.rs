@@ -200,7 +200,9 @@ impl UdpRelay {
         };
         match key.1 {
             WayKey::DnsMux(g) => self.enqueue_query(g, out, &d, now, way.upstream),
-            _ => self.enqueue(key, out, d.payload, now, way.upstream),
+            _ => {
+                self.enqueue(key, out, d.payload, now, way.upstream);
+            }
         }
     }
 
@@ -240,11 +242,15 @@ impl UdpRelay {
             .ask(d.src, d.dst, (id, question), &way, now)
         else {
             let own = (d.src, WayKey::Proxy(group));
-            return self.enqueue(own, out, d.payload, now, upstream);
+            self.enqueue(own, out, d.payload, now, upstream);
+            return;
         };
         let mut query = d.payload.to_vec();
         query[..2].copy_from_slice(&ours.to_be_bytes());
-        self.enqueue((dnsmux::MUX_LOCAL, way), out, &query, now, upstream);
+        if !self.enqueue((dnsmux::MUX_LOCAL, way), out, &query, now, upstream) {
+            // Dropped (a full queue): its id is free again at once.
+            self.shared.dns_mux.forget(ours);
+        }
     }
 
     /// The way of a datagram from `src` to `dst`: remembered per pair for a
@@ -353,14 +359,14 @@ impl UdpRelay {
         payload: &[u8],
         now: u64,
         group: Option<Arc<dyn Upstream>>,
-    ) {
+    ) -> bool {
         let sh = &self.shared;
         let local = key.0;
         let mut table = sh.table();
         if let Some(h) = table.flows.get(&key) {
             h.state.last_used.store(now, Ordering::Relaxed);
             if self.sent_fast(h, &out, payload) {
-                return;
+                return true;
             }
         }
         out.payload = payload.to_vec();
@@ -369,10 +375,10 @@ impl UdpRelay {
             if sh.reserve(&h.state, cost).is_none() {
                 inc(&sh.stats.dropped_queue_full);
                 tracing::debug!("udp: {}: queue full, datagram dropped", local);
-                return;
+                return false;
             }
             match h.tx.send(out) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(mpsc::error::SendError(o)) => {
                     // The task ended (idle or no UDP ASSOCIATE) and has not
                     // removed itself yet: start afresh.
@@ -406,7 +412,7 @@ impl UdpRelay {
         state.last_used.store(now, Ordering::Relaxed);
         if sh.reserve(&state, cost).is_none() {
             inc(&sh.stats.dropped_queue_full);
-            return;
+            return false;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(out);
@@ -440,6 +446,7 @@ impl UdpRelay {
             state,
         };
         sh.rt.spawn(run_flow(sh.clone(), flow));
+        true
     }
 
     /// Whether the datagram was dealt with on the fast path (`fast.rs`):
