@@ -12,6 +12,12 @@
 //! Nothing here waits: receiving is `MSG_DONTWAIT`, called once the caller saw
 //! the socket readable, so a lone datagram goes on at once instead of being
 //! held back to fill a batch.
+//!
+//! Why libc and not nix's `recvmmsg`/`sendmmsg`: they work on a `MultiHeaders`,
+//! which holds raw pointers and so is not `Send`; it cannot be kept in the
+//! relay's task (on the server's multi-threaded runtime) across an await, and
+//! making one per call is two allocations per batch, that is per datagram when
+//! they come one at a time. The headers here live on the stack of each call.
 
 use std::io;
 use std::mem::{size_of, zeroed};
