@@ -558,29 +558,43 @@ fn udp_rtt(c: &Common, size: usize) -> io::Result<()> {
         pkt[hlen..hlen + 8].copy_from_slice(&seq.to_be_bytes());
         let t0 = Instant::now();
         sock.send(&pkt)?;
-        let deadline = t0 + Duration::from_secs(1);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                lost += 1;
-                break;
-            }
-            match sock.recv(&mut buf) {
-                // A late answer to an earlier datagram is skipped.
-                Ok(n) if n >= hlen + 8 && buf[hlen..hlen + 8] == seq.to_be_bytes() => {
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                    break;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+        // A late answer to an earlier datagram is skipped.
+        let mine = |a: &[u8]| a.len() >= hlen + 8 && a[hlen..hlen + 8] == seq.to_be_bytes();
+        match await_answer(&sock, &mut buf, t0, mine)? {
+            Some(ns) => lat.push(ns),
+            None => lost += 1,
         }
     }
+    report_latency(lat, lost, "no datagram answered")
+}
+
+/// Wait up to a second after `t0` for the datagram `mine` accepts (others
+/// are skipped): its round trip in ns, None when none came.
+fn await_answer(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    t0: Instant,
+    mine: impl Fn(&[u8]) -> bool,
+) -> io::Result<Option<u64>> {
+    let deadline = t0 + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match sock.recv(buf) {
+            Ok(n) if mine(&buf[..n]) => return Ok(Some(t0.elapsed().as_nanos() as u64)),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The result line of a latency scenario; an error (`none`) when nothing
+/// was answered.
+fn report_latency(mut lat: Vec<u64>, lost: u64, none: &str) -> io::Result<()> {
     lat.sort_unstable();
     result(&[
         ("n", lat.len().to_string()),
@@ -589,7 +603,7 @@ fn udp_rtt(c: &Common, size: usize) -> io::Result<()> {
         ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),
     ]);
     if lat.is_empty() {
-        return Err(io::Error::other("no datagram answered"));
+        return Err(io::Error::other(none.to_string()));
     }
     Ok(())
 }
@@ -638,40 +652,14 @@ fn dns(c: &Common, port: u16) -> io::Result<()> {
         pkt.extend_from_slice(&dns_query(id, seq));
         let t0 = Instant::now();
         sock.send(&pkt)?;
-        let deadline = t0 + Duration::from_secs(1);
-        loop {
-            if Instant::now() >= deadline {
-                lost += 1;
-                break;
-            }
-            match sock.recv(&mut buf) {
-                Ok(n)
-                    if n >= hdr.len() + 12 && buf[hdr.len()..hdr.len() + 2] == id.to_be_bytes() =>
-                {
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                    break;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+        let hl = hdr.len();
+        let mine = |a: &[u8]| a.len() >= hl + 12 && a[hl..hl + 2] == id.to_be_bytes();
+        match await_answer(sock, &mut buf, t0, mine)? {
+            Some(ns) => lat.push(ns),
+            None => lost += 1,
         }
     }
-    lat.sort_unstable();
-    result(&[
-        ("n", lat.len().to_string()),
-        ("lost", lost.to_string()),
-        ("p50_us", format!("{:.1}", percentile(&lat, 0.50))),
-        ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),
-    ]);
-    if lat.is_empty() {
-        return Err(io::Error::other("no query answered"));
-    }
-    Ok(())
+    report_latency(lat, lost, "no query answered")
 }
 
 fn udp(c: &Common, pps: u64, size: usize, grace_ms: u64) -> io::Result<()> {

@@ -23,13 +23,6 @@ fn scrape(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 fn curl_via(lab: &Lab, cred: &str) -> bool {
     let proxy = format!("socks5h://{cred}@{PROXY}");
     lab.ns

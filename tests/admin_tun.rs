@@ -15,27 +15,7 @@ const ADMIN: &str = "127.0.0.1:9901";
 
 /// `curl http://ADMIN/PATH` in `ns`: (HTTP status, body).
 fn get(ns: &Netns, path: &str) -> (u16, String) {
-    let url = format!("http://{ADMIN}{path}");
-    let out = ns.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        "-w",
-        "\n%{http_code}",
-        &url,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-/// The value of the sample `series` (`name` or `name{labels}`) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    admin_get(ns, ADMIN, path)
 }
 
 fn metric(env: &Env, series: &str) -> Option<f64> {

@@ -227,19 +227,10 @@ fn tun_existing_multi_queue_device_is_read_on_its_queues() {
     for i in 0..16 {
         assert_eq!(echo(&r, i % 2 == 1), Ok(()), "flow {i}\n{}", r.tun.log());
     }
-    let url_m = format!("http://{admin}/metrics");
-    let out = r
-        .topo
-        .client
-        .exec(&["curl", "-sS", "--max-time", "5", &url_m]);
-    let scrape = String::from_utf8_lossy(&out.stdout).into_owned();
+    let scrape = admin_get(&r.topo.client, admin, "/metrics").1;
     for q in ["0", "1"] {
-        let series = format!("sockstun_queue_tcp_flows_opened_total{{queue=\"{q}\"}} ");
-        let n: f64 = scrape
-            .lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
+        let series = format!("sockstun_queue_tcp_flows_opened_total{{queue=\"{q}\"}}");
+        let n = sample(&scrape, &series).unwrap_or(0.0);
         assert!(n > 0.0, "queue {q} carried no flow\n{scrape}");
     }
     stop(&mut r.tun);

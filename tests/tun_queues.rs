@@ -16,29 +16,13 @@ const ADMIN: &str = "127.0.0.1:9911";
 
 /// One sample of the client's /metrics (curl inside the client namespace).
 fn metric(env: &Env, series: &str) -> Option<f64> {
-    let out = env.topo.client.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        &format!("http://{ADMIN}/metrics"),
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    sample(&admin_get(&env.topo.client, ADMIN, "/metrics").1, series)
 }
 
 /// The client's /flows.
 fn flows(env: &Env) -> Vec<serde_json::Value> {
-    let out = env.topo.client.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        &format!("http://{ADMIN}/flows"),
-    ]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+    let body = admin_get(&env.topo.client, ADMIN, "/flows").1;
+    serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()

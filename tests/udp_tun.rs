@@ -406,18 +406,7 @@ fn udp_segment_sends_arrive_as_their_datagrams() {
         assert_eq!(got.len(), 7, "{}", env.tun.log());
         assert_eq!(got, want, "the datagrams came back changed");
     }
-    let out = env.topo.client.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        &format!("http://{ADMIN}/metrics"),
-    ]);
-    let scrape = String::from_utf8_lossy(&out.stdout).into_owned();
-    let n: f64 = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("sockstun_device_udp_super_packets_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let scrape = admin_get(&env.topo.client, ADMIN, "/metrics").1;
+    let n = sample(&scrape, "sockstun_device_udp_super_packets_total").unwrap_or(0.0);
     assert!(n >= 2.0, "no super-packet read: USO is off\n{scrape}");
 }

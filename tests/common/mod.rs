@@ -470,3 +470,30 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// `curl http://ADMIN/PATH` inside `ns` (an `--admin` endpoint there): (HTTP
+/// status, body); (0, "") when nothing answered.
+pub fn admin_get(ns: &Netns, admin: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{admin}{path}");
+    let out = ns.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of the sample `series` (`name` or `name{labels}`) in a
+/// Prometheus scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
