@@ -173,15 +173,23 @@ fn talk(
     max: u64,
 ) -> Result<u64, String> {
     let mut w = c.try_clone().unwrap();
+    // A stalled relay ends the test in seconds, with what each end saw
+    // (not at the server's 300 s idle timeout, with a panic).
+    w.set_write_timeout(Some(STALL)).unwrap();
+    c.set_read_timeout(Some(STALL)).unwrap();
     let up = up.clone();
     let writer = std::thread::spawn(move || {
-        send(&mut w, &up, 0, n).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
+        send(&mut w, &up, 0, n)
+            .and_then(|()| w.shutdown(Shutdown::Write))
+            .map_err(|e| format!("write: {e}"))
     });
     let got = receive(c, down, max);
-    writer.join().unwrap();
-    got
+    let wrote = writer.join().unwrap();
+    wrote.and(got)
 }
+
+/// No byte moving for this long is a stall.
+const STALL: Duration = Duration::from_secs(30);
 
 /// The target side of `talk`: accept one connection, send `n` bytes of
 /// `down` while receiving, half-close; the verified count received at EOF.
@@ -194,7 +202,6 @@ fn serve_talk(
 ) -> std::thread::JoinHandle<Result<u64, String>> {
     std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         talk(&mut s, &down, n, &up, max)
     })
 }
@@ -211,10 +218,20 @@ fn one_gib_each_way_spliced_and_verified() {
     let mut c = connect(&lab, 5001);
     let t0 = std::time::Instant::now();
     let got_down = talk(&mut c, &up, GIB, &down, GIB);
+    // What the sockets and the server's pipes held, while they still do.
+    let state = match got_down {
+        Ok(_) => String::new(),
+        Err(_) => format!(
+            "{}\npipes hold {} bytes",
+            String::from_utf8_lossy(&lab.sh("ss -tnmi").stdout),
+            pipe_bytes(srv.child.id())
+        ),
+    };
+    drop(c);
     let got_up = target.join().unwrap();
     eprintln!("1 GiB each way in {:?}", t0.elapsed());
-    assert_eq!(got_down, Ok(GIB), "down");
-    assert_eq!(got_up, Ok(GIB), "up");
+    assert_eq!(got_down, Ok(GIB), "down; {state}\n{}", srv.log());
+    assert_eq!(got_up, Ok(GIB), "up; {state}\n{}", srv.log());
     let line = session_line(&srv);
     assert!(line.contains("outcome=closed"), "{line}");
     assert_eq!(

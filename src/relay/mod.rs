@@ -479,6 +479,13 @@ impl Dir {
             }
             // Copy from here on.
             Poll::Ready(Ok(splice::End::Unsupported)) => None,
+            // The copy loop reads the next chunk, then splicing goes on.
+            Poll::Ready(Ok(splice::End::CopyOnce)) => None,
+            Poll::Ready(Ok(splice::End::Spill(held))) => {
+                self.cap = held.len();
+                self.buf = held.into_boxed_slice();
+                None
+            }
         }
     }
 

@@ -16,10 +16,12 @@
 //! pipe at all (it costs what it did with the copy loop), and a pipe that
 //! still holds bytes when its session ends is closed, never reused.
 
+use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::task::{Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -45,6 +47,25 @@ struct Pipe {
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: every Nth splice call on this thread acts as if the kernel
+    /// said EAGAIN on a ready socket (0: never).
+    pub(super) static ODD_EAGAIN_EVERY: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Tests: whether this splice call is one `ODD_EAGAIN_EVERY` picks.
+fn odd_eagain() -> bool {
+    #[cfg(test)]
+    {
+        let (every, n) = ODD_EAGAIN_EVERY.get();
+        ODD_EAGAIN_EVERY.set((every, n.wrapping_add(1)));
+        every > 0 && n % every == every - 1
+    }
+    #[cfg(not(test))]
+    false
 }
 
 impl Pipe {
@@ -83,6 +104,23 @@ pub(super) fn pooled() -> usize {
     POOL.with(|pool| pool.borrow().len())
 }
 
+/// Bytes held by the pipes idle in this thread's pool (for tests: 0).
+#[cfg(test)]
+pub(super) fn pooled_bytes() -> usize {
+    use std::os::fd::AsRawFd;
+    POOL.with(|pool| {
+        pool.borrow()
+            .iter()
+            .map(|p| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD on an open pipe writes one c_int to `n`.
+                unsafe { libc::ioctl(p.r.as_raw_fd(), libc::FIONREAD, &mut n) };
+                n as usize
+            })
+            .sum()
+    })
+}
+
 /// What `Splicer::poll` ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum End {
@@ -91,6 +129,13 @@ pub(super) enum End {
     /// Splicing cannot be used (no pipe could be made, or the kernel refuses
     /// splice on these sockets): the pipe is empty, copy from now on.
     Unsupported,
+    /// The kernel said EAGAIN while poll(2) saw the socket ready (see
+    /// `ready_now`): the copy loop moves the next chunk, then splicing goes
+    /// on. The pipe is empty.
+    CopyOnce,
+    /// As `CopyOnce` on the writing end: the bytes the pipe held, taken out
+    /// of it, for the copy loop to write on.
+    Spill(Vec<u8>),
 }
 
 /// The splice state of one direction.
@@ -127,6 +172,10 @@ impl Splicer {
                         *amt += n as u64;
                         *moved = true;
                     }
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                        tracing::debug!("splice could not write to a writable socket: copying");
+                        return self.spill().map_err(DirErr::Write).map(End::Spill).into();
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(DirErr::Write(e))),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -151,7 +200,13 @@ impl Splicer {
             // The pipe is empty here: an EAGAIN means the socket is, and
             // try_io then clears its readiness.
             let res = r.try_io(Interest::READABLE, || {
-                splice(r, None, &pipe.w, None, PIPE_SIZE, FLAGS).map_err(io::Error::from)
+                if odd_eagain() {
+                    return Err(not_now());
+                }
+                match splice(r, None, &pipe.w, None, PIPE_SIZE, FLAGS) {
+                    Err(Errno::EAGAIN) if ready_now(r, PollFlags::POLLIN) => Err(not_now()),
+                    res => res.map_err(io::Error::from),
+                }
             });
             match res {
                 Ok(0) => {
@@ -166,6 +221,13 @@ impl Splicer {
                     *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    tracing::debug!("splice found nothing in a readable socket: one chunk copied");
+                    if let Some(p) = self.pipe.take() {
+                        p.give();
+                    }
+                    return Poll::Ready(Ok(End::CopyOnce));
+                }
                 Err(e) if self.spliced == 0 && unsupported(&e) => return self.give_up(),
                 Err(e) => return Poll::Ready(Err(DirErr::Read(e))),
             }
@@ -181,7 +243,13 @@ impl Splicer {
             std::task::ready!(w.poll_write_ready(cx))?;
             // The pipe holds bytes: an EAGAIN means the socket is full.
             let res = w.try_io(Interest::WRITABLE, || {
-                splice(&pipe.r, None, w, None, self.held, FLAGS).map_err(io::Error::from)
+                if odd_eagain() {
+                    return Err(not_now());
+                }
+                match splice(&pipe.r, None, w, None, self.held, FLAGS) {
+                    Err(Errno::EAGAIN) if ready_now(w, PollFlags::POLLOUT) => Err(not_now()),
+                    res => res.map_err(io::Error::from),
+                }
             });
             match res {
                 Ok(0) => {
@@ -195,6 +263,33 @@ impl Splicer {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Take the bytes the pipe holds out of it (the pipe is then empty and
+    /// goes back), for the copy loop to write on.
+    fn spill(&mut self) -> io::Result<Vec<u8>> {
+        let Some(pipe) = self.pipe.take() else {
+            unreachable!("held bytes are in a pipe");
+        };
+        let mut out = vec![0; self.held];
+        let mut got = 0;
+        while got < out.len() {
+            match nix::unistd::read(&pipe.r, &mut out[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if got < out.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "pipe held less than spliced",
+            ));
+        }
+        self.held = 0;
+        pipe.give();
+        Ok(out)
     }
 
     /// Whether this direction holds a pipe now (for tests).
@@ -222,6 +317,25 @@ impl Drop for Splicer {
             }
         }
     }
+}
+
+/// Whether poll(2) sees `s` ready for `what` now. Asked only after splice
+/// said EAGAIN: with an empty pipe (filling) or a pipe holding bytes
+/// (draining), EAGAIN is supposed to mean the socket has nothing or no
+/// room. Were it ever otherwise, clearing tokio's readiness would wait for
+/// an edge that never comes (the bytes are already there, or the room is),
+/// and the direction would stall until the idle timeout. Then the copy loop
+/// moves that chunk instead.
+fn ready_now(s: &TcpStream, what: PollFlags) -> bool {
+    let mut fds = [PollFd::new(s.as_fd(), what)];
+    matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.intersects(what))
+}
+
+/// The marker `try_io` passes through without clearing readiness: splice
+/// said EAGAIN, yet the socket is ready.
+fn not_now() -> io::Error {
+    io::ErrorKind::Interrupted.into()
 }
 
 /// The kernel refuses splice on this pair (not a failure of the connection).

@@ -128,6 +128,59 @@ async fn bulk_both_ways_over_tcp() {
     );
 }
 
+/// Were splice ever to say EAGAIN while poll(2) sees the socket ready, the
+/// direction must not wait for an edge that never comes: the chunk is
+/// copied (filling) or spilled out of the pipe and copied (draining), and
+/// every byte arrives in order.
+#[tokio::test]
+async fn eagain_on_a_ready_socket_falls_back_to_copying_that_chunk() {
+    splice::ODD_EAGAIN_EVERY.set((3, 0));
+    let (mut client, a) = pair().await;
+    let (b, mut server) = pair().await;
+    let r = tokio::spawn(relay(a, b, Some(Duration::from_secs(20))));
+    let up: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let down: Vec<u8> = up.iter().rev().copied().collect();
+    let (u2, d2) = (up.clone(), down.clone());
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let (got_up, got_down, _, _) = tokio::join!(
+        async {
+            let mut v = Vec::new();
+            sr.read_to_end(&mut v).await.unwrap();
+            v
+        },
+        async {
+            let mut v = Vec::new();
+            cr.read_to_end(&mut v).await.unwrap();
+            v
+        },
+        async {
+            cw.write_all(&u2).await.unwrap();
+            cw.shutdown().await.unwrap();
+        },
+        async {
+            sw.write_all(&d2).await.unwrap();
+            sw.shutdown().await.unwrap();
+        },
+    );
+    let calls = splice::ODD_EAGAIN_EVERY.get().1;
+    splice::ODD_EAGAIN_EVERY.set((0, 0));
+    assert!(got_up == up && got_down == down, "bytes lost or reordered");
+    let st = r.await.unwrap();
+    assert_eq!(
+        (st.a_to_b, st.b_to_a, st.outcome),
+        (4_000_000, 4_000_000, Outcome::Closed)
+    );
+    let spliced = st.a_to_b_spliced + st.b_to_a_spliced;
+    assert!(
+        calls >= 6 && spliced > 0 && spliced < 8_000_000,
+        "{calls} {st:?}"
+    );
+    assert_eq!(splice::pooled_bytes(), 0, "a pooled pipe holds bytes");
+}
+
 /// Poll one direction between two sockets once (it runs until it would
 /// block).
 async fn drive_tcp(dir: &mut Dir, r: &mut TcpStream, w: &mut TcpStream) {
