@@ -399,6 +399,7 @@ fn rr(c: &Common) -> io::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     result(&[
+        ("n", lat.len().to_string()),
         ("tps", format!("{:.0}", lat.len() as f64 / secs)),
         ("p50_us", format!("{:.1}", percentile(&lat, 0.50))),
         ("p99_us", format!("{:.1}", percentile(&lat, 0.99))),

@@ -403,6 +403,22 @@ ticks() { # user+system CPU ticks of PID and its children, living and reaped
   done
   echo "$s"
 }
+uticks() { # the user-space part of ticks
+  local p s=0
+  for p in $(tree "$1"); do
+    s=$((s + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $14}' || echo 0)))
+  done
+  echo "$s"
+}
+# cpu_per ROW KEY N T0 U0: CPU µs of ROW's own process per unit of work (N units since
+# ticks T0 and user ticks U0) into KEY, and its user-space part into KEY-user: with
+# one transaction in flight, what the process's user space adds to each round trip.
+cpu_per() {
+  local hz t1 u1
+  hz=$(getconf CLK_TCK); t1=$(ticks "${CPUW[$1]}"); u1=$(uticks "${CPUW[$1]}")
+  R["$1|$2"]=$(awk -v t=$((t1 - $4)) -v hz="$hz" -v n="$3" 'BEGIN {printf "%.1f", (t / hz) * 1e6 / n}')
+  R["$1|$2-user"]=$(awk -v t=$((u1 - $5)) -v hz="$hz" -v n="$3" 'BEGIN {printf "%.1f", (t / hz) * 1e6 / n}')
+}
 # Memory of PID in kB: VmRSS for one process; for a process with children (dante
 # forks) the sum of their PSS, so pages they share are counted once.
 rss_kb() {
@@ -427,7 +443,7 @@ PERF_DEV0=""
 perf_start() {
   PERFPIDS=()
   [ -n "$PERF_DIR" ] && [ "$1" = sockstun ] && [ "${ROUND:-1}" = 1 ] || return 0
-  case "$2" in tcp-up-1|tcp-down-1|rr|crr|udp) ;; *) return 0 ;; esac
+  case "$2" in tcp-up-1|tcp-down-1|rr|crr|udp|udp-rtt) ;; *) return 0 ;; esac
   mkdir -p "$PERF_DIR"
   PERF_S=$2
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "${CPUW[$1]}" \
@@ -437,7 +453,9 @@ perf_start() {
     -e 'syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev' \
     -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait' \
     -e 'syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_connect' \
-    -e 'syscalls:sys_enter_close,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap' >/dev/null 2>&1 &
+    -e 'syscalls:sys_enter_close,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap' \
+    -e 'syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_recvmmsg' \
+    >/dev/null 2>&1 &
   PERFPIDS+=($!)
   PERF_DEV0=$(inns "$NSC" cat /proc/net/dev | awk '/bst0:/ {print $3, $11}')
   sleep 0.5
@@ -455,7 +473,7 @@ perf_stop() {
 
 # scenario ROW NAME: one measurement of one row.
 scenario() {
-  local row=$1 s=$2 r t0 t1 dir n k
+  local row=$1 s=$2 r t0 t1 u0 dir n k
   NBNS=${CLIENTNS[$row]:-$NSC}
   # shellcheck disable=SC2086
   set -- ${ARGS[$row]}
@@ -488,8 +506,12 @@ scenario() {
       R["$row|$s"]=$r; say "  $row $s: $r Gbit/s" ;;
     udp-rtt)
       [ "$row" = redsocks ] && return
+      [ -n "${CPUW[$row]:-}" ] && { t0=$(ticks "${CPUW[$row]}"); u0=$(uticks "${CPUW[$row]}"); }
+      perf_start "$row" udp-rtt
       r=$(nb udp-rtt "$@" --secs "$SECS")
+      perf_stop
       if [ -n "$r" ]; then
+        [ -n "${CPUW[$row]:-}" ] && cpu_per "$row" udp-rtt-cpu "$(kv "$r" n)" "$t0" "$u0"
         R["$row|udp-rtt"]=$(kv "$r" p50_us); R["$row|udp-rtt-p99"]=$(kv "$r" p99_us)
         [ "$(kv "$r" lost)" = 0 ] || R["$row|udp-rtt-p99"]="${R[$row|udp-rtt-p99]}($(kv "$r" lost)lost)"
         say "  $row udp-rtt: p50 ${R[$row|udp-rtt]} us p99 ${R[$row|udp-rtt-p99]} us ($(kv "$r" n) echoes)"
@@ -509,10 +531,12 @@ scenario() {
         say "  $row dns: p50 ${R[$row|dns]} us p99 ${R[$row|dns-p99]} us ($(kv "$r" n) queries)"
       else fail "$row" dns; fi ;;
     rr)
+      [ -n "${CPUW[$row]:-}" ] && { t0=$(ticks "${CPUW[$row]}"); u0=$(uticks "${CPUW[$row]}"); }
       perf_start "$row" rr
       r=$(nb rr "$@" --secs "$SECS")
       perf_stop
       [ -n "$r" ] || { fail "$row" rr; return; }
+      [ -n "${CPUW[$row]:-}" ] && cpu_per "$row" rr-cpu "$(kv "$r" n)" "$t0" "$u0"
       R["$row|rr"]=$(kv "$r" tps); R["$row|rr-p50"]=$(kv "$r" p50_us); R["$row|rr-p99"]=$(kv "$r" p99_us)
       say "  $row rr: ${R[$row|rr]} tps p50 ${R[$row|rr-p50]} us p99 ${R[$row|rr-p99]} us" ;;
     crr)
@@ -645,8 +669,8 @@ rounds() {
   local s=$1 row k v round keys
   shift
   case "$s" in
-    rr) keys="rr rr-p50 rr-p99" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; tcp-*) keys="$s cpu-$s" ;;
-    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99" ;; dns) keys="dns dns-p99" ;;
+    rr) keys="rr rr-p50 rr-p99 rr-cpu rr-cpu-user" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; tcp-*) keys="$s cpu-$s" ;;
+    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99 udp-rtt-cpu udp-rtt-cpu-user" ;; dns) keys="dns dns-p99" ;;
     *) keys=$s ;;
   esac
   local -A acc=()
@@ -803,6 +827,10 @@ cpu-tcp-up-10;CPU s per GB (tcp-up-10)
 cpu-tcp-down-1;CPU s per GB (tcp-down-1)
 cpu-tcp-down-10;CPU s per GB (tcp-down-10)
 crr-cpu;CPU us per conn (crr)
+rr-cpu;CPU us per transaction (rr)
+rr-cpu-user;user CPU us per transaction (rr)
+udp-rtt-cpu;CPU us per echo (udp-rtt)
+udp-rtt-cpu-user;user CPU us per echo (udp-rtt)
 cpu;CPU s per GB (tcp-up-1)
 rss-idle;RSS idle MB
 mem-rss;RSS MEMN held MB
