@@ -115,10 +115,13 @@ fn field(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
-/// Bytes a bulk direction may copy before it turns to splice: it does from
-/// its first read that fills the relay's 64 KiB buffer, in practice the
-/// very first.
-const COPIED_MAX: u64 = MIB;
+/// Bytes a bulk direction may copy rather than splice. It turns to splice
+/// from its first read that fills the relay's 64 KiB buffer: the very first
+/// on a quiet machine, later when a loaded sender trickles in smaller
+/// reads; and a splice that finds a ready socket twice says EAGAIN copies
+/// one chunk. Seen up to 2.5 MB under load; everything past this bound is
+/// the copy loop doing the work splice should.
+const COPIED_MAX: u64 = 8 * MIB;
 
 /// `spliced=` of a session line that moved `up` and `down` bytes: all of
 /// each bulk direction but its first reads.

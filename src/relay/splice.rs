@@ -203,10 +203,8 @@ impl Splicer {
                 if odd_eagain() {
                     return Err(not_now());
                 }
-                match splice(r, None, &pipe.w, None, PIPE_SIZE, FLAGS) {
-                    Err(Errno::EAGAIN) if ready_now(r, PollFlags::POLLIN) => Err(not_now()),
-                    res => res.map_err(io::Error::from),
-                }
+                let fill = || splice(r, None, &pipe.w, None, PIPE_SIZE, FLAGS);
+                checked(fill, r, PollFlags::POLLIN)
             });
             match res {
                 Ok(0) => {
@@ -246,10 +244,8 @@ impl Splicer {
                 if odd_eagain() {
                     return Err(not_now());
                 }
-                match splice(&pipe.r, None, w, None, self.held, FLAGS) {
-                    Err(Errno::EAGAIN) if ready_now(w, PollFlags::POLLOUT) => Err(not_now()),
-                    res => res.map_err(io::Error::from),
-                }
+                let drain = || splice(&pipe.r, None, w, None, self.held, FLAGS);
+                checked(drain, w, PollFlags::POLLOUT)
             });
             match res {
                 Ok(0) => {
@@ -316,6 +312,23 @@ impl Drop for Splicer {
                 p.give();
             }
         }
+    }
+}
+
+/// One splice, and once more if it said EAGAIN while `s` polls ready for
+/// `what` (bytes or room came in between the two calls, the usual reason
+/// under load); `not_now()` if the second says EAGAIN too.
+fn checked(
+    call: impl Fn() -> nix::Result<usize>,
+    s: &TcpStream,
+    what: PollFlags,
+) -> io::Result<usize> {
+    match call() {
+        Err(Errno::EAGAIN) if ready_now(s, what) => match call() {
+            Err(Errno::EAGAIN) => Err(not_now()),
+            res => res.map_err(io::Error::from),
+        },
+        res => res.map_err(io::Error::from),
     }
 }
 
