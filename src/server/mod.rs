@@ -13,8 +13,7 @@
 //! - `connect.rs`, `bind.rs`, `udp.rs`: the three commands;
 //! - `session.rs`: one client: handshake, dispatch to its command, log line;
 //! - `reload.rs`: SIGHUP puts a new configuration in force for new sessions;
-//! - `workers.rs`: the threads serving clients, a listener each per address;
-//! - `mod.rs`: the accept loop, the client limit, start and stop.
+//! - `mod.rs`: listeners, the accept loop and the client limit.
 
 mod admit;
 mod bind;
@@ -29,18 +28,36 @@ pub mod rules;
 mod session;
 mod stop;
 mod udp;
-mod workers;
 
 use anyhow::Context as _;
 pub use config::Config;
 use metrics::ClientRefusal;
 pub use reload::Reload;
+use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // [::] and 0.0.0.0 can then both be listened on, each explicitly.
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux): set
+    // once here, not with a syscall per connection.
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    // Up to net.core.somaxconn (4096 by default): a burst of connections
+    // waits in the kernel rather than having its SYNs dropped.
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
 
 /// Run the server until SIGINT/SIGTERM.
 pub fn run(args: crate::cli::ServerArgs) -> anyhow::Result<()> {
@@ -57,9 +74,7 @@ pub fn run_with(args: crate::cli::ServerArgs, reload: Option<Reload>) -> anyhow:
     let cfg = Arc::new(Config::from_args(&args, fd_limit)?);
     let admin = crate::admin::bind(args.ops.admin, args.ops.admin_public, "--admin-public")
         .map_err(anyhow::Error::msg)?;
-    // Signals, SIGHUP reloads and the admin endpoint: the clients have
-    // threads of their own (workers.rs).
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
@@ -81,14 +96,12 @@ pub async fn serve_with(
     admin: Option<std::net::TcpListener>,
     reload: Option<(Reload, u64)>,
 ) -> anyhow::Result<()> {
-    let threads = workers::count();
-    // listeners[t]: thread t's, one per address.
-    let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut listeners = Vec::new();
     for &addr in &cfg.listen {
-        let ls = workers::bind(addr, threads).with_context(|| format!("listen on {addr}"))?;
+        let l = bind_listener(addr).with_context(|| format!("listen on {addr}"))?;
         info!(
-            "listening on {} (auth {}, max {} clients, {} handshakes, {threads} thread(s))",
-            ls[0].local_addr().unwrap_or(addr),
+            "listening on {} (auth {}, max {} clients, {} handshakes)",
+            l.local_addr().unwrap_or(addr),
             if cfg.auth_required() {
                 "required"
             } else {
@@ -97,9 +110,7 @@ pub async fn serve_with(
             cfg.max_clients,
             cfg.max_handshakes,
         );
-        for (t, l) in ls.into_iter().enumerate() {
-            listeners[t].push(l);
-        }
+        listeners.push(l);
     }
     let gate = Arc::new(Gate {
         slots: Arc::new(Semaphore::new(cfg.max_clients)),
@@ -119,35 +130,31 @@ pub async fn serve_with(
         crate::admin::spawn(l, report).context("--admin")?;
     }
     let current: reload::Current = Arc::new(arc_swap::ArcSwap::new(cfg.clone()));
-    let mut threads = Vec::new();
-    for (i, ls) in listeners.into_iter().enumerate() {
-        match workers::spawn(i, ls, current.clone(), gate.clone()) {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                // The threads already started end with it.
-                cfg.stop.set();
-                return Err(anyhow::Error::new(e).context("server thread"));
-            }
-        }
+    let mut loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, current.clone(), gate.clone())))
+        .collect();
+    if let Some((r, fd_limit)) = reload {
+        loops.push(tokio::spawn(reload::on_sighup(
+            current.clone(),
+            r,
+            fd_limit,
+        )));
     }
-    let reloads =
-        reload.map(|(r, fd_limit)| tokio::spawn(reload::on_sighup(current.clone(), r, fd_limit)));
     crate::service::ready(&format!("listening on {} address(es)", cfg.listen.len()));
     shutdown_signal().await;
     crate::service::stopping();
     let open = gate.live.borrow().now;
     gate.report_evictions(true);
     info!("shutting down: ending {open} open session(s)");
-    if let Some(r) = reloads {
-        r.abort();
+    for l in loops {
+        l.abort();
     }
-    // Each thread stops accepting, then serves its sessions until every one
-    // has logged its line (outcome=shutdown, with its byte counts); one stuck
-    // in a name lookup is not waited for.
     cfg.stop.set();
-    for t in threads {
-        let _ = t.await;
-    }
+    // Every session logs its line (outcome=shutdown, with its byte counts)
+    // before the runtime goes; one stuck in a name lookup is not waited for.
+    let mut live = gate.live.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|o| o.now == 0)).await;
     Ok(())
 }
 
@@ -279,7 +286,7 @@ impl Gate {
     }
 }
 
-pub(super) async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
+async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) {
     let (mut last_warn, mut quiet) = (None::<std::time::Instant>, 0u64);
     let listener = l.local_addr().ok();
     loop {
@@ -363,8 +370,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = super::workers::listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let l = super::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
             let to = l.local_addr().unwrap();
             let (c, a) = tokio::join!(tokio::net::TcpStream::connect(to), l.accept());
             let (_c, (a, _)) = (c.unwrap(), a.unwrap());
