@@ -25,15 +25,16 @@
 //! the kernel will not splice.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
+mod future;
 mod splice;
+
+pub use future::{relay, relay_until, Relay};
 
 use splice::DirErr;
 
@@ -523,90 +524,6 @@ impl Dir {
     }
 }
 
-/// Copy `a` ⇄ `b` until both directions ended, one side failed, or nothing
-/// moved for `idle`. The streams are dropped (closed, or reset) on return.
-pub async fn relay<A: RelayStream, B: RelayStream>(
-    a: A,
-    b: B,
-    idle: Option<Duration>,
-) -> RelayStats {
-    relay_until(a, b, idle, std::future::pending()).await
-}
-
-/// `relay`, ended early when `stop` completes: both sides are reset and the
-/// outcome is `Stopped`, with the bytes moved until then.
-pub async fn relay_until<A: RelayStream, B: RelayStream>(
-    mut a: A,
-    mut b: B,
-    idle: Option<Duration>,
-    stop: impl std::future::Future<Output = ()>,
-) -> RelayStats {
-    let mut stop = std::pin::pin!(stop);
-    let mut ab = Dir::new();
-    let mut ba = Dir::new();
-    let mut last_move = Instant::now();
-    let mut sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
-
-    let outcome = poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Outcome::Stopped);
-        }
-        let mut moved = false;
-        if !ab.done {
-            match ab.poll_copy(cx, Pin::new(&mut a), Pin::new(&mut b), &mut moved) {
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-                Poll::Ready(Err(DirErr::Read(e))) => return Poll::Ready(fail(Side::A, e)),
-                Poll::Ready(Err(DirErr::Write(e))) => return Poll::Ready(fail(Side::B, e)),
-            }
-        }
-        if !ba.done {
-            match ba.poll_copy(cx, Pin::new(&mut b), Pin::new(&mut a), &mut moved) {
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-                Poll::Ready(Err(DirErr::Read(e))) => return Poll::Ready(fail(Side::B, e)),
-                Poll::Ready(Err(DirErr::Write(e))) => return Poll::Ready(fail(Side::A, e)),
-            }
-        }
-        if ab.done && ba.done {
-            return Poll::Ready(Outcome::Closed);
-        }
-        if let (Some(sleep), Some(idle)) = (sleep.as_mut(), idle) {
-            if moved {
-                // Cheaper than re-arming the timer per chunk: the timer is
-                // only moved when it fires early.
-                last_move = Instant::now();
-            }
-            while sleep.as_mut().poll(cx).is_ready() {
-                let deadline = last_move + idle;
-                if deadline <= Instant::now() {
-                    return Poll::Ready(Outcome::IdleTimeout);
-                }
-                sleep.as_mut().reset(deadline);
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-
-    match outcome {
-        // The failed side is dead already; abort the other one so its peer
-        // sees what this side's peer did.
-        Outcome::Reset { side: Side::A, .. } => b.reset(),
-        Outcome::Reset { side: Side::B, .. } => a.reset(),
-        Outcome::Stopped => {
-            a.reset();
-            b.reset();
-        }
-        Outcome::Closed | Outcome::IdleTimeout => {}
-    }
-    RelayStats {
-        a_to_b: ab.amt,
-        b_to_a: ba.amt,
-        a_to_b_spliced: ab.splice.spliced,
-        b_to_a_spliced: ba.splice.spliced,
-        outcome,
-    }
-}
-
 /// Write as much of `data` as `w` takes now. An error or a writer that is
 /// full (its waker then registered) is noted for the caller.
 #[inline]
@@ -670,13 +587,6 @@ fn read_now<R: RelayStream + ?Sized>(
             *blocked = true;
             0
         }
-    }
-}
-
-fn fail(side: Side, e: io::Error) -> Outcome {
-    Outcome::Reset {
-        side,
-        kind: e.kind(),
     }
 }
 

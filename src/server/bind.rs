@@ -3,7 +3,7 @@
 
 use super::config::Config;
 use super::connect::resolve;
-use super::reply::{refuse, reply_and_relay, Proto, Refusal, Request, SessionLog};
+use super::reply::{refuse, reply_for_relay, Proto, Refusal, Relaying, Request, SessionLog};
 use super::rules::{is_host_address, route_source};
 use crate::net::unmap;
 use crate::relay::RelayStream;
@@ -20,7 +20,7 @@ pub(super) async fn run(
     req: &Request,
     local: Option<SocketAddr>,
     log: &mut SessionLog,
-) -> String {
+) -> Result<Relaying, String> {
     let user = super::reply::who_of(cfg, log);
     let who = super::rules::Subject {
         user: user.as_deref(),
@@ -31,22 +31,22 @@ pub(super) async fn run(
     };
     let (listener, bound, expected) = match listen(cfg, req, local.map(|l| l.ip()), &who).await {
         Ok(x) => x,
-        Err(why) => return refuse(client, req.proto, why).await,
+        Err(why) => return Err(refuse(client, req.proto, why).await),
     };
     if let Err(e) = client.write_all(&req.proto.success(bound)).await {
-        return format!("client gone before first reply: {e}");
+        return Err(format!("client gone before first reply: {e}"));
     }
     let peer = match wait_for_peer(cfg, &mut client, &listener, expected, log).await {
         Ok(peer) => peer,
-        Err(NoPeer::Refused(why)) => return refuse(client, req.proto, why).await,
+        Err(NoPeer::Refused(why)) => return Err(refuse(client, req.proto, why).await),
         Err(NoPeer::ClientClosed) => {
-            return "client closed while waiting for the BIND peer".into();
+            return Err("client closed while waiting for the BIND peer".into());
         }
     };
     drop(listener);
     let from = log.via.unwrap_or(bound);
     let reply = req.proto.success(from);
-    reply_and_relay(cfg, client, peer, &reply, &early, log, "peer").await
+    reply_for_relay(client, peer, &reply, &early, log, "peer").await
 }
 
 /// The listener for the peer, its address (the first reply's), and the

@@ -1,7 +1,7 @@
 //! CONNECT: resolve, check the rules on each address, dial, reply, relay.
 
 use super::config::Config;
-use super::reply::{refuse, reply_and_relay, who_of, Refusal, Request, SessionLog};
+use super::reply::{refuse, reply_for_relay, who_of, Refusal, Relaying, Request, SessionLog};
 use super::rules::Subject;
 use crate::net::unmap;
 use crate::net::SocketOpts;
@@ -49,7 +49,7 @@ pub(super) async fn run(
     peer: SocketAddr,
     server_ip: Option<IpAddr>,
     log: &mut SessionLog,
-) -> String {
+) -> Result<Relaying, String> {
     let user = who_of(cfg, log);
     // The address accept() gave: asking the socket again costs a syscall
     // per connection.
@@ -61,9 +61,9 @@ pub(super) async fn run(
     match dial(cfg, req, server_ip, &who, log).await {
         Ok((target, bound)) => {
             let reply = req.proto.success(bound);
-            reply_and_relay(cfg, client, target, &reply, &early, log, "target").await
+            reply_for_relay(client, target, &reply, &early, log, "target").await
         }
-        Err(why) => refuse(client, req.proto, why).await,
+        Err(why) => Err(refuse(client, req.proto, why).await),
     }
 }
 

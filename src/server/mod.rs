@@ -339,11 +339,14 @@ async fn accept_loop(l: TcpListener, current: reload::Current, gate: Arc<Gate>) 
         }
         // Counted before the task runs, so a shutdown right now waits for it.
         let live = Live::new(gate.clone());
-        let (cfg, g) = (cfg.clone(), gate.clone());
-        tokio::spawn(async move {
-            session::handle(cfg, g.slots.clone(), &g.stats, stream, peer, listener, hs).await;
-            drop(live);
-        });
+        let c = session::Accepted {
+            client: stream,
+            peer,
+            listener,
+            hs,
+        };
+        let (slots, stats) = (gate.slots.clone(), gate.stats.clone());
+        tokio::spawn(session::handle(cfg, slots, stats, c, live));
     }
 }
 

@@ -85,6 +85,32 @@ pub(super) struct SessionLog {
     pub datagrams_down: u64,
 }
 
+impl SessionLog {
+    pub fn new() -> SessionLog {
+        SessionLog {
+            proto: "-",
+            user: None,
+            cmd: "-",
+            dest: None,
+            via: None,
+            up: 0,
+            down: 0,
+            spliced_up: 0,
+            spliced_down: 0,
+            datagrams_up: 0,
+            datagrams_down: 0,
+        }
+    }
+
+    /// Add what a relay moved.
+    pub fn count(&mut self, st: &crate::relay::RelayStats) {
+        self.up += st.a_to_b;
+        self.down += st.b_to_a;
+        self.spliced_up += st.a_to_b_spliced;
+        self.spliced_down += st.b_to_a_spliced;
+    }
+}
+
 /// Why the server refused a request: the reply code the client gets
 /// (`reply`, in its dialect through `Proto::failure`) and the session's
 /// outcome (`Display`, the text operators grep for).
@@ -186,34 +212,40 @@ pub(super) async fn refuse(client: TcpStream, proto: Proto, why: Refusal) -> Str
     why.to_string()
 }
 
-/// The end every relaying command shares: send the success reply, pass on the
-/// bytes the client pipelined behind its request, then relay until both sides
-/// are done. Returns the outcome for the log line.
-pub(super) async fn reply_and_relay(
-    cfg: &Config,
+/// A session ready to relay: the success reply and the bytes the client
+/// pipelined behind its request went out. `other` is the CONNECT target or
+/// the BIND peer, named `other_name` in the log line.
+pub(super) struct Relaying {
+    pub client: TcpStream,
+    pub other: TcpStream,
+    pub other_name: &'static str,
+}
+
+/// What every relaying command does before the relay: send the success
+/// reply, then pass on the bytes the client pipelined behind its request.
+/// `Err`: the session ended here, with that outcome for the log line.
+pub(super) async fn reply_for_relay(
     mut client: TcpStream,
     mut other: TcpStream,
     reply: &[u8],
     early: &[u8],
     log: &mut SessionLog,
-    other_name: &str,
-) -> String {
+    other_name: &'static str,
+) -> Result<Relaying, String> {
     if let Err(e) = client.write_all(reply).await {
-        return format!("client gone before reply: {e}");
+        return Err(format!("client gone before reply: {e}"));
     }
     if !early.is_empty() {
         if let Err(e) = other.write_all(early).await {
-            return format!("{other_name} write failed: {e}");
+            return Err(format!("{other_name} write failed: {e}"));
         }
         log.up += early.len() as u64;
     }
-    let idle = Some(cfg.idle_timeout);
-    let st = crate::relay::relay_until(client, other, idle, cfg.stopped()).await;
-    log.up += st.a_to_b;
-    log.down += st.b_to_a;
-    log.spliced_up += st.a_to_b_spliced;
-    log.spliced_down += st.b_to_a_spliced;
-    st.outcome.describe("client", other_name)
+    Ok(Relaying {
+        client,
+        other,
+        other_name,
+    })
 }
 
 /// Over the client limit: answer the first message with a well-formed
