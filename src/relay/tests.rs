@@ -84,12 +84,13 @@ async fn no_own_buffer_while_the_writer_keeps_up() {
     assert_eq!(reader.await.unwrap(), vec![9u8; 5000]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_both_ways_over_tcp() {
+/// `n` bytes each way between two socket pairs through a relay, each
+/// direction half-closed at its end; every byte checked. The relay's stats.
+async fn both_ways(n: u32, idle: Option<Duration>) -> RelayStats {
     let (mut client, a) = pair().await;
     let (b, mut server) = pair().await;
-    let r = tokio::spawn(relay(a, b, None));
-    let up: Vec<u8> = (0..3_000_000u32)
+    let r = tokio::spawn(relay(a, b, idle));
+    let up: Vec<u8> = (0..n)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     let down: Vec<u8> = up.iter().rev().copied().collect();
@@ -116,12 +117,18 @@ async fn bulk_both_ways_over_tcp() {
             sw.shutdown().await.unwrap();
         },
     );
-    assert!(got_up == up && got_down == down);
+    assert!(got_up == up && got_down == down, "bytes lost or reordered");
     let st = r.await.unwrap();
     assert_eq!(
         (st.a_to_b, st.b_to_a, st.outcome),
-        (3_000_000, 3_000_000, Outcome::Closed)
+        (n as u64, n as u64, Outcome::Closed)
     );
+    st
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_both_ways_over_tcp() {
+    let st = both_ways(3_000_000, None).await;
     // Two sockets, bulk: (nearly) every byte went by splice.
     assert!(
         st.a_to_b_spliced > 2_000_000 && st.b_to_a_spliced > 2_000_000,
@@ -136,44 +143,9 @@ async fn bulk_both_ways_over_tcp() {
 #[tokio::test]
 async fn eagain_on_a_ready_socket_falls_back_to_copying_that_chunk() {
     splice::ODD_EAGAIN_EVERY.set((3, 0));
-    let (mut client, a) = pair().await;
-    let (b, mut server) = pair().await;
-    let r = tokio::spawn(relay(a, b, Some(Duration::from_secs(20))));
-    let up: Vec<u8> = (0..4_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let down: Vec<u8> = up.iter().rev().copied().collect();
-    let (u2, d2) = (up.clone(), down.clone());
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let (got_up, got_down, _, _) = tokio::join!(
-        async {
-            let mut v = Vec::new();
-            sr.read_to_end(&mut v).await.unwrap();
-            v
-        },
-        async {
-            let mut v = Vec::new();
-            cr.read_to_end(&mut v).await.unwrap();
-            v
-        },
-        async {
-            cw.write_all(&u2).await.unwrap();
-            cw.shutdown().await.unwrap();
-        },
-        async {
-            sw.write_all(&d2).await.unwrap();
-            sw.shutdown().await.unwrap();
-        },
-    );
+    let st = both_ways(4_000_000, Some(Duration::from_secs(20))).await;
     let calls = splice::ODD_EAGAIN_EVERY.get().1;
     splice::ODD_EAGAIN_EVERY.set((0, 0));
-    assert!(got_up == up && got_down == down, "bytes lost or reordered");
-    let st = r.await.unwrap();
-    assert_eq!(
-        (st.a_to_b, st.b_to_a, st.outcome),
-        (4_000_000, 4_000_000, Outcome::Closed)
-    );
     let spliced = st.a_to_b_spliced + st.b_to_a_spliced;
     assert!(
         calls >= 6 && spliced > 0 && spliced < 8_000_000,
