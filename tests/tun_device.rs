@@ -13,7 +13,9 @@ use std::time::Duration;
 /// and the default routes of both families. Left out: what the kernel changes by itself when
 /// a reader attaches (the carrier comes up: the IPv6 link-local address, the
 /// routes' `linkdown` mark).
-fn snapshot(ns: &Netns, dev: &str) -> (Vec<String>, String, String, String) {
+type Snapshot = (Vec<String>, String, String, String);
+
+fn snapshot(ns: &Netns, dev: &str) -> Snapshot {
     let addrs = String::from_utf8_lossy(&ns.ip(&["-o", "addr", "show", "dev", dev]).stdout)
         .lines()
         .filter_map(|l| {
@@ -53,6 +55,16 @@ fn operator_rig(tag: &str, owner: &[&str]) -> (Topology, TempDir, Proc, String) 
     c.ip(&["link", "set", "dev", &dev, "mtu", "1500", "up"]);
     topo.route_default_via_tun(&dev);
     (topo, dir, dante, dev)
+}
+
+/// Both families echo through the TUN; then sockstun stops cleanly and the
+/// device is as `before` (what the operator made, or nothing of ours left).
+fn echo_stop_and_compare(r: &mut Rig, dev: &str, before: &Snapshot, what: &str) {
+    for v6 in [false, true] {
+        assert_eq!(echo(r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
+    }
+    stop(&mut r.tun);
+    assert_eq!(&snapshot(&r.topo.client, dev), before, "{what}");
 }
 
 fn stop(tun: &mut Proc) {
@@ -104,11 +116,7 @@ fn tun_existing_device_keeps_what_the_operator_set() {
         "{}",
         r.tun.log()
     );
-    for v6 in [false, true] {
-        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
-    }
-    stop(&mut r.tun);
-    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+    echo_stop_and_compare(&mut r, &dev, &before, "changed after exit");
 
     // Explicit flags: the address is added beside the operator's (whose
     // routes stay), the MTU set; both are undone at exit.
@@ -135,11 +143,7 @@ fn tun_existing_device_keeps_what_the_operator_set() {
         (&before.2, &before.3),
         "routes changed"
     );
-    for v6 in [false, true] {
-        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
-    }
-    stop(&mut r.tun);
-    assert_eq!(snapshot(&r.topo.client, &dev), before, "not undone at exit");
+    echo_stop_and_compare(&mut r, &dev, &before, "not undone at exit");
 
     // A start that fails half-way undoes what it did: the MTU is set, then
     // the IPv6 address cannot be added (IPv6 is off on the device).
@@ -248,11 +252,7 @@ fn tun_existing_multi_queue_device_is_read_on_its_queues() {
         "{}",
         r.tun.log()
     );
-    for v6 in [false, true] {
-        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
-    }
-    stop(&mut r.tun);
-    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+    echo_stop_and_compare(&mut r, &dev, &before, "changed after exit");
 }
 
 /// An unprivileged user runs sockstun on a persistent device made for it
@@ -294,9 +294,5 @@ fn tun_unprivileged_user_on_its_own_device() {
         _dir: dir,
         topo,
     };
-    for v6 in [false, true] {
-        assert_eq!(echo(&r, v6), Ok(()), "v6={v6}\n{}", r.tun.log());
-    }
-    stop(&mut r.tun);
-    assert_eq!(snapshot(&r.topo.client, &dev), before, "changed after exit");
+    echo_stop_and_compare(&mut r, &dev, &before, "changed after exit");
 }
