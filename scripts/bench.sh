@@ -17,13 +17,21 @@
 #               redirected by nftables to redsocks, Debian's transparent socksifier,
 #               which dials it through the same upstream: a field peer with the
 #               kernel's TCP on both legs and no userspace stack, in a second table
+#   hop         (only when named in --rows) client -> 127.0.0.1:9100, where hop.rs, a
+#               relay with no protocol (blocking threads, poll(2), recvmmsg/sendmmsg),
+#               passes TCP and UDP on to 203.0.113.2: the direct path plus one relay
+#               process, so hop against direct is what any process on the path costs
+#               at least (its wake-ups and socket calls), whatever protocol it speaks
 #   NAME        one row per --variant NAME='ARGS' (`sockstun tun ARGS`, its own TUN) and per
 #               --peer NAME='COMMAND' (any TUN program), each in the client namespace
 #               with its own target address (203.0.113.10, .11, ... in the order given)
 #               routed into its own device; a table each, against sockstun
 # With --server the rows are SOCKS servers side by side in the proxy namespace
 # (dante-server :1080, microsocks :1081, sockstun server :1082), each the upstream of a
-# SOCKS-speaking client.
+# SOCKS-speaking client; `--rows ...,hop` adds hop.rs on :1083 relaying to the target
+# with no protocol (the client speaks none to it either): the floor of any relay server;
+# `hop-socks` adds hop.rs --socks on :1084, the least a SOCKS5 server can do for TCP (its
+# UDP is hop's, with no SOCKS): the floor of any SOCKS5 server against the same client.
 #
 # Needs root. Installs nothing: says what is missing. Every process it starts and every
 # namespace it creates is removed on exit, whatever happens. Traffic stays inside the
@@ -162,7 +170,7 @@ for x in "${VARIANTS[@]/#/variant:}" "${PEERS[@]/#/peer:}"; do
   if [[ "$x" != *=* ]] || ! [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]]; then
     echo "bench.sh: --$kind wants NAME='...' (NAME: letters, digits, . _ -)" >&2; exit 2
   fi
-  case "$name" in direct|socks-only|sockstun|redsocks|delayline)
+  case "$name" in direct|socks-only|sockstun|redsocks|delayline|hop)
     echo "bench.sh: --$kind $name: that name is a built-in row" >&2; exit 2 ;; esac
   [ -z "${XKIND[$name]:-}" ] || { echo "bench.sh: row $name given twice" >&2; exit 2; }
   i=${#EXTRA[@]}
@@ -191,11 +199,12 @@ if [ "$MODE" = tun ] && [ -z "$ROWS" ] && ! { have redsocks && have nft; }; then
 fi
 
 if [ "$BUILD" = 1 ]; then
-  cargo build --release --locked --bins --example netbench --example delayline >&2
+  cargo build --release --locked --bins --example netbench --example delayline --example hop >&2
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SOCKSTUN=$TARGET_DIR/release/sockstun
 NB=$TARGET_DIR/release/examples/netbench
+HOP=$TARGET_DIR/release/examples/hop
 DL=$TARGET_DIR/release/examples/delayline
 for b in "$SOCKSTUN" "$NB" "$DL"; do
   [ -x "$b" ] || { echo "bench.sh: $b not built (run without --no-build)" >&2; exit 2; }
@@ -403,6 +412,7 @@ ticks() { # user+system CPU ticks of PID and its children, living and reaped
   done
   echo "$s"
 }
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; } # the machine's busy ticks
 uticks() { # the user-space part of ticks
   local p s=0
   for p in $(tree "$1"); do
@@ -473,7 +483,7 @@ perf_stop() {
 
 # scenario ROW NAME: one measurement of one row.
 scenario() {
-  local row=$1 s=$2 r t0 t1 u0 dir n k
+  local row=$1 s=$2 r t0 t1 u0 m0 dir n k
   NBNS=${CLIENTNS[$row]:-$NSC}
   # shellcheck disable=SC2086
   set -- ${ARGS[$row]}
@@ -540,17 +550,19 @@ scenario() {
       R["$row|rr"]=$(kv "$r" tps); R["$row|rr-p50"]=$(kv "$r" p50_us); R["$row|rr-p99"]=$(kv "$r" p99_us)
       say "  $row rr: ${R[$row|rr]} tps p50 ${R[$row|rr-p50]} us p99 ${R[$row|rr-p99]} us" ;;
     crr)
-      [ -n "${CPUW[$row]:-}" ] && t0=$(ticks "${CPUW[$row]}")
+      [ -n "${CPUW[$row]:-}" ] && { t0=$(ticks "${CPUW[$row]}"); u0=$(uticks "${CPUW[$row]}"); }
+      m0=$(busy)
       perf_start "$row" crr
       r=$(nb crr "$@" --secs "$SECS")
       perf_stop
       if [ -z "$r" ] || [ "$(kv "$r" ok)" = 0 ]; then fail "$row" crr; return; fi
       R["$row|crr"]=$(kv "$r" cps)
-      if [ -n "${CPUW[$row]:-}" ]; then
-        t1=$(ticks "${CPUW[$row]}")
-        R["$row|crr-cpu"]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$(kv "$r" ok)" \
-          'BEGIN {printf "%.0f", (t / hz) * 1e6 / n}')
-      fi
+      # The whole machine's CPU per connection: crr keeps both cores busy, so a
+      # row's rate is about 2 cores over this, and what a row's own process
+      # could save at most shows against it.
+      R["$row|crr-cpu-all"]=$(awk -v t=$(( $(busy) - m0 )) -v hz="$(getconf CLK_TCK)" -v n="$(kv "$r" ok)" \
+        'BEGIN {printf "%.0f", (t / hz) * 1e6 / n}')
+      [ -n "${CPUW[$row]:-}" ] && cpu_per "$row" crr-cpu "$(kv "$r" ok)" "$t0" "$u0"
       if [ "$(kv "$r" errors)" != 0 ]; then
         R["$row|crr"]="${R[$row|crr]}($(kv "$r" errors)err)"; ERRORS=$((ERRORS + 1))
       fi
@@ -558,10 +570,14 @@ scenario() {
     udp)
       # redsocks relays TCP only (UDP would need its redudp part and TPROXY).
       [ "$row" = redsocks ] && return
+      [ -n "${CPUW[$row]:-}" ] && { t0=$(ticks "${CPUW[$row]}"); u0=$(uticks "${CPUW[$row]}"); }
       perf_start "$row" udp
       r=$(nb udp "$@" --secs "$SECS" --pps "$UDP_PPS")
       perf_stop
       if [ -n "$r" ]; then
+        # Per datagram answered: each crossed the row's process twice.
+        [ -n "${CPUW[$row]:-}" ] && cpu_per "$row" udp-cpu \
+          "$(awk -v p="$(kv "$r" answered_pps)" -v s="$SECS" 'BEGIN {printf "%d", p * s + 1}')" "$t0" "$u0"
         R["$row|udp-offered"]=$(kv "$r" offered_pps)
         R["$row|udp"]=$(kv "$r" answered_pps); R["$row|udp-loss"]=$(kv "$r" loss_pct)
         say "  $row udp: offered ${R[$row|udp-offered]} answered ${R[$row|udp]} pps, loss ${R[$row|udp-loss]} %"
@@ -670,7 +686,7 @@ rounds() {
   shift
   case "$s" in
     rr) keys="rr rr-p50 rr-p99 rr-cpu rr-cpu-user" ;; tcp-up-1) keys="tcp-up-1 cpu" ;; tcp-*) keys="$s cpu-$s" ;;
-    crr) keys="crr crr-cpu" ;; udp-rtt) keys="udp-rtt udp-rtt-p99 udp-rtt-cpu udp-rtt-cpu-user" ;; dns) keys="dns dns-p99" ;;
+    crr) keys="crr crr-cpu crr-cpu-user crr-cpu-all" ;; udp-rtt) keys="udp-rtt udp-rtt-p99 udp-rtt-cpu udp-rtt-cpu-user" ;; dns) keys="dns dns-p99" ;;
     *) keys=$s ;;
   esac
   local -A acc=()
@@ -816,6 +832,8 @@ crr;crr connections/s
 udp-offered;udp offered pps
 udp;udp answered pps
 udp-loss;udp loss %
+udp-cpu;CPU us per datagram echoed (udp)
+udp-cpu-user;user CPU us per datagram echoed (udp)
 wan-p50;wan first byte p50 ms
 wan-p99;wan first byte p99 ms
 udp-rtt;udp-rtt p50 us
@@ -827,6 +845,8 @@ cpu-tcp-up-10;CPU s per GB (tcp-up-10)
 cpu-tcp-down-1;CPU s per GB (tcp-down-1)
 cpu-tcp-down-10;CPU s per GB (tcp-down-10)
 crr-cpu;CPU us per conn (crr)
+crr-cpu-user;user CPU us per conn (crr)
+crr-cpu-all;machine CPU us per conn (crr)
 rr-cpu;CPU us per transaction (rr)
 rr-cpu-user;user CPU us per transaction (rr)
 udp-rtt-cpu;CPU us per echo (udp-rtt)
@@ -940,10 +960,18 @@ run_tun() {
     case "$row" in
       direct)
         inns "$NSP" sysctl -qw net.ipv4.ip_forward=1
-        ip -n "$NSC" route add 203.0.113.2/32 via "$PROXY_IP"
-        ip -n "$NST" route add 198.51.100.0/24 via 203.0.113.1
+        ip -n "$NSC" route replace 203.0.113.2/32 via "$PROXY_IP"
+        ip -n "$NST" route replace 198.51.100.0/24 via 203.0.113.1
         ARGS[direct]="--target 203.0.113.2:9000" ;;
       socks-only) ARGS[socks-only]="--target 203.0.113.2:9000 --socks $PROXY_IP:1080" ;;
+      hop)
+        ip -n "$NSC" route replace 203.0.113.2/32 via "$PROXY_IP"
+        ip -n "$NST" route replace 198.51.100.0/24 via 203.0.113.1
+        inns "$NSP" sysctl -qw net.ipv4.ip_forward=1
+        start_bg "$NSC" "$WORK/hop.log" "$HOP" --listen 127.0.0.1:9100 --to 203.0.113.2:9000
+        wait_listen "$NSC" 9100 || { say "hop did not start: $(tail -3 "$WORK/hop.log")"; exit 1; }
+        ARGS[hop]="--target 127.0.0.1:9100"
+        CPUW[hop]=$BGPID ;;
       sockstun)
         # shellcheck disable=SC2086 # TUN_ARGS is a list of options
         start_bg "$NSC" "$WORK/sockstun-tun.log" env SOCKSTUN_LOG=warn "$SOCKSTUN" tun \
@@ -1071,6 +1099,18 @@ run_server() {
       sockstun-server)
         port=1082
         start_upstream sockstun $port || { say "sockstun server is not available"; R[sockstun-server|na]=1; continue; } ;;
+      hop)
+        start_bg "$NSP" "$WORK/hop.log" "$HOP" --listen "$PROXY_IP:1083" --to 203.0.113.2:9000
+        wait_listen "$NSP" 1083 || { say "hop did not start: $(tail -3 "$WORK/hop.log")"; exit 1; }
+        ARGS[hop]="--target $PROXY_IP:1083"
+        CPUW[hop]=$BGPID
+        continue ;;
+      hop-socks)
+        start_bg "$NSP" "$WORK/hop-socks.log" "$HOP" --socks --listen "$PROXY_IP:1084" --to 203.0.113.2:9000
+        wait_listen "$NSP" 1084 || { say "hop --socks did not start: $(tail -3 "$WORK/hop-socks.log")"; exit 1; }
+        ARGS[hop-socks]="--target 203.0.113.2:9000 --socks $PROXY_IP:1084"
+        CPUW[hop-socks]=$BGPID
+        continue ;;
       *) say "unknown row $row"; exit 2 ;;
     esac
     ARGS[$row]="--target 203.0.113.2:9000 --socks $PROXY_IP:$port"
@@ -1165,6 +1205,12 @@ if [ "$MODE" = tun ]; then
       first=${first:-$x}
     fi
   done
+  if [ -n "${ARGS[hop]:-}" ]; then
+    echo
+    echo "against hop (the direct path plus one relay process with no protocol: the floor of any relay):"
+    echo
+    print_table direct hop sockstun
+  fi
   [ -z "$DLSTATS" ] || { echo; echo "wan: delay line ${WAN_MS} ms each way; $DLSTATS"; }
   [ -z "$COMPARE" ] || compare_table socks-only sockstun
 else
@@ -1175,6 +1221,18 @@ else
   [ -n "${R[sockstun-server|na]:-}" ] && echo "(sockstun server is not available in this build: its column is empty)"
   echo
   print_table dante microsocks sockstun-server
+  if [ -n "${ARGS[hop]:-}" ]; then
+    echo
+    echo "against hop (a relay with no protocol, no handshake on either side: the floor of any server):"
+    echo
+    print_table microsocks hop sockstun-server
+  fi
+  if [ -n "${ARGS[hop-socks]:-}" ]; then
+    echo
+    echo "against hop-socks (the least a SOCKS5 server can do: blocking threads, one read per message, no checks):"
+    echo
+    print_table microsocks hop-socks sockstun-server
+  fi
   [ -z "$COMPARE" ] || compare_table dante sockstun-server
 fi
 [ -z "$SAVE" ] || save_results
