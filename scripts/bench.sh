@@ -30,8 +30,9 @@
 # (dante-server :1080, microsocks :1081, sockstun server :1082), each the upstream of a
 # SOCKS-speaking client; `--rows ...,hop` adds hop.rs on :1083 relaying to the target
 # with no protocol (the client speaks none to it either): the floor of any relay server;
-# `hop-socks` adds hop.rs --socks on :1084, the least a SOCKS5 server can do for TCP (its
-# UDP is hop's, with no SOCKS): the floor of any SOCKS5 server against the same client.
+# `hop-socks` adds hop.rs --socks on :1084, the least a SOCKS5 server can do (CONNECT and
+# UDP ASSOCIATE to IPv4, blocking threads, no checks): the floor of any SOCKS5 server
+# against the same client.
 #
 # Needs root. Installs nothing: says what is missing. Every process it starts and every
 # namespace it creates is removed on exit, whatever happens. Traffic stays inside the
