@@ -30,6 +30,10 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
+#[path = "shared/bufs.rs"]
+mod bufs;
+use bufs::force_bufs;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hop",
@@ -170,7 +174,7 @@ fn udp(listen: SocketAddr, to: SocketAddr, socks: bool) -> io::Result<()> {
         back.connect(to)?;
     }
     for s in [&front, &back] {
-        bufs(s.as_raw_fd(), 8 << 20);
+        force_bufs(s.as_raw_fd(), 8 << 20);
     }
     let peer = Arc::new(Mutex::new(None::<(libc::sockaddr_storage, u32)>));
     let (f2, b2, p2) = (front.try_clone()?, back.try_clone()?, peer.clone());
@@ -310,21 +314,4 @@ fn put_header(h: &mut [u8], from: &libc::sockaddr_storage) {
     h[..4].copy_from_slice(&[0, 0, 0, 1]);
     h[4..8].copy_from_slice(&sin.sin_addr.s_addr.to_ne_bytes());
     h[8..10].copy_from_slice(&sin.sin_port.to_ne_bytes());
-}
-
-/// Large socket buffers past rmem_max (root only), as netbench's own.
-fn bufs(fd: i32, bytes: i32) {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: setsockopt on an open socket with a pointer to a local int
-        // and its exact size; failure is harmless (the default stays).
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&bytes as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            );
-        }
-    }
 }

@@ -31,6 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "shared/bufs.rs"]
+mod bufs;
+use bufs::force_bufs;
+
 const BUF: usize = 128 * 1024;
 
 #[derive(Parser, Debug)]
@@ -183,24 +187,6 @@ fn raise_nofile() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Large socket buffers for the UDP test, past rmem_max (root only), so the
-/// figure shows the path's loss and not this tool's.
-fn force_bufs(fd: i32, bytes: i32) {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: setsockopt on an open socket with a pointer to a local int
-        // and its exact size; failure is harmless (the default stays).
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            );
         }
     }
 }
