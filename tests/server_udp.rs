@@ -222,3 +222,40 @@ fn udp_bad_datagrams_in_a_batch_are_dropped_alone() {
         srv.log()
     );
 }
+
+/// The idle timeout counts datagrams either way: replies alone (the client
+/// silent after its first datagram, as for a stream it only listens to)
+/// keep the association for several timeouts, and its line counts them.
+#[test]
+fn udp_replies_alone_keep_the_association_alive() {
+    if !require_root("udp_replies_alone_keep_the_association_alive") {
+        return;
+    }
+    let lab = Lab::new("sur");
+    let srv = lab.server(&["--idle-timeout", "1"]);
+    let (ctl, relay) = associate(&lab);
+    let u = lab.udp("127.0.0.1:0");
+    let t = target(&lab, &format!("{T4}:5557"));
+    let a = t.local_addr().unwrap();
+    u.send_to(&dgram(0, &addr_of(a), b"start"), relay).unwrap();
+    let (_, o) = recv(&t);
+    // Three idle timeouts of replies, four a second.
+    for i in 0..12 {
+        t.send_to(&payload(i, 10), o).unwrap();
+        let (d, from) = recv(&u);
+        assert_eq!(from, relay);
+        assert!(d == dgram(0, &addr_of(a), &payload(i, 10)), "reply {i}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(ctl);
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .log()
+            .contains("cmd=udp-associate")),
+        "{}",
+        srv.log()
+    );
+    let log = srv.log();
+    assert!(log.contains("outcome=control connection closed"), "{log}");
+    assert!(log.contains("up=5 down=120"), "{log}");
+}
