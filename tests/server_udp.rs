@@ -214,12 +214,9 @@ fn udp_bad_datagrams_in_a_batch_are_dropped_alone() {
     }
     assert_eq!(recv(&t).0, b"last", "a bad datagram was relayed");
     drop(ctl);
-    assert!(
-        wait_until(Duration::from_secs(10), || srv
-            .log()
-            .contains("control connection closed (5 datagrams dropped)")),
-        "{}",
-        srv.log()
+    log_with(
+        || srv.log(),
+        "control connection closed (5 datagrams dropped)",
     );
 }
 
@@ -248,14 +245,18 @@ fn udp_replies_alone_keep_the_association_alive() {
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(ctl);
-    assert!(
-        wait_until(Duration::from_secs(10), || srv
-            .log()
-            .contains("cmd=udp-associate")),
-        "{}",
-        srv.log()
-    );
-    let log = srv.log();
+    let log = log_with(|| srv.log(), "cmd=udp-associate");
     assert!(log.contains("outcome=control connection closed"), "{log}");
     assert!(log.contains("up=5 down=120"), "{log}");
+}
+
+/// The server's log once it holds `needle` (10 s at most, else the test
+/// fails showing the log).
+fn log_with(log: impl Fn() -> String, needle: &str) -> String {
+    assert!(
+        wait_until(Duration::from_secs(10), || log().contains(needle)),
+        "no {needle:?} in:\n{}",
+        log()
+    );
+    log()
 }
